@@ -1,0 +1,33 @@
+//! graylane: a gray-release reverse proxy.
+//!
+//! # Layout
+//!
+//! The modules, in the order a request travels through them:
+//!
+//! - [`config`]: `graylane.yaml`, raw serde types validated into a [`config::Config`].
+//! - [`server`]: listeners, the accept loop, connection limits and timeouts, drain.
+//! - [`markers`]: reads the `xdw-kefu-*` identity markers from headers, cookies, query.
+//! - [`routing`]: picks the service by host and longest path prefix.
+//! - [`rules`]: compiles `rules.yaml` into a [`rules::RuleSet`]; `decide()` is pure.
+//! - [`proxy`]: `handle(req)`: service, markers, decision, fallback, forward.
+//! - [`upstream`]: pools, endpoint choice, the pooled client, hop-by-hop headers.
+//! - [`metrics`]: the Prometheus registry and per-route children resolved at load.
+//! - [`reload`]: file watching, SIGHUP and `POST /reload` feeding one `ArcSwap` store.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/rules`, `/explain`, `/reload`.
+//! - [`error`]: the proxy's error enum and its exhaustive mapping to a status.
+//! - [`yamlpos`]: `FILE:LINE:COLUMN` positions for validation errors.
+//! - [`demo`]: the built-in sample config with its demo upstreams.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod markers;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod routing;
+pub mod rules;
+pub mod server;
+pub mod upstream;
+pub mod yamlpos;

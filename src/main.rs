@@ -1,0 +1,2 @@
+//! graylane command line.
+fn main() {}
