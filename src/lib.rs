@@ -31,3 +31,4 @@ pub mod rules;
 pub mod server;
 pub mod upstream;
 pub mod yamlpos;
+pub mod watch;
