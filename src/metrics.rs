@@ -1,1 +1,976 @@
-//! (in progress)
+//! The Prometheus registry of SPEC §6 and the label children the request path uses.
+//!
+//! Every child whose labels are known from the config — each (listener, service, pool),
+//! each endpoint, each marker, each error kind — is resolved once in [`Metrics::try_new`].
+//! The request path then only indexes plain vectors and bumps atomics: no label hashing,
+//! no lock. Series exist from the start with value 0, so dashboards and `rate()` see a
+//! zero line instead of a gap until the first event.
+//!
+//! Lookups never panic. Indices come from the validated config; an index outside it
+//! (a bug elsewhere) lands on an unregistered "sink" child rather than taking the
+//! process down or polluting a real series.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus::core::Collector;
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::config::{Config, PoolId, STABLE};
+use crate::error::{FallbackReason, UpstreamErrorKind};
+use crate::markers::MarkerKind;
+
+/// The `Content-Type` of [`Metrics::encode`]'s output, for the admin `/metrics` answer.
+pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
+
+/// Label value of `service` and `pool` for requests no service matched (SPEC §3).
+pub const UNROUTED: &str = "-";
+
+/// Latency buckets in seconds: sub-millisecond for a local proxy hop up to the 30 s
+/// default `upstream_response` timeout, roughly ×2–2.5 apart so p50/p99 stay readable.
+const DURATION_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// `code` label values of `requests_total`, indexed by [`code_index`].
+const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// How a rules reload ended; the `result` label of `rules_reloads_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReloadResult {
+    /// A new ruleset was compiled and stored.
+    Ok,
+    /// The files hash to the live ruleset's sha256; nothing was swapped.
+    Unchanged,
+    /// The files did not compile; the previous ruleset stays live.
+    Error,
+}
+
+impl ReloadResult {
+    /// Every result, in label order.
+    pub const ALL: [ReloadResult; 3] = [
+        ReloadResult::Ok,
+        ReloadResult::Unchanged,
+        ReloadResult::Error,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ReloadResult::Ok => "ok",
+            ReloadResult::Unchanged => "unchanged",
+            ReloadResult::Error => "error",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            ReloadResult::Ok => 0,
+            ReloadResult::Unchanged => 1,
+            ReloadResult::Error => 2,
+        }
+    }
+}
+
+fn reason_index(r: FallbackReason) -> usize {
+    match r {
+        FallbackReason::PoolMissing => 0,
+        FallbackReason::PoolUnhealthy => 1,
+        FallbackReason::GuardTripped => 2,
+    }
+}
+
+fn kind_index(k: UpstreamErrorKind) -> usize {
+    match k {
+        UpstreamErrorKind::Connect => 0,
+        UpstreamErrorKind::Timeout => 1,
+        UpstreamErrorKind::Reset => 2,
+        UpstreamErrorKind::Protocol => 3,
+    }
+}
+
+/// Status classes outside 1xx–5xx (hyper allows up to 999) count with their nearest
+/// class, so every answer is counted exactly once.
+fn code_index(status: u16) -> usize {
+    match status {
+        0..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+// === RouteMetrics ===
+
+/// The children of one (listener, service, pool): what a finished request touches.
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    /// `requests_total` per status class, indexed by [`code_index`].
+    codes: [IntCounter; 5],
+    /// `request_duration_seconds`.
+    duration: Histogram,
+    /// `websocket_connections`; a sink for unrouted requests, which never open a tunnel.
+    websockets: IntGauge,
+}
+
+impl RouteMetrics {
+    /// Counts one answered request (or WebSocket handshake, `101` → `1xx`) and its
+    /// latency; two atomic adds and a bucket search, nothing else.
+    pub fn observe(&self, status: u16, elapsed: Duration) {
+        if let Some(c) = self.codes.get(code_index(status)) {
+            c.inc();
+        }
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Open long links on this route: `inc()` when the tunnel opens, `dec()` when it
+    /// closes, so the gauge is exact even when links outlive a reload.
+    pub fn websockets(&self) -> &IntGauge {
+        &self.websockets
+    }
+}
+
+// === ListenerMetrics ===
+
+/// Connection-level gauges of one listener, kept by the accept loop.
+#[derive(Debug, Clone)]
+pub struct ListenerMetrics {
+    /// `connections{listener}`: open client connections, to compare with `max_connections`.
+    pub connections: IntGauge,
+    /// `connections_rejected_total{listener}`: closed at once for being over the limit.
+    pub rejected: IntCounter,
+}
+
+// === ServiceMetrics ===
+
+/// Per-service children; pools are indexed within `service.pools` unless said otherwise.
+#[derive(Debug, Clone)]
+pub struct ServiceMetrics {
+    /// `fallbacks_total`, indexed by global [`PoolId`] then [`reason_index`]; the stable
+    /// row is the sink, since stable never falls back.
+    fallbacks: Vec<[IntCounter; 3]>,
+    /// `upstream_errors_total`, indexed by pool then [`kind_index`].
+    upstream_errors: Vec<[IntCounter; 4]>,
+    /// `upstream_retries_total`, indexed by pool.
+    retries: Vec<IntCounter>,
+    /// `long_links_rehomed_total`, indexed `[from][to]`; the diagonal is the sink.
+    rehomed: Vec<Vec<IntCounter>>,
+    /// `gray_tripped{service}`.
+    gray_tripped: IntGauge,
+    /// Where out-of-range indices land.
+    sink: IntCounter,
+}
+
+impl ServiceMetrics {
+    /// `fallbacks_total{service,from,to="stable",reason}`.
+    ///
+    /// `from` is the **global** [`PoolId`] the rules chose (an index into
+    /// `Config::pool_names`), not an index into `service.pools`: with `pool_missing` the
+    /// chosen pool is by definition not among the service's pools.
+    pub fn fallback(&self, from: PoolId, reason: FallbackReason) -> &IntCounter {
+        self.fallbacks
+            .get(from)
+            .and_then(|r| r.get(reason_index(reason)))
+            .unwrap_or(&self.sink)
+    }
+
+    /// `upstream_errors_total{service,pool,kind}`; feeds error-rate alerts per pool.
+    pub fn upstream_error(&self, pool: usize, kind: UpstreamErrorKind) -> &IntCounter {
+        self.upstream_errors
+            .get(pool)
+            .and_then(|r| r.get(kind_index(kind)))
+            .unwrap_or(&self.sink)
+    }
+
+    /// `upstream_retries_total{service,pool}`: one per retry attempt, not per request.
+    pub fn retries(&self, pool: usize) -> &IntCounter {
+        self.retries.get(pool).unwrap_or(&self.sink)
+    }
+
+    /// `gray_tripped{service}`: set to 1 while the guard keeps gray's traffic on stable.
+    pub fn gray_tripped(&self) -> &IntGauge {
+        &self.gray_tripped
+    }
+
+    /// `long_links_rehomed_total{service,from,to}`; `from == to` is never a re-home and
+    /// counts nowhere.
+    pub fn rehomed(&self, from: usize, to: usize) -> &IntCounter {
+        self.rehomed
+            .get(from)
+            .and_then(|r| r.get(to))
+            .unwrap_or(&self.sink)
+    }
+}
+
+// === Metrics ===
+
+/// Every metric of SPEC §6 in a private registry, so tests and embedders can build
+/// several side by side. Share it behind an `Arc`; all methods take `&self`.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Private, not the process-global default registry: nothing else can add series.
+    registry: Registry,
+    /// `[listener][service][pool]`.
+    routes: Vec<Vec<Vec<RouteMetrics>>>,
+    /// `[listener]`, service and pool `"-"`.
+    unrouted: Vec<RouteMetrics>,
+    /// `[listener]`.
+    listeners: Vec<ListenerMetrics>,
+    /// `[service]`.
+    services: Vec<ServiceMetrics>,
+    /// `[service][pool][endpoint]`.
+    endpoint_up: Vec<Vec<Vec<IntGauge>>>,
+    /// `marker_invalid_total`, indexed by `MarkerKind as usize`.
+    marker_invalid: [IntCounter; 6],
+    /// `rules_reloads_total`, indexed by [`ReloadResult::index`].
+    reloads: [IntCounter; 3],
+    /// Rule names change with every reload, so children are made by [`Metrics::rule_hits`].
+    rule_hits: IntCounterVec,
+    /// `rules_info{version,sha256}`.
+    rules_info: IntGaugeVec,
+    /// Label values of the live `rules_info` series, so the next reload can remove it.
+    /// Taken only by reloads, never by requests.
+    rules_info_live: Mutex<Option<[String; 2]>>,
+    /// `rules_loaded_timestamp_seconds`.
+    rules_loaded: Gauge,
+    /// Unregistered children that out-of-range lookups return.
+    sink: Sink,
+}
+
+/// Unregistered stand-ins: counting into them is harmless and invisible.
+#[derive(Debug)]
+struct Sink {
+    counter: IntCounter,
+    gauge: IntGauge,
+    route: RouteMetrics,
+    listener: ListenerMetrics,
+    service: ServiceMetrics,
+}
+
+impl Sink {
+    fn new() -> prometheus::Result<Sink> {
+        let counter = IntCounter::new("graylane_sink_total", "unregistered sink")?;
+        let gauge = IntGauge::new("graylane_sink", "unregistered sink")?;
+        let duration = Histogram::with_opts(
+            HistogramOpts::new("graylane_sink_seconds", "unregistered sink")
+                .buckets(DURATION_BUCKETS.to_vec()),
+        )?;
+        let route = RouteMetrics {
+            codes: std::array::from_fn(|_| counter.clone()),
+            duration,
+            websockets: gauge.clone(),
+        };
+        let listener = ListenerMetrics {
+            connections: gauge.clone(),
+            rejected: counter.clone(),
+        };
+        let service = ServiceMetrics {
+            fallbacks: Vec::new(),
+            upstream_errors: Vec::new(),
+            retries: Vec::new(),
+            rehomed: Vec::new(),
+            gray_tripped: gauge.clone(),
+            sink: counter.clone(),
+        };
+        Ok(Sink {
+            counter,
+            gauge,
+            route,
+            listener,
+            service,
+        })
+    }
+}
+
+/// The registered metric families, before children are resolved.
+struct Families {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    websockets: IntGaugeVec,
+    connections: IntGaugeVec,
+    rejected: IntCounterVec,
+    fallbacks: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    retries: IntCounterVec,
+    gray_tripped: IntGaugeVec,
+    rehomed: IntCounterVec,
+    endpoint_up: IntGaugeVec,
+    marker_invalid: IntCounterVec,
+    reloads: IntCounterVec,
+    rule_hits: IntCounterVec,
+    rules_info: IntGaugeVec,
+    rules_loaded: Gauge,
+}
+
+impl Families {
+    fn register(r: &Registry) -> prometheus::Result<Families> {
+        const ROUTE: &[&str] = &["listener", "service", "pool"];
+        let counters = |name: &str, help: &str, labels: &[&str]| {
+            reg(r, IntCounterVec::new(Opts::new(name, help), labels)?)
+        };
+        let gauges = |name: &str, help: &str, labels: &[&str]| {
+            reg(r, IntGaugeVec::new(Opts::new(name, help), labels)?)
+        };
+        let duration = HistogramOpts::new(
+            "graylane_request_duration_seconds",
+            "Time from request head to response head.",
+        )
+        .buckets(DURATION_BUCKETS.to_vec());
+        Ok(Families {
+            requests: counters(
+                "graylane_requests_total",
+                "Answered requests by status class; WebSocket handshakes count as 1xx.",
+                &["listener", "service", "pool", "code"],
+            )?,
+            duration: reg(r, HistogramVec::new(duration, ROUTE)?)?,
+            websockets: gauges("graylane_websocket_connections", "Open long links.", ROUTE)?,
+            connections: gauges(
+                "graylane_connections",
+                "Open client connections.",
+                &["listener"],
+            )?,
+            rejected: counters(
+                "graylane_connections_rejected_total",
+                "Connections closed at accept for exceeding max_connections.",
+                &["listener"],
+            )?,
+            fallbacks: counters(
+                "graylane_fallbacks_total",
+                "Requests sent to stable instead of the pool their rule chose.",
+                &["service", "from", "to", "reason"],
+            )?,
+            upstream_errors: counters(
+                "graylane_upstream_errors_total",
+                "Failed upstream exchanges by kind.",
+                &["service", "pool", "kind"],
+            )?,
+            retries: counters(
+                "graylane_upstream_retries_total",
+                "Retries on another endpoint of the same pool.",
+                &["service", "pool"],
+            )?,
+            gray_tripped: gauges(
+                "graylane_gray_tripped",
+                "1 while the guard sends the service's gray traffic to stable.",
+                &["service"],
+            )?,
+            rehomed: counters(
+                "graylane_long_links_rehomed_total",
+                "Long links closed after a reload changed their pool.",
+                &["service", "from", "to"],
+            )?,
+            endpoint_up: gauges(
+                "graylane_endpoint_up",
+                "1 while the endpoint may take traffic.",
+                &["service", "pool", "endpoint"],
+            )?,
+            marker_invalid: counters(
+                "graylane_marker_invalid_total",
+                "Marker values present but unparseable, treated as absent.",
+                &["marker"],
+            )?,
+            reloads: counters(
+                "graylane_rules_reloads_total",
+                "Rules reload attempts by outcome.",
+                &["result"],
+            )?,
+            rule_hits: counters(
+                "graylane_rule_hits_total",
+                "Decisions by the rule that matched; rule=\"default\" when none did.",
+                &["rule"],
+            )?,
+            rules_info: gauges(
+                "graylane_rules_info",
+                "The live ruleset: always 1, identified by its labels.",
+                &["version", "sha256"],
+            )?,
+            rules_loaded: reg(
+                r,
+                Gauge::new(
+                    "graylane_rules_loaded_timestamp_seconds",
+                    "Unix time the live ruleset was loaded.",
+                )?,
+            )?,
+        })
+    }
+}
+
+/// Registers `c` and hands it back, so families are built in one expression each.
+fn reg<C: Collector + Clone + 'static>(r: &Registry, c: C) -> prometheus::Result<C> {
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+/// Builds a fixed-size table of children, one per label in `labels`.
+fn table<L: Copy, T, const N: usize>(
+    labels: [L; N],
+    mut f: impl FnMut(L) -> prometheus::Result<T>,
+) -> prometheus::Result<[T; N]> {
+    let v = labels
+        .into_iter()
+        .map(&mut f)
+        .collect::<prometheus::Result<Vec<T>>>()?;
+    v.try_into()
+        .map_err(|_| prometheus::Error::Msg("metric table length mismatch".into()))
+}
+
+impl Metrics {
+    /// Builds the registry and every child the config implies.
+    ///
+    /// # Panics
+    ///
+    /// Only if a metric definition in this file is invalid (a bad name or a label count
+    /// that does not match). That does not depend on the config's contents — label
+    /// *values* are never rejected — so the unit tests rule it out; use
+    /// [`Metrics::try_new`] to get the error instead.
+    pub fn new(cfg: &Config) -> Metrics {
+        match Metrics::try_new(cfg) {
+            Ok(m) => m,
+            Err(e) => panic!("graylane: invalid metric definitions: {e}"),
+        }
+    }
+
+    /// [`Metrics::new`] without the panic, for callers that prefer to report the error.
+    ///
+    /// # Errors
+    ///
+    /// A metric definition in this file is invalid; never the config's fault.
+    pub fn try_new(cfg: &Config) -> prometheus::Result<Metrics> {
+        let registry = Registry::new();
+        let f = Families::register(&registry)?;
+        let sink = Sink::new()?;
+
+        let route = |l: &str, s: &str, p: &str, ws: bool| -> prometheus::Result<RouteMetrics> {
+            Ok(RouteMetrics {
+                codes: table(CODE_CLASSES, |c| {
+                    f.requests.get_metric_with_label_values(&[l, s, p, c])
+                })?,
+                duration: f.duration.get_metric_with_label_values(&[l, s, p])?,
+                websockets: if ws {
+                    f.websockets.get_metric_with_label_values(&[l, s, p])?
+                } else {
+                    sink.gauge.clone()
+                },
+            })
+        };
+
+        let mut routes = Vec::with_capacity(cfg.listeners.len());
+        let mut unrouted = Vec::with_capacity(cfg.listeners.len());
+        let mut listeners = Vec::with_capacity(cfg.listeners.len());
+        for l in &cfg.listeners {
+            let l = l.name.as_str();
+            let mut by_service = Vec::with_capacity(cfg.services.len());
+            for s in &cfg.services {
+                let by_pool = s
+                    .pools
+                    .iter()
+                    .map(|p| route(l, &s.name, &p.name, true))
+                    .collect::<prometheus::Result<Vec<_>>>()?;
+                by_service.push(by_pool);
+            }
+            routes.push(by_service);
+            unrouted.push(route(l, UNROUTED, UNROUTED, false)?);
+            listeners.push(ListenerMetrics {
+                connections: f.connections.get_metric_with_label_values(&[l])?,
+                rejected: f.rejected.get_metric_with_label_values(&[l])?,
+            });
+        }
+
+        let mut services = Vec::with_capacity(cfg.services.len());
+        let mut endpoint_up = Vec::with_capacity(cfg.services.len());
+        for s in &cfg.services {
+            let name = s.name.as_str();
+            let mut fallbacks = Vec::with_capacity(cfg.pool_names.len());
+            for (id, from) in cfg.pool_names.iter().map(String::as_str).enumerate() {
+                fallbacks.push(if id == STABLE {
+                    std::array::from_fn(|_| sink.counter.clone())
+                } else {
+                    table(FallbackReason::ALL, |r| {
+                        f.fallbacks
+                            .get_metric_with_label_values(&[name, from, "stable", r.label()])
+                    })?
+                });
+            }
+            let mut upstream_errors = Vec::with_capacity(s.pools.len());
+            let mut retries = Vec::with_capacity(s.pools.len());
+            let mut rehomed = Vec::with_capacity(s.pools.len());
+            let mut ups = Vec::with_capacity(s.pools.len());
+            for (i, p) in s.pools.iter().enumerate() {
+                let pool = p.name.as_str();
+                upstream_errors.push(table(UpstreamErrorKind::ALL, |k| {
+                    f.upstream_errors
+                        .get_metric_with_label_values(&[name, pool, k.label()])
+                })?);
+                retries.push(f.retries.get_metric_with_label_values(&[name, pool])?);
+                let mut to_row = Vec::with_capacity(s.pools.len());
+                for (j, to) in s.pools.iter().enumerate() {
+                    to_row.push(if i == j {
+                        sink.counter.clone()
+                    } else {
+                        f.rehomed
+                            .get_metric_with_label_values(&[name, pool, to.name.as_str()])?
+                    });
+                }
+                rehomed.push(to_row);
+                let mut eps = Vec::with_capacity(p.endpoints.len());
+                for e in p.endpoints.iter().map(String::as_str) {
+                    let g = f
+                        .endpoint_up
+                        .get_metric_with_label_values(&[name, pool, e])?;
+                    g.set(1);
+                    eps.push(g);
+                }
+                ups.push(eps);
+            }
+            services.push(ServiceMetrics {
+                fallbacks,
+                upstream_errors,
+                retries,
+                rehomed,
+                gray_tripped: f.gray_tripped.get_metric_with_label_values(&[name])?,
+                sink: sink.counter.clone(),
+            });
+            endpoint_up.push(ups);
+        }
+
+        let marker_invalid = table(MarkerKind::ALL, |k| {
+            f.marker_invalid.get_metric_with_label_values(&[k.name()])
+        })?;
+        let reloads = table(ReloadResult::ALL, |r| {
+            f.reloads.get_metric_with_label_values(&[r.label()])
+        })?;
+
+        Ok(Metrics {
+            registry,
+            routes,
+            unrouted,
+            listeners,
+            services,
+            endpoint_up,
+            marker_invalid,
+            reloads,
+            rule_hits: f.rule_hits,
+            rules_info: f.rules_info,
+            rules_info_live: Mutex::new(None),
+            rules_loaded: f.rules_loaded,
+            sink,
+        })
+    }
+
+    /// The children a routed request touches; `pool` indexes `service.pools`.
+    pub fn route(&self, listener: usize, service: usize, pool: usize) -> &RouteMetrics {
+        self.routes
+            .get(listener)
+            .and_then(|s| s.get(service))
+            .and_then(|p| p.get(pool))
+            .unwrap_or(&self.sink.route)
+    }
+
+    /// Requests no service matched (the 404 of SPEC §3), counted with
+    /// `service="-"`, `pool="-"` so the 404 rate shows next to the routed traffic.
+    /// Its `websockets()` gauge is unregistered: no tunnel opens without a service.
+    pub fn unrouted(&self, listener: usize) -> &RouteMetrics {
+        self.unrouted.get(listener).unwrap_or(&self.sink.route)
+    }
+
+    /// The accept loop's gauges for one listener.
+    pub fn listener(&self, listener: usize) -> &ListenerMetrics {
+        self.listeners.get(listener).unwrap_or(&self.sink.listener)
+    }
+
+    /// Per-service children: fallbacks, upstream errors, retries, guard, re-homes.
+    pub fn service(&self, service: usize) -> &ServiceMetrics {
+        self.services.get(service).unwrap_or(&self.sink.service)
+    }
+
+    /// `marker_invalid_total{marker}`: a client sent a marker that does not parse, which
+    /// silently routes it as if unmarked — this counter is how ops notice.
+    pub fn marker_invalid(&self, kind: MarkerKind) -> &IntCounter {
+        self.marker_invalid
+            .get(kind as usize)
+            .unwrap_or(&self.sink.counter)
+    }
+
+    /// Counts one reload attempt in `rules_reloads_total{result}`.
+    pub fn reload_result(&self, r: ReloadResult) {
+        if let Some(c) = self.reloads.get(r.index()) {
+            c.inc();
+        }
+    }
+
+    /// Children of `rule_hits_total{rule}` for a ruleset being compiled: one per entry
+    /// of `names`, in order, then one more for `rule="default"`. A rule that keeps its
+    /// name across reloads keeps counting on the same series.
+    ///
+    /// Series of rules that disappear are kept: the live ruleset still holds its handles
+    /// until the new one is stored, and removing them here would silently stop counting
+    /// if the reload then failed.
+    pub fn rule_hits(&self, names: &[&str]) -> Vec<IntCounter> {
+        names
+            .iter()
+            .copied()
+            .chain(std::iter::once("default"))
+            .map(
+                |n| match self.rule_hits.get_metric_with_label_values(&[n]) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(rule = n, error = %e, "rule_hits_total child");
+                        self.sink.counter.clone()
+                    }
+                },
+            )
+            .collect()
+    }
+
+    /// Marks the ruleset just stored as live: `rules_info{version,sha256} 1` for it alone
+    /// (the previous ruleset's series is removed, so queries joining on `rules_info`
+    /// name the ruleset that is actually routing) and `rules_loaded_timestamp_seconds`. A missing `version` is the empty label
+    /// value, which Prometheus treats as an absent label.
+    pub fn set_rules_info(&self, version: Option<&str>, sha256: &str, loaded_at_unix_secs: f64) {
+        let new = [version.unwrap_or("").to_owned(), sha256.to_owned()];
+        // A poisoned lock only means another reload panicked mid-update; the label
+        // values it guards are still whole strings, so carry on with them.
+        let mut live = self
+            .rules_info_live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Set the new series before removing the old one, so a scrape in between sees
+        // two series rather than none.
+        match self
+            .rules_info
+            .get_metric_with_label_values(&[&new[0], &new[1]])
+        {
+            Ok(g) => g.set(1),
+            Err(e) => tracing::error!(error = %e, "rules_info child"),
+        }
+        if let Some(old) = live.take() {
+            if old != new {
+                if let Err(e) = self.rules_info.remove_label_values(&[&old[0], &old[1]]) {
+                    tracing::warn!(error = %e, "removing the previous rules_info series");
+                }
+            }
+        }
+        *live = Some(new);
+        self.rules_loaded.set(loaded_at_unix_secs);
+    }
+
+    /// `endpoint_up{service,pool,endpoint}`, starting at 1 so an endpoint is up until a
+    /// health check or passive ejection says otherwise (SPEC §3).
+    pub fn endpoint_up(&self, service: usize, pool: usize, endpoint: usize) -> &IntGauge {
+        self.endpoint_up
+            .get(service)
+            .and_then(|p| p.get(pool))
+            .and_then(|e| e.get(endpoint))
+            .unwrap_or(&self.sink.gauge)
+    }
+
+    /// The registry in Prometheus text exposition format ([`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut buf = String::new();
+        if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const YAML: &str = "\
+listeners:
+  - name: im
+    bind: \"127.0.0.1:18080\"
+  - name: console
+    bind: \"127.0.0.1:18081\"
+rules_file: rules.yaml
+services:
+  - name: chat
+    match: { path_prefix: /chat }
+    pools:
+      stable: { endpoints: [\"10.1.0.11:8000\", \"10.1.0.12:8000\"] }
+      gray: { endpoints: [\"10.2.0.11:8000\"] }
+    guard: { max_error_rate: 0.05 }
+  - name: static
+    match: { path_prefix: / }
+    pools:
+      stable: { endpoints: [\"static-stable.kefu.svc:80\"] }
+      canary: { endpoints: [\"static-canary.kefu.svc:80\"] }
+";
+
+    fn setup() -> (Config, Metrics) {
+        let cfg = Config::from_str(YAML, "g.yaml", Path::new(".")).unwrap();
+        let m = Metrics::try_new(&cfg).unwrap();
+        (cfg, m)
+    }
+
+    fn pool(cfg: &Config, service: usize, name: &str) -> usize {
+        cfg.services[service]
+            .pools
+            .iter()
+            .position(|p| p.name == name)
+            .unwrap()
+    }
+
+    fn has(out: &str, line: &str) {
+        assert!(
+            out.lines().any(|l| l == line),
+            "missing line {line:?} in:\n{out}"
+        );
+    }
+
+    fn lacks(out: &str, needle: &str) {
+        assert!(!out.contains(needle), "unexpected {needle:?} in:\n{out}");
+    }
+
+    #[test]
+    fn is_send_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Metrics>();
+    }
+
+    #[test]
+    fn requests_by_route_and_class() {
+        let (cfg, m) = setup();
+        let gray = pool(&cfg, 0, "gray");
+        let r = m.route(0, 0, gray);
+        r.observe(200, Duration::from_millis(3));
+        r.observe(101, Duration::from_millis(1));
+        r.observe(503, Duration::from_millis(40));
+        r.observe(999, Duration::from_millis(40));
+        m.unrouted(1).observe(404, Duration::from_micros(100));
+        let out = m.encode();
+        has(
+            &out,
+            r#"graylane_requests_total{code="2xx",listener="im",pool="gray",service="chat"} 1"#,
+        );
+        has(
+            &out,
+            r#"graylane_requests_total{code="1xx",listener="im",pool="gray",service="chat"} 1"#,
+        );
+        has(
+            &out,
+            r#"graylane_requests_total{code="5xx",listener="im",pool="gray",service="chat"} 2"#,
+        );
+        // every known route starts at zero
+        has(
+            &out,
+            r#"graylane_requests_total{code="2xx",listener="console",pool="canary",service="static"} 0"#,
+        );
+        has(
+            &out,
+            r#"graylane_requests_total{code="4xx",listener="console",pool="-",service="-"} 1"#,
+        );
+        has(
+            &out,
+            r#"graylane_request_duration_seconds_bucket{listener="im",pool="gray",service="chat",le="0.005"} 2"#,
+        );
+        has(
+            &out,
+            r#"graylane_request_duration_seconds_count{listener="im",pool="gray",service="chat"} 4"#,
+        );
+        has(&out, "# TYPE graylane_request_duration_seconds histogram");
+        // unrouted requests never open a tunnel: no websocket series for "-"
+        lacks(
+            &out,
+            r#"graylane_websocket_connections{listener="console",pool="-""#,
+        );
+    }
+
+    #[test]
+    fn gauges_and_per_service_counters() {
+        let (cfg, m) = setup();
+        let gray = pool(&cfg, 0, "gray");
+        let stable = pool(&cfg, 0, "stable");
+        m.route(0, 0, gray).websockets().inc();
+        m.listener(1).connections.set(3);
+        m.listener(1).rejected.inc();
+        let chat = m.service(0);
+        chat.fallback(crate::config::GRAY, FallbackReason::GuardTripped)
+            .inc();
+        chat.upstream_error(gray, UpstreamErrorKind::Reset).inc();
+        chat.retries(gray).inc();
+        chat.gray_tripped().set(1);
+        chat.rehomed(gray, stable).inc();
+        // static has no gray pool: a rule choosing gray falls back with pool_missing
+        m.service(1)
+            .fallback(crate::config::GRAY, FallbackReason::PoolMissing)
+            .inc();
+        m.endpoint_up(0, stable, 1).set(0);
+
+        let out = m.encode();
+        for line in [
+            r#"graylane_websocket_connections{listener="im",pool="gray",service="chat"} 1"#,
+            r#"graylane_connections{listener="console"} 3"#,
+            r#"graylane_connections_rejected_total{listener="console"} 1"#,
+            r#"graylane_connections_rejected_total{listener="im"} 0"#,
+            r#"graylane_fallbacks_total{from="gray",reason="guard_tripped",service="chat",to="stable"} 1"#,
+            r#"graylane_fallbacks_total{from="gray",reason="pool_missing",service="static",to="stable"} 1"#,
+            r#"graylane_fallbacks_total{from="canary",reason="pool_unhealthy",service="chat",to="stable"} 0"#,
+            r#"graylane_upstream_errors_total{kind="reset",pool="gray",service="chat"} 1"#,
+            r#"graylane_upstream_errors_total{kind="protocol",pool="stable",service="static"} 0"#,
+            r#"graylane_upstream_retries_total{pool="gray",service="chat"} 1"#,
+            r#"graylane_gray_tripped{service="chat"} 1"#,
+            r#"graylane_gray_tripped{service="static"} 0"#,
+            r#"graylane_long_links_rehomed_total{from="gray",service="chat",to="stable"} 1"#,
+            r#"graylane_long_links_rehomed_total{from="stable",service="chat",to="gray"} 0"#,
+            r#"graylane_endpoint_up{endpoint="10.1.0.11:8000",pool="stable",service="chat"} 1"#,
+            r#"graylane_endpoint_up{endpoint="10.1.0.12:8000",pool="stable",service="chat"} 0"#,
+            r#"graylane_endpoint_up{endpoint="static-canary.kefu.svc:80",pool="canary",service="static"} 1"#,
+        ] {
+            has(&out, line);
+        }
+        // stable never falls back and a pool never re-homes into itself
+        lacks(&out, r#"from="stable",reason="#);
+        lacks(
+            &out,
+            r#"graylane_long_links_rehomed_total{from="gray",service="chat",to="gray"}"#,
+        );
+    }
+
+    #[test]
+    fn out_of_range_lands_in_the_sink() {
+        let (_, m) = setup();
+        let before = m.encode();
+        m.route(9, 0, 0).observe(200, Duration::ZERO);
+        m.route(0, 9, 0).websockets().inc();
+        m.route(0, 0, 9).observe(200, Duration::ZERO);
+        m.unrouted(9).observe(404, Duration::ZERO);
+        m.listener(9).rejected.inc();
+        m.service(9).retries(0).inc();
+        m.service(0).retries(9).inc();
+        m.service(0).fallback(9, FallbackReason::PoolMissing).inc();
+        m.service(0)
+            .fallback(STABLE, FallbackReason::PoolUnhealthy)
+            .inc();
+        m.service(0)
+            .upstream_error(9, UpstreamErrorKind::Connect)
+            .inc();
+        m.service(0).rehomed(0, 9).inc();
+        m.endpoint_up(0, 0, 9).set(0);
+        assert_eq!(before, m.encode());
+        lacks(&before, "sink");
+    }
+
+    #[test]
+    fn markers_and_reloads() {
+        let (_, m) = setup();
+        m.marker_invalid(MarkerKind::AppVersion).inc();
+        m.reload_result(ReloadResult::Error);
+        m.reload_result(ReloadResult::Ok);
+        m.reload_result(ReloadResult::Ok);
+        let out = m.encode();
+        has(
+            &out,
+            r#"graylane_marker_invalid_total{marker="app_version"} 1"#,
+        );
+        for k in MarkerKind::ALL {
+            assert!(
+                out.contains(&format!(
+                    "graylane_marker_invalid_total{{marker=\"{}\"}}",
+                    k.name()
+                )),
+                "{}",
+                k.name()
+            );
+        }
+        has(&out, r#"graylane_rules_reloads_total{result="ok"} 2"#);
+        has(&out, r#"graylane_rules_reloads_total{result="error"} 1"#);
+        has(
+            &out,
+            r#"graylane_rules_reloads_total{result="unchanged"} 0"#,
+        );
+    }
+
+    #[test]
+    fn rule_hits_end_with_default() {
+        let (_, m) = setup();
+        let hits = m.rule_hits(&["vip", "beta-staff"]);
+        assert_eq!(hits.len(), 3);
+        hits[0].inc();
+        hits[2].inc_by(5);
+        // same name on the next ruleset: same series
+        let again = m.rule_hits(&["vip"]);
+        again[0].inc();
+        let out = m.encode();
+        has(&out, r#"graylane_rule_hits_total{rule="vip"} 2"#);
+        has(&out, r#"graylane_rule_hits_total{rule="beta-staff"} 0"#);
+        has(&out, r#"graylane_rule_hits_total{rule="default"} 5"#);
+    }
+
+    #[test]
+    fn rules_info_keeps_only_the_live_series() {
+        let (_, m) = setup();
+        let out = m.encode();
+        lacks(&out, "graylane_rules_info{");
+        m.set_rules_info(Some("2024-05-01"), "aaaa", 1_700_000_000.0);
+        m.set_rules_info(Some("2024-05-01"), "aaaa", 1_700_000_001.0);
+        let out = m.encode();
+        has(
+            &out,
+            r#"graylane_rules_info{sha256="aaaa",version="2024-05-01"} 1"#,
+        );
+        has(&out, "graylane_rules_loaded_timestamp_seconds 1700000001");
+        m.set_rules_info(None, "bbbb", 1_700_000_100.5);
+        let out = m.encode();
+        has(&out, r#"graylane_rules_info{sha256="bbbb",version=""} 1"#);
+        lacks(&out, "aaaa");
+        has(&out, "graylane_rules_loaded_timestamp_seconds 1700000100.5");
+        assert_eq!(out.matches("graylane_rules_info{").count(), 1);
+    }
+
+    #[test]
+    fn label_indices_follow_all() {
+        for (i, r) in FallbackReason::ALL.into_iter().enumerate() {
+            assert_eq!(reason_index(r), i);
+        }
+        for (i, k) in UpstreamErrorKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind_index(k), i);
+        }
+        for (i, r) in ReloadResult::ALL.into_iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+        for (i, k) in MarkerKind::ALL.into_iter().enumerate() {
+            assert_eq!(k as usize, i);
+        }
+        assert_eq!(code_index(100), 0);
+        assert_eq!(code_index(299), 1);
+        assert_eq!(code_index(304), 2);
+        assert_eq!(code_index(451), 3);
+        assert_eq!(code_index(599), 4);
+    }
+
+    #[test]
+    fn every_family_is_exported() {
+        let (_, m) = setup();
+        m.set_rules_info(None, "x", 0.0);
+        m.rule_hits(&[]);
+        let out = m.encode();
+        for name in [
+            "requests_total",
+            "rule_hits_total",
+            "upstream_errors_total",
+            "fallbacks_total",
+            "marker_invalid_total",
+            "rules_reloads_total",
+            "connections_rejected_total",
+            "long_links_rehomed_total",
+            "upstream_retries_total",
+            "request_duration_seconds",
+            "websocket_connections",
+            "connections",
+            "endpoint_up",
+            "gray_tripped",
+            "rules_info",
+            "rules_loaded_timestamp_seconds",
+        ] {
+            assert!(out.contains(&format!("# TYPE graylane_{name} ")), "{name}");
+        }
+    }
+}
