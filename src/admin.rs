@@ -1,1 +1,315 @@
-//! (in progress)
+//! The admin listener (SPEC §5): `/metrics`, `/healthz`, `/readyz`, `/rules`,
+//! `/explain`, `POST /reload`, and the guard switches.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::markers::{MarkerKind, Markers};
+use crate::proxy::{Live, Outcome, Shared};
+use crate::reload::Reloader;
+use crate::upstream::DownBody;
+
+/// Serves the admin API until `stop` flips; the admin listener closes last in a drain.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    reloader: Arc<Reloader>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let token = match &shared.config.admin.token_file {
+        None => None,
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(t) => Some(Arc::<str>::from(t.trim())),
+            Err(e) => {
+                // `run` checks the file before binding; this is a file removed since.
+                tracing::error!(file = %p.display(), error = %e, "cannot read admin token_file; POST endpoints refuse everyone");
+                Some(Arc::<str>::from(""))
+            }
+        },
+    };
+    let mut conns = JoinSet::new();
+    loop {
+        while conns.try_join_next().is_some() {}
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let shared = shared.clone();
+        let reloader = reloader.clone();
+        let token = token.clone();
+        conns.spawn(async move {
+            let svc = service_fn(move |req| {
+                let shared = shared.clone();
+                let reloader = reloader.clone();
+                let token = token.clone();
+                async move {
+                    Ok::<_, Infallible>(handle(req, &shared, &reloader, token.as_deref()).await)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+    conns.abort_all();
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<DownBody> {
+    let mut r = Response::new(DownBody::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<DownBody> {
+    let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    body.push(b'\n');
+    let mut r = Response::new(DownBody::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    shared: &Shared,
+    reloader: &Reloader,
+    token: Option<&str>,
+) -> Response<DownBody> {
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    if req.method() == Method::POST {
+        if let Some(t) = token {
+            let ok = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .is_some_and(|given| !t.is_empty() && constant_time_eq(given.trim(), t));
+            if !ok {
+                let mut r = json_response(
+                    StatusCode::UNAUTHORIZED,
+                    &json!({"error": "missing or wrong bearer token"}),
+                );
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return r;
+            }
+        }
+        // Drain a small body so keep-alive works; admin POSTs carry none we need.
+        let _ = http_body_util::Limited::new(req.into_body(), 64 * 1024)
+            .collect()
+            .await;
+        return match path.as_str() {
+            "/reload" => match reloader.reload("POST /reload").await {
+                Ok(_) => json_response(StatusCode::OK, &rules_json(shared)),
+                Err(msg) => json_response(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &json!({ "error": msg }),
+                ),
+            },
+            "/guard/trip" | "/guard/reset" => guard(shared, &path, &query),
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        };
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    match path.as_str() {
+        "/metrics" => {
+            let mut r = text(StatusCode::OK, shared.metrics.encode());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if shared.draining.load(Ordering::Relaxed) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+        "/rules" => json_response(StatusCode::OK, &rules_json(shared)),
+        "/explain" => {
+            let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect();
+            match explain_params(shared, &params) {
+                Ok(v) => json_response(StatusCode::OK, &v),
+                Err(e) => json_response(StatusCode::BAD_REQUEST, &json!({ "error": e })),
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a
+            .bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// The `/rules` body.
+pub fn rules_json(shared: &Shared) -> Value {
+    let live = shared.live.load();
+    let last_error = shared.last_error.load();
+    json!({
+        "version": live.rules.version(),
+        "sha256": live.sha256,
+        "loaded_at": humantime::format_rfc3339_seconds(live.loaded_at).to_string(),
+        "rules": live.rules.len(),
+        "last_error": last_error.as_deref().map(|s| s.as_str()),
+    })
+}
+
+fn guard(_shared: &Shared, _path: &str, query: &str) -> Response<DownBody> {
+    let service = form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "service")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    json_response(
+        StatusCode::NOT_FOUND,
+        &json!({ "error": format!("service {service:?} has no guard") }),
+    )
+}
+
+/// A request described by parameters, for `/explain` and `graylane explain`.
+#[derive(Debug, Default)]
+pub struct ExplainRequest {
+    /// Listener name.
+    pub listener: String,
+    /// Path (with query) as a client would send it.
+    pub path: String,
+    /// Host, if any.
+    pub host: Option<String>,
+    /// Request headers (cookies as `Cookie` headers).
+    pub headers: HeaderMap,
+    /// Markers given by name; they override what the headers carry.
+    pub markers: Vec<(MarkerKind, String)>,
+}
+
+fn explain_params(shared: &Shared, params: &[(String, String)]) -> Result<Value, String> {
+    let mut req = ExplainRequest {
+        path: "/".into(),
+        ..Default::default()
+    };
+    let mut cookies = String::new();
+    for (k, v) in params {
+        if let Some(name) = k.strip_prefix("header.") {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("invalid header name {name:?}"))?;
+            let value =
+                HeaderValue::from_str(v).map_err(|_| format!("invalid value for header {name}"))?;
+            req.headers.append(name, value);
+        } else if let Some(name) = k.strip_prefix("cookie.") {
+            if !cookies.is_empty() {
+                cookies.push_str("; ");
+            }
+            cookies.push_str(name);
+            cookies.push('=');
+            cookies.push_str(v);
+        } else if let Some(kind) = MarkerKind::from_name(k) {
+            req.markers.push((kind, v.clone()));
+        } else {
+            match k.as_str() {
+                "listener" => req.listener = v.clone(),
+                "path" => req.path = v.clone(),
+                "host" => req.host = Some(v.clone()),
+                other => return Err(format!("unknown parameter {other:?}")),
+            }
+        }
+    }
+    if !cookies.is_empty() {
+        let v = HeaderValue::from_str(&cookies).map_err(|_| "invalid cookie value".to_owned())?;
+        req.headers.append(header::COOKIE, v);
+    }
+    explain(shared, &req)
+}
+
+/// Decides like the request path would and describes it as the `/explain` JSON:
+/// `service`, `pool`, `rule`, `fallback` (all null when no service matches).
+pub fn explain(shared: &Shared, req: &ExplainRequest) -> Result<Value, String> {
+    let listener = shared
+        .config
+        .listeners
+        .iter()
+        .position(|l| l.name == req.listener)
+        .ok_or_else(|| format!("unknown listener {:?}", req.listener))?;
+    let query = req.path.split_once('?').map(|(_, q)| q);
+    let (mut markers, _invalid): (Markers, _) = shared.reader.read(&req.headers, query);
+    for (kind, v) in &req.markers {
+        // Explicit values replace what headers said; an invalid one leaves it absent,
+        // like on the request path.
+        let mut fresh = Markers::default();
+        let _ = fresh.set_from_str(*kind, v);
+        copy_marker(&mut markers, &fresh, *kind);
+    }
+    let host = req.host.as_deref().map(|h| match h.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => h,
+    });
+    let live: Arc<Live> = shared.live.load_full();
+    let outcome = shared.decide(&live, listener, host, &req.path, &req.headers, &markers);
+    Ok(match outcome {
+        Outcome::NoService => json!({
+            "service": null, "pool": null, "rule": null, "fallback": null,
+        }),
+        Outcome::Routed {
+            service,
+            decision,
+            pool,
+            fallback,
+        } => {
+            let svc = &shared.config.services[service];
+            json!({
+                "service": svc.name,
+                "pool": svc.pools[pool].name,
+                "rule": live.rule_name(&decision),
+                "fallback": fallback.map(|f| f.label()),
+            })
+        }
+    })
+}
+
+fn copy_marker(dst: &mut Markers, src: &Markers, kind: MarkerKind) {
+    match kind {
+        MarkerKind::Uid => dst.uid = src.uid,
+        MarkerKind::StaffUid => dst.staff_uid = src.staff_uid,
+        MarkerKind::AgentGid => dst.agent_gid = src.agent_gid.clone(),
+        MarkerKind::EntryId => dst.entry_id = src.entry_id,
+        MarkerKind::AppVersion => dst.app_version = src.app_version,
+        MarkerKind::Device => dst.device = src.device.clone(),
+    }
+}

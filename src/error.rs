@@ -1,7 +1,5 @@
 //! Errors of the request path and their exhaustive mapping to a status code.
 
-use http::StatusCode;
-
 /// How an upstream exchange failed; the `kind` label of `upstream_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UpstreamErrorKind {

@@ -1,2 +1,276 @@
-//! graylane command line.
-fn main() {}
+//! graylane command line: `run`, `check`, `explain`, `demo` (SPEC §7).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use graylane::admin::{explain, ExplainRequest};
+use graylane::config::Config;
+use graylane::proxy::Shared;
+use graylane::reload::Reloader;
+use graylane::server::Server;
+
+#[derive(Parser)]
+#[command(name = "graylane", version, about = "Gray-release reverse proxy")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve with a config file.
+    Run {
+        /// Path to graylane.yaml.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate config and rules, print a summary.
+    Check {
+        /// Path to graylane.yaml.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print the routing decision for a request, offline.
+    Explain {
+        /// Path to graylane.yaml.
+        #[arg(long)]
+        config: PathBuf,
+        /// Listener the request arrives on.
+        #[arg(long)]
+        listener: String,
+        /// Request path (with query).
+        #[arg(long)]
+        path: String,
+        /// Host header.
+        #[arg(long)]
+        host: Option<String>,
+        /// A request header, `name: value` (repeatable; cookies as `cookie: a=b`).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Print the /explain JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve the built-in sample with demo upstreams.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let result = match cli.cmd {
+        Cmd::Run { config } => run(&config),
+        Cmd::Check { config } => check(&config),
+        Cmd::Explain {
+            config,
+            listener,
+            path,
+            host,
+            headers,
+            json,
+        } => explain_cmd(&config, listener, path, host, &headers, json),
+        Cmd::Demo => demo(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+/// Config and first ruleset, with errors as one `FILE:LINE:COLUMN: message` line.
+fn load(config: &Path) -> anyhow::Result<(Config, graylane::rules::Compiled)> {
+    let cfg = Config::load(config).map_err(anyhow::Error::msg)?;
+    let rules = graylane::rules::load(&cfg.rules_file, &cfg.rules_file_display, &cfg.topology())
+        .map_err(anyhow::Error::msg)?;
+    Ok((cfg, rules))
+}
+
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")
+}
+
+fn run(config: &Path) -> anyhow::Result<()> {
+    let (cfg, rules) = load(config)?;
+    if let Some(t) = &cfg.admin.token_file {
+        std::fs::read_to_string(t)
+            .with_context(|| format!("cannot read admin token_file {}", t.display()))?;
+    }
+    let rt = runtime(cfg.workers)?;
+    rt.block_on(async move {
+        let shared = Arc::new(Shared::new(cfg, rules)?);
+        serve(shared, |_, _, _| {}).await
+    })
+}
+
+/// Binds, arms reload, serves until SIGTERM/SIGINT, drains.
+async fn serve(
+    shared: Arc<Shared>,
+    on_bound: impl FnOnce(&[std::net::SocketAddr], std::net::SocketAddr, &Shared),
+) -> anyhow::Result<()> {
+    let reloader = Reloader::new(shared.clone());
+    let server = Server::bind(shared.clone(), reloader.clone()).await?;
+    reloader.start();
+    let addrs = server.listener_addrs();
+    let admin = server.admin_addr().context("admin listener has no address")?;
+    for (l, a) in shared.config.listeners.iter().zip(&addrs) {
+        tracing::info!(listener = %l.name, addr = %a, "listening");
+    }
+    tracing::info!(addr = %admin, "admin listening");
+    on_bound(&addrs, admin, &shared);
+    let clean = server.run(shutdown_signal()).await;
+    if !clean {
+        tracing::warn!("exiting with requests still in flight (drain time ran out)");
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn check(config: &Path) -> anyhow::Result<()> {
+    let (cfg, rules) = load(config)?;
+    println!(
+        "config ok: {} listener(s), {} service(s), pools {}",
+        cfg.listeners.len(),
+        cfg.services.len(),
+        cfg.pool_names.join(", ")
+    );
+    println!(
+        "rules ok: {} rule(s), version {}, sha256 {}, {} file(s)",
+        rules.rules.len(),
+        rules.rules.version().unwrap_or("-"),
+        rules.sha256,
+        rules.files.len()
+    );
+    Ok(())
+}
+
+fn explain_cmd(
+    config: &Path,
+    listener: String,
+    path: String,
+    host: Option<String>,
+    raw_headers: &[String],
+    json: bool,
+) -> anyhow::Result<()> {
+    let (cfg, rules) = load(config)?;
+    let mut headers = HeaderMap::new();
+    for h in raw_headers {
+        let (name, value) = h
+            .split_once(':')
+            .with_context(|| format!("header {h:?} must look like 'name: value'"))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .with_context(|| format!("invalid header name in {h:?}"))?;
+        let value = HeaderValue::from_str(value.trim())
+            .with_context(|| format!("invalid header value in {h:?}"))?;
+        headers.append(name, value);
+    }
+    if let Some(h) = &host {
+        if let Ok(v) = HeaderValue::from_str(h) {
+            headers.insert(http::header::HOST, v);
+        }
+    }
+    let shared = Shared::new(cfg, rules)?;
+    let req = ExplainRequest {
+        listener,
+        path,
+        host,
+        headers,
+        markers: Vec::new(),
+    };
+    let v = explain(&shared, &req).map_err(anyhow::Error::msg)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for k in ["service", "pool", "rule", "fallback"] {
+            let s = match &v[k] {
+                serde_json::Value::String(s) => s.clone(),
+                _ => "-".to_owned(),
+            };
+            println!("{k}: {s}");
+        }
+    }
+    Ok(())
+}
+
+fn demo() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("graylane-demo-{}", std::process::id()));
+    let config_path = graylane::demo::write_sample(&dir)
+        .with_context(|| format!("cannot write the sample into {}", dir.display()))?;
+    let (mut cfg, rules) = load(&config_path)?;
+    let rt = runtime(cfg.workers)?;
+    rt.block_on(async move {
+        // Every endpoint of the sample becomes a demo upstream on a free loopback port.
+        let mut ups = Vec::new();
+        for s in &cfg.services {
+            for p in &s.pools {
+                let mut eps = Vec::new();
+                for _ in &p.endpoints {
+                    let a = graylane::demo::spawn_upstream(s.name.clone(), p.name.clone()).await?;
+                    eps.push(a.to_string());
+                }
+                ups.push((s.name.clone(), p.name.clone(), eps));
+            }
+        }
+        cfg.map_endpoints(|s, p| {
+            ups.iter()
+                .find(|(us, up, _)| us == s && up == p)
+                .map(|(_, _, e)| e.clone())
+                .unwrap_or_default()
+        });
+        let shared = Arc::new(Shared::new(cfg, rules)?);
+        serve(shared, |addrs, admin, _| {
+            let im = addrs.first().copied();
+            let console = addrs.get(1).copied().or(im);
+            if let (Some(im), Some(console)) = (im, console) {
+                graylane::demo::print_tour(im, console, admin, &dir);
+            }
+        })
+        .await
+    })
+}

@@ -1,1 +1,523 @@
-//! (in progress)
+//! The request path: `handle(req)` finds the service, reads the markers, asks the live
+//! ruleset for a pool, applies fallback, and forwards.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use prometheus::IntCounter;
+
+use crate::config::{Config, PoolId};
+use crate::error::{FallbackReason, UpstreamErrorKind};
+use crate::longlink::{self, Handshake, Links};
+use crate::markers::{MarkerReader, Markers};
+use crate::metrics::Metrics;
+use crate::routing::Router;
+use crate::tls::TlsTerminator;
+use crate::rules::{Compiled, Decision, RequestInfo, RuleSet};
+use crate::upstream::{self, DownBody, UpBody, Upstreams};
+
+/// The hot-reloaded part: everything a rules reload changes, swapped as one.
+#[derive(Debug)]
+pub struct Live {
+    /// The compiled rules.
+    pub rules: RuleSet,
+    /// `rule_hits_total` children, one per rule, then `default`; resolved at load.
+    pub hits: Vec<IntCounter>,
+    /// `rule_header` values, one per rule, then `default`; built at load.
+    pub rule_values: Vec<HeaderValue>,
+    /// Hash of the rules bytes and in_files (`/rules`, `rules_info`, `unchanged`).
+    pub sha256: String,
+    /// When this ruleset went live.
+    pub loaded_at: SystemTime,
+    /// The rules file and its in_files, for the watcher.
+    pub files: Vec<PathBuf>,
+}
+
+impl Live {
+    /// Wraps a compiled ruleset with its metric handles.
+    pub fn new(c: Compiled, metrics: &Metrics) -> Self {
+        let names: Vec<&str> = c.rules.rule_names().collect();
+        let hits = metrics.rule_hits(&names);
+        let rule_values = names
+            .iter()
+            .copied()
+            .chain(std::iter::once("default"))
+            .map(|n| HeaderValue::from_str(n).unwrap_or(HeaderValue::from_static("default")))
+            .collect();
+        Self {
+            rules: c.rules,
+            hits,
+            rule_values,
+            sha256: c.sha256,
+            loaded_at: SystemTime::now(),
+            files: c.files,
+        }
+    }
+
+    /// The rule's name, or `None` for the default.
+    pub fn rule_name(&self, d: &Decision) -> Option<&str> {
+        d.rule.map(|i| self.rules.rule_name(i))
+    }
+}
+
+/// Everything the request path shares, built once at start.
+#[derive(Debug)]
+pub struct Shared {
+    /// The validated config (not reloaded).
+    pub config: Config,
+    /// Marker extraction tables built from `markers:`.
+    pub reader: MarkerReader,
+    /// Pre-resolved metric children.
+    pub metrics: Metrics,
+    /// Pools and clients.
+    pub upstreams: Upstreams,
+    /// Service selection, most specific first.
+    pub router: Router,
+    /// The live ruleset: one `load()` per request.
+    pub live: ArcSwap<Live>,
+    /// The last reload error, for `/rules`; cleared by a good reload.
+    pub last_error: ArcSwapOption<String>,
+    /// Set on SIGTERM: `/readyz` answers 503.
+    pub draining: AtomicBool,
+    /// Open long links, for re-homing on reload and closing last in a drain.
+    pub links: Links,
+    /// TLS per listener (`None` = plaintext), indexed like `config.listeners`.
+    pub tls: Vec<Option<TlsTerminator>>,
+    /// `pool_header` values per global pool id.
+    pool_values: Vec<HeaderValue>,
+    /// `x-forwarded-proto` per listener.
+    proto_values: Vec<HeaderValue>,
+}
+
+/// Why building the shared state failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// An endpoint did not parse as an authority.
+    #[error("invalid endpoint: {0}")]
+    Endpoint(#[from] http::Error),
+    /// A listener's certificate or key cannot be used.
+    #[error("listener {listener}: {source}")]
+    Tls {
+        /// Listener name.
+        listener: String,
+        /// What is wrong with the files.
+        source: crate::tls::TlsError,
+    },
+    /// A metric definition was rejected (a bug, not a config problem).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+impl Shared {
+    /// Builds the shared state around a first ruleset.
+    pub fn new(config: Config, rules: Compiled) -> Result<Self, BuildError> {
+        let metrics = Metrics::try_new(&config)?;
+        let live = Live::new(rules, &metrics);
+        metrics.set_rules_info(live.rules.version(), &live.sha256, unix_secs(live.loaded_at));
+        let upstreams = Upstreams::new(&config)?;
+        let tls = config
+            .listeners
+            .iter()
+            .map(|l| {
+                l.tls
+                    .as_ref()
+                    .map(TlsTerminator::load)
+                    .transpose()
+                    .map_err(|source| BuildError::Tls {
+                        listener: l.name.clone(),
+                        source,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let pool_values = config
+            .pool_names
+            .iter()
+            .map(|n| HeaderValue::from_str(n).unwrap_or(HeaderValue::from_static("stable")))
+            .collect();
+        let proto_values = config
+            .listeners
+            .iter()
+            .map(|l| HeaderValue::from_static(l.scheme()))
+            .collect();
+        Ok(Self {
+            reader: MarkerReader::new(&config.markers),
+            router: Router::new(&config),
+            metrics,
+            upstreams,
+            live: ArcSwap::from_pointee(live),
+            last_error: ArcSwapOption::empty(),
+            draining: AtomicBool::new(false),
+            links: Links::default(),
+            tls,
+            pool_values,
+            proto_values,
+            config,
+        })
+    }
+
+    /// Re-reads every listener's certificate and key (SIGHUP). A bad file keeps the old
+    /// certificate serving and is logged with the reason.
+    pub fn reload_tls(&self) {
+        for (l, t) in self.config.listeners.iter().zip(&self.tls) {
+            if let Some(t) = t {
+                match t.reload() {
+                    Ok(()) => tracing::info!(listener = %l.name, "TLS certificate reloaded"),
+                    Err(e) => tracing::error!(listener = %l.name, "TLS reload rejected, keeping the old certificate: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Routes and decides without forwarding: the request path and `/explain` share it,
+    /// so what `explain` prints is what traffic does.
+    pub fn decide(
+        &self,
+        live: &Live,
+        listener: usize,
+        host: Option<&str>,
+        path: &str,
+        headers: &HeaderMap,
+        markers: &Markers,
+    ) -> Outcome {
+        let Some(service) = self.router.route(host, path) else {
+            return Outcome::NoService;
+        };
+        let decision = live.rules.decide(&RequestInfo {
+            markers,
+            listener,
+            service,
+            path,
+            headers,
+        });
+        let svc = &self.config.services[service];
+        let (pool, fallback) = match svc.pool_by_id.get(decision.pool).copied().flatten() {
+            Some(p) => (p, None),
+            None => (svc.stable_index(), Some(FallbackReason::PoolMissing)),
+        };
+        Outcome::Routed {
+            service,
+            decision,
+            pool,
+            fallback,
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, for `rules_loaded_timestamp_seconds`.
+pub fn unix_secs(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// What routing and the rules decided for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// No service matches host and path: 404.
+    NoService,
+    /// A service and one of its pools.
+    Routed {
+        /// Service index.
+        service: usize,
+        /// The rules' decision (the pool they chose and the rule).
+        decision: Decision,
+        /// Index into the service's `pools` actually used.
+        pool: usize,
+        /// Set when `pool` is not the pool the rules chose.
+        fallback: Option<FallbackReason>,
+    },
+}
+
+/// Per-connection facts, computed once at accept.
+#[derive(Debug, Clone)]
+pub struct ConnCtx {
+    /// Listener index.
+    pub listener: usize,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Whether markers from this peer are trusted (`trusted_cidrs`).
+    pub trusted: bool,
+}
+
+/// The host a request addresses, without port: the URI authority (HTTP/2, absolute
+/// form) or the `Host` header.
+fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    let raw = match uri.host() {
+        Some(h) => h,
+        None => headers.get(header::HOST)?.to_str().ok()?,
+    };
+    Some(strip_port(raw))
+}
+
+fn strip_port(h: &str) -> &str {
+    if h.starts_with('[') {
+        // [v6]:port
+        return h.split(']').next().map(|s| &s[1..]).unwrap_or(h);
+    }
+    match h.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => h,
+    }
+}
+
+fn local(status: StatusCode, body: &'static str) -> Response<DownBody> {
+    let mut r = Response::new(DownBody::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Handles one request end to end. Never fails: every error becomes a response.
+pub async fn handle(
+    mut req: Request<Incoming>,
+    shared: &Arc<Shared>,
+    conn: &ConnCtx,
+) -> Response<DownBody> {
+    let start = Instant::now();
+    let client_upgrade = is_websocket(&req).then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+
+    // Markers first (trusted peers only); untrusted peers' marker headers are removed so
+    // an upstream never sees identity it should not believe.
+    let markers = if conn.trusted {
+        let (m, invalid) = shared
+            .reader
+            .read(&parts.headers, parts.uri.query());
+        for kind in invalid.iter() {
+            shared.metrics.marker_invalid(kind).inc();
+        }
+        m
+    } else {
+        shared.reader.remove_marker_headers(&mut parts.headers);
+        Markers::default()
+    };
+
+    let live = shared.live.load();
+    let outcome = shared.decide(
+        &live,
+        conn.listener,
+        request_host(&parts.uri, &parts.headers),
+        parts.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+        &parts.headers,
+        &markers,
+    );
+    let Outcome::Routed {
+        service,
+        decision,
+        pool,
+        fallback,
+    } = outcome
+    else {
+        live.hits[live.hits.len() - 1].inc();
+        let resp = local(StatusCode::NOT_FOUND, "graylane: no service for this request\n");
+        shared
+            .metrics
+            .unrouted(conn.listener)
+            .observe(resp.status().as_u16(), start.elapsed());
+        return resp;
+    };
+    let hit = decision.rule.unwrap_or(live.hits.len() - 1);
+    if let Some(c) = live.hits.get(hit) {
+        c.inc();
+    }
+    let svc_metrics = shared.metrics.service(service);
+    let svc = &shared.config.services[service];
+    if let Some(reason) = fallback {
+        tracing::debug!(service = %svc.name, pool = %shared.config.pool_names[decision.pool], "pool missing, using stable");
+        svc_metrics.fallback(decision.pool, reason).inc();
+    }
+    let used_pool: PoolId = svc.pools[pool].id;
+
+    // A long link remembers its handshake so a reload can decide it again.
+    let handshake = client_upgrade.as_ref().map(|_| Handshake {
+        listener: conn.listener,
+        host: request_host(&parts.uri, &parts.headers).map(str::to_owned),
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned(),
+        headers: parts.headers.clone(),
+        markers: markers.clone(),
+        service,
+        pool,
+    });
+
+    // === build the upstream request ===
+    upstream::strip_hop_by_hop(&mut parts.headers, client_upgrade.is_some());
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(a) = parts.uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+    }
+    upstream::append_forwarded_for(&mut parts.headers, conn.peer.ip());
+    parts.headers.insert(
+        "x-forwarded-proto",
+        shared.proto_values[conn.listener].clone(),
+    );
+    if let Some(h) = &shared.config.propagate.pool_header {
+        parts
+            .headers
+            .insert(h.clone(), shared.pool_values[used_pool].clone());
+    }
+    if let Some(h) = &shared.config.propagate.rule_header {
+        if let Some(v) = live.rule_values.get(hit) {
+            parts.headers.insert(h.clone(), v.clone());
+        }
+    }
+    drop(live);
+
+    let route_metrics = shared.metrics.route(conn.listener, service, pool);
+    let Some(up) = shared.upstreams.pool(service, pool) else {
+        let resp = local(StatusCode::BAD_GATEWAY, "graylane: no upstream pool\n");
+        route_metrics.observe(502, start.elapsed());
+        return resp;
+    };
+    let ep = up.pick();
+    let Some(uri) = up.uri(ep, parts.uri.path_and_query()) else {
+        let resp = local(StatusCode::BAD_GATEWAY, "graylane: bad upstream address\n");
+        route_metrics.observe(502, start.elapsed());
+        return resp;
+    };
+    parts.uri = uri;
+    // WebSocket handshakes always go over HTTP/1.1 (RFC 6455 Upgrade).
+    let protocol = if client_upgrade.is_some() {
+        crate::config::Protocol::Http1
+    } else {
+        up.protocol
+    };
+    parts.version = match protocol {
+        crate::config::Protocol::Http1 => http::Version::HTTP_11,
+        crate::config::Protocol::H2 => http::Version::HTTP_2,
+    };
+    let up_req = Request::from_parts(parts, UpBody::Incoming(body));
+    let client = shared.upstreams.client(protocol);
+    let timeout = shared.config.timeouts.upstream_response;
+    let result = tokio::time::timeout(timeout, client.request(up_req)).await;
+    let resp = match result {
+        Ok(Ok(mut resp)) => {
+            let tunnel = match (client_upgrade, handshake) {
+                (Some(client_up), Some(hs)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    Some((client_up, hyper::upgrade::on(&mut resp), hs))
+                }
+                _ => None,
+            };
+            let (mut rp, rb) = resp.into_parts();
+            upstream::strip_hop_by_hop(&mut rp.headers, tunnel.is_some());
+            if let Some((client_up, upstream_up, hs)) = tunnel {
+                open_tunnel(shared, client_up, upstream_up, hs);
+            }
+            Response::from_parts(rp, DownBody::upstream(rb))
+        }
+        Ok(Err(e)) => {
+            let kind = upstream::classify(&e);
+            tracing::warn!(service = %svc.name, pool = %svc.pools[pool].name, endpoint = %up.endpoints[ep].addr, kind = kind.label(), error = %e, "upstream request failed");
+            svc_metrics.upstream_error(pool, kind).inc();
+            error_response(kind)
+        }
+        Err(_) => {
+            tracing::warn!(service = %svc.name, pool = %svc.pools[pool].name, endpoint = %up.endpoints[ep].addr, "no upstream response within {timeout:?}");
+            svc_metrics
+                .upstream_error(pool, UpstreamErrorKind::Timeout)
+                .inc();
+            error_response(UpstreamErrorKind::Timeout)
+        }
+    };
+    route_metrics.observe(resp.status().as_u16(), start.elapsed());
+    resp
+}
+
+/// A WebSocket handshake (HTTP/1.1 Upgrade, RFC 6455): `Connection: upgrade` and
+/// `Upgrade: websocket`.
+fn is_websocket<B>(req: &Request<B>) -> bool {
+    let has_token = |name: header::HeaderName, token: &str| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str()
+                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+                .unwrap_or(false)
+        })
+    };
+    req.version() == http::Version::HTTP_11
+        && has_token(header::CONNECTION, "upgrade")
+        && has_token(header::UPGRADE, "websocket")
+}
+
+/// Starts relaying once both sides have switched protocols. The link is registered
+/// before the 101 reaches the client, so a reload right after it already sees the link.
+fn open_tunnel(
+    shared: &Arc<Shared>,
+    client_up: hyper::upgrade::OnUpgrade,
+    upstream_up: hyper::upgrade::OnUpgrade,
+    hs: Handshake,
+) {
+    let (guard, close) = Links::register(shared, hs);
+    let idle = shared.config.timeouts.long_link_idle;
+    tokio::spawn(async move {
+        match tokio::try_join!(client_up, upstream_up) {
+            Ok((c, u)) => longlink::relay(c, u, close, idle, guard).await,
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+}
+
+/// The status and body for each upstream failure kind (SPEC §3). Exhaustive on purpose:
+/// a new kind must decide its status here.
+pub fn error_response(kind: UpstreamErrorKind) -> Response<DownBody> {
+    match kind {
+        UpstreamErrorKind::Connect => {
+            local(StatusCode::BAD_GATEWAY, "graylane: upstream connect failed\n")
+        }
+        UpstreamErrorKind::Timeout => {
+            local(StatusCode::GATEWAY_TIMEOUT, "graylane: upstream timed out\n")
+        }
+        UpstreamErrorKind::Reset => local(
+            StatusCode::BAD_GATEWAY,
+            "graylane: upstream closed the connection\n",
+        ),
+        UpstreamErrorKind::Protocol => local(
+            StatusCode::BAD_GATEWAY,
+            "graylane: upstream sent an invalid response\n",
+        ),
+    }
+}
+
+/// Whether the process is draining (set once, read by `/readyz`).
+pub fn is_draining(shared: &Shared) -> bool {
+    shared.draining.load(Ordering::Relaxed)
+}
+
+/// Convenience for tests and the admin API.
+pub type SharedRef = Arc<Shared>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_stripped() {
+        assert_eq!(strip_port("a.example.com:8080"), "a.example.com");
+        assert_eq!(strip_port("a.example.com"), "a.example.com");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+    }
+
+    #[test]
+    fn error_statuses_are_pinned() {
+        let s = |k| error_response(k).status().as_u16();
+        assert_eq!(s(UpstreamErrorKind::Connect), 502);
+        assert_eq!(s(UpstreamErrorKind::Timeout), 504);
+        assert_eq!(s(UpstreamErrorKind::Reset), 502);
+        assert_eq!(s(UpstreamErrorKind::Protocol), 502);
+    }
+}

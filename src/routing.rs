@@ -1,5 +1,49 @@
 //! Service selection: the most specific `match` wins.
 
+use crate::config::{Config, HostMatch};
+
+/// Services ordered most specific first, so routing is the first match of a short scan.
+#[derive(Debug, Clone)]
+pub struct Router {
+    /// (service index, host match, path prefix), sorted by specificity.
+    order: Vec<(usize, Option<HostMatch>, Option<String>)>,
+}
+
+impl Router {
+    /// Orders the services: an exact host beats a wildcard host (longer suffix first)
+    /// beats no host; then the longest path prefix; then config order.
+    pub fn new(cfg: &Config) -> Self {
+        let mut order: Vec<_> = cfg
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, s.host.clone(), s.path_prefix.clone()))
+            .collect();
+        order.sort_by_key(|(i, host, prefix)| {
+            let host_rank = match host {
+                Some(HostMatch::Exact(_)) => (2, 0),
+                Some(HostMatch::Wildcard(w)) => (1, w.len()),
+                None => (0, 0),
+            };
+            let plen = prefix.as_ref().map_or(0, |p| p.len());
+            (std::cmp::Reverse(host_rank), std::cmp::Reverse(plen), *i)
+        });
+        Self { order }
+    }
+
+    /// The service for a request, or `None` (404). `host` has its port removed.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<usize> {
+        self.order.iter().find_map(|(i, h, p)| {
+            let host_ok = match h {
+                None => true,
+                Some(m) => host.is_some_and(|host| m.matches(host)),
+            };
+            let path_ok = p.as_deref().is_none_or(|p| prefix_matches(p, path));
+            (host_ok && path_ok).then_some(*i)
+        })
+    }
+}
+
 /// Segment-aware prefix match on a raw path (no decoding, no normalisation).
 ///
 /// `/chat` matches `/chat`, `/chat/x` and `/chat?q`, not `/chatroom`; a prefix ending in
@@ -27,5 +71,28 @@ mod tests {
         assert!(prefix_matches("/", "/anything"));
         assert!(prefix_matches("/static/", "/static/a.js"));
         assert!(!prefix_matches("/static/", "/static"));
+    }
+
+    #[test]
+    fn most_specific_service_wins() {
+        let yaml = "
+listeners: [{ name: im, bind: \"127.0.0.1:0\" }]
+rules_file: r.yaml
+services:
+  - { name: all, match: { path_prefix: / }, pools: { stable: { endpoints: [\"h:1\"] } } }
+  - { name: chat, match: { path_prefix: /chat }, pools: { stable: { endpoints: [\"h:1\"] } } }
+  - { name: wild, match: { host: \"*.example.com\" }, pools: { stable: { endpoints: [\"h:1\"] } } }
+  - { name: exact, match: { host: a.example.com, path_prefix: / }, pools: { stable: { endpoints: [\"h:1\"] } } }
+  - { name: hostonly, match: { host: b.test }, pools: { stable: { endpoints: [\"h:1\"] } } }
+";
+        let cfg = Config::from_str(yaml, "g.yaml", std::path::Path::new(".")).unwrap();
+        let r = Router::new(&cfg);
+        let name = |h: Option<&str>, p: &str| r.route(h, p).map(|i| cfg.services[i].name.as_str());
+        assert_eq!(name(None, "/x"), Some("all"));
+        assert_eq!(name(None, "/chat/1"), Some("chat"));
+        assert_eq!(name(Some("x.example.com"), "/chat"), Some("wild"));
+        assert_eq!(name(Some("A.example.com"), "/chat"), Some("exact"));
+        assert_eq!(name(Some("b.test"), "/"), Some("hostonly"));
+        assert_eq!(name(Some("c.test"), "/chatroom"), Some("all"));
     }
 }

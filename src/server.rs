@@ -1,1 +1,531 @@
-//! (in progress)
+//! Listeners, the accept loop, per-connection limits and timeouts, and the drain.
+//!
+//! hyper serves each connection (HTTP/1.1 and h2c via `auto::Builder`). Around it sits a
+//! small watchdog per connection that implements the timeouts of SPEC §3 in one place:
+//! `request_header` (→ 408 and close), `idle` (close), so hyper's own header timer is off.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::proxy::{self, ConnCtx, Shared};
+use crate::reload::Reloader;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listener could not bind.
+    #[error("cannot bind listener {name} on {addr}: {source}")]
+    Bind {
+        /// Listener name (`admin` for the admin listener).
+        name: String,
+        /// Address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// A server with every socket bound, ready to run. Binding first lets callers (tests,
+/// `demo`) learn the real addresses of `:0` binds before serving.
+pub struct Server {
+    shared: Arc<Shared>,
+    reloader: Arc<Reloader>,
+    listeners: Vec<TcpListener>,
+    admin: TcpListener,
+}
+
+impl Server {
+    /// Binds every traffic listener and the admin listener.
+    pub async fn bind(shared: Arc<Shared>, reloader: Arc<Reloader>) -> Result<Self, ServerError> {
+        let mut listeners = Vec::with_capacity(shared.config.listeners.len());
+        for l in &shared.config.listeners {
+            let sock = TcpListener::bind(l.bind)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    name: l.name.clone(),
+                    addr: l.bind,
+                    source,
+                })?;
+            listeners.push(sock);
+        }
+        let admin_addr = shared.config.admin.bind;
+        let admin = TcpListener::bind(admin_addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                name: "admin".into(),
+                addr: admin_addr,
+                source,
+            })?;
+        Ok(Self {
+            shared,
+            reloader,
+            listeners,
+            admin,
+        })
+    }
+
+    /// The bound address of each traffic listener, in config order.
+    pub fn listener_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.local_addr().ok()
+    }
+
+    /// Serves until `shutdown` resolves, then drains (SPEC §8). Returns `true` when every
+    /// in-flight request finished within `timeouts.drain`.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> bool {
+        let Server {
+            shared,
+            reloader,
+            listeners,
+            admin,
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let builder = Arc::new(http_builder(&shared));
+
+        let mut accepts = JoinSet::new();
+        for (idx, l) in listeners.into_iter().enumerate() {
+            accepts.spawn(accept_loop(
+                l,
+                idx,
+                shared.clone(),
+                builder.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+        let admin_task = tokio::spawn(crate::admin::serve(
+            admin,
+            shared.clone(),
+            reloader.clone(),
+            admin_stop_rx,
+        ));
+
+        shutdown.await;
+        tracing::info!("shutting down: draining connections");
+        shared.draining.store(true, Ordering::SeqCst);
+        let _ = stop_tx.send(true);
+
+        let mut clean = true;
+        while let Some(r) = accepts.join_next().await {
+            if let Ok(ok) = r {
+                clean &= ok;
+            }
+        }
+        // Long links close last, after in-flight HTTP requests.
+        shared.links.close_all();
+        if !shared.links.wait_empty(std::time::Duration::from_secs(5)).await {
+            tracing::warn!(open = shared.links.len(), "long links still open at exit");
+        }
+        reloader.stop();
+        let _ = admin_stop_tx.send(true);
+        let _ = admin_task.await;
+        if clean {
+            tracing::info!("drained; exiting");
+        } else {
+            tracing::warn!(
+                "drain time ({:?}) ran out; remaining connections were closed",
+                shared.config.timeouts.drain
+            );
+        }
+        clean
+    }
+}
+
+fn http_builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_buf_size(shared.config.limits.max_header_bytes);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(
+            u32::try_from(shared.config.limits.max_header_bytes).unwrap_or(u32::MAX),
+        )
+        .max_concurrent_streams(1024);
+    b
+}
+
+/// Accepts until told to stop, then drains this listener's connections. Returns whether
+/// they all finished within the drain time.
+async fn accept_loop(
+    listener: TcpListener,
+    idx: usize,
+    shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut stop: watch::Receiver<bool>,
+) -> bool {
+    let mut conns = JoinSet::new();
+    let open = Arc::new(AtomicUsize::new(0));
+    let lm = shared.metrics.listener(idx);
+    let max = shared.config.limits.max_connections;
+    let lcfg = &shared.config.listeners[idx];
+    loop {
+        while conns.try_join_next().is_some() {}
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(listener = %lcfg.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if open.load(Ordering::Relaxed) >= max {
+            lm.rejected.inc();
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        open.fetch_add(1, Ordering::Relaxed);
+        lm.connections.inc();
+        let ctx = ConnCtx {
+            listener: idx,
+            peer,
+            trusted: lcfg.trusts(peer.ip()),
+        };
+        let guard = OpenGuard {
+            open: open.clone(),
+            gauge: lm.connections.clone(),
+        };
+        match &shared.tls[idx] {
+            None => {
+                conns.spawn(serve_conn(
+                    stream,
+                    ctx,
+                    shared.clone(),
+                    builder.clone(),
+                    stop.clone(),
+                    guard,
+                ));
+            }
+            Some(tls) => {
+                let acceptor = tls.acceptor();
+                let (shared, builder, stop) = (shared.clone(), builder.clone(), stop.clone());
+                conns.spawn(async move {
+                    // The handshake counts against the head timeout: a client that opens
+                    // TLS and stalls is cut like one that stalls on a plaintext head.
+                    let limit = shared.config.timeouts.request_header;
+                    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            serve_conn(tls_stream, ctx, shared, builder, stop, guard).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(peer = %ctx.peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(peer = %ctx.peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
+    }
+    // New connections are refused from here on.
+    drop(listener);
+    let drain = shared.config.timeouts.drain;
+    let all_done = async { while conns.join_next().await.is_some() {} };
+    match tokio::time::timeout(drain, all_done).await {
+        Ok(()) => true,
+        Err(_) => {
+            conns.abort_all();
+            while conns.join_next().await.is_some() {}
+            false
+        }
+    }
+}
+
+/// Decrements the listener's open-connection count when the connection task ends,
+/// however it ends (including abort at the end of the drain).
+struct OpenGuard {
+    open: Arc<AtomicUsize>,
+    gauge: prometheus::IntGauge,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.dec();
+    }
+}
+
+// === connection ===
+
+const NONE: u64 = u64::MAX;
+
+/// What the watchdog needs to know about a connection, updated by the IO wrapper (reads)
+/// and the service (requests in flight). Atomics because hyper's h2 streams run on other
+/// tasks; all accesses are `Relaxed`: the watchdog re-checks before acting.
+#[derive(Debug)]
+struct ConnState {
+    base: Instant,
+    /// Requests whose response is not finished yet.
+    in_flight: AtomicUsize,
+    /// When the current request head started (ms since `base`), or `NONE`.
+    head_start: AtomicU64,
+    /// Whether any byte of the current head has arrived (408 only then).
+    head_bytes: AtomicBool,
+    /// Last time a request finished or bytes arrived (ms since `base`).
+    last_activity: AtomicU64,
+    /// The client spoke the HTTP/2 preface: no head timeouts, only idle.
+    h2: AtomicBool,
+    /// Set by the watchdog: the IO wrapper answers 408 and fails the read.
+    timed_out: AtomicBool,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            // A connection's first request is timed from accept.
+            head_start: AtomicU64::new(0),
+            head_bytes: AtomicBool::new(false),
+            last_activity: AtomicU64::new(0),
+            h2: AtomicBool::new(false),
+            timed_out: AtomicBool::new(false),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.base + Duration::from_millis(ms)
+    }
+}
+
+/// Marks a request in flight until dropped (with the response body).
+#[derive(Debug)]
+struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    fn new(s: Arc<ConnState>) -> Self {
+        s.in_flight.fetch_add(1, Ordering::Relaxed);
+        s.head_start.store(NONE, Ordering::Relaxed);
+        s.head_bytes.store(false, Ordering::Relaxed);
+        Self(s)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let now = self.0.now_ms();
+        self.0.last_activity.store(now, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The client socket as hyper sees it: notes when bytes arrive, and answers 408 itself
+/// when the watchdog says the head took too long (hyper never writes one).
+struct ConnIo<S> {
+    stream: S,
+    state: Arc<ConnState>,
+    /// Plaintext HTTP/1: a raw 408 may be written.
+    first_read: bool,
+}
+
+const TIMEOUT_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 37\r\nconnection: close\r\n\r\ngraylane: request header timed out\r\n\r\n";
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.state.timed_out.load(Ordering::Relaxed) {
+            if this.state.head_bytes.load(Ordering::Relaxed)
+                && !this.state.h2.load(Ordering::Relaxed)
+            {
+                // Best effort: the socket buffer is empty while we wait for a head, so
+                // this small write does not block in practice.
+                let _ = Pin::new(&mut this.stream).poll_write(cx, TIMEOUT_408);
+                let _ = Pin::new(&mut this.stream).poll_flush(cx);
+            }
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.stream).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            let s = &this.state;
+            let now = s.now_ms();
+            s.last_activity.store(now, Ordering::Relaxed);
+            if this.first_read {
+                this.first_read = false;
+                if buf.filled()[before..].starts_with(b"PRI ") {
+                    s.h2.store(true, Ordering::Relaxed);
+                }
+            }
+            if s.in_flight.load(Ordering::Relaxed) == 0 {
+                if s.head_start.load(Ordering::Relaxed) == NONE {
+                    s.head_start.store(now, Ordering::Relaxed);
+                }
+                s.head_bytes.store(true, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// What the watchdog decided.
+enum Watch {
+    /// Check again at this instant.
+    Until(Instant),
+    /// The head took too long: 408 (HTTP/1) and close.
+    HeadTimeout,
+    /// Idle too long: close.
+    Idle,
+}
+
+fn watch(state: &ConnState, shared: &Shared) -> Watch {
+    let t = &shared.config.timeouts;
+    let now = state.now_ms();
+    if state.in_flight.load(Ordering::Relaxed) > 0 {
+        return Watch::Until(state.at(now) + t.idle);
+    }
+    let h2 = state.h2.load(Ordering::Relaxed);
+    let head = state.head_start.load(Ordering::Relaxed);
+    if !h2 && head != NONE {
+        let due = head + t.request_header.as_millis() as u64;
+        return if now >= due {
+            Watch::HeadTimeout
+        } else {
+            Watch::Until(state.at(due))
+        };
+    }
+    let due = state.last_activity.load(Ordering::Relaxed) + t.idle.as_millis() as u64;
+    if now >= due {
+        Watch::Idle
+    } else {
+        Watch::Until(state.at(due))
+    }
+}
+
+async fn serve_conn<S>(
+    stream: S,
+    ctx: ConnCtx,
+    shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut stop: watch::Receiver<bool>,
+    _guard: OpenGuard,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let state = Arc::new(ConnState::new());
+    let io = ConnIo {
+        stream,
+        state: state.clone(),
+        first_read: true,
+    };
+    let peer = ctx.peer;
+    let ctx = Arc::new(ctx);
+    let svc_shared = shared.clone();
+    let svc_state = state.clone();
+    let service = service_fn(move |req| {
+        let shared = svc_shared.clone();
+        let ctx = ctx.clone();
+        let inflight = InFlight::new(svc_state.clone());
+        async move {
+            let resp = proxy::handle(req, &shared, &ctx).await;
+            Ok::<_, std::convert::Infallible>(resp.map(|b| b.with_guard(inflight)))
+        }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut stopping = *stop.borrow();
+    if stopping {
+        conn.as_mut().graceful_shutdown();
+    }
+    let sleep = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(sleep);
+    loop {
+        match watch(&state, &shared) {
+            Watch::Until(at) => sleep.as_mut().reset(at),
+            Watch::HeadTimeout => {
+                tracing::debug!(%peer, "request header timeout");
+                state.timed_out.store(true, Ordering::Relaxed);
+                // Let hyper poll the read once more: ConnIo answers 408 and fails it.
+                let _ = tokio::time::timeout(Duration::from_millis(100), conn.as_mut()).await;
+                return;
+            }
+            Watch::Idle => {
+                if stopping {
+                    return;
+                }
+                conn.as_mut().graceful_shutdown();
+                // Give an h2 GOAWAY a moment to go out, then close regardless.
+                let _ = tokio::time::timeout(Duration::from_millis(100), conn.as_mut()).await;
+                return;
+            }
+        }
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection ended with error");
+                }
+                return;
+            }
+            _ = &mut sleep => {}
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}

@@ -1,1 +1,441 @@
-//! (in progress)
+//! The upstream side: pools and their endpoints, endpoint choice, the pooled client,
+//! hop-by-hop header handling and the body types that stream both ways.
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, Scheme};
+use http::Uri;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::{Config, Pool, Protocol};
+use crate::error::UpstreamErrorKind;
+
+// === bodies ===
+
+/// The request body sent upstream. An enum rather than a boxed trait object: no
+/// allocation per request, and a body-less request can be replayed on retry.
+#[derive(Debug)]
+pub enum UpBody {
+    /// The client's body, streamed as it arrives.
+    Incoming(Incoming),
+    /// No body (health checks, replayed body-less requests).
+    Empty,
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpBody::Incoming(b) => Pin::new(b).poll_frame(cx),
+            UpBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Incoming(b) => b.is_end_stream(),
+            UpBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::Incoming(b) => b.size_hint(),
+            UpBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// The response body sent to the client: the upstream's, streamed, or a short local one.
+/// `guard` lives as long as the body so the connection knows a response is in flight.
+#[derive(Debug)]
+pub struct DownBody<G = ()> {
+    inner: DownInner,
+    _guard: Option<G>,
+}
+
+#[derive(Debug)]
+enum DownInner {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl DownBody<()> {
+    /// A complete body held in memory (error pages, admin answers).
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        Self {
+            inner: DownInner::Full(Some(b.into())),
+            _guard: None,
+        }
+    }
+
+    /// No body.
+    pub fn empty() -> Self {
+        Self {
+            inner: DownInner::Full(None),
+            _guard: None,
+        }
+    }
+
+    /// The upstream's body, streamed.
+    pub fn upstream(b: Incoming) -> Self {
+        Self {
+            inner: DownInner::Upstream(b),
+            _guard: None,
+        }
+    }
+
+    /// Attaches a value dropped when the body is done or abandoned.
+    pub fn with_guard<G>(self, guard: G) -> DownBody<G> {
+        DownBody {
+            inner: self.inner,
+            _guard: Some(guard),
+        }
+    }
+}
+
+impl<G: Unpin> Body for DownBody<G> {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        match &mut this.inner {
+            DownInner::Upstream(b) => {
+                let r = Pin::new(b).poll_frame(cx);
+                if matches!(r, Poll::Ready(None)) {
+                    // Release the in-flight guard as soon as the last byte is out, not
+                    // when hyper gets round to dropping the body.
+                    this._guard = None;
+                }
+                r
+            }
+            DownInner::Full(b) => match b.take() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => {
+                    this._guard = None;
+                    Poll::Ready(None)
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            DownInner::Upstream(b) => b.is_end_stream(),
+            DownInner::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            DownInner::Upstream(b) => b.size_hint(),
+            DownInner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            DownInner::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+// === hop-by-hop ===
+
+/// Removes hop-by-hop fields (RFC 9110 §7.6.1): `Connection` and every field it names,
+/// and the fixed list of SPEC §3. `keep_upgrade` keeps `Upgrade` (and a `Connection:
+/// upgrade`) for WebSocket handshakes.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Fields named by Connection: collect first, since we cannot remove while iterating.
+    // Almost every request has at most `keep-alive`/`close` here, so this stays small.
+    let mut named: [Option<HeaderName>; 8] = Default::default();
+    let mut overflow: Vec<HeaderName> = Vec::new();
+    let mut n = 0;
+    for v in headers.get_all(header::CONNECTION) {
+        let Ok(s) = v.to_str() else { continue };
+        for tok in s.split(',') {
+            let tok = tok.trim();
+            if tok.is_empty() || (keep_upgrade && tok.eq_ignore_ascii_case("upgrade")) {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(tok.as_bytes()) {
+                if n < named.len() {
+                    named[n] = Some(name);
+                    n += 1;
+                } else {
+                    overflow.push(name);
+                }
+            }
+        }
+    }
+    for name in named.iter().flatten().chain(overflow.iter()) {
+        if keep_upgrade && name == header::UPGRADE {
+            continue;
+        }
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+    headers.remove("proxy-connection");
+    headers.remove("keep-alive");
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    headers.remove(header::PROXY_AUTHENTICATE);
+    // TE: only `trailers` may pass (it tells the upstream the client accepts trailers).
+    if let Some(te) = headers.get(header::TE) {
+        let keeps_trailers = te
+            .to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+            .unwrap_or(false);
+        if keeps_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        } else {
+            headers.remove(header::TE);
+        }
+    }
+}
+
+/// Appends the peer to `x-forwarded-for` (joining earlier values into one field).
+pub fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
+    use std::fmt::Write;
+    let mut joined = String::new();
+    for v in headers.get_all("x-forwarded-for") {
+        if let Ok(s) = v.to_str() {
+            let s = s.trim();
+            if !s.is_empty() {
+                joined.push_str(s);
+                joined.push_str(", ");
+            }
+        }
+    }
+    let _ = write!(joined, "{peer}");
+    if let Ok(v) = HeaderValue::from_str(&joined) {
+        headers.insert("x-forwarded-for", v);
+    }
+}
+
+// === pools ===
+
+/// One endpoint of a pool: its pre-built authority for request URIs.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// `host:port` as configured (the metric label).
+    pub addr: String,
+    /// Parsed once so that building an upstream URI allocates nothing but the URI.
+    authority: Authority,
+}
+
+/// A pool's endpoints and the state that chooses among them.
+#[derive(Debug)]
+pub struct PoolUpstream {
+    /// Endpoints in config order.
+    pub endpoints: Vec<Endpoint>,
+    /// Round-robin cursor.
+    next: AtomicUsize,
+    /// Which client speaks to this pool.
+    pub protocol: Protocol,
+    /// Retries allowed on another endpoint.
+    pub retries: u32,
+}
+
+impl PoolUpstream {
+    fn new(p: &Pool) -> Result<Self, http::Error> {
+        let endpoints = p
+            .endpoints
+            .iter()
+            .map(|e| {
+                Ok(Endpoint {
+                    addr: e.clone(),
+                    authority: Authority::try_from(e.as_str())?,
+                })
+            })
+            .collect::<Result<Vec<_>, http::Error>>()?;
+        Ok(Self {
+            endpoints,
+            next: AtomicUsize::new(0),
+            protocol: p.protocol,
+            retries: p.retries,
+        })
+    }
+
+    /// Picks the next endpoint round-robin; returns its index.
+    pub fn pick(&self) -> usize {
+        let n = self.endpoints.len().max(1);
+        self.next.fetch_add(1, Ordering::Relaxed) % n
+    }
+
+    /// The URI for `path_and_query` on endpoint `i`.
+    pub fn uri(&self, i: usize, path_and_query: Option<&http::uri::PathAndQuery>) -> Option<Uri> {
+        let ep = self.endpoints.get(i)?;
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(ep.authority.clone());
+        parts.path_and_query = Some(
+            path_and_query
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        Uri::from_parts(parts).ok()
+    }
+}
+
+/// Every service's pools, indexed like `Config::services[s].pools[p]`.
+#[derive(Debug)]
+pub struct Upstreams {
+    /// `services[s][p]`.
+    pub services: Vec<Vec<PoolUpstream>>,
+    /// HTTP/1.1 client with keep-alive pooling per endpoint.
+    pub http1: Client<HttpConnector, UpBody>,
+    /// HTTP/2 (prior knowledge) client for `protocol: h2` pools.
+    pub h2: Client<HttpConnector, UpBody>,
+}
+
+impl Upstreams {
+    /// Builds pools and clients from the config.
+    pub fn new(cfg: &Config) -> Result<Self, http::Error> {
+        let services = cfg
+            .services
+            .iter()
+            .map(|s| s.pools.iter().map(PoolUpstream::new).collect())
+            .collect::<Result<Vec<Vec<_>>, _>>()?;
+        let mut conn = HttpConnector::new();
+        conn.set_nodelay(true);
+        conn.set_connect_timeout(Some(cfg.timeouts.connect));
+        conn.set_keepalive(Some(Duration::from_secs(60)));
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .pool_timer(TokioTimer::new())
+            .build(conn.clone());
+        let h2 = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(conn);
+        Ok(Self {
+            services,
+            http1,
+            h2,
+        })
+    }
+
+    /// The pool of service `s` at index `p`.
+    pub fn pool(&self, s: usize, p: usize) -> Option<&PoolUpstream> {
+        self.services.get(s)?.get(p)
+    }
+
+    /// The client for a pool's protocol.
+    pub fn client(&self, protocol: Protocol) -> &Client<HttpConnector, UpBody> {
+        match protocol {
+            Protocol::Http1 => &self.http1,
+            Protocol::H2 => &self.h2,
+        }
+    }
+}
+
+/// Classifies a client error into the SPEC §3 kinds.
+pub fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
+    use std::error::Error as _;
+    let mut src: Option<&(dyn std::error::Error + 'static)> = err.source();
+    let mut timed_out = false;
+    let mut hyper_kind = None;
+    while let Some(e) = src {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                timed_out = true;
+            }
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if hyper_kind.is_none() {
+                hyper_kind = Some(if h.is_parse() || h.is_parse_status() {
+                    UpstreamErrorKind::Protocol
+                } else if h.is_timeout() {
+                    UpstreamErrorKind::Timeout
+                } else {
+                    UpstreamErrorKind::Reset
+                });
+            }
+        }
+        src = e.source();
+    }
+    if err.is_connect() {
+        return if timed_out {
+            UpstreamErrorKind::Timeout
+        } else {
+            UpstreamErrorKind::Connect
+        };
+    }
+    hyper_kind.unwrap_or(UpstreamErrorKind::Reset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_fields_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip, trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic x"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["te", "x-kept"]);
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn websocket_keeps_upgrade() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-for", "5.6.7.8")]);
+        append_forwarded_for(&mut h, "127.0.0.1".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 127.0.0.1");
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, "::1".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "::1");
+    }
+}

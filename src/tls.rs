@@ -1,0 +1,109 @@
+//! TLS termination with rustls (ring provider): PEM certificate and key per listener,
+//! ALPN `h2` and `http/1.1`, re-read on SIGHUP without touching open connections.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ServerConfig;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Tls;
+
+/// Why a certificate or key could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The certificate file is missing, unreadable or holds no PEM certificate.
+    #[error("{}: cannot read certificate: {reason}", path.display())]
+    Cert {
+        /// The certificate file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The key file is missing, unreadable or holds no PEM private key.
+    #[error("{}: cannot read private key: {reason}", path.display())]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// rustls rejected the pair (e.g. the key does not match the certificate).
+    #[error("{}: {reason}", cert.display())]
+    Config {
+        /// The certificate file.
+        cert: PathBuf,
+        /// rustls' reason.
+        reason: String,
+    },
+}
+
+/// One TLS listener's acceptor, swappable so a SIGHUP can bring in a renewed
+/// certificate while connections already open keep theirs.
+pub struct TlsTerminator {
+    files: Tls,
+    acceptor: ArcSwap<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for TlsTerminator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsTerminator")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsTerminator {
+    /// Loads the certificate and key.
+    pub fn load(files: &Tls) -> Result<Self, TlsError> {
+        let cfg = server_config(&files.cert, &files.key)?;
+        Ok(Self {
+            files: files.clone(),
+            acceptor: ArcSwap::from_pointee(TlsAcceptor::from(Arc::new(cfg))),
+        })
+    }
+
+    /// The acceptor for a new connection.
+    pub fn acceptor(&self) -> Arc<TlsAcceptor> {
+        self.acceptor.load_full()
+    }
+
+    /// Re-reads the files; on error the old certificate stays and the error is returned.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let cfg = server_config(&self.files.cert, &self.files.key)?;
+        self.acceptor.store(Arc::new(TlsAcceptor::from(Arc::new(cfg))));
+        Ok(())
+    }
+}
+
+fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Cert {
+            path: cert.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Cert {
+            path: cert.to_path_buf(),
+            reason: "no PEM certificate found".into(),
+        });
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+        path: key.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key_der))
+        .map_err(|e| TlsError::Config {
+            cert: cert.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}

@@ -1,0 +1,333 @@
+//! Test harness: a real graylane and real upstream HTTP servers on 127.0.0.1, port 0.
+#![allow(dead_code, unreachable_pub)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use graylane::config::Config;
+use graylane::proxy::Shared;
+use graylane::reload::Reloader;
+use graylane::server::Server;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// What an upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub version: http::Version,
+    pub headers: HeaderMap,
+}
+
+/// A real HTTP/1.1 + h2c upstream. Answers with its name as body and `x-upstream`.
+/// Paths: `/slow?ms=N` waits first; `/count` streams the request body and answers its
+/// length; `/echo` streams it back; `/status/NNN` answers that status.
+pub struct Upstream {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+    pub fn last(&self) -> Seen {
+        self.seen().pop().expect("upstream saw no request")
+    }
+}
+
+type TestBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+fn full(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+pub async fn spawn_upstream(name: &str) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let name_s = name.to_owned();
+    let seen2 = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let name = name_s.clone();
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let name = name.clone();
+                    let seen = seen.clone();
+                    async move { Ok::<_, Infallible>(upstream_answer(req, &name, &seen).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream { name: name.to_owned(), addr, seen, task }
+}
+
+async fn upstream_answer(req: Request<Incoming>, name: &str, seen: &Mutex<Vec<Seen>>) -> Response<TestBody> {
+    if let Ok(mut s) = seen.lock() {
+        s.push(Seen {
+            method: req.method().to_string(),
+            uri: req.uri().to_string(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        });
+    }
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let mut resp = if path.starts_with("/slow") {
+        let ms: u64 = query.strip_prefix("ms=").and_then(|v| v.parse().ok()).unwrap_or(1000);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Response::new(full(name.to_owned()))
+    } else if path.starts_with("/count") {
+        let mut body = req.into_body();
+        let mut n: u64 = 0;
+        while let Some(f) = body.frame().await {
+            match f {
+                Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
+                Err(_) => break,
+            }
+        }
+        Response::new(full(n.to_string()))
+    } else if path.starts_with("/echo") {
+        Response::new(req.into_body().boxed())
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        let mut r = Response::new(full(name.to_owned()));
+        *r.status_mut() = code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::OK);
+        r
+    } else {
+        Response::new(full(name.to_owned()))
+    };
+    resp.headers_mut().insert("x-upstream", name.parse().unwrap());
+    resp
+}
+
+/// A running graylane in this process.
+pub struct Proxy {
+    pub addrs: Vec<SocketAddr>,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub shared: Arc<Shared>,
+    pub reloader: Arc<Reloader>,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub handle: Option<JoinHandle<bool>>,
+}
+
+impl Proxy {
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addrs[0], path)
+    }
+    pub fn rules_path(&self) -> PathBuf {
+        self.dir.path().join("rules.yaml")
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("graylane.yaml")
+    }
+    /// Starts the drain; returns the run() result when it finishes.
+    pub async fn stop(mut self) -> bool {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.handle.take() {
+            Some(h) => h.await.unwrap_or(false),
+            None => false,
+        }
+    }
+    pub fn begin_stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A config with one `im` listener and the services given, listeners and admin on port 0.
+/// `services` is YAML for the `services:` list; `{stable}` etc. are replaced by the caller.
+pub fn config_yaml(services: &str, extra: &str) -> String {
+    format!(
+        "listeners:\n  - name: im\n    bind: \"127.0.0.1:0\"\nadmin: {{ bind: \"127.0.0.1:0\" }}\nrules_file: rules.yaml\nservices:\n{services}\n{extra}\n"
+    )
+}
+
+/// The common case: service `chat` on `/` with stable and gray upstreams.
+pub fn simple_config(stable: SocketAddr, gray: SocketAddr, extra: &str) -> String {
+    config_yaml(
+        &format!(
+            "  - name: chat\n    match: {{ path_prefix: / }}\n    pools:\n      stable: {{ endpoints: [\"{stable}\"] }}\n      gray: {{ endpoints: [\"{gray}\"] }}\n"
+        ),
+        extra,
+    )
+}
+
+pub async fn spawn_proxy(config: &str, rules: &str) -> Proxy {
+    try_spawn_proxy(config, rules).await.expect("proxy starts")
+}
+
+pub async fn try_spawn_proxy(config: &str, rules: &str) -> Result<Proxy, String> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("graylane.yaml"), config).unwrap();
+    std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
+    start_in(dir).await
+}
+
+pub async fn start_in(dir: tempfile::TempDir) -> Result<Proxy, String> {
+    let cfg_path = dir.path().join("graylane.yaml");
+    let cfg = Config::load(&cfg_path).map_err(|e| e.to_string())?;
+    let rules = graylane::rules::load(&cfg.rules_file, &cfg.rules_file_display, &cfg.topology())
+        .map_err(|e| e.to_string())?;
+    let shared = Arc::new(Shared::new(cfg, rules).map_err(|e| e.to_string())?);
+    let reloader = Reloader::new(shared.clone());
+    let server = Server::bind(shared.clone(), reloader.clone()).await.map_err(|e| e.to_string())?;
+    reloader.start();
+    let addrs = server.listener_addrs();
+    let admin = server.admin_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(server.run(async move {
+        let _ = rx.await;
+    }));
+    Ok(Proxy { addrs, admin, dir, shared, reloader, shutdown: Some(tx), handle: Some(handle) })
+}
+
+pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, TestBody>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2c_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+/// A GET with headers; returns status, headers and body text.
+pub async fn get(c: &HttpClient, url: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, String) {
+    send(c, "GET", url, headers, Bytes::new()).await
+}
+
+pub async fn send(
+    c: &HttpClient,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> (StatusCode, HeaderMap, String) {
+    let mut b = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(full(body)).unwrap();
+    let resp = c.request(req).await.expect("request");
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    (parts.status, parts.headers, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// A streamed request body of `total` bytes in `chunk`-sized frames, generated lazily.
+pub fn streamed_body(total: u64, chunk: usize) -> TestBody {
+    let chunk_bytes = Bytes::from(vec![b'x'; chunk]);
+    let stream = futures_stream(total, chunk_bytes);
+    StreamBody::new(stream).boxed()
+}
+
+fn futures_stream(
+    total: u64,
+    chunk: Bytes,
+) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, hyper::Error>> + Send + Sync + 'static {
+    struct S {
+        left: u64,
+        chunk: Bytes,
+    }
+    impl futures_core::Stream for S {
+        type Item = Result<Frame<Bytes>, hyper::Error>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            if self.left == 0 {
+                return std::task::Poll::Ready(None);
+            }
+            let n = (self.chunk.len() as u64).min(self.left) as usize;
+            self.left -= n as u64;
+            std::task::Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
+        }
+    }
+    S { left: total, chunk }
+}
+
+/// GET on the admin listener.
+pub async fn admin_get(p: &Proxy, path: &str) -> (StatusCode, String) {
+    let (s, _, b) = get(&client(), &format!("http://{}{}", p.admin, path), &[]).await;
+    (s, b)
+}
+
+pub async fn admin_post(p: &Proxy, path: &str, headers: &[(&str, &str)]) -> (StatusCode, String) {
+    let (s, _, b) = send(&client(), "POST", &format!("http://{}{}", p.admin, path), headers, Bytes::new()).await;
+    (s, b)
+}
+
+/// Polls `f` until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Writes a file atomically (temp + rename), as editors do.
+pub fn write_atomic(path: &Path, content: &str) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The value of one metric series in the admin /metrics text, or 0.
+pub async fn metric(p: &Proxy, series: &str) -> f64 {
+    let (_, text) = admin_get(p, "/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse::<f64>().ok()))
+        .unwrap_or(0.0)
+}
