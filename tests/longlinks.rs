@@ -1,0 +1,210 @@
+//! Long links: WebSocket routed on handshake markers, relayed both ways, sticky for life,
+//! re-homed on purpose after a reload, counted exactly, closed last in a drain.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// A WebSocket echo upstream that prefixes every answer with its name.
+async fn ws_upstream(name: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { continue };
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else { return };
+                while let Some(Ok(m)) = ws.next().await {
+                    match m {
+                        Message::Text(t) => {
+                            if ws.send(Message::text(format!("{name}:{t}"))).await.is_err() {
+                                return;
+                            }
+                        }
+                        Message::Close(_) => return,
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn connect(p: &Proxy, path: &str, headers: &[(&str, &str)]) -> Ws {
+    let mut req = format!("ws://{}{}", p.addr(), path).into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let (ws, resp) = tokio_tungstenite::connect_async(req).await.expect("handshake");
+    assert_eq!(resp.status().as_u16(), 101);
+    ws
+}
+
+async fn roundtrip(ws: &mut Ws, text: &str) -> Option<String> {
+    ws.send(Message::text(text)).await.ok()?;
+    match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => Some(t.to_string()),
+        _ => None,
+    }
+}
+
+/// Waits until the server side closes the link (a Close frame, EOF or an error).
+async fn closed_within(ws: &mut Ws, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return false,
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return true,
+            Ok(Some(Ok(_))) => continue,
+        }
+    }
+}
+
+const RULES: &str = "\
+version: a
+rules:
+  - name: gray-users
+    when: { uid: { in: [1, 2] } }
+    route: gray
+";
+
+async fn setup(extra: &str) -> Proxy {
+    let stable = ws_upstream("stable").await;
+    let gray = ws_upstream("gray").await;
+    spawn_proxy(&simple_config(stable, gray, extra), RULES).await
+}
+
+#[tokio::test]
+async fn websocket_is_routed_on_handshake_markers_and_relayed() {
+    let p = setup("").await;
+    let mut g = connect(&p, "/im", &[("xdw-kefu-uid", "1")]).await;
+    let mut s = connect(&p, "/im", &[("xdw-kefu-uid", "9")]).await;
+    // Browsers cannot set headers on a handshake: cookie and query parameter work too.
+    let mut c = connect(&p, "/im", &[("cookie", "xdw-kefu-uid=2")]).await;
+    let mut q = connect(&p, "/im?xdw-kefu-uid=2", &[]).await;
+    for i in 0..3 {
+        assert_eq!(roundtrip(&mut g, &format!("m{i}")).await.as_deref(), Some(&*format!("gray:m{i}")));
+        assert_eq!(roundtrip(&mut s, "x").await.as_deref(), Some("stable:x"));
+    }
+    assert_eq!(roundtrip(&mut c, "c").await.as_deref(), Some("gray:c"));
+    assert_eq!(roundtrip(&mut q, "q").await.as_deref(), Some("gray:q"));
+    let gauge = "graylane_websocket_connections{listener=\"im\",pool=\"gray\",service=\"chat\"}";
+    assert_eq!(metric(&p, gauge).await, 3.0);
+    let stable_gauge = "graylane_websocket_connections{listener=\"im\",pool=\"stable\",service=\"chat\"}";
+    assert_eq!(metric(&p, stable_gauge).await, 1.0);
+    assert_eq!(
+        metric(&p, "graylane_requests_total{code=\"1xx\",listener=\"im\",pool=\"gray\",service=\"chat\"}").await,
+        3.0
+    );
+    // Close from the client side: the gauge goes back down exactly.
+    g.close(None).await.unwrap();
+    c.close(None).await.unwrap();
+    drop((g, c));
+    assert!(eventually(Duration::from_secs(3), || async { metric(&p, gauge).await == 1.0 }).await);
+    q.close(None).await.unwrap();
+    drop(q);
+    assert!(eventually(Duration::from_secs(3), || async { metric(&p, gauge).await == 0.0 }).await);
+    assert_eq!(metric(&p, stable_gauge).await, 1.0);
+    drop(s);
+    assert!(eventually(Duration::from_secs(3), || async { metric(&p, stable_gauge).await == 0.0 }).await);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn idle_long_links_outlive_the_http_idle_timeout() {
+    let p = setup("timeouts: { idle: 300ms }\n").await;
+    let mut ws = connect(&p, "/im", &[("xdw-kefu-uid", "1")]).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(roundtrip(&mut ws, "still").await.as_deref(), Some("gray:still"));
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn long_link_idle_closes_quiet_links() {
+    let p = setup("timeouts: { long_link_idle: 400ms }\n").await;
+    let mut ws = connect(&p, "/im", &[("xdw-kefu-uid", "1")]).await;
+    assert_eq!(roundtrip(&mut ws, "a").await.as_deref(), Some("gray:a"));
+    assert!(closed_within(&mut ws, Duration::from_secs(3)).await, "idle link was not closed");
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn reload_rehomes_only_the_moved_user() {
+    let p = setup("long_links: { rehome_grace: 200ms }\n").await;
+    let mut moved = connect(&p, "/im", &[("xdw-kefu-uid", "1")]).await;
+    let mut kept = connect(&p, "/im", &[("xdw-kefu-uid", "2")]).await;
+    let mut stable = connect(&p, "/im", &[("xdw-kefu-uid", "3")]).await;
+    assert_eq!(roundtrip(&mut moved, "a").await.as_deref(), Some("gray:a"));
+    // Narrow the gray scope: uid 1 leaves gray.
+    std::fs::write(
+        p.rules_path(),
+        "version: b\nrules:\n  - name: gray-users\n    when: { uid: { in: [2] } }\n    route: gray\n",
+    )
+    .unwrap();
+    let (st, _) = admin_post(&p, "/reload", &[]).await;
+    assert_eq!(st.as_u16(), 200);
+    assert!(closed_within(&mut moved, Duration::from_secs(3)).await, "moved user's link stayed open");
+    // The others were not touched.
+    assert_eq!(roundtrip(&mut kept, "k").await.as_deref(), Some("gray:k"));
+    assert_eq!(roundtrip(&mut stable, "s").await.as_deref(), Some("stable:s"));
+    let series = "graylane_long_links_rehomed_total{from=\"gray\",service=\"chat\",to=\"stable\"}";
+    assert_eq!(metric(&p, series).await, 1.0);
+    // Reconnecting lands in the new pool.
+    let mut again = connect(&p, "/im", &[("xdw-kefu-uid", "1")]).await;
+    assert_eq!(roundtrip(&mut again, "b").await.as_deref(), Some("stable:b"));
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn rehome_grace_zero_never_closes() {
+    let p = setup("long_links: { rehome_grace: 0 }\n").await;
+    let mut ws = connect(&p, "/im", &[("xdw-kefu-uid", "1")]).await;
+    std::fs::write(p.rules_path(), "rules: []\n").unwrap();
+    admin_post(&p, "/reload", &[]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(roundtrip(&mut ws, "x").await.as_deref(), Some("gray:x"));
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn non_101_answers_are_relayed_as_responses() {
+    // A plain HTTP upstream answers the handshake with 200: no tunnel, a normal response.
+    let stable = spawn_upstream("stable").await;
+    let gray = spawn_upstream("gray").await;
+    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), RULES).await;
+    let req = format!("ws://{}/im", p.addr()).into_client_request().unwrap();
+    let err = tokio_tungstenite::connect_async(req).await.err().expect("no upgrade");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status().as_u16(), 200),
+        other => panic!("unexpected {other:?}"),
+    }
+    // The upstream saw the Upgrade header.
+    assert_eq!(stable.last().headers["upgrade"], "websocket");
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn drain_closes_long_links_last() {
+    let mut p = setup("timeouts: { drain: 5s }\n").await;
+    let mut ws = connect(&p, "/im", &[("xdw-kefu-uid", "1")]).await;
+    assert_eq!(roundtrip(&mut ws, "a").await.as_deref(), Some("gray:a"));
+    p.begin_stop();
+    // With no HTTP request in flight, the link is closed promptly, not after 5 s.
+    assert!(closed_within(&mut ws, Duration::from_secs(3)).await);
+    let handle = p.handle.take().unwrap();
+    assert!(handle.await.unwrap());
+}
