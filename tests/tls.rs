@@ -1,0 +1,176 @@
+//! TLS termination: ALPN h2 and http/1.1, per-stream routing over h2, certificate reload
+//! on SIGHUP-equivalent without dropping open connections, bad files keep the old cert.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+struct Cert {
+    cert_pem: String,
+    key_pem: String,
+    der: CertificateDer<'static>,
+}
+
+fn make_cert(name: &str) -> Cert {
+    let ck = rcgen::generate_simple_self_signed(vec![name.to_owned(), "localhost".to_owned()])
+        .unwrap();
+    Cert {
+        cert_pem: ck.cert.pem(),
+        key_pem: ck.key_pair.serialize_pem(),
+        der: ck.cert.der().clone(),
+    }
+}
+
+fn connector(trust: &[&Cert], alpn: &[&[u8]]) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in trust {
+        roots.add(c.der.clone()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    TlsConnector::from(Arc::new(cfg))
+}
+
+async fn tls_proxy(cert: &Cert) -> (Upstream, Upstream, Proxy) {
+    let stable = spawn_upstream("stable").await;
+    let gray = spawn_upstream("gray").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.crt"), &cert.cert_pem).unwrap();
+    std::fs::write(dir.path().join("c.key"), &cert.key_pem).unwrap();
+    let cfg = simple_config(stable.addr, gray.addr, "").replace(
+        "    bind: \"127.0.0.1:0\"\n",
+        "    bind: \"127.0.0.1:0\"\n    tls: { cert: c.crt, key: c.key }\n",
+    );
+    std::fs::write(dir.path().join("graylane.yaml"), cfg).unwrap();
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        "rules:\n  - name: g\n    when: { uid: { in: [1] } }\n    route: gray\n",
+    )
+    .unwrap();
+    let p = start_in(dir).await.expect("proxy starts");
+    (stable, gray, p)
+}
+
+type TlsIo = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+
+async fn tls_connect(p: &Proxy, trust: &Cert, alpn: &[&[u8]]) -> (TlsIo, Option<Vec<u8>>) {
+    let tcp = TcpStream::connect(p.addr()).await.unwrap();
+    let tls = connector(&[trust], alpn)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    let proto = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
+    (TokioIo::new(tls), proto)
+}
+
+fn req(uid: &str) -> http::Request<Empty<Bytes>> {
+    http::Request::get("https://localhost/x")
+        .header("xdw-kefu-uid", uid)
+        .body(Empty::new())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn h2_over_tls_routes_each_stream() {
+    let cert = make_cert("console.test");
+    let (_s, gray, p) = tls_proxy(&cert).await;
+    let (io, proto) = tls_connect(&p, &cert, &[b"h2", b"http/1.1"]).await;
+    assert_eq!(proto.as_deref(), Some(&b"h2"[..]));
+    let (sender, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // A gray and a stable user multiplexed on one connection each reach their pool.
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let mut s = sender.clone();
+        tasks.push(tokio::spawn(async move {
+            let uid = if i % 2 == 0 { "1" } else { "2" };
+            let resp = s.send_request(req(uid)).await.unwrap();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (uid, String::from_utf8_lossy(&body).into_owned())
+        }));
+    }
+    for t in tasks {
+        let (uid, body) = t.await.unwrap();
+        assert_eq!(body, if uid == "1" { "gray" } else { "stable" });
+    }
+    assert_eq!(gray.last().headers["x-forwarded-proto"], "https");
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn http1_over_tls() {
+    let cert = make_cert("console.test");
+    let (_s, _g, p) = tls_proxy(&cert).await;
+    let (io, proto) = tls_connect(&p, &cert, &[b"http/1.1"]).await;
+    assert_eq!(proto.as_deref(), Some(&b"http/1.1"[..]));
+    let (mut s, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let resp = s.send_request(req("1")).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "gray");
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn certificate_reload_keeps_open_connections_and_rejects_bad_files() {
+    let old = make_cert("console.test");
+    let (_s, _g, p) = tls_proxy(&old).await;
+    let (io, _) = tls_connect(&p, &old, &[b"http/1.1"]).await;
+    let (mut open, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+
+    // A broken certificate file: the reload is refused and the old certificate serves.
+    std::fs::write(p.dir.path().join("c.crt"), "not a certificate").unwrap();
+    p.shared.reload_tls();
+    tls_connect(&p, &old, &[b"http/1.1"]).await;
+
+    // A renewed certificate: new connections get it, the open one keeps working.
+    let new = make_cert("console.test");
+    std::fs::write(p.dir.path().join("c.crt"), &new.cert_pem).unwrap();
+    std::fs::write(p.dir.path().join("c.key"), &new.key_pem).unwrap();
+    p.shared.reload_tls();
+    let (io, _) = tls_connect(&p, &new, &[b"http/1.1"]).await;
+    drop(io);
+    let tcp = TcpStream::connect(p.addr()).await.unwrap();
+    let refused = connector(&[&old], &[b"http/1.1"])
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await;
+    assert!(refused.is_err(), "old certificate still served after reload");
+    let resp = open.send_request(req("2")).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "stable");
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn bad_certificate_at_start_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.crt"), "junk").unwrap();
+    std::fs::write(dir.path().join("c.key"), "junk").unwrap();
+    let cfg = simple_config("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap(), "")
+        .replace(
+            "    bind: \"127.0.0.1:0\"\n",
+            "    bind: \"127.0.0.1:0\"\n    tls: { cert: c.crt, key: c.key }\n",
+        );
+    std::fs::write(dir.path().join("graylane.yaml"), cfg).unwrap();
+    std::fs::write(dir.path().join("rules.yaml"), "rules: []\n").unwrap();
+    let err = start_in(dir).await.err().expect("start fails");
+    assert!(err.contains("listener im") && err.contains("c.crt"), "{err}");
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
