@@ -129,10 +129,9 @@ async fn handle(
         return match path.as_str() {
             "/reload" => match reloader.reload("POST /reload").await {
                 Ok(_) => json_response(StatusCode::OK, &rules_json(shared)),
-                Err(msg) => json_response(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    &json!({ "error": msg }),
-                ),
+                Err(msg) => {
+                    json_response(StatusCode::UNPROCESSABLE_ENTITY, &json!({ "error": msg }))
+                }
             },
             "/guard/trip" | "/guard/reset" => guard(shared, &path, &query),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -174,8 +173,7 @@ async fn handle(
 
 fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
@@ -310,6 +308,6 @@ fn copy_marker(dst: &mut Markers, src: &Markers, kind: MarkerKind) {
         MarkerKind::AgentGid => dst.agent_gid = src.agent_gid.clone(),
         MarkerKind::EntryId => dst.entry_id = src.entry_id,
         MarkerKind::AppVersion => dst.app_version = src.app_version,
-        MarkerKind::Device => dst.device = src.device.clone(),
+        MarkerKind::Device => dst.device = src.device,
     }
 }

@@ -683,7 +683,12 @@ impl Config {
         let raw: RawConfig =
             serde_yaml::from_str(src).map_err(|e| LocatedError::from_serde(file, &e))?;
         let pos = PosIndex::new(src);
-        Validator { file, pos: &pos, dir }.config(raw)
+        Validator {
+            file,
+            pos: &pos,
+            dir,
+        }
+        .config(raw)
     }
 
     /// The names the rules compiler needs.
@@ -1026,17 +1031,18 @@ impl Validator<'_> {
                 ))
             }
         };
-        let lb = match rp.lb.as_deref() {
-            None | Some("round_robin") => LbPolicy::RoundRobin,
-            Some("least_request") => LbPolicy::LeastRequest,
-            Some("hash_uid") | Some("hash: uid") => LbPolicy::HashUid,
-            Some(other) => {
-                return Err(self.err_at(
+        let lb =
+            match rp.lb.as_deref() {
+                None | Some("round_robin") => LbPolicy::RoundRobin,
+                Some("least_request") => LbPolicy::LeastRequest,
+                Some("hash_uid") | Some("hash: uid") => LbPolicy::HashUid,
+                Some(other) => return Err(self.err_at(
                     &p.key("lb"),
-                    format!("unknown lb {other:?} (expected round_robin, least_request or hash_uid)"),
-                ))
-            }
-        };
+                    format!(
+                        "unknown lb {other:?} (expected round_robin, least_request or hash_uid)"
+                    ),
+                )),
+            };
         Ok(Pool {
             name,
             id,
@@ -1055,7 +1061,10 @@ impl Validator<'_> {
 
     fn socket_addr(&self, p: &YamlPath, s: &str) -> VResult<SocketAddr> {
         s.parse::<SocketAddr>().map_err(|_| {
-            self.err_at(p, format!("invalid address {s:?} (expected IP:PORT, e.g. 0.0.0.0:8080)"))
+            self.err_at(
+                p,
+                format!("invalid address {s:?} (expected IP:PORT, e.g. 0.0.0.0:8080)"),
+            )
         })
     }
 
@@ -1070,7 +1079,9 @@ impl Validator<'_> {
 
     fn nonempty(&self, p: &YamlPath, v: Option<String>) -> VResult<Option<String>> {
         match v {
-            Some(s) if s.trim().is_empty() => Err(self.err_at(p, "must not be empty (use null to turn the source off)")),
+            Some(s) if s.trim().is_empty() => {
+                Err(self.err_at(p, "must not be empty (use null to turn the source off)"))
+            }
             other => Ok(other.map(|s| s.trim().to_owned())),
         }
     }
@@ -1133,7 +1144,10 @@ services:
             Some("x-graylane-pool")
         );
         let chat = &c.services[0];
-        assert_eq!(chat.pool(GRAY).map(|p| p.endpoints[0].as_str()), Some("127.0.0.1:2"));
+        assert_eq!(
+            chat.pool(GRAY).map(|p| p.endpoints[0].as_str()),
+            Some("127.0.0.1:2")
+        );
         assert!(c.listeners[0].trusts("8.8.8.8".parse().unwrap()));
     }
 
@@ -1159,14 +1173,17 @@ services:
             (MIN.replace("127.0.0.1:0", "nowhere"), "listeners.0.bind"),
             (MIN.replace("/chat", "chat"), "path_prefix"),
             (MIN.replace("127.0.0.1:2", "127.0.0.1"), "must be host:port"),
-            (
-                format!("{MIN}timeouts: {{ idle: 5 }}\n"),
-                "needs a unit",
-            ),
+            (format!("{MIN}timeouts: {{ idle: 5 }}\n"), "needs a unit"),
             (format!("{MIN}timeouts: {{ idle: 5x }}\n"), "unit must be"),
-            (format!("{MIN}markers: {{ uuid: {{ header: a }} }}\n"), "unknown marker"),
             (
-                MIN.replace("    bind:", "    trusted_cidrs: [\"10.0.0.0/33\"]\n    bind:"),
+                format!("{MIN}markers: {{ uuid: {{ header: a }} }}\n"),
+                "unknown marker",
+            ),
+            (
+                MIN.replace(
+                    "    bind:",
+                    "    trusted_cidrs: [\"10.0.0.0/33\"]\n    bind:",
+                ),
                 "invalid CIDR",
             ),
             (MIN.replace("name: chat", "name: Chat"), "invalid name"),
@@ -1198,7 +1215,10 @@ services:
         let src = MIN.replace("    bind:", "    trusted_cidrs: []\n    bind:");
         let c = load(&src).unwrap();
         assert!(!c.listeners[0].trusts("127.0.0.1".parse().unwrap()));
-        let src = MIN.replace("    bind:", "    trusted_cidrs: [\"127.0.0.0/8\", \"::1\"]\n    bind:");
+        let src = MIN.replace(
+            "    bind:",
+            "    trusted_cidrs: [\"127.0.0.0/8\", \"::1\"]\n    bind:",
+        );
         let c = load(&src).unwrap();
         assert!(c.listeners[0].trusts("127.0.0.9".parse().unwrap()));
         assert!(c.listeners[0].trusts("::ffff:127.0.0.1".parse().unwrap()));

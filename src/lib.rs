@@ -23,13 +23,13 @@
 //! - [`demo`]: the built-in sample config with its demo upstreams.
 
 pub mod admin;
+pub mod balance;
 pub mod config;
 pub mod demo;
-pub mod balance;
 pub mod error;
 pub mod guard;
-pub mod markers;
 pub mod longlink;
+pub mod markers;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
@@ -38,5 +38,5 @@ pub mod rules;
 pub mod server;
 pub mod tls;
 pub mod upstream;
-pub mod yamlpos;
 pub mod watch;
+pub mod yamlpos;

@@ -222,7 +222,11 @@ fn rehome(shared: &Shared, id: u64) {
                 to = %svc.pools[to].name,
                 "closing long link so it reconnects into its new pool"
             );
-            shared.metrics.service(hs.service).rehomed(hs.pool, to).inc();
+            shared
+                .metrics
+                .service(hs.service)
+                .rehomed(hs.pool, to)
+                .inc();
             e.close.notify_one();
         }
         _ => {}

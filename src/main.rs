@@ -144,7 +144,9 @@ async fn serve(
     let server = Server::bind(shared.clone(), reloader.clone()).await?;
     reloader.start();
     let addrs = server.listener_addrs();
-    let admin = server.admin_addr().context("admin listener has no address")?;
+    let admin = server
+        .admin_addr()
+        .context("admin listener has no address")?;
     for (l, a) in shared.config.listeners.iter().zip(&addrs) {
         tracing::info!(listener = %l.name, addr = %a, "listening");
     }

@@ -19,8 +19,8 @@ use crate::longlink::{self, Handshake, Links};
 use crate::markers::{MarkerReader, Markers};
 use crate::metrics::Metrics;
 use crate::routing::Router;
-use crate::tls::TlsTerminator;
 use crate::rules::{Compiled, Decision, RequestInfo, RuleSet};
+use crate::tls::TlsTerminator;
 use crate::upstream::{self, DownBody, UpBody, Upstreams};
 
 /// The hot-reloaded part: everything a rules reload changes, swapped as one.
@@ -120,7 +120,11 @@ impl Shared {
     pub fn new(config: Config, rules: Compiled) -> Result<Self, BuildError> {
         let metrics = Metrics::try_new(&config)?;
         let live = Live::new(rules, &metrics);
-        metrics.set_rules_info(live.rules.version(), &live.sha256, unix_secs(live.loaded_at));
+        metrics.set_rules_info(
+            live.rules.version(),
+            &live.sha256,
+            unix_secs(live.loaded_at),
+        );
         let upstreams = Upstreams::new(&config)?;
         let tls = config
             .listeners
@@ -169,7 +173,9 @@ impl Shared {
             if let Some(t) = t {
                 match t.reload() {
                     Ok(()) => tracing::info!(listener = %l.name, "TLS certificate reloaded"),
-                    Err(e) => tracing::error!(listener = %l.name, "TLS reload rejected, keeping the old certificate: {e}"),
+                    Err(e) => {
+                        tracing::error!(listener = %l.name, "TLS reload rejected, keeping the old certificate: {e}")
+                    }
                 }
             }
         }
@@ -290,9 +296,7 @@ pub async fn handle(
     // Markers first (trusted peers only); untrusted peers' marker headers are removed so
     // an upstream never sees identity it should not believe.
     let markers = if conn.trusted {
-        let (m, invalid) = shared
-            .reader
-            .read(&parts.headers, parts.uri.query());
+        let (m, invalid) = shared.reader.read(&parts.headers, parts.uri.query());
         for kind in invalid.iter() {
             shared.metrics.marker_invalid(kind).inc();
         }
@@ -319,7 +323,10 @@ pub async fn handle(
     } = outcome
     else {
         live.hits[live.hits.len() - 1].inc();
-        let resp = local(StatusCode::NOT_FOUND, "graylane: no service for this request\n");
+        let resp = local(
+            StatusCode::NOT_FOUND,
+            "graylane: no service for this request\n",
+        );
         shared
             .metrics
             .unrouted(conn.listener)
@@ -476,12 +483,14 @@ fn open_tunnel(
 /// a new kind must decide its status here.
 pub fn error_response(kind: UpstreamErrorKind) -> Response<DownBody> {
     match kind {
-        UpstreamErrorKind::Connect => {
-            local(StatusCode::BAD_GATEWAY, "graylane: upstream connect failed\n")
-        }
-        UpstreamErrorKind::Timeout => {
-            local(StatusCode::GATEWAY_TIMEOUT, "graylane: upstream timed out\n")
-        }
+        UpstreamErrorKind::Connect => local(
+            StatusCode::BAD_GATEWAY,
+            "graylane: upstream connect failed\n",
+        ),
+        UpstreamErrorKind::Timeout => local(
+            StatusCode::GATEWAY_TIMEOUT,
+            "graylane: upstream timed out\n",
+        ),
         UpstreamErrorKind::Reset => local(
             StatusCode::BAD_GATEWAY,
             "graylane: upstream closed the connection\n",

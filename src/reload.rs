@@ -67,7 +67,10 @@ impl Reloader {
         let compiled = match compiled {
             Ok(c) => c,
             Err(msg) => {
-                tracing::error!(trigger, "rules reload rejected, keeping the live rules: {msg}");
+                tracing::error!(
+                    trigger,
+                    "rules reload rejected, keeping the live rules: {msg}"
+                );
                 metrics.reload_result(ReloadResult::Error);
                 self.shared.last_error.store(Some(Arc::new(msg.clone())));
                 return Err(msg);

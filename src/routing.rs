@@ -55,7 +55,10 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     if prefix.ends_with('/') {
         return true;
     }
-    matches!(path.as_bytes().get(prefix.len()), None | Some(b'/') | Some(b'?'))
+    matches!(
+        path.as_bytes().get(prefix.len()),
+        None | Some(b'/') | Some(b'?')
+    )
 }
 
 #[cfg(test)]

@@ -135,7 +135,11 @@ impl Server {
         }
         // Long links close last, after in-flight HTTP requests.
         shared.links.close_all();
-        if !shared.links.wait_empty(std::time::Duration::from_secs(5)).await {
+        if !shared
+            .links
+            .wait_empty(std::time::Duration::from_secs(5))
+            .await
+        {
             tracing::warn!(open = shared.links.len(), "long links still open at exit");
         }
         reloader.stop();
@@ -237,7 +241,9 @@ async fn accept_loop(
                         Ok(Ok(tls_stream)) => {
                             serve_conn(tls_stream, ctx, shared, builder, stop, guard).await
                         }
-                        Ok(Err(e)) => tracing::debug!(peer = %ctx.peer, error = %e, "TLS handshake failed"),
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %ctx.peer, error = %e, "TLS handshake failed")
+                        }
                         Err(_) => tracing::debug!(peer = %ctx.peer, "TLS handshake timed out"),
                     }
                 });

@@ -74,7 +74,8 @@ impl TlsTerminator {
     /// Re-reads the files; on error the old certificate stays and the error is returned.
     pub fn reload(&self) -> Result<(), TlsError> {
         let cfg = server_config(&self.files.cert, &self.files.key)?;
-        self.acceptor.store(Arc::new(TlsAcceptor::from(Arc::new(cfg))));
+        self.acceptor
+            .store(Arc::new(TlsAcceptor::from(Arc::new(cfg))));
         Ok(())
     }
 }

@@ -203,7 +203,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if let Some(te) = headers.get(header::TE) {
         let keeps_trailers = te
             .to_str()
-            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+            .map(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
             .unwrap_or(false);
         if keeps_trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -431,7 +434,10 @@ mod tests {
 
     #[test]
     fn forwarded_for_appends() {
-        let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-for", "5.6.7.8")]);
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "5.6.7.8"),
+        ]);
         append_forwarded_for(&mut h, "127.0.0.1".parse().unwrap());
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 127.0.0.1");
         let mut h = HeaderMap::new();

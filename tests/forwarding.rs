@@ -60,7 +60,12 @@ async fn markers_from_header_cookie_and_query_pick_the_pool() {
     .await;
     assert_eq!(body, "stable");
     // agent_gid with spaces and junk tokens
-    let (_, _, body) = get(&c, &p.url("/a"), &[("cookie", "xdw-kefu-agent-gid=x, 5 , 7")]).await;
+    let (_, _, body) = get(
+        &c,
+        &p.url("/a"),
+        &[("cookie", "xdw-kefu-agent-gid=x, 5 , 7")],
+    )
+    .await;
     assert_eq!(body, "gray");
     p.stop().await;
 }
@@ -126,8 +131,10 @@ async fn untrusted_peers_are_routed_without_markers() {
     // Rebuild with a listener that trusts nobody.
     p.stop().await;
     let gray = spawn_upstream("gray").await;
-    let cfg = two_services(stable.addr, gray.addr, "")
-        .replace("    bind: \"127.0.0.1:0\"\n", "    bind: \"127.0.0.1:0\"\n    trusted_cidrs: []\n");
+    let cfg = two_services(stable.addr, gray.addr, "").replace(
+        "    bind: \"127.0.0.1:0\"\n",
+        "    bind: \"127.0.0.1:0\"\n    trusted_cidrs: []\n",
+    );
     let p = spawn_proxy(&cfg, RULES).await;
     let c = client();
     let (_, _, body) = get(
@@ -175,7 +182,12 @@ async fn services_by_host_and_longest_prefix_and_404() {
     let c = client();
     assert_eq!(get(&c, &p.url("/chat/x"), &[]).await.2, "a");
     assert_eq!(get(&c, &p.url("/chat/ws/1"), &[]).await.2, "b");
-    assert_eq!(get(&c, &p.url("/chat"), &[("host", "console.kefu.example.com")]).await.2, "c");
+    assert_eq!(
+        get(&c, &p.url("/chat"), &[("host", "console.kefu.example.com")])
+            .await
+            .2,
+        "c"
+    );
     let (st, _, body) = get(&c, &p.url("/chatroom"), &[]).await;
     assert_eq!(st.as_u16(), 404);
     assert_eq!(body, "graylane: no service for this request\n");
@@ -234,7 +246,10 @@ async fn h2c_clients_are_routed_per_stream() {
 #[tokio::test]
 async fn dead_upstream_is_502_and_slow_one_504() {
     // A port nobody listens on: bind, learn the port, close.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let slow = spawn_upstream("slow").await;
     let p = spawn_proxy(
         &two_services(slow.addr, dead, "timeouts: { upstream_response: 300ms }\n"),
@@ -247,11 +262,19 @@ async fn dead_upstream_is_502_and_slow_one_504() {
     let (st, _, _) = get(&c, &p.url("/slow?ms=2000"), &[]).await;
     assert_eq!(st.as_u16(), 504);
     assert_eq!(
-        metric(&p, "graylane_upstream_errors_total{kind=\"connect\",pool=\"gray\",service=\"chat\"}").await,
+        metric(
+            &p,
+            "graylane_upstream_errors_total{kind=\"connect\",pool=\"gray\",service=\"chat\"}"
+        )
+        .await,
         1.0
     );
     assert_eq!(
-        metric(&p, "graylane_upstream_errors_total{kind=\"timeout\",pool=\"stable\",service=\"chat\"}").await,
+        metric(
+            &p,
+            "graylane_upstream_errors_total{kind=\"timeout\",pool=\"stable\",service=\"chat\"}"
+        )
+        .await,
         1.0
     );
     // And the proxy still serves.
@@ -283,7 +306,14 @@ async fn large_upload_streams_without_buffering() {
         "RSS grew from {before} KiB to {after} KiB"
     );
     // A streamed echo comes back intact.
-    let (st, _, echoed) = send(&c, "POST", &p.url("/echo"), &[], Bytes::from_static(b"ping")).await;
+    let (st, _, echoed) = send(
+        &c,
+        "POST",
+        &p.url("/echo"),
+        &[],
+        Bytes::from_static(b"ping"),
+    )
+    .await;
     assert_eq!((st.as_u16(), echoed.as_str()), (200, "ping"));
     p.stop().await;
 }
@@ -306,10 +336,17 @@ async fn requests_and_rule_hits_are_counted() {
     let c = client();
     get(&c, &p.url("/"), &[("xdw-kefu-uid", "42")]).await;
     get(&c, &p.url("/"), &[]).await;
-    let series = "graylane_requests_total{code=\"2xx\",listener=\"im\",pool=\"gray\",service=\"chat\"}";
+    let series =
+        "graylane_requests_total{code=\"2xx\",listener=\"im\",pool=\"gray\",service=\"chat\"}";
     assert_eq!(metric(&p, series).await, 1.0);
-    assert_eq!(metric(&p, "graylane_rule_hits_total{rule=\"gray-uid\"}").await, 1.0);
-    assert_eq!(metric(&p, "graylane_rule_hits_total{rule=\"default\"}").await, 1.0);
+    assert_eq!(
+        metric(&p, "graylane_rule_hits_total{rule=\"gray-uid\"}").await,
+        1.0
+    );
+    assert_eq!(
+        metric(&p, "graylane_rule_hits_total{rule=\"default\"}").await,
+        1.0
+    );
     tokio::time::sleep(Duration::from_millis(1)).await;
     p.stop().await;
 }

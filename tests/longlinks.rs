@@ -19,15 +19,19 @@ async fn ws_upstream(name: &'static str) -> SocketAddr {
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((s, _)) = l.accept().await else { continue };
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else { return };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
                 while let Some(Ok(m)) = ws.next().await {
                     match m {
-                        Message::Text(t) => {
-                            if ws.send(Message::text(format!("{name}:{t}"))).await.is_err() {
-                                return;
-                            }
+                        Message::Text(t)
+                            if ws.send(Message::text(format!("{name}:{t}"))).await.is_err() =>
+                        {
+                            return;
                         }
                         Message::Close(_) => return,
                         _ => {}
@@ -42,14 +46,18 @@ async fn ws_upstream(name: &'static str) -> SocketAddr {
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 async fn connect(p: &Proxy, path: &str, headers: &[(&str, &str)]) -> Ws {
-    let mut req = format!("ws://{}{}", p.addr(), path).into_client_request().unwrap();
+    let mut req = format!("ws://{}{}", p.addr(), path)
+        .into_client_request()
+        .unwrap();
     for (k, v) in headers {
         req.headers_mut().insert(
             http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
             v.parse().unwrap(),
         );
     }
-    let (ws, resp) = tokio_tungstenite::connect_async(req).await.expect("handshake");
+    let (ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("handshake");
     assert_eq!(resp.status().as_u16(), 101);
     ws
 }
@@ -97,30 +105,53 @@ async fn websocket_is_routed_on_handshake_markers_and_relayed() {
     let mut c = connect(&p, "/im", &[("cookie", "xdw-kefu-uid=2")]).await;
     let mut q = connect(&p, "/im?xdw-kefu-uid=2", &[]).await;
     for i in 0..3 {
-        assert_eq!(roundtrip(&mut g, &format!("m{i}")).await.as_deref(), Some(&*format!("gray:m{i}")));
+        assert_eq!(
+            roundtrip(&mut g, &format!("m{i}")).await.as_deref(),
+            Some(&*format!("gray:m{i}"))
+        );
         assert_eq!(roundtrip(&mut s, "x").await.as_deref(), Some("stable:x"));
     }
     assert_eq!(roundtrip(&mut c, "c").await.as_deref(), Some("gray:c"));
     assert_eq!(roundtrip(&mut q, "q").await.as_deref(), Some("gray:q"));
     let gauge = "graylane_websocket_connections{listener=\"im\",pool=\"gray\",service=\"chat\"}";
     assert_eq!(metric(&p, gauge).await, 3.0);
-    let stable_gauge = "graylane_websocket_connections{listener=\"im\",pool=\"stable\",service=\"chat\"}";
+    let stable_gauge =
+        "graylane_websocket_connections{listener=\"im\",pool=\"stable\",service=\"chat\"}";
     assert_eq!(metric(&p, stable_gauge).await, 1.0);
     assert_eq!(
-        metric(&p, "graylane_requests_total{code=\"1xx\",listener=\"im\",pool=\"gray\",service=\"chat\"}").await,
+        metric(
+            &p,
+            "graylane_requests_total{code=\"1xx\",listener=\"im\",pool=\"gray\",service=\"chat\"}"
+        )
+        .await,
         3.0
     );
     // Close from the client side: the gauge goes back down exactly.
     g.close(None).await.unwrap();
     c.close(None).await.unwrap();
     drop((g, c));
-    assert!(eventually(Duration::from_secs(3), || async { metric(&p, gauge).await == 1.0 }).await);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            metric(&p, gauge).await == 1.0
+        })
+        .await
+    );
     q.close(None).await.unwrap();
     drop(q);
-    assert!(eventually(Duration::from_secs(3), || async { metric(&p, gauge).await == 0.0 }).await);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            metric(&p, gauge).await == 0.0
+        })
+        .await
+    );
     assert_eq!(metric(&p, stable_gauge).await, 1.0);
     drop(s);
-    assert!(eventually(Duration::from_secs(3), || async { metric(&p, stable_gauge).await == 0.0 }).await);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            metric(&p, stable_gauge).await == 0.0
+        })
+        .await
+    );
     p.stop().await;
 }
 
@@ -129,7 +160,10 @@ async fn idle_long_links_outlive_the_http_idle_timeout() {
     let p = setup("timeouts: { idle: 300ms }\n").await;
     let mut ws = connect(&p, "/im", &[("xdw-kefu-uid", "1")]).await;
     tokio::time::sleep(Duration::from_millis(900)).await;
-    assert_eq!(roundtrip(&mut ws, "still").await.as_deref(), Some("gray:still"));
+    assert_eq!(
+        roundtrip(&mut ws, "still").await.as_deref(),
+        Some("gray:still")
+    );
     p.stop().await;
 }
 
@@ -138,7 +172,10 @@ async fn long_link_idle_closes_quiet_links() {
     let p = setup("timeouts: { long_link_idle: 400ms }\n").await;
     let mut ws = connect(&p, "/im", &[("xdw-kefu-uid", "1")]).await;
     assert_eq!(roundtrip(&mut ws, "a").await.as_deref(), Some("gray:a"));
-    assert!(closed_within(&mut ws, Duration::from_secs(3)).await, "idle link was not closed");
+    assert!(
+        closed_within(&mut ws, Duration::from_secs(3)).await,
+        "idle link was not closed"
+    );
     p.stop().await;
 }
 
@@ -157,15 +194,24 @@ async fn reload_rehomes_only_the_moved_user() {
     .unwrap();
     let (st, _) = admin_post(&p, "/reload", &[]).await;
     assert_eq!(st.as_u16(), 200);
-    assert!(closed_within(&mut moved, Duration::from_secs(3)).await, "moved user's link stayed open");
+    assert!(
+        closed_within(&mut moved, Duration::from_secs(3)).await,
+        "moved user's link stayed open"
+    );
     // The others were not touched.
     assert_eq!(roundtrip(&mut kept, "k").await.as_deref(), Some("gray:k"));
-    assert_eq!(roundtrip(&mut stable, "s").await.as_deref(), Some("stable:s"));
+    assert_eq!(
+        roundtrip(&mut stable, "s").await.as_deref(),
+        Some("stable:s")
+    );
     let series = "graylane_long_links_rehomed_total{from=\"gray\",service=\"chat\",to=\"stable\"}";
     assert_eq!(metric(&p, series).await, 1.0);
     // Reconnecting lands in the new pool.
     let mut again = connect(&p, "/im", &[("xdw-kefu-uid", "1")]).await;
-    assert_eq!(roundtrip(&mut again, "b").await.as_deref(), Some("stable:b"));
+    assert_eq!(
+        roundtrip(&mut again, "b").await.as_deref(),
+        Some("stable:b")
+    );
     p.stop().await;
 }
 
@@ -186,10 +232,16 @@ async fn non_101_answers_are_relayed_as_responses() {
     let stable = spawn_upstream("stable").await;
     let gray = spawn_upstream("gray").await;
     let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), RULES).await;
-    let req = format!("ws://{}/im", p.addr()).into_client_request().unwrap();
-    let err = tokio_tungstenite::connect_async(req).await.err().expect("no upgrade");
+    let req = format!("ws://{}/im", p.addr())
+        .into_client_request()
+        .unwrap();
+    let err = tokio_tungstenite::connect_async(req)
+        .await
+        .expect_err("no upgrade");
     match err {
-        tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status().as_u16(), 200),
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            assert_eq!(resp.status().as_u16(), 200)
+        }
         other => panic!("unexpected {other:?}"),
     }
     // The upstream saw the Upgrade header.

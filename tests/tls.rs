@@ -21,8 +21,8 @@ struct Cert {
 }
 
 fn make_cert(name: &str) -> Cert {
-    let ck = rcgen::generate_simple_self_signed(vec![name.to_owned(), "localhost".to_owned()])
-        .unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec![name.to_owned(), "localhost".to_owned()]).unwrap();
     Cert {
         cert_pem: ck.cert.pem(),
         key_pem: ck.key_pair.serialize_pem(),
@@ -90,9 +90,10 @@ async fn h2_over_tls_routes_each_stream() {
     let (_s, gray, p) = tls_proxy(&cert).await;
     let (io, proto) = tls_connect(&p, &cert, &[b"h2", b"http/1.1"]).await;
     assert_eq!(proto.as_deref(), Some(&b"h2"[..]));
-    let (sender, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-        .await
-        .unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
     tokio::spawn(conn);
     // A gray and a stable user multiplexed on one connection each reach their pool.
     let mut tasks = Vec::new();
@@ -151,7 +152,10 @@ async fn certificate_reload_keeps_open_connections_and_rejects_bad_files() {
     let refused = connector(&[&old], &[b"http/1.1"])
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await;
-    assert!(refused.is_err(), "old certificate still served after reload");
+    assert!(
+        refused.is_err(),
+        "old certificate still served after reload"
+    );
     let resp = open.send_request(req("2")).await.unwrap();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "stable");
@@ -163,14 +167,21 @@ async fn bad_certificate_at_start_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("c.crt"), "junk").unwrap();
     std::fs::write(dir.path().join("c.key"), "junk").unwrap();
-    let cfg = simple_config("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap(), "")
-        .replace(
-            "    bind: \"127.0.0.1:0\"\n",
-            "    bind: \"127.0.0.1:0\"\n    tls: { cert: c.crt, key: c.key }\n",
-        );
+    let cfg = simple_config(
+        "127.0.0.1:1".parse().unwrap(),
+        "127.0.0.1:2".parse().unwrap(),
+        "",
+    )
+    .replace(
+        "    bind: \"127.0.0.1:0\"\n",
+        "    bind: \"127.0.0.1:0\"\n    tls: { cert: c.crt, key: c.key }\n",
+    );
     std::fs::write(dir.path().join("graylane.yaml"), cfg).unwrap();
     std::fs::write(dir.path().join("rules.yaml"), "rules: []\n").unwrap();
     let err = start_in(dir).await.err().expect("start fails");
-    assert!(err.contains("listener im") && err.contains("c.crt"), "{err}");
+    assert!(
+        err.contains("listener im") && err.contains("c.crt"),
+        "{err}"
+    );
     tokio::time::sleep(Duration::from_millis(1)).await;
 }

@@ -71,7 +71,9 @@ pub async fn spawn_upstream(name: &str) -> Upstream {
     let seen2 = seen.clone();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let name = name_s.clone();
             let seen = seen2.clone();
             tokio::spawn(async move {
@@ -86,10 +88,19 @@ pub async fn spawn_upstream(name: &str) -> Upstream {
             });
         }
     });
-    Upstream { name: name.to_owned(), addr, seen, task }
+    Upstream {
+        name: name.to_owned(),
+        addr,
+        seen,
+        task,
+    }
 }
 
-async fn upstream_answer(req: Request<Incoming>, name: &str, seen: &Mutex<Vec<Seen>>) -> Response<TestBody> {
+async fn upstream_answer(
+    req: Request<Incoming>,
+    name: &str,
+    seen: &Mutex<Vec<Seen>>,
+) -> Response<TestBody> {
     if let Ok(mut s) = seen.lock() {
         s.push(Seen {
             method: req.method().to_string(),
@@ -101,7 +112,10 @@ async fn upstream_answer(req: Request<Incoming>, name: &str, seen: &Mutex<Vec<Se
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
     let mut resp = if path.starts_with("/slow") {
-        let ms: u64 = query.strip_prefix("ms=").and_then(|v| v.parse().ok()).unwrap_or(1000);
+        let ms: u64 = query
+            .strip_prefix("ms=")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
         tokio::time::sleep(Duration::from_millis(ms)).await;
         Response::new(full(name.to_owned()))
     } else if path.starts_with("/count") {
@@ -118,12 +132,17 @@ async fn upstream_answer(req: Request<Incoming>, name: &str, seen: &Mutex<Vec<Se
         Response::new(req.into_body().boxed())
     } else if let Some(code) = path.strip_prefix("/status/") {
         let mut r = Response::new(full(name.to_owned()));
-        *r.status_mut() = code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::OK);
+        *r.status_mut() = code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::OK);
         r
     } else {
         Response::new(full(name.to_owned()))
     };
-    resp.headers_mut().insert("x-upstream", name.parse().unwrap());
+    resp.headers_mut()
+        .insert("x-upstream", name.parse().unwrap());
     resp
 }
 
@@ -212,7 +231,9 @@ pub async fn start_in(dir: tempfile::TempDir) -> Result<Proxy, String> {
         .map_err(|e| e.to_string())?;
     let shared = Arc::new(Shared::new(cfg, rules).map_err(|e| e.to_string())?);
     let reloader = Reloader::new(shared.clone());
-    let server = Server::bind(shared.clone(), reloader.clone()).await.map_err(|e| e.to_string())?;
+    let server = Server::bind(shared.clone(), reloader.clone())
+        .await
+        .map_err(|e| e.to_string())?;
     reloader.start();
     let addrs = server.listener_addrs();
     let admin = server.admin_addr().unwrap();
@@ -220,7 +241,15 @@ pub async fn start_in(dir: tempfile::TempDir) -> Result<Proxy, String> {
     let handle = tokio::spawn(server.run(async move {
         let _ = rx.await;
     }));
-    Ok(Proxy { addrs, admin, dir, shared, reloader, shutdown: Some(tx), handle: Some(handle) })
+    Ok(Proxy {
+        addrs,
+        admin,
+        dir,
+        shared,
+        reloader,
+        shutdown: Some(tx),
+        handle: Some(handle),
+    })
 }
 
 pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, TestBody>;
@@ -230,11 +259,17 @@ pub fn client() -> HttpClient {
 }
 
 pub fn h2c_client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
 }
 
 /// A GET with headers; returns status, headers and body text.
-pub async fn get(c: &HttpClient, url: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, String) {
+pub async fn get(
+    c: &HttpClient,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, String) {
     send(c, "GET", url, headers, Bytes::new()).await
 }
 
@@ -252,8 +287,16 @@ pub async fn send(
     let req = b.body(full(body)).unwrap();
     let resp = c.request(req).await.expect("request");
     let (parts, body) = resp.into_parts();
-    let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-    (parts.status, parts.headers, String::from_utf8_lossy(&bytes).into_owned())
+    let bytes = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
 }
 
 /// A streamed request body of `total` bytes in `chunk`-sized frames, generated lazily.
@@ -295,7 +338,14 @@ pub async fn admin_get(p: &Proxy, path: &str) -> (StatusCode, String) {
 }
 
 pub async fn admin_post(p: &Proxy, path: &str, headers: &[(&str, &str)]) -> (StatusCode, String) {
-    let (s, _, b) = send(&client(), "POST", &format!("http://{}{}", p.admin, path), headers, Bytes::new()).await;
+    let (s, _, b) = send(
+        &client(),
+        "POST",
+        &format!("http://{}{}", p.admin, path),
+        headers,
+        Bytes::new(),
+    )
+    .await;
     (s, b)
 }
 
@@ -328,6 +378,9 @@ pub fn write_atomic(path: &Path, content: &str) {
 pub async fn metric(p: &Proxy, series: &str) -> f64 {
     let (_, text) = admin_get(p, "/metrics").await;
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse::<f64>().ok()))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse::<f64>().ok())
+        })
         .unwrap_or(0.0)
 }
