@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
 use crate::markers::MarkerKind;
-use crate::yamlpos::{LocatedError, PosIndex, YamlPath};
+use crate::yamlpos::{LocatedError, Pos, PosIndex, YamlPath};
 
 /// Index into [`Config::pool_names`]: pools are named globally so that a rule's `route`
 /// resolves once, at load, to a number every service can look up in a table.
@@ -672,7 +672,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, LocatedError> {
         let display = path.display().to_string();
         let src = std::fs::read_to_string(path).map_err(|e| {
-            LocatedError::new(&display, Default::default(), format!("cannot read: {e}"))
+            LocatedError::new(&display, Pos { line: 1, col: 1 }, format!("cannot read: {e}"))
         })?;
         let dir = path.parent().unwrap_or(Path::new("."));
         Self::from_str(&src, &display, dir)

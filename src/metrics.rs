@@ -222,8 +222,9 @@ pub struct Metrics {
     listeners: Vec<ListenerMetrics>,
     /// `[service]`.
     services: Vec<ServiceMetrics>,
-    /// `[service][pool][endpoint]`.
-    endpoint_up: Vec<Vec<Vec<IntGauge>>>,
+    /// `endpoint_up` family: endpoints come and go with DNS, so their gauges are made
+    /// by the balancer (off the request path) through [`Metrics::endpoint_gauges`].
+    endpoint_up: IntGaugeVec,
     /// `marker_invalid_total`, indexed by `MarkerKind as usize`.
     marker_invalid: [IntCounter; 6],
     /// `rules_reloads_total`, indexed by [`ReloadResult::index`].
@@ -481,7 +482,6 @@ impl Metrics {
         }
 
         let mut services = Vec::with_capacity(cfg.services.len());
-        let mut endpoint_up = Vec::with_capacity(cfg.services.len());
         for s in &cfg.services {
             let name = s.name.as_str();
             let mut fallbacks = Vec::with_capacity(cfg.pool_names.len());
@@ -498,7 +498,6 @@ impl Metrics {
             let mut upstream_errors = Vec::with_capacity(s.pools.len());
             let mut retries = Vec::with_capacity(s.pools.len());
             let mut rehomed = Vec::with_capacity(s.pools.len());
-            let mut ups = Vec::with_capacity(s.pools.len());
             for (i, p) in s.pools.iter().enumerate() {
                 let pool = p.name.as_str();
                 upstream_errors.push(table(UpstreamErrorKind::ALL, |k| {
@@ -516,15 +515,6 @@ impl Metrics {
                     });
                 }
                 rehomed.push(to_row);
-                let mut eps = Vec::with_capacity(p.endpoints.len());
-                for e in p.endpoints.iter().map(String::as_str) {
-                    let g = f
-                        .endpoint_up
-                        .get_metric_with_label_values(&[name, pool, e])?;
-                    g.set(1);
-                    eps.push(g);
-                }
-                ups.push(eps);
             }
             services.push(ServiceMetrics {
                 fallbacks,
@@ -534,7 +524,6 @@ impl Metrics {
                 gray_tripped: f.gray_tripped.get_metric_with_label_values(&[name])?,
                 sink: sink.counter.clone(),
             });
-            endpoint_up.push(ups);
         }
 
         let marker_invalid = table(MarkerKind::ALL, |k| {
@@ -550,7 +539,7 @@ impl Metrics {
             unrouted,
             listeners,
             services,
-            endpoint_up,
+            endpoint_up: f.endpoint_up,
             marker_invalid,
             reloads,
             rule_hits: f.rule_hits,
@@ -658,14 +647,25 @@ impl Metrics {
         self.rules_loaded.set(loaded_at_unix_secs);
     }
 
-    /// `endpoint_up{service,pool,endpoint}`, starting at 1 so an endpoint is up until a
-    /// health check or passive ejection says otherwise (SPEC §3).
-    pub fn endpoint_up(&self, service: usize, pool: usize, endpoint: usize) -> &IntGauge {
-        self.endpoint_up
-            .get(service)
-            .and_then(|p| p.get(pool))
-            .and_then(|e| e.get(endpoint))
-            .unwrap_or(&self.sink.gauge)
+    /// Makes and removes `endpoint_up{service,pool,endpoint}` gauges for one pool, as
+    /// DNS brings endpoints (labelled `ip:port`) and takes them away.
+    pub fn endpoint_gauges(&self, service: &str, pool: &str) -> crate::balance::EndpointGauges {
+        let (fam, s, p) = (self.endpoint_up.clone(), service.to_owned(), pool.to_owned());
+        let sink = self.sink.gauge.clone();
+        let make = {
+            let (fam, s, p) = (fam.clone(), s.clone(), p.clone());
+            move |ep: &str| {
+                fam.get_metric_with_label_values(&[&s, &p, ep])
+                    .unwrap_or_else(|_| sink.clone())
+            }
+        };
+        let remove = move |ep: &str| {
+            let _ = fam.remove_label_values(&[&s, &p, ep]);
+        };
+        crate::balance::EndpointGauges {
+            make: std::sync::Arc::new(make),
+            remove: std::sync::Arc::new(remove),
+        }
     }
 
     /// The registry in Prometheus text exposition format ([`CONTENT_TYPE`]).
@@ -802,7 +802,12 @@ services:
         m.service(1)
             .fallback(crate::config::GRAY, FallbackReason::PoolMissing)
             .inc();
-        m.endpoint_up(0, stable, 1).set(0);
+        let g = m.endpoint_gauges("chat", "stable");
+        (g.make)("10.1.0.11:8000").set(1);
+        (g.make)("10.1.0.12:8000").set(0);
+        (m.endpoint_gauges("static", "canary").make)("10.3.0.1:80").set(1);
+        (g.make)("10.1.0.99:8000").set(1);
+        (g.remove)("10.1.0.99:8000");
 
         let out = m.encode();
         for line in [
@@ -822,7 +827,7 @@ services:
             r#"graylane_long_links_rehomed_total{from="stable",service="chat",to="gray"} 0"#,
             r#"graylane_endpoint_up{endpoint="10.1.0.11:8000",pool="stable",service="chat"} 1"#,
             r#"graylane_endpoint_up{endpoint="10.1.0.12:8000",pool="stable",service="chat"} 0"#,
-            r#"graylane_endpoint_up{endpoint="static-canary.kefu.svc:80",pool="canary",service="static"} 1"#,
+            r#"graylane_endpoint_up{endpoint="10.3.0.1:80",pool="canary",service="static"} 1"#,
         ] {
             has(&out, line);
         }
@@ -853,7 +858,6 @@ services:
             .upstream_error(9, UpstreamErrorKind::Connect)
             .inc();
         m.service(0).rehomed(0, 9).inc();
-        m.endpoint_up(0, 0, 9).set(0);
         assert_eq!(before, m.encode());
         lacks(&before, "sink");
     }
@@ -951,6 +955,8 @@ services:
         let (_, m) = setup();
         m.set_rules_info(None, "x", 0.0);
         m.rule_hits(&[]);
+        // Endpoint gauges exist once the balancer has resolved its endpoints.
+        (m.endpoint_gauges("chat", "stable").make)("10.1.0.11:8000").set(1);
         let out = m.encode();
         for name in [
             "requests_total",
