@@ -192,14 +192,33 @@ pub fn rules_json(shared: &Shared) -> Value {
     })
 }
 
-fn guard(_shared: &Shared, _path: &str, query: &str) -> Response<DownBody> {
+/// `POST /guard/trip|reset?service=S`: an SRE's hand on the breaker.
+fn guard(shared: &Shared, path: &str, query: &str) -> Response<DownBody> {
     let service = form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == "service")
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default();
+    let guard = shared
+        .config
+        .services
+        .iter()
+        .position(|s| s.name == service)
+        .and_then(|i| shared.guards.get(i))
+        .and_then(Option::as_ref);
+    let Some(g) = guard else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &json!({ "error": format!("no service {service:?} with a guard") }),
+        );
+    };
+    let tripped = if path == "/guard/trip" {
+        g.trip()
+    } else {
+        g.reset()
+    };
     json_response(
-        StatusCode::NOT_FOUND,
-        &json!({ "error": format!("service {service:?} has no guard") }),
+        StatusCode::OK,
+        &json!({ "service": service, "tripped": tripped }),
     )
 }
 
@@ -291,6 +310,15 @@ pub fn explain(shared: &Shared, req: &ExplainRequest) -> Result<Value, String> {
             fallback,
         } => {
             let svc = &shared.config.services[service];
+            // What the request path would do now: a tripped guard or an unhealthy pool
+            // sends the request to stable.
+            let (pool, fallback) = match fallback {
+                Some(f) => (pool, Some(f)),
+                None => match shared.availability(service, pool) {
+                    Some(reason) => (svc.stable_index(), Some(reason)),
+                    None => (pool, None),
+                },
+            };
             json!({
                 "service": svc.name,
                 "pool": svc.pools[pool].name,

@@ -9,11 +9,14 @@ use std::time::{Instant, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use prometheus::IntCounter;
 
-use crate::config::{Config, PoolId};
+use crate::balance::{Endpoint, Outcome as BalanceOutcome};
+use crate::config::{Config, OnUnavailable, Protocol, GRAY};
+use crate::guard::GuardState;
 use crate::error::{FallbackReason, UpstreamErrorKind};
 use crate::longlink::{self, Handshake, Links};
 use crate::markers::{MarkerReader, Markers};
@@ -21,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::routing::Router;
 use crate::rules::{Compiled, Decision, RequestInfo, RuleSet};
 use crate::tls::TlsTerminator;
-use crate::upstream::{self, DownBody, UpBody, Upstreams};
+use crate::upstream::{self, DownBody, ReclaimableBody, UpBody, Upstreams};
 
 /// The hot-reloaded part: everything a rules reload changes, swapped as one.
 #[derive(Debug)]
@@ -90,6 +93,8 @@ pub struct Shared {
     pub links: Links,
     /// TLS per listener (`None` = plaintext), indexed like `config.listeners`.
     pub tls: Vec<Option<TlsTerminator>>,
+    /// The automatic rollback guard per service (`None` without `guard:`).
+    pub guards: Vec<Option<GuardState>>,
     /// `pool_header` values per global pool id.
     pool_values: Vec<HeaderValue>,
     /// `x-forwarded-proto` per listener.
@@ -99,9 +104,9 @@ pub struct Shared {
 /// Why building the shared state failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    /// An endpoint did not parse as an authority.
-    #[error("invalid endpoint: {0}")]
-    Endpoint(#[from] http::Error),
+    /// An endpoint name did not resolve.
+    #[error("{0}")]
+    Endpoint(#[from] crate::balance::ResolveError),
     /// A listener's certificate or key cannot be used.
     #[error("listener {listener}: {source}")]
     Tls {
@@ -125,7 +130,17 @@ impl Shared {
             &live.sha256,
             unix_secs(live.loaded_at),
         );
-        let upstreams = Upstreams::new(&config)?;
+        let upstreams = Upstreams::new(&config, &metrics)?;
+        let guards = config
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.guard.clone().map(|g| {
+                    GuardState::new(s.name.clone(), g, metrics.service(i).gray_tripped().clone())
+                })
+            })
+            .collect();
         let tls = config
             .listeners
             .iter()
@@ -160,6 +175,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             links: Links::default(),
             tls,
+            guards,
             pool_values,
             proto_values,
             config,
@@ -179,6 +195,30 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Whether a pool can take a request right now, without side effects (for
+    /// `/explain`): `Some(reason)` when it would go to stable instead. On the request path
+    /// the guard's `admit()` decides (it also lets half-open probes through).
+    pub fn availability(&self, service: usize, pool: usize) -> Option<FallbackReason> {
+        let svc = &self.config.services[service];
+        if pool == svc.stable_index() {
+            return None;
+        }
+        if svc.pools[pool].id == GRAY
+            && self
+                .guards
+                .get(service)
+                .and_then(Option::as_ref)
+                .is_some_and(GuardState::is_tripped)
+        {
+            return Some(FallbackReason::GuardTripped);
+        }
+        let up = &self.upstreams.services[service][pool];
+        if !up.endpoints.has_available() && up.on_unavailable == OnUnavailable::Fallback {
+            return Some(FallbackReason::PoolUnhealthy);
+        }
+        None
     }
 
     /// Routes and decides without forwarding: the request path and `/explain` share it,
@@ -337,15 +377,14 @@ pub async fn handle(
     if let Some(c) = live.hits.get(hit) {
         c.inc();
     }
-    let svc_metrics = shared.metrics.service(service);
     let svc = &shared.config.services[service];
+    let svc_metrics = shared.metrics.service(service);
     if let Some(reason) = fallback {
-        tracing::debug!(service = %svc.name, pool = %shared.config.pool_names[decision.pool], "pool missing, using stable");
         svc_metrics.fallback(decision.pool, reason).inc();
     }
-    let used_pool: PoolId = svc.pools[pool].id;
 
-    // A long link remembers its handshake so a reload can decide it again.
+    // A long link remembers its handshake (as the rules decided it, before health and
+    // guard) so a reload can decide it again.
     let handshake = client_upgrade.as_ref().map(|_| Handshake {
         listener: conn.listener,
         host: request_host(&parts.uri, &parts.headers).map(str::to_owned),
@@ -360,7 +399,46 @@ pub async fn handle(
         pool,
     });
 
-    // === build the upstream request ===
+    // === availability: guard, then health ===
+    let stable = svc.stable_index();
+    let mut pool = pool;
+    let guard = shared.guards.get(service).and_then(Option::as_ref);
+    let mut guarded = false;
+    if svc.pools[pool].id == GRAY {
+        if let Some(g) = guard {
+            if g.admit() {
+                guarded = true;
+            } else {
+                svc_metrics
+                    .fallback(GRAY, FallbackReason::GuardTripped)
+                    .inc();
+                pool = stable;
+            }
+        }
+    }
+    if pool != stable {
+        let up = &shared.upstreams.services[service][pool];
+        if !up.endpoints.has_available() {
+            if up.on_unavailable == OnUnavailable::Fail {
+                let resp = local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "graylane: no healthy endpoint in the chosen pool\n",
+                );
+                shared
+                    .metrics
+                    .route(conn.listener, service, pool)
+                    .observe(503, start.elapsed());
+                return resp;
+            }
+            svc_metrics
+                .fallback(svc.pools[pool].id, FallbackReason::PoolUnhealthy)
+                .inc();
+            pool = stable;
+            guarded = false;
+        }
+    }
+
+    // === the upstream request head, shared by every attempt ===
     upstream::strip_hop_by_hop(&mut parts.headers, client_upgrade.is_some());
     if !parts.headers.contains_key(header::HOST) {
         if let Some(a) = parts.uri.authority() {
@@ -374,11 +452,6 @@ pub async fn handle(
         "x-forwarded-proto",
         shared.proto_values[conn.listener].clone(),
     );
-    if let Some(h) = &shared.config.propagate.pool_header {
-        parts
-            .headers
-            .insert(h.clone(), shared.pool_values[used_pool].clone());
-    }
     if let Some(h) = &shared.config.propagate.rule_header {
         if let Some(v) = live.rule_values.get(hit) {
             parts.headers.insert(h.clone(), v.clone());
@@ -386,64 +459,176 @@ pub async fn handle(
     }
     drop(live);
 
-    let route_metrics = shared.metrics.route(conn.listener, service, pool);
-    let Some(up) = shared.upstreams.pool(service, pool) else {
-        let resp = local(StatusCode::BAD_GATEWAY, "graylane: no upstream pool\n");
-        route_metrics.observe(502, start.elapsed());
-        return resp;
-    };
-    let ep = up.pick();
-    let Some(uri) = up.uri(ep, parts.uri.path_and_query()) else {
-        let resp = local(StatusCode::BAD_GATEWAY, "graylane: bad upstream address\n");
-        route_metrics.observe(502, start.elapsed());
-        return resp;
-    };
-    parts.uri = uri;
-    // WebSocket handshakes always go over HTTP/1.1 (RFC 6455 Upgrade).
-    let protocol = if client_upgrade.is_some() {
-        crate::config::Protocol::Http1
+    let idempotent = matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    );
+    let body = if body.is_end_stream() {
+        Replay::Empty
     } else {
-        up.protocol
+        Replay::Body(ReclaimableBody::new(body))
     };
-    parts.version = match protocol {
-        crate::config::Protocol::Http1 => http::Version::HTTP_11,
-        crate::config::Protocol::H2 => http::Version::HTTP_2,
-    };
-    let up_req = Request::from_parts(parts, UpBody::Incoming(body));
-    let client = shared.upstreams.client(protocol);
+    let hash_key = markers.uid;
     let timeout = shared.config.timeouts.upstream_response;
-    let result = tokio::time::timeout(timeout, client.request(up_req)).await;
-    let resp = match result {
-        Ok(Ok(mut resp)) => {
-            let tunnel = match (client_upgrade, handshake) {
-                (Some(client_up), Some(hs)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                    Some((client_up, hyper::upgrade::on(&mut resp), hs))
-                }
-                _ => None,
-            };
-            let (mut rp, rb) = resp.into_parts();
-            upstream::strip_hop_by_hop(&mut rp.headers, tunnel.is_some());
-            if let Some((client_up, upstream_up, hs)) = tunnel {
-                open_tunnel(shared, client_up, upstream_up, hs);
+    let mut exclude: Option<Arc<Endpoint>> = None;
+    let mut retries_left = shared.upstreams.services[service][pool].retries;
+
+    // === attempts: retries within the pool, then per-request fallback to stable ===
+    let (resp, final_pool) = loop {
+        let up = &shared.upstreams.services[service][pool];
+        let picked = up.endpoints.pick(hash_key, exclude.as_deref()).or_else(|| {
+            // Panic routing: a health view can be wrong; stable is tried anyway.
+            (pool == stable)
+                .then(|| up.endpoints.pick_any(hash_key, exclude.as_deref()))
+                .flatten()
+        });
+        let Some(ep) = picked else {
+            if pool != stable && body.replayable() {
+                svc_metrics
+                    .fallback(svc.pools[pool].id, FallbackReason::PoolUnhealthy)
+                    .inc();
+                pool = stable;
+                guarded = false;
+                exclude = None;
+                retries_left = shared.upstreams.services[service][pool].retries;
+                continue;
             }
-            Response::from_parts(rp, DownBody::upstream(rb))
+            break (
+                local(StatusCode::BAD_GATEWAY, "graylane: no upstream endpoint\n"),
+                pool,
+            );
+        };
+        let Some(uri) = upstream::endpoint_uri(&ep, parts.uri.path_and_query()) else {
+            break (
+                local(StatusCode::BAD_GATEWAY, "graylane: bad upstream address\n"),
+                pool,
+            );
+        };
+        // WebSocket handshakes always go over HTTP/1.1 (RFC 6455 Upgrade).
+        let protocol = if client_upgrade.is_some() {
+            Protocol::Http1
+        } else {
+            up.protocol
+        };
+        let mut req = Request::new(body.attempt());
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = match protocol {
+            Protocol::Http1 => http::Version::HTTP_11,
+            Protocol::H2 => http::Version::HTTP_2,
+        };
+        *req.headers_mut() = parts.headers.clone();
+        if let Some(h) = &shared.config.propagate.pool_header {
+            req.headers_mut()
+                .insert(h.clone(), shared.pool_values[svc.pools[pool].id].clone());
         }
-        Ok(Err(e)) => {
-            let kind = upstream::classify(&e);
-            tracing::warn!(service = %svc.name, pool = %svc.pools[pool].name, endpoint = %up.endpoints[ep].addr, kind = kind.label(), error = %e, "upstream request failed");
-            svc_metrics.upstream_error(pool, kind).inc();
-            error_response(kind)
+        let in_flight = ep.start();
+        let result =
+            tokio::time::timeout(timeout, shared.upstreams.client(protocol).request(req)).await;
+        drop(in_flight);
+        let kind = match result {
+            Ok(Ok(resp)) => {
+                let failed = resp.status().is_server_error();
+                ep.report(if failed {
+                    BalanceOutcome::Failure
+                } else {
+                    BalanceOutcome::Success
+                });
+                if guarded {
+                    if let Some(g) = guard {
+                        g.record(failed);
+                    }
+                }
+                break (resp.map(DownBody::upstream), pool);
+            }
+            Ok(Err(e)) => {
+                let kind = upstream::classify(&e);
+                tracing::warn!(service = %svc.name, pool = %svc.pools[pool].name, endpoint = %ep.label(), kind = kind.label(), error = %e, "upstream request failed");
+                kind
+            }
+            Err(_) => {
+                tracing::warn!(service = %svc.name, pool = %svc.pools[pool].name, endpoint = %ep.label(), "no upstream response within {timeout:?}");
+                UpstreamErrorKind::Timeout
+            }
+        };
+        svc_metrics.upstream_error(pool, kind).inc();
+        ep.report(if kind == UpstreamErrorKind::Connect {
+            BalanceOutcome::ConnectFailure
+        } else {
+            BalanceOutcome::Failure
+        });
+        if guarded {
+            if let Some(g) = guard {
+                g.record(true);
+            }
         }
-        Err(_) => {
-            tracing::warn!(service = %svc.name, pool = %svc.pools[pool].name, endpoint = %up.endpoints[ep].addr, "no upstream response within {timeout:?}");
+        // SPEC §3: retry a connect failure (nothing was sent), or a reset of an
+        // idempotent request without a body. Never a timeout, never a sent body.
+        let retryable = match kind {
+            UpstreamErrorKind::Connect => body.replayable(),
+            UpstreamErrorKind::Reset => idempotent && matches!(body, Replay::Empty),
+            UpstreamErrorKind::Timeout | UpstreamErrorKind::Protocol => false,
+        };
+        if retryable && retries_left > 0 {
+            retries_left -= 1;
+            svc_metrics.retries(pool).inc();
+            exclude = Some(ep);
+            continue;
+        }
+        // Per-request fallback: gray could not even be reached and nothing was sent, so
+        // stable takes the request instead of the user seeing a 502.
+        if kind == UpstreamErrorKind::Connect && pool != stable && body.replayable() {
             svc_metrics
-                .upstream_error(pool, UpstreamErrorKind::Timeout)
+                .fallback(svc.pools[pool].id, FallbackReason::PoolUnhealthy)
                 .inc();
-            error_response(UpstreamErrorKind::Timeout)
+            pool = stable;
+            guarded = false;
+            exclude = None;
+            retries_left = shared.upstreams.services[service][pool].retries;
+            continue;
         }
+        break (error_response(kind), pool);
     };
-    route_metrics.observe(resp.status().as_u16(), start.elapsed());
+
+    let mut resp = resp;
+    let tunnel = match (client_upgrade, handshake) {
+        (Some(client_up), Some(hs)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            Some((client_up, hyper::upgrade::on(&mut resp), hs))
+        }
+        _ => None,
+    };
+    upstream::strip_hop_by_hop(resp.headers_mut(), tunnel.is_some());
+    if let Some((client_up, upstream_up, hs)) = tunnel {
+        open_tunnel(shared, client_up, upstream_up, hs);
+    }
+    shared
+        .metrics
+        .route(conn.listener, service, final_pool)
+        .observe(resp.status().as_u16(), start.elapsed());
     resp
+}
+
+/// The request body across attempts: none (replayable at will), or the client's body,
+/// replayable until its first byte was read.
+enum Replay {
+    Empty,
+    Body(ReclaimableBody),
+}
+
+impl Replay {
+    fn replayable(&self) -> bool {
+        match self {
+            Replay::Empty => true,
+            Replay::Body(b) => !b.touched(),
+        }
+    }
+
+    fn attempt(&self) -> UpBody {
+        match self {
+            Replay::Empty => UpBody::Empty,
+            Replay::Body(b) => UpBody::Reclaimable(b.clone()),
+        }
+    }
 }
 
 /// A WebSocket handshake (HTTP/1.1 Upgrade, RFC 6455): `Connection: upgrade` and

@@ -103,6 +103,7 @@ impl Server {
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let builder = Arc::new(http_builder(&shared));
+        let upstream_tasks = shared.upstreams.spawn_tasks(&shared.config);
 
         let mut accepts = JoinSet::new();
         for (idx, l) in listeners.into_iter().enumerate() {
@@ -143,6 +144,9 @@ impl Server {
             tracing::warn!(open = shared.links.len(), "long links still open at exit");
         }
         reloader.stop();
+        for t in upstream_tasks {
+            t.abort();
+        }
         let _ = admin_stop_tx.send(true);
         let _ = admin_task.await;
         if clean {

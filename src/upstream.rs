@@ -3,13 +3,14 @@
 
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, Scheme};
+use http::uri::Scheme;
 use http::Uri;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -17,7 +18,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::{Config, Pool, Protocol};
+use crate::balance::{Endpoint, PoolEndpoints, ResolveError};
+use crate::config::{Config, LbPolicy, OnUnavailable, Protocol};
+use crate::metrics::Metrics;
 use crate::error::UpstreamErrorKind;
 
 // === bodies ===
@@ -30,6 +33,35 @@ pub enum UpBody {
     Incoming(Incoming),
     /// No body (health checks, replayed body-less requests).
     Empty,
+    /// The client's body, reclaimable until the first byte is read from it: when the
+    /// connect fails, nothing was sent and the request can go to another endpoint.
+    Reclaimable(ReclaimableBody),
+}
+
+/// A body shared between attempts of one request. Streaming takes an uncontended lock
+/// per frame; only requests with a body that may be retried pay it.
+#[derive(Debug, Clone)]
+pub struct ReclaimableBody(Arc<BodySlot>);
+
+#[derive(Debug)]
+struct BodySlot {
+    touched: AtomicBool,
+    body: Mutex<Option<Incoming>>,
+}
+
+impl ReclaimableBody {
+    /// Wraps a client body.
+    pub fn new(b: Incoming) -> Self {
+        Self(Arc::new(BodySlot {
+            touched: AtomicBool::new(false),
+            body: Mutex::new(Some(b)),
+        }))
+    }
+
+    /// Whether any byte may have been sent (the body was polled).
+    pub fn touched(&self) -> bool {
+        self.0.touched.load(Ordering::Relaxed)
+    }
 }
 
 impl Body for UpBody {
@@ -43,6 +75,16 @@ impl Body for UpBody {
         match self.get_mut() {
             UpBody::Incoming(b) => Pin::new(b).poll_frame(cx),
             UpBody::Empty => Poll::Ready(None),
+            UpBody::Reclaimable(r) => {
+                r.0.touched.store(true, Ordering::Relaxed);
+                match r.0.body.lock() {
+                    Ok(mut g) => match g.as_mut() {
+                        Some(b) => Pin::new(b).poll_frame(cx),
+                        None => Poll::Ready(None),
+                    },
+                    Err(_) => Poll::Ready(None),
+                }
+            }
         }
     }
 
@@ -50,6 +92,12 @@ impl Body for UpBody {
         match self {
             UpBody::Incoming(b) => b.is_end_stream(),
             UpBody::Empty => true,
+            UpBody::Reclaimable(r) => r
+                .0
+                .body
+                .lock()
+                .map(|g| g.as_ref().is_none_or(|b| b.is_end_stream()))
+                .unwrap_or(true),
         }
     }
 
@@ -57,6 +105,13 @@ impl Body for UpBody {
         match self {
             UpBody::Incoming(b) => b.size_hint(),
             UpBody::Empty => SizeHint::with_exact(0),
+            UpBody::Reclaimable(r) => r
+                .0
+                .body
+                .lock()
+                .ok()
+                .and_then(|g| g.as_ref().map(|b| b.size_hint()))
+                .unwrap_or_default(),
         }
     }
 }
@@ -237,67 +292,33 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
 
 // === pools ===
 
-/// One endpoint of a pool: its pre-built authority for request URIs.
-#[derive(Debug)]
-pub struct Endpoint {
-    /// `host:port` as configured (the metric label).
-    pub addr: String,
-    /// Parsed once so that building an upstream URI allocates nothing but the URI.
-    authority: Authority,
-}
-
-/// A pool's endpoints and the state that chooses among them.
+/// One pool of one service: its endpoints (with health, balancing and DNS) and the
+/// settings the forwarding loop needs.
 #[derive(Debug)]
 pub struct PoolUpstream {
-    /// Endpoints in config order.
-    pub endpoints: Vec<Endpoint>,
-    /// Round-robin cursor.
-    next: AtomicUsize,
+    /// Endpoints, swapped whole on DNS re-resolution.
+    pub endpoints: Arc<PoolEndpoints>,
     /// Which client speaks to this pool.
     pub protocol: Protocol,
     /// Retries allowed on another endpoint.
     pub retries: u32,
+    /// What to do when no endpoint is available.
+    pub on_unavailable: OnUnavailable,
+    /// Whether `hash_uid` balancing wants the uid.
+    pub hash_uid: bool,
 }
 
-impl PoolUpstream {
-    fn new(p: &Pool) -> Result<Self, http::Error> {
-        let endpoints = p
-            .endpoints
-            .iter()
-            .map(|e| {
-                Ok(Endpoint {
-                    addr: e.clone(),
-                    authority: Authority::try_from(e.as_str())?,
-                })
-            })
-            .collect::<Result<Vec<_>, http::Error>>()?;
-        Ok(Self {
-            endpoints,
-            next: AtomicUsize::new(0),
-            protocol: p.protocol,
-            retries: p.retries,
-        })
-    }
-
-    /// Picks the next endpoint round-robin; returns its index.
-    pub fn pick(&self) -> usize {
-        let n = self.endpoints.len().max(1);
-        self.next.fetch_add(1, Ordering::Relaxed) % n
-    }
-
-    /// The URI for `path_and_query` on endpoint `i`.
-    pub fn uri(&self, i: usize, path_and_query: Option<&http::uri::PathAndQuery>) -> Option<Uri> {
-        let ep = self.endpoints.get(i)?;
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(ep.authority.clone());
-        parts.path_and_query = Some(
-            path_and_query
-                .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-        );
-        Uri::from_parts(parts).ok()
-    }
+/// The URI for `path_and_query` on an endpoint.
+pub fn endpoint_uri(ep: &Endpoint, path_and_query: Option<&http::uri::PathAndQuery>) -> Option<Uri> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(ep.authority().clone());
+    parts.path_and_query = Some(
+        path_and_query
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).ok()
 }
 
 /// Every service's pools, indexed like `Config::services[s].pools[p]`.
@@ -312,13 +333,23 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// Builds pools and clients from the config.
-    pub fn new(cfg: &Config) -> Result<Self, http::Error> {
-        let services = cfg
-            .services
-            .iter()
-            .map(|s| s.pools.iter().map(PoolUpstream::new).collect())
-            .collect::<Result<Vec<Vec<_>>, _>>()?;
+    /// Builds pools (resolving endpoint names once) and clients from the config.
+    pub fn new(cfg: &Config, metrics: &Metrics) -> Result<Self, ResolveError> {
+        let mut services = Vec::with_capacity(cfg.services.len());
+        for s in &cfg.services {
+            let mut pools = Vec::with_capacity(s.pools.len());
+            for p in &s.pools {
+                let gauges = metrics.endpoint_gauges(&s.name, &p.name);
+                pools.push(PoolUpstream {
+                    endpoints: Arc::new(PoolEndpoints::new(p, gauges)?),
+                    protocol: p.protocol,
+                    retries: p.retries,
+                    on_unavailable: p.on_unavailable,
+                    hash_uid: p.lb == LbPolicy::HashUid,
+                });
+            }
+            services.push(pools);
+        }
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(cfg.timeouts.connect));
@@ -339,6 +370,21 @@ impl Upstreams {
             http1,
             h2,
         })
+    }
+
+    /// Starts DNS re-resolution and health checks for every pool; the handles are
+    /// aborted at shutdown.
+    pub fn spawn_tasks(&self, cfg: &Config) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        for (s, pools) in cfg.services.iter().zip(&self.services) {
+            for p in pools {
+                tasks.extend(crate::balance::spawn_tasks(
+                    p.endpoints.clone(),
+                    s.health.clone(),
+                ));
+            }
+        }
+        tasks
     }
 
     /// The pool of service `s` at index `p`.

@@ -251,34 +251,41 @@ async fn dead_upstream_is_502_and_slow_one_504() {
         .local_addr()
         .unwrap();
     let slow = spawn_upstream("slow").await;
+    // Stable is dead (nothing to fall back to), gray is slow.
     let p = spawn_proxy(
-        &two_services(slow.addr, dead, "timeouts: { upstream_response: 300ms }\n"),
+        &two_services(dead, slow.addr, "timeouts: { upstream_response: 300ms }\n"),
         RULES,
     )
     .await;
     let c = client();
-    let (st, _, body) = get(&c, &p.url("/"), &[("xdw-kefu-uid", "42")]).await;
+    let (st, _, body) = get(&c, &p.url("/"), &[]).await;
     assert_eq!(st.as_u16(), 502, "{body}");
-    let (st, _, _) = get(&c, &p.url("/slow?ms=2000"), &[]).await;
+    assert_eq!(body, "graylane: upstream connect failed\n");
+    let (st, _, _) = get(&c, &p.url("/slow?ms=2000"), &[("xdw-kefu-uid", "42")]).await;
     assert_eq!(st.as_u16(), 504);
+    // The connect failure was retried once (SPEC §3 default retries: 1).
     assert_eq!(
         metric(
             &p,
-            "graylane_upstream_errors_total{kind=\"connect\",pool=\"gray\",service=\"chat\"}"
+            "graylane_upstream_errors_total{kind=\"connect\",pool=\"stable\",service=\"chat\"}"
         )
         .await,
+        2.0
+    );
+    assert_eq!(
+        metric(&p, "graylane_upstream_retries_total{pool=\"stable\",service=\"chat\"}").await,
         1.0
     );
     assert_eq!(
         metric(
             &p,
-            "graylane_upstream_errors_total{kind=\"timeout\",pool=\"stable\",service=\"chat\"}"
+            "graylane_upstream_errors_total{kind=\"timeout\",pool=\"gray\",service=\"chat\"}"
         )
         .await,
         1.0
     );
     // And the proxy still serves.
-    let (st, _, _) = get(&c, &p.url("/"), &[]).await;
+    let (st, _, _) = get(&c, &p.url("/"), &[("xdw-kefu-uid", "42")]).await;
     assert_eq!(st.as_u16(), 200);
     p.stop().await;
 }
