@@ -672,7 +672,11 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, LocatedError> {
         let display = path.display().to_string();
         let src = std::fs::read_to_string(path).map_err(|e| {
-            LocatedError::new(&display, Pos { line: 1, col: 1 }, format!("cannot read: {e}"))
+            LocatedError::new(
+                &display,
+                Pos { line: 1, col: 1 },
+                format!("cannot read: {e}"),
+            )
         })?;
         let dir = path.parent().unwrap_or(Path::new("."));
         Self::from_str(&src, &display, dir)
@@ -831,8 +835,9 @@ impl Validator<'_> {
             long_link_idle: t.long_link_idle.0.filter(|d| !d.is_zero()),
         };
         let lp = root.key("limits");
-        if raw.limits.max_header_bytes < 1024 {
-            return Err(self.err_at(&lp.key("max_header_bytes"), "must be at least 1024"));
+        // hyper's read buffer cannot be smaller than 8 KiB, and the limit is that buffer.
+        if raw.limits.max_header_bytes < 8192 {
+            return Err(self.err_at(&lp.key("max_header_bytes"), "must be at least 8192"));
         }
         if raw.limits.max_connections == 0 {
             return Err(self.err_at(&lp.key("max_connections"), "must be at least 1"));
@@ -1031,18 +1036,19 @@ impl Validator<'_> {
                 ))
             }
         };
-        let lb =
-            match rp.lb.as_deref() {
-                None | Some("round_robin") => LbPolicy::RoundRobin,
-                Some("least_request") => LbPolicy::LeastRequest,
-                Some("hash_uid") | Some("hash: uid") => LbPolicy::HashUid,
-                Some(other) => return Err(self.err_at(
+        let lb = match rp.lb.as_deref() {
+            None | Some("round_robin") => LbPolicy::RoundRobin,
+            Some("least_request") => LbPolicy::LeastRequest,
+            Some("hash_uid") | Some("hash: uid") => LbPolicy::HashUid,
+            Some(other) => {
+                return Err(self.err_at(
                     &p.key("lb"),
                     format!(
                         "unknown lb {other:?} (expected round_robin, least_request or hash_uid)"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         Ok(Pool {
             name,
             id,
