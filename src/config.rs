@@ -44,6 +44,15 @@ struct RawConfig {
     long_links: RawLongLinks,
     #[serde(default)]
     workers: Option<usize>,
+    #[serde(default)]
+    access_log: RawAccessLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccessLog {
+    #[serde(default)]
+    sample: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -375,6 +384,8 @@ pub struct Config {
     pub long_links: LongLinks,
     /// Worker threads for the runtime.
     pub workers: usize,
+    /// Log one request in this many (0 = off) at target `graylane::access`.
+    pub access_log_every: u32,
 }
 
 /// One traffic listener.
@@ -879,6 +890,15 @@ impl Validator<'_> {
                 rehome_grace: raw.long_links.rehome_grace.0.filter(|d| !d.is_zero()),
             },
             workers,
+            access_log_every: {
+                let ap = root.key("access_log").key("sample");
+                match raw.access_log.sample {
+                    None => 0,
+                    Some(r) if r == 0.0 => 0,
+                    Some(r) if r > 0.0 && r <= 1.0 => (1.0 / r).round().max(1.0) as u32,
+                    Some(_) => return Err(self.err_at(&ap, "must be in [0, 1]")),
+                }
+            },
         })
     }
 

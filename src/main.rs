@@ -217,6 +217,10 @@ fn explain_cmd(
             headers.insert(http::header::HOST, v);
         }
     }
+    // Offline: endpoint names are not resolved (they may only exist in the cluster), and
+    // every pool counts as healthy.
+    let mut cfg = cfg;
+    cfg.map_endpoints(|_, _| vec!["127.0.0.1:9".to_owned()]);
     let shared = Shared::new(cfg, rules)?;
     let req = ExplainRequest {
         listener,

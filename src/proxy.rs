@@ -16,8 +16,8 @@ use prometheus::IntCounter;
 
 use crate::balance::{Endpoint, Outcome as BalanceOutcome};
 use crate::config::{Config, OnUnavailable, Protocol, GRAY};
-use crate::guard::GuardState;
 use crate::error::{FallbackReason, UpstreamErrorKind};
+use crate::guard::GuardState;
 use crate::longlink::{self, Handshake, Links};
 use crate::markers::{MarkerReader, Markers};
 use crate::metrics::Metrics;
@@ -97,6 +97,8 @@ pub struct Shared {
     pub guards: Vec<Option<GuardState>>,
     /// `pool_header` values per global pool id.
     pool_values: Vec<HeaderValue>,
+    /// Requests seen, for access-log sampling (one relaxed increment per request).
+    access_seq: std::sync::atomic::AtomicU64,
     /// `x-forwarded-proto` per listener.
     proto_values: Vec<HeaderValue>,
 }
@@ -176,6 +178,7 @@ impl Shared {
             links: Links::default(),
             tls,
             guards,
+            access_seq: std::sync::atomic::AtomicU64::new(0),
             pool_values,
             proto_values,
             config,
@@ -195,6 +198,13 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Whether this request is one the access log samples.
+    fn sample_access(&self) -> bool {
+        let every = self.config.access_log_every;
+        every != 0
+            && self.access_seq.fetch_add(1, Ordering::Relaxed) % u64::from(every) == 0
     }
 
     /// Whether a pool can take a request right now, without side effects (for
@@ -452,10 +462,9 @@ pub async fn handle(
         "x-forwarded-proto",
         shared.proto_values[conn.listener].clone(),
     );
-    if let Some(h) = &shared.config.propagate.rule_header {
-        if let Some(v) = live.rule_values.get(hit) {
-            parts.headers.insert(h.clone(), v.clone());
-        }
+    let rule_value = live.rule_values.get(hit).cloned();
+    if let (Some(h), Some(v)) = (&shared.config.propagate.rule_header, &rule_value) {
+        parts.headers.insert(h.clone(), v.clone());
     }
     drop(live);
 
@@ -601,10 +610,27 @@ pub async fn handle(
     if let Some((client_up, upstream_up, hs)) = tunnel {
         open_tunnel(shared, client_up, upstream_up, hs);
     }
+    let elapsed = start.elapsed();
     shared
         .metrics
         .route(conn.listener, service, final_pool)
-        .observe(resp.status().as_u16(), start.elapsed());
+        .observe(resp.status().as_u16(), elapsed);
+    if shared.sample_access() {
+        // Path only: query strings may carry an accessToken, and headers and cookies
+        // never go to logs.
+        tracing::info!(
+            target: "graylane::access",
+            listener = %shared.config.listeners[conn.listener].name,
+            peer = %conn.peer.ip(),
+            method = %parts.method,
+            path = parts.uri.path(),
+            service = %svc.name,
+            pool = %svc.pools[final_pool].name,
+            rule = rule_value.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("default"),
+            status = resp.status().as_u16(),
+            ms = elapsed.as_secs_f64() * 1000.0,
+        );
+    }
     resp
 }
 
