@@ -650,7 +650,11 @@ impl Metrics {
     /// Makes and removes `endpoint_up{service,pool,endpoint}` gauges for one pool, as
     /// DNS brings endpoints (labelled `ip:port`) and takes them away.
     pub fn endpoint_gauges(&self, service: &str, pool: &str) -> crate::balance::EndpointGauges {
-        let (fam, s, p) = (self.endpoint_up.clone(), service.to_owned(), pool.to_owned());
+        let (fam, s, p) = (
+            self.endpoint_up.clone(),
+            service.to_owned(),
+            pool.to_owned(),
+        );
         let sink = self.sink.gauge.clone();
         let make = {
             let (fam, s, p) = (fam.clone(), s.clone(), p.clone());

@@ -20,8 +20,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::balance::{Endpoint, PoolEndpoints, ResolveError};
 use crate::config::{Config, LbPolicy, OnUnavailable, Protocol};
-use crate::metrics::Metrics;
 use crate::error::UpstreamErrorKind;
+use crate::metrics::Metrics;
 
 // === bodies ===
 
@@ -92,12 +92,12 @@ impl Body for UpBody {
         match self {
             UpBody::Incoming(b) => b.is_end_stream(),
             UpBody::Empty => true,
-            UpBody::Reclaimable(r) => r
-                .0
-                .body
-                .lock()
-                .map(|g| g.as_ref().is_none_or(|b| b.is_end_stream()))
-                .unwrap_or(true),
+            UpBody::Reclaimable(r) => {
+                r.0.body
+                    .lock()
+                    .map(|g| g.as_ref().is_none_or(|b| b.is_end_stream()))
+                    .unwrap_or(true)
+            }
         }
     }
 
@@ -105,13 +105,13 @@ impl Body for UpBody {
         match self {
             UpBody::Incoming(b) => b.size_hint(),
             UpBody::Empty => SizeHint::with_exact(0),
-            UpBody::Reclaimable(r) => r
-                .0
-                .body
-                .lock()
-                .ok()
-                .and_then(|g| g.as_ref().map(|b| b.size_hint()))
-                .unwrap_or_default(),
+            UpBody::Reclaimable(r) => {
+                r.0.body
+                    .lock()
+                    .ok()
+                    .and_then(|g| g.as_ref().map(|b| b.size_hint()))
+                    .unwrap_or_default()
+            }
         }
     }
 }
@@ -309,7 +309,10 @@ pub struct PoolUpstream {
 }
 
 /// The URI for `path_and_query` on an endpoint.
-pub fn endpoint_uri(ep: &Endpoint, path_and_query: Option<&http::uri::PathAndQuery>) -> Option<Uri> {
+pub fn endpoint_uri(
+    ep: &Endpoint,
+    path_and_query: Option<&http::uri::PathAndQuery>,
+) -> Option<Uri> {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(Scheme::HTTP);
     parts.authority = Some(ep.authority().clone());

@@ -273,7 +273,11 @@ async fn dead_upstream_is_502_and_slow_one_504() {
         2.0
     );
     assert_eq!(
-        metric(&p, "graylane_upstream_retries_total{pool=\"stable\",service=\"chat\"}").await,
+        metric(
+            &p,
+            "graylane_upstream_retries_total{pool=\"stable\",service=\"chat\"}"
+        )
+        .await,
         1.0
     );
     assert_eq!(
