@@ -482,8 +482,21 @@ pub async fn handle(
     let mut exclude: Option<Arc<Endpoint>> = None;
     let mut retries_left = shared.upstreams.services[service][pool].retries;
 
+    // Set when the chosen pool cannot take this request (no endpoint left, or every
+    // attempt failed to connect); the next turn of the loop moves it to stable.
+    let mut to_stable = false;
+
     // === attempts: retries within the pool, then per-request fallback to stable ===
     let (resp, final_pool) = loop {
+        if std::mem::take(&mut to_stable) {
+            svc_metrics
+                .fallback(svc.pools[pool].id, FallbackReason::PoolUnhealthy)
+                .inc();
+            pool = stable;
+            guarded = false;
+            exclude = None;
+            retries_left = shared.upstreams.services[service][pool].retries;
+        }
         let up = &shared.upstreams.services[service][pool];
         let picked = up.endpoints.pick(hash_key, exclude.as_deref()).or_else(|| {
             // Panic routing: a health view can be wrong; stable is tried anyway.
@@ -493,13 +506,7 @@ pub async fn handle(
         });
         let Some(ep) = picked else {
             if pool != stable && body.replayable() {
-                svc_metrics
-                    .fallback(svc.pools[pool].id, FallbackReason::PoolUnhealthy)
-                    .inc();
-                pool = stable;
-                guarded = false;
-                exclude = None;
-                retries_left = shared.upstreams.services[service][pool].retries;
+                to_stable = true;
                 continue;
             }
             break (
@@ -587,13 +594,7 @@ pub async fn handle(
         // Per-request fallback: gray could not even be reached and nothing was sent, so
         // stable takes the request instead of the user seeing a 502.
         if kind == UpstreamErrorKind::Connect && pool != stable && body.replayable() {
-            svc_metrics
-                .fallback(svc.pools[pool].id, FallbackReason::PoolUnhealthy)
-                .inc();
-            pool = stable;
-            guarded = false;
-            exclude = None;
-            retries_left = shared.upstreams.services[service][pool].retries;
+            to_stable = true;
             continue;
         }
         break (error_response(kind), pool);
