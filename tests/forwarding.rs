@@ -361,3 +361,40 @@ async fn requests_and_rule_hits_are_counted() {
     tokio::time::sleep(Duration::from_millis(1)).await;
     p.stop().await;
 }
+
+#[tokio::test]
+async fn h2_upstream_pools_speak_http2() {
+    let stable = spawn_upstream("stable").await;
+    let gray = spawn_upstream("gray").await;
+    let cfg = config_yaml(
+        &format!(
+            "  - name: chat\n    match: {{ path_prefix: / }}\n    pools:\n      stable: {{ endpoints: [\"{}\"] }}\n      gray: {{ endpoints: [\"{}\"], protocol: h2 }}\n",
+            stable.addr, gray.addr
+        ),
+        "",
+    );
+    let p = spawn_proxy(
+        &cfg,
+        "rules:\n  - { name: g, when: { uid: { in: [42] } }, route: gray }\n",
+    )
+    .await;
+    let c = client();
+    let (st, _, body) = get(
+        &c,
+        &p.url("/x"),
+        &[("xdw-kefu-uid", "42"), ("host", "chat.test")],
+    )
+    .await;
+    assert_eq!((st.as_u16(), body.as_str()), (200, "gray"));
+    let seen = gray.last();
+    assert_eq!(seen.version, http::Version::HTTP_2);
+    // HTTP/2 carries the host as :authority; the upstream sees it.
+    assert!(
+        seen.uri.contains("chat.test")
+            || seen.headers.get("host").is_some_and(|h| h == "chat.test"),
+        "{seen:?}"
+    );
+    get(&c, &p.url("/x"), &[]).await;
+    assert_eq!(stable.last().version, http::Version::HTTP_11);
+    p.stop().await;
+}
