@@ -107,7 +107,7 @@ Try these (each answer names the pool that served it):
   # what would happen to a request, and why
   curl -s 'http://{admin}/explain?listener=im&path=/chat/send&uid=10000042&app_version=5.3.0'
   curl -s http://{admin}/rules
-  curl -s http://{admin}/metrics | grep graylane_requests_total
+  curl -s http://{admin}/metrics | grep '^graylane_requests_total' | grep -v ' 0$'
 
 Stop with Ctrl-C.",
         dir.display()
