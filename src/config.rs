@@ -894,7 +894,7 @@ impl Validator<'_> {
                 let ap = root.key("access_log").key("sample");
                 match raw.access_log.sample {
                     None => 0,
-                    Some(r) if r == 0.0 => 0,
+                    Some(0.0) => 0,
                     Some(r) if r > 0.0 && r <= 1.0 => (1.0 / r).round().max(1.0) as u32,
                     Some(_) => return Err(self.err_at(&ap, "must be in [0, 1]")),
                 }
