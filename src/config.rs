@@ -869,14 +869,7 @@ impl Validator<'_> {
             listeners,
             admin,
             rules_file: self.resolve(&raw.rules_file),
-            rules_file_display: {
-                let p = Path::new(&raw.rules_file);
-                if p.is_absolute() || self.dir.as_os_str().is_empty() {
-                    raw.rules_file.clone()
-                } else {
-                    self.dir.join(p).display().to_string()
-                }
-            },
+            rules_file_display: raw.rules_file.clone(),
             services,
             pool_names,
             propagate,

@@ -83,7 +83,10 @@ pub fn print_tour(im: SocketAddr, console: SocketAddr, admin: SocketAddr, dir: &
     let uid20 = (30_000_000u64..)
         .find(|u| crate::rules::percent_bucket("gray-entry-20pct", &u.to_string()) < 2000)
         .unwrap_or(30_000_000);
-    println!(
+    use std::io::Write as _;
+    // A closed stdout (`graylane demo | head`) must not take the demo down.
+    let _ = writeln!(
+        std::io::stdout(),
         "graylane demo is running (rules: {}/rules.yaml; edit it and the change is live within a second)
 
 Try these (each answer names the pool that served it):

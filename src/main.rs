@@ -74,7 +74,16 @@ fn main() -> ExitCode {
     init_tracing(cli.log_format);
     let result = match cli.cmd {
         Cmd::Run { config } => run(&config),
-        Cmd::Check { config } => check(&config),
+        // `check` prints the bare `FILE:LINE:COLUMN: message`, as compilers do.
+        Cmd::Check { config } => {
+            return match check(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Cmd::Explain {
             config,
             listener,
@@ -270,13 +279,15 @@ fn demo() -> anyhow::Result<()> {
                 .unwrap_or_default()
         });
         let shared = Arc::new(Shared::new(cfg, rules)?);
-        serve(shared, |addrs, admin, _| {
+        let served = serve(shared, |addrs, admin, _| {
             let im = addrs.first().copied();
             let console = addrs.get(1).copied().or(im);
             if let (Some(im), Some(console)) = (im, console) {
                 graylane::demo::print_tour(im, console, admin, &dir);
             }
         })
-        .await
+        .await;
+        let _ = std::fs::remove_dir_all(&dir);
+        served
     })
 }

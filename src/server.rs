@@ -304,6 +304,9 @@ struct ConnState {
     h2: AtomicBool,
     /// Set by the watchdog: the IO wrapper answers 408 and fails the read.
     timed_out: AtomicBool,
+    /// Wakes the watchdog when its deadline moves: a request finished (idle starts) or a
+    /// new head began (the head timer starts).
+    changed: tokio::sync::Notify,
 }
 
 impl ConnState {
@@ -317,6 +320,7 @@ impl ConnState {
             last_activity: AtomicU64::new(0),
             h2: AtomicBool::new(false),
             timed_out: AtomicBool::new(false),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -346,7 +350,9 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let now = self.0.now_ms();
         self.0.last_activity.store(now, Ordering::Relaxed);
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.changed.notify_one();
+        }
     }
 }
 
@@ -359,7 +365,7 @@ struct ConnIo<S> {
     first_read: bool,
 }
 
-const TIMEOUT_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 37\r\nconnection: close\r\n\r\ngraylane: request header timed out\r\n\r\n";
+const TIMEOUT_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 35\r\nconnection: close\r\n\r\ngraylane: request header timed out\n";
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<S> {
     fn poll_read(
@@ -395,6 +401,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<S> {
             if s.in_flight.load(Ordering::Relaxed) == 0 {
                 if s.head_start.load(Ordering::Relaxed) == NONE {
                     s.head_start.store(now, Ordering::Relaxed);
+                    s.changed.notify_one();
                 }
                 s.head_bytes.store(true, Ordering::Relaxed);
             }
@@ -532,6 +539,7 @@ async fn serve_conn<S>(
                 return;
             }
             _ = &mut sleep => {}
+            _ = state.changed.notified() => {}
             _ = stop.changed(), if !stopping => {
                 stopping = true;
                 conn.as_mut().graceful_shutdown();

@@ -177,7 +177,6 @@ fn check_reports_broken_rules_with_file_line_and_column() {
 /// SPEC §7: `check` prints `FILE:LINE:COLUMN: message` (what editors and CI parse), and
 /// SPEC §2 names FILE "as configured": here `rules.yaml`.
 #[test]
-#[ignore = "BUG: check prints 'error: ' before FILE:LINE:COLUMN (main.rs prints every Err as `error: {e}`)"]
 fn check_errors_are_bare_file_line_column() {
     let (dir, _) = write_dir(&chat_only_config(), BROKEN_RULES[0].1);
     let o = graylane()
