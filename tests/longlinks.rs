@@ -260,3 +260,77 @@ async fn drain_closes_long_links_last() {
     let handle = p.handle.take().unwrap();
     assert!(handle.await.unwrap());
 }
+
+/// A raw upstream: answers any handshake with 101, echoes until the client half-closes,
+/// then sends "bye" and closes.
+async fn raw_upgrade_upstream() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = l.accept().await else {
+            return;
+        };
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut b).await.unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(b[0]);
+        }
+        let _ = s
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+            .await;
+        let mut buf = [0u8; 1024];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let _ = s.write_all(&buf[..n]).await;
+                }
+            }
+        }
+        let _ = s.write_all(b"bye").await;
+        let _ = s.shutdown().await;
+    });
+    addr
+}
+
+#[tokio::test]
+async fn half_close_propagates_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = raw_upgrade_upstream().await;
+    let p = spawn_proxy(&simple_config(up, up, ""), RULES).await;
+    let mut s = TcpStream::connect(p.addr()).await.unwrap();
+    s.write_all(
+        b"GET /im HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut b).await.unwrap(),
+            1,
+            "closed during the handshake"
+        );
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s.write_all(b"hello").await.unwrap();
+    // Half-close: we are done sending, but still read what the upstream says.
+    s.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("upstream's close did not reach the client")
+        .unwrap();
+    assert_eq!(rest, b"hellobye");
+    p.stop().await;
+}
