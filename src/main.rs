@@ -123,9 +123,10 @@ fn load(config: &Path) -> anyhow::Result<(Config, graylane::rules::Compiled)> {
     Ok((cfg, rules))
 }
 
-fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+/// Worker 0's runtime: current-thread, like every worker (see `server::Server`); the
+/// others are started by the server on their own threads.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")
@@ -137,7 +138,7 @@ fn run(config: &Path) -> anyhow::Result<()> {
         std::fs::read_to_string(t)
             .with_context(|| format!("cannot read admin token_file {}", t.display()))?;
     }
-    let rt = runtime(cfg.workers)?;
+    let rt = runtime()?;
     rt.block_on(async move {
         let shared = Arc::new(Shared::new(cfg, rules)?);
         serve(shared, |_, _, _| {}).await
@@ -258,7 +259,7 @@ fn demo() -> anyhow::Result<()> {
     let config_path = graylane::demo::write_sample(&dir)
         .with_context(|| format!("cannot write the sample into {}", dir.display()))?;
     let (mut cfg, rules) = load(&config_path)?;
-    let rt = runtime(cfg.workers)?;
+    let rt = runtime()?;
     rt.block_on(async move {
         // Every endpoint of the sample becomes a demo upstream on a free loopback port.
         let mut ups = Vec::new();

@@ -42,26 +42,56 @@ pub enum ServerError {
 
 /// A server with every socket bound, ready to run. Binding first lets callers (tests,
 /// `demo`) learn the real addresses of `:0` binds before serving.
+///
+/// With `workers: N`, each traffic listener is bound N times with `SO_REUSEPORT`: one
+/// socket per worker, each worker a single-threaded runtime on its own OS thread. The
+/// kernel spreads connections over the sockets, and a connection's whole life (client
+/// side, upstream side, timers) stays on one thread: no work-stealing bookkeeping and no
+/// cross-thread wake-ups on the request path. Worker 0 is the caller's runtime, which
+/// also runs the admin API, reloads and health checks.
 pub struct Server {
     shared: Arc<Shared>,
     reloader: Arc<Reloader>,
+    /// Worker 0's listeners, registered with the caller's runtime.
     listeners: Vec<TcpListener>,
+    /// `[worker - 1][listener]`: registered later, inside each worker's own runtime.
+    extra: Vec<Vec<std::net::TcpListener>>,
     admin: TcpListener,
 }
 
+fn bind_std(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    #[cfg(unix)]
+    if reuse_port {
+        sock.set_reuse_port(true)?;
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    Ok(sock.into())
+}
+
 impl Server {
-    /// Binds every traffic listener and the admin listener.
+    /// Binds every traffic listener (once per worker) and the admin listener.
     pub async fn bind(shared: Arc<Shared>, reloader: Arc<Reloader>) -> Result<Self, ServerError> {
+        let workers = shared.config.workers.max(1);
         let mut listeners = Vec::with_capacity(shared.config.listeners.len());
+        let mut extra: Vec<Vec<std::net::TcpListener>> = (1..workers).map(|_| Vec::new()).collect();
         for l in &shared.config.listeners {
-            let sock = TcpListener::bind(l.bind)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    name: l.name.clone(),
-                    addr: l.bind,
-                    source,
-                })?;
-            listeners.push(sock);
+            let err = |source| ServerError::Bind {
+                name: l.name.clone(),
+                addr: l.bind,
+                source,
+            };
+            let first = bind_std(l.bind, workers > 1).map_err(err)?;
+            // A `:0` bind picks the port once; the other workers join that port.
+            let actual = first.local_addr().map_err(err)?;
+            for w in extra.iter_mut() {
+                w.push(bind_std(actual, true).map_err(err)?);
+            }
+            listeners.push(TcpListener::from_std(first).map_err(err)?);
         }
         let admin_addr = shared.config.admin.bind;
         let admin = TcpListener::bind(admin_addr)
@@ -75,6 +105,7 @@ impl Server {
             shared,
             reloader,
             listeners,
+            extra,
             admin,
         })
     }
@@ -99,11 +130,17 @@ impl Server {
             shared,
             reloader,
             listeners,
+            extra,
             admin,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let builder = Arc::new(http_builder(&shared));
         let upstream_tasks = shared.upstreams.spawn_tasks(&shared.config);
+        // Open connections per listener, shared by its workers (`max_connections`).
+        let open: Vec<Arc<AtomicUsize>> = listeners
+            .iter()
+            .map(|_| Arc::new(AtomicUsize::new(0)))
+            .collect();
 
         let mut accepts = JoinSet::new();
         for (idx, l) in listeners.into_iter().enumerate() {
@@ -113,7 +150,37 @@ impl Server {
                 shared.clone(),
                 builder.clone(),
                 stop_rx.clone(),
+                open[idx].clone(),
             ));
+        }
+        let mut workers = Vec::new();
+        for (w, socks) in extra.into_iter().enumerate() {
+            let (shared, builder, stop_rx, open) = (
+                shared.clone(),
+                builder.clone(),
+                stop_rx.clone(),
+                open.clone(),
+            );
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<bool>();
+            let (finish_tx, finish_rx) = tokio::sync::oneshot::channel::<()>();
+            let spawned = std::thread::Builder::new()
+                .name(format!("graylane-worker-{}", w + 1))
+                .spawn(move || {
+                    worker(
+                        w + 1,
+                        socks,
+                        shared,
+                        builder,
+                        stop_rx,
+                        open,
+                        done_tx,
+                        finish_rx,
+                    )
+                });
+            match spawned {
+                Ok(h) => workers.push((h, done_rx, finish_tx)),
+                Err(e) => tracing::error!(error = %e, "cannot start worker thread"),
+            }
         }
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
         let admin_task = tokio::spawn(crate::admin::serve(
@@ -134,6 +201,11 @@ impl Server {
                 clean &= ok;
             }
         }
+        let mut finishers = Vec::new();
+        for (h, done_rx, finish_tx) in workers {
+            clean &= done_rx.await.unwrap_or(false);
+            finishers.push((h, finish_tx));
+        }
         // Long links close last, after in-flight HTTP requests.
         shared.links.close_all();
         if !shared
@@ -142,6 +214,10 @@ impl Server {
             .await
         {
             tracing::warn!(open = shared.links.len(), "long links still open at exit");
+        }
+        for (h, finish_tx) in finishers {
+            let _ = finish_tx.send(());
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
         reloader.stop();
         for t in upstream_tasks {
@@ -159,6 +235,58 @@ impl Server {
         }
         clean
     }
+}
+
+/// One extra worker: a current-thread runtime serving its share of every listener. It
+/// reports when its HTTP connections are drained, then keeps running (its long links
+/// live on this runtime) until told to finish.
+#[allow(clippy::too_many_arguments)]
+fn worker(
+    id: usize,
+    socks: Vec<std::net::TcpListener>,
+    shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stop_rx: watch::Receiver<bool>,
+    open: Vec<Arc<AtomicUsize>>,
+    done_tx: tokio::sync::oneshot::Sender<bool>,
+    finish_rx: tokio::sync::oneshot::Receiver<()>,
+) {
+    crate::upstream::set_worker(id);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(worker = id, error = %e, "cannot start worker runtime");
+            let _ = done_tx.send(false);
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let mut accepts = JoinSet::new();
+        for (idx, sock) in socks.into_iter().enumerate() {
+            match TcpListener::from_std(sock) {
+                Ok(l) => {
+                    accepts.spawn(accept_loop(
+                        l,
+                        idx,
+                        shared.clone(),
+                        builder.clone(),
+                        stop_rx.clone(),
+                        open[idx].clone(),
+                    ));
+                }
+                Err(e) => tracing::error!(worker = id, error = %e, "cannot register listener"),
+            }
+        }
+        let mut clean = true;
+        while let Some(r) = accepts.join_next().await {
+            clean &= r.unwrap_or(false);
+        }
+        let _ = done_tx.send(clean);
+        let _ = finish_rx.await;
+    });
 }
 
 fn http_builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
@@ -185,9 +313,9 @@ async fn accept_loop(
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     mut stop: watch::Receiver<bool>,
+    open: Arc<AtomicUsize>,
 ) -> bool {
     let mut conns = JoinSet::new();
-    let open = Arc::new(AtomicUsize::new(0));
     let lm = shared.metrics.listener(idx);
     let max = shared.config.limits.max_connections;
     let lcfg = &shared.config.listeners[idx];
@@ -304,9 +432,6 @@ struct ConnState {
     h2: AtomicBool,
     /// Set by the watchdog: the IO wrapper answers 408 and fails the read.
     timed_out: AtomicBool,
-    /// Wakes the watchdog when its deadline moves: a request finished (idle starts) or a
-    /// new head began (the head timer starts).
-    changed: tokio::sync::Notify,
 }
 
 impl ConnState {
@@ -320,7 +445,6 @@ impl ConnState {
             last_activity: AtomicU64::new(0),
             h2: AtomicBool::new(false),
             timed_out: AtomicBool::new(false),
-            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -350,9 +474,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let now = self.0.now_ms();
         self.0.last_activity.store(now, Ordering::Relaxed);
-        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.0.changed.notify_one();
-        }
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -401,7 +523,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<S> {
             if s.in_flight.load(Ordering::Relaxed) == 0 {
                 if s.head_start.load(Ordering::Relaxed) == NONE {
                     s.head_start.store(now, Ordering::Relaxed);
-                    s.changed.notify_one();
                 }
                 s.head_bytes.store(true, Ordering::Relaxed);
             }
@@ -511,9 +632,15 @@ async fn serve_conn<S>(
     }
     let sleep = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(sleep);
+    // The watchdog is not told when a request ends or a head starts (that would cost a
+    // wake-up per request); it looks again at least this often, so a deadline that moved
+    // earlier is noticed at most this late.
+    let t = &shared.config.timeouts;
+    let recheck = (t.request_header.min(t.idle) / 4)
+        .clamp(Duration::from_millis(100), Duration::from_millis(2500));
     loop {
         match watch(&state, &shared) {
-            Watch::Until(at) => sleep.as_mut().reset(at),
+            Watch::Until(at) => sleep.as_mut().reset(at.min(Instant::now() + recheck)),
             Watch::HeadTimeout => {
                 tracing::debug!(%peer, "request header timeout");
                 state.timed_out.store(true, Ordering::Relaxed);
@@ -539,7 +666,6 @@ async fn serve_conn<S>(
                 return;
             }
             _ = &mut sleep => {}
-            _ = state.changed.notified() => {}
             _ = stop.changed(), if !stopping => {
                 stopping = true;
                 conn.as_mut().graceful_shutdown();

@@ -324,15 +324,26 @@ pub fn endpoint_uri(
     Uri::from_parts(parts).ok()
 }
 
+thread_local! {
+    /// The worker this thread serves (0 on the main runtime); picks the worker's own
+    /// upstream clients so pooled connections stay on the thread that made them.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as worker `id` (see [`Upstreams::client`]).
+pub fn set_worker(id: usize) {
+    WORKER.with(|w| w.set(id));
+}
+
 /// Every service's pools, indexed like `Config::services[s].pools[p]`.
 #[derive(Debug)]
 pub struct Upstreams {
     /// `services[s][p]`.
     pub services: Vec<Vec<PoolUpstream>>,
-    /// HTTP/1.1 client with keep-alive pooling per endpoint.
-    pub http1: Client<HttpConnector, UpBody>,
-    /// HTTP/2 (prior knowledge) client for `protocol: h2` pools.
-    pub h2: Client<HttpConnector, UpBody>,
+    /// HTTP/1.1 clients with keep-alive pooling per endpoint, one per worker.
+    http1: Vec<Client<HttpConnector, UpBody>>,
+    /// HTTP/2 (prior knowledge) clients for `protocol: h2` pools, one per worker.
+    h2: Vec<Client<HttpConnector, UpBody>>,
 }
 
 impl Upstreams {
@@ -357,17 +368,26 @@ impl Upstreams {
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(cfg.timeouts.connect));
         conn.set_keepalive(Some(Duration::from_secs(60)));
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .pool_timer(TokioTimer::new())
-            .build(conn.clone());
-        let h2 = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(conn);
+        let workers = cfg.workers.max(1);
+        let http1 = (0..workers)
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .pool_max_idle_per_host(256)
+                    .pool_timer(TokioTimer::new())
+                    .build(conn.clone())
+            })
+            .collect();
+        let h2 = (0..workers)
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .http2_only(true)
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new())
+                    .build(conn.clone())
+            })
+            .collect();
         Ok(Self {
             services,
             http1,
@@ -397,10 +417,13 @@ impl Upstreams {
 
     /// The client for a pool's protocol.
     pub fn client(&self, protocol: Protocol) -> &Client<HttpConnector, UpBody> {
-        match protocol {
+        let clients = match protocol {
             Protocol::Http1 => &self.http1,
             Protocol::H2 => &self.h2,
-        }
+        };
+        let w = WORKER.with(|w| w.get());
+        // Both vectors have `workers` (≥ 1) entries; a thread outside the workers uses 0.
+        &clients[w.min(clients.len() - 1)]
     }
 }
 
