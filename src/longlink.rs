@@ -23,9 +23,10 @@ use tokio::time::Instant;
 use crate::markers::Markers;
 use crate::proxy::{Outcome, Shared};
 
-/// Relay buffer per direction. IM frames are small; small buffers keep an idle link's
-/// memory low (the target is < 16 KiB per idle link).
-const RELAY_BUF: usize = 4096;
+/// Relay buffer per direction, allocated for the link's life. IM frames are small; small
+/// buffers keep an idle link's memory low (the target is < 16 KiB per idle link, see
+/// `benches/ws_scale.sh`); a large frame just takes a few more reads.
+const RELAY_BUF: usize = 2048;
 
 /// What re-deciding a link's handshake needs.
 #[derive(Debug)]

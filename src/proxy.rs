@@ -402,7 +402,7 @@ pub async fn handle(
             .path_and_query()
             .map_or("/", |pq| pq.as_str())
             .to_owned(),
-        headers: parts.headers.clone(),
+        headers: detached(&parts.headers),
         markers: markers.clone(),
         service,
         pool,
@@ -655,6 +655,19 @@ impl Replay {
             Replay::Body(b) => UpBody::Reclaimable(b.clone()),
         }
     }
+}
+
+/// A copy of `headers` that owns its bytes. hyper's header values are slices of the
+/// connection's read buffer; a plain clone kept for a link's whole life would pin that
+/// 8–16 KiB buffer per idle link.
+fn detached(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (k, v) in headers {
+        if let Ok(v) = HeaderValue::from_bytes(v.as_bytes()) {
+            out.append(k.clone(), v);
+        }
+    }
+    out
 }
 
 /// A WebSocket handshake (HTTP/1.1 Upgrade, RFC 6455): `Connection: upgrade` and
