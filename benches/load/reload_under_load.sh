@@ -122,7 +122,7 @@ for i in $(seq 1 "$RELOADS"); do
 done
 
 wait "$WRK_PID" || die "wrk failed: $(cat "$RUN_DIR/wrk.txt")"
-STARTED_PIDS=("${STARTED_PIDS[@]/$WRK_PID/}")
+stop_pid "$WRK_PID" # already exited: this only forgets it
 # A listed id of the last file must go gray now.
 member=$(sed -n 500000p "$RUN_DIR/ids-$next.txt")
 [[ $(curl -s -H "xdw-kefu-uid: $member" "http://127.0.0.1:$PORT/") == gray ]] || die "uid $member of the new file not routed to gray"

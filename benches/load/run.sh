@@ -20,15 +20,15 @@ set -euo pipefail
 
 source "$(dirname "$0")/lib.sh"
 
+ARGS=$*
 ROUNDS=3
 DURATION=10
 WARMUP=2
 CONNS=64
 WORKERS_LIST="1 2"
-QUICK=0
 while [[ $# -gt 0 ]]; do
     case $1 in
-    --quick) QUICK=1 ROUNDS=1 DURATION=3 WARMUP=1 ;;
+    --quick) ROUNDS=1 DURATION=3 WARMUP=1 ;;
     --rounds) ROUNDS=$2; shift ;;
     --duration) DURATION=$2; shift ;;
     --warmup) WARMUP=$2; shift ;;
@@ -233,7 +233,7 @@ report() {
     when=$(date -u +%Y-%m-%dT%H:%MZ)
     echo "## Load benchmark: graylane vs nginx vs haproxy"
     echo
-    echo "Measured $when with \`benches/load/run.sh $([[ $QUICK == 1 ]] && echo --quick)\`:" \
+    echo "Measured $when with \`benches/load/run.sh${ARGS:+ $ARGS}\`:" \
         "$ROUNDS round(s), interleaved, ${DURATION} s per run after ${WARMUP} s warm-up," \
         "wrk 1 thread, $CONNS keep-alive connections, \`benches/load/uids.lua\` (20% of" \
         "requests gray; 70% uid in a header, 30% in a cookie)."
