@@ -43,7 +43,7 @@ pub struct Handshake {
     pub markers: Markers,
     /// Service index.
     pub service: usize,
-    /// Pool index within the service, as decided by the rules (before health fallbacks).
+    /// Pool index within the service that the link actually uses.
     pub pool: usize,
 }
 
@@ -161,7 +161,8 @@ impl Links {
     }
 }
 
-/// The pool index (within the service) the live rules give a handshake now.
+/// The pool index (within the service) a handshake would get now: the live rules, then
+/// the guard and pool health, as for a new request (without the guard's probe share).
 fn decide_again(shared: &Shared, hs: &Handshake) -> Option<usize> {
     let live = shared.live.load();
     match shared.decide(
@@ -172,7 +173,18 @@ fn decide_again(shared: &Shared, hs: &Handshake) -> Option<usize> {
         &hs.headers,
         &hs.markers,
     ) {
-        Outcome::Routed { service, pool, .. } if service == hs.service => Some(pool),
+        Outcome::Routed {
+            service,
+            pool,
+            fallback,
+            ..
+        } if service == hs.service => Some(match fallback {
+            Some(_) => pool,
+            None if shared.availability(service, pool).is_some() => {
+                shared.config.services[service].stable_index()
+            }
+            None => pool,
+        }),
         _ => None,
     }
 }
@@ -182,15 +194,29 @@ pub fn on_reload(shared: &Arc<Shared>) {
     let Some(grace) = shared.config.long_links.rehome_grace else {
         return;
     };
-    let mut due = Vec::new();
+    // Decide outside the lock: with thousands of links, new handshakes must not wait for
+    // the whole scan.
+    let candidates: Vec<(u64, Arc<Handshake>)> = match shared.links.open.lock() {
+        Ok(m) => m
+            .iter()
+            .filter(|(_, e)| !e.rehoming)
+            .map(|(id, e)| (*id, e.handshake.clone()))
+            .collect(),
+        Err(_) => return,
+    };
+    let moved: Vec<u64> = candidates
+        .into_iter()
+        .filter(|(_, hs)| decide_again(shared, hs).is_some_and(|p| p != hs.pool))
+        .map(|(id, _)| id)
+        .collect();
+    let mut due = Vec::with_capacity(moved.len());
     if let Ok(mut m) = shared.links.open.lock() {
-        for (id, e) in m.iter_mut() {
-            if e.rehoming {
-                continue;
-            }
-            if decide_again(shared, &e.handshake).is_some_and(|p| p != e.handshake.pool) {
-                e.rehoming = true;
-                due.push(*id);
+        for id in moved {
+            if let Some(e) = m.get_mut(&id) {
+                if !e.rehoming {
+                    e.rehoming = true;
+                    due.push(id);
+                }
             }
         }
     }

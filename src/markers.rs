@@ -535,11 +535,12 @@ impl MarkerReader {
                     if hit != 0 && **n == *name {
                         let value = form_decode(value);
                         for kind in MarkerKind::ALL {
-                            if hit & bit(kind) != 0 {
-                                decide(&mut m, &mut invalid, kind, &value);
+                            // An empty value is "not present": a later occurrence may
+                            // still decide, as with cookies.
+                            if hit & bit(kind) != 0 && decide(&mut m, &mut invalid, kind, &value) {
+                                left &= !bit(kind);
                             }
                         }
-                        left &= !hit;
                     }
                 }
                 if left == 0 {
@@ -1150,5 +1151,15 @@ mod tests {
         let (m, inv) = read(&[("host", "x")], None);
         assert_eq!(m, Markers::default());
         assert!(inv.is_empty());
+    }
+
+    #[test]
+    fn empty_query_value_lets_a_later_one_decide() {
+        let r = MarkerReader::new(&crate::config::MarkerNames::default());
+        let (m, inv) = r.read(&HeaderMap::new(), Some("xdw-kefu-uid=&xdw-kefu-uid=5"));
+        assert_eq!(m.uid, Some(5));
+        assert!(inv.is_empty());
+        let (m, _) = r.read(&HeaderMap::new(), Some("xdw-kefu-uid=7&xdw-kefu-uid=5"));
+        assert_eq!(m.uid, Some(7));
     }
 }

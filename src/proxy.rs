@@ -371,7 +371,7 @@ pub async fn handle(
         fallback,
     } = outcome
     else {
-        live.hits[live.hits.len() - 1].inc();
+        // No service, no rules evaluated: not a `default` rule hit.
         let resp = local(
             StatusCode::NOT_FOUND,
             "graylane: no service for this request\n",
@@ -392,8 +392,7 @@ pub async fn handle(
         svc_metrics.fallback(decision.pool, reason).inc();
     }
 
-    // A long link remembers its handshake (as the rules decided it, before health and
-    // guard) so a reload can decide it again.
+    // A long link remembers its handshake so a reload can decide it again.
     let handshake = client_upgrade.as_ref().map(|_| Handshake {
         listener: conn.listener,
         host: request_host(&parts.uri, &parts.headers).map(str::to_owned),
@@ -484,6 +483,8 @@ pub async fn handle(
     // Set when the chosen pool cannot take this request (no endpoint left, or every
     // attempt failed to connect); the next turn of the loop moves it to stable.
     let mut to_stable = false;
+    // The failure of the previous attempt, answered when no further attempt is possible.
+    let mut last_error: Option<UpstreamErrorKind> = None;
 
     // === attempts: retries within the pool, then per-request fallback to stable ===
     let (resp, final_pool) = loop {
@@ -494,6 +495,7 @@ pub async fn handle(
             pool = stable;
             guarded = false;
             exclude = None;
+            last_error = None;
             retries_left = shared.upstreams.services[service][pool].retries;
         }
         let up = &shared.upstreams.services[service][pool];
@@ -503,16 +505,29 @@ pub async fn handle(
                 .then(|| up.endpoints.pick_any(hash_key, exclude.as_deref()))
                 .flatten()
         });
+        // A retry goes to *another* endpoint; with none left, the retry does not happen.
+        let picked = picked.filter(|ep| exclude.as_ref().is_none_or(|x| x.addr() != ep.addr()));
         let Some(ep) = picked else {
-            if pool != stable && body.replayable() {
+            let fallback_ok = up.on_unavailable == OnUnavailable::Fallback;
+            if pool != stable && body.replayable() && fallback_ok {
                 to_stable = true;
                 continue;
             }
             break (
-                local(StatusCode::BAD_GATEWAY, "graylane: no upstream endpoint\n"),
+                match last_error {
+                    Some(kind) => error_response(kind),
+                    None if pool != stable => local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "graylane: no healthy endpoint in the chosen pool\n",
+                    ),
+                    None => local(StatusCode::BAD_GATEWAY, "graylane: no upstream endpoint\n"),
+                },
                 pool,
             );
         };
+        if exclude.is_some() {
+            svc_metrics.retries(pool).inc();
+        }
         let Some(uri) = upstream::endpoint_uri(&ep, parts.uri.path_and_query()) else {
             break (
                 local(StatusCode::BAD_GATEWAY, "graylane: bad upstream address\n"),
@@ -538,8 +553,29 @@ pub async fn handle(
                 .insert(h.clone(), shared.pool_values[svc.pools[pool].id].clone());
         }
         let in_flight = ep.start();
-        let result =
-            tokio::time::timeout(timeout, shared.upstreams.client(protocol).request(req)).await;
+        let response = shared.upstreams.client(protocol).request(req);
+        // `upstream_response` counts from the last request byte, not through an upload;
+        // during the upload it cuts only an upload that stops moving for that long.
+        let head_deadline = async {
+            if let Replay::Body(b) = &body {
+                loop {
+                    let before = b.progress();
+                    tokio::select! {
+                        _ = b.sent() => break,
+                        _ = tokio::time::sleep(timeout) => {
+                            if b.progress() == before {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(timeout).await;
+        };
+        let result = tokio::select! {
+            r = response => Ok(r),
+            _ = head_deadline => Err(()),
+        };
         drop(in_flight);
         let kind = match result {
             Ok(Ok(resp)) => {
@@ -586,13 +622,15 @@ pub async fn handle(
         };
         if retryable && retries_left > 0 {
             retries_left -= 1;
-            svc_metrics.retries(pool).inc();
             exclude = Some(ep);
+            last_error = Some(kind);
             continue;
         }
         // Per-request fallback: gray could not even be reached and nothing was sent, so
         // stable takes the request instead of the user seeing a 502.
-        if kind == UpstreamErrorKind::Connect && pool != stable && body.replayable() {
+        let fallback_ok = up.on_unavailable == OnUnavailable::Fallback;
+        if kind == UpstreamErrorKind::Connect && pool != stable && body.replayable() && fallback_ok
+        {
             to_stable = true;
             continue;
         }
@@ -601,7 +639,9 @@ pub async fn handle(
 
     let mut resp = resp;
     let tunnel = match (client_upgrade, handshake) {
-        (Some(client_up), Some(hs)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+        (Some(client_up), Some(mut hs)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            // The link lives in (and is counted and re-homed from) the pool actually used.
+            hs.pool = final_pool;
             Some((client_up, hyper::upgrade::on(&mut resp), hs))
         }
         _ => None,

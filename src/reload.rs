@@ -51,6 +51,16 @@ impl Reloader {
 
     /// Reloads now. `Err` carries the `FILE:LINE:COLUMN: message` of a rejected file.
     pub async fn reload(&self, trigger: &'static str) -> Result<ReloadOutcome, String> {
+        self.reload_inner(trigger, false).await
+    }
+
+    /// `quiet_repeat`: an error identical to the current `last_error` is neither logged
+    /// nor counted again (the periodic retry while the rules are broken).
+    async fn reload_inner(
+        &self,
+        trigger: &'static str,
+        quiet_repeat: bool,
+    ) -> Result<ReloadOutcome, String> {
         let _serial = self.serial.lock().await;
         let cfg = &self.shared.config;
         let (path, display, topo) = (
@@ -67,6 +77,15 @@ impl Reloader {
         let compiled = match compiled {
             Ok(c) => c,
             Err(msg) => {
+                let repeat = self
+                    .shared
+                    .last_error
+                    .load()
+                    .as_deref()
+                    .is_some_and(|last| *last == msg);
+                if quiet_repeat && repeat {
+                    return Err(msg);
+                }
                 tracing::error!(
                     trigger,
                     "rules reload rejected, keeping the live rules: {msg}"
@@ -129,6 +148,20 @@ impl Reloader {
                 let _ = me.reload("file change").await;
             }
         })];
+        // While the rules are broken, try again every second: the fix may be a file the
+        // watcher does not know yet (a missing in_file created later), since only a good
+        // ruleset tells it which files to watch.
+        let me = self.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if me.shared.last_error.load().is_some() {
+                    let _ = me.reload_inner("retry", true).await;
+                }
+            }
+        }));
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};

@@ -819,6 +819,12 @@ impl Compiler<'_> {
         }
         if let Some(d) = not_null(p, "device", w.device)? {
             let dp = p.key("device").key("in");
+            if d.values.is_empty() {
+                return Err(VErr::value(
+                    &dp,
+                    "`in` lists no devices: the rule could never match",
+                ));
+            }
             let mut names = Vec::with_capacity(d.values.len());
             for (i, v) in d.values.iter().enumerate() {
                 let dev = Device::parse(v).ok_or_else(|| {
@@ -862,6 +868,12 @@ impl Compiler<'_> {
                     .map_err(|_| {
                         VErr::key(&hp.key(&name), format!("invalid header name {name:?}"))
                     })?;
+                if r.values.is_empty() {
+                    return Err(VErr::value(
+                        &hp.key(&name).key("in"),
+                        "`in` lists no values: the rule could never match",
+                    ));
+                }
                 let mut values: Vec<Box<[u8]>> = r
                     .values
                     .into_iter()
@@ -888,6 +900,12 @@ impl Compiler<'_> {
                     return Err(VErr::key(
                         &cp.key(&name),
                         format!("invalid cookie name {name:?}"),
+                    ));
+                }
+                if r.values.is_empty() {
+                    return Err(VErr::value(
+                        &cp.key(&name).key("in"),
+                        "`in` lists no values: the rule could never match",
                     ));
                 }
                 let mut values: Vec<Box<str>> =
@@ -935,6 +953,14 @@ impl Compiler<'_> {
         ranges: Vec<String>,
         in_file: Option<String>,
     ) -> CResult<IdSet> {
+        // `uid: {}` or `uid: { in: [] }` can never match: almost certainly a mistake, and
+        // one that silently turns a rule off.
+        if ids.is_empty() && ranges.is_empty() && in_file.is_none() {
+            return Err(VErr::value(
+                p,
+                "this condition lists no ids: give in/any, ranges or in_file (or remove it)",
+            ));
+        }
         let mut all_ids: Vec<u64> = ids.into_iter().map(|Id(n)| n).collect();
         let mut all_ranges = Vec::with_capacity(ranges.len());
         for (i, r) in ranges.iter().enumerate() {
@@ -1472,8 +1498,9 @@ rules:
             };
             assert!(!Req::new().marker(other, "5").hits(&rs));
         }
-        let rs = ok(&one("uid: {}"));
-        assert!(!Req::new().uid(0).hits(&rs), "an empty set matches no one");
+        // An empty set could never match: rejected, pointing at the condition.
+        assert_err(&one("uid: {}"), 4, 12, "lists no ids");
+        assert_err(&one("device: { in: [] }"), 4, 21, "lists no devices");
         let rs = ok(&one("uid: { ranges: [\"0-18446744073709551615\"] }"));
         assert!(Req::new().uid(u64::MAX).hits(&rs));
         assert!(Req::new().uid(0).hits(&rs));

@@ -43,12 +43,13 @@ pub enum ServerError {
 /// A server with every socket bound, ready to run. Binding first lets callers (tests,
 /// `demo`) learn the real addresses of `:0` binds before serving.
 ///
-/// With `workers: N`, each traffic listener is bound N times with `SO_REUSEPORT`: one
-/// socket per worker, each worker a single-threaded runtime on its own OS thread. The
-/// kernel spreads connections over the sockets, and a connection's whole life (client
-/// side, upstream side, timers) stays on one thread: no work-stealing bookkeeping and no
-/// cross-thread wake-ups on the request path. Worker 0 is the caller's runtime, which
-/// also runs the admin API, reloads and health checks.
+/// With `workers: N`, each worker is a single-threaded runtime on its own OS thread that
+/// accepts from its own handle (a dup) of each listening socket, and a connection's whole
+/// life (client side, upstream side, timers) stays on that thread: no work-stealing
+/// bookkeeping and no cross-thread wake-ups on the request path. Worker 0 is the caller's
+/// runtime, which also runs the admin API, reloads and health checks. One socket is bound
+/// per listener (no `SO_REUSEPORT`), so a second instance on the same port fails to start
+/// instead of quietly taking a share of the connections.
 pub struct Server {
     shared: Arc<Shared>,
     reloader: Arc<Reloader>,
@@ -59,14 +60,10 @@ pub struct Server {
     admin: TcpListener,
 }
 
-fn bind_std(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+fn bind_std(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
-    #[cfg(unix)]
-    if reuse_port {
-        sock.set_reuse_port(true)?;
-    }
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
     sock.listen(1024)?;
@@ -85,11 +82,9 @@ impl Server {
                 addr: l.bind,
                 source,
             };
-            let first = bind_std(l.bind, workers > 1).map_err(err)?;
-            // A `:0` bind picks the port once; the other workers join that port.
-            let actual = first.local_addr().map_err(err)?;
+            let first = bind_std(l.bind).map_err(err)?;
             for w in extra.iter_mut() {
-                w.push(bind_std(actual, true).map_err(err)?);
+                w.push(first.try_clone().map_err(err)?);
             }
             listeners.push(TcpListener::from_std(first).map_err(err)?);
         }
@@ -483,9 +478,12 @@ impl Drop for InFlight {
 struct ConnIo<S> {
     stream: S,
     state: Arc<ConnState>,
-    /// Plaintext HTTP/1: a raw 408 may be written.
-    first_read: bool,
+    /// How many bytes of the HTTP/2 preface's first four (`PRI `) have been matched so
+    /// far; 4 = HTTP/2, `usize::MAX` = decided (not HTTP/2). The preface may arrive split.
+    preface: usize,
 }
+
+const PREFACE_START: &[u8; 4] = b"PRI ";
 
 const TIMEOUT_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 35\r\nconnection: close\r\n\r\ngraylane: request header timed out\n";
 
@@ -514,9 +512,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<S> {
             let s = &this.state;
             let now = s.now_ms();
             s.last_activity.store(now, Ordering::Relaxed);
-            if this.first_read {
-                this.first_read = false;
-                if buf.filled()[before..].starts_with(b"PRI ") {
+            if this.preface < PREFACE_START.len() {
+                for &b in &buf.filled()[before..] {
+                    if this.preface == PREFACE_START.len() {
+                        break;
+                    }
+                    if b == PREFACE_START[this.preface] {
+                        this.preface += 1;
+                    } else {
+                        this.preface = usize::MAX;
+                        break;
+                    }
+                }
+                if this.preface == PREFACE_START.len() {
                     s.h2.store(true, Ordering::Relaxed);
                 }
             }
@@ -609,7 +617,7 @@ async fn serve_conn<S>(
     let io = ConnIo {
         stream,
         state: state.clone(),
-        first_read: true,
+        preface: 0,
     };
     let peer = ctx.peer;
     let ctx = Arc::new(ctx);

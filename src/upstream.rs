@@ -47,6 +47,11 @@ pub struct ReclaimableBody(Arc<BodySlot>);
 struct BodySlot {
     touched: AtomicBool,
     body: Mutex<Option<Incoming>>,
+    /// The last byte went upstream: the wait for the response head starts now.
+    sent: AtomicBool,
+    /// Frames handed upstream so far: an upload that stops moving still times out.
+    progress: std::sync::atomic::AtomicU64,
+    sent_notify: tokio::sync::Notify,
 }
 
 impl ReclaimableBody {
@@ -55,7 +60,27 @@ impl ReclaimableBody {
         Self(Arc::new(BodySlot {
             touched: AtomicBool::new(false),
             body: Mutex::new(Some(b)),
+            sent: AtomicBool::new(false),
+            progress: std::sync::atomic::AtomicU64::new(0),
+            sent_notify: tokio::sync::Notify::new(),
         }))
+    }
+
+    /// Frames handed upstream so far.
+    pub fn progress(&self) -> u64 {
+        self.0.progress.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once the whole body has been handed upstream (or failed), so that
+    /// `upstream_response` times the wait for the response head, not a slow upload.
+    pub async fn sent(&self) {
+        let notified = self.0.sent_notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.0.sent.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
     }
 
     /// Whether any byte may have been sent (the body was polled).
@@ -77,13 +102,21 @@ impl Body for UpBody {
             UpBody::Empty => Poll::Ready(None),
             UpBody::Reclaimable(r) => {
                 r.0.touched.store(true, Ordering::Relaxed);
-                match r.0.body.lock() {
+                let polled = match r.0.body.lock() {
                     Ok(mut g) => match g.as_mut() {
                         Some(b) => Pin::new(b).poll_frame(cx),
                         None => Poll::Ready(None),
                     },
                     Err(_) => Poll::Ready(None),
+                };
+                if matches!(polled, Poll::Ready(Some(Ok(_)))) {
+                    r.0.progress.fetch_add(1, Ordering::Relaxed);
                 }
+                if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+                    r.0.sent.store(true, Ordering::Release);
+                    r.0.sent_notify.notify_waiters();
+                }
+                polled
             }
         }
     }
@@ -93,10 +126,16 @@ impl Body for UpBody {
             UpBody::Incoming(b) => b.is_end_stream(),
             UpBody::Empty => true,
             UpBody::Reclaimable(r) => {
-                r.0.body
-                    .lock()
-                    .map(|g| g.as_ref().is_none_or(|b| b.is_end_stream()))
-                    .unwrap_or(true)
+                let end =
+                    r.0.body
+                        .lock()
+                        .map(|g| g.as_ref().is_none_or(|b| b.is_end_stream()))
+                        .unwrap_or(true);
+                // hyper may stop polling once this says so: the body is sent.
+                if end && !r.0.sent.swap(true, Ordering::AcqRel) {
+                    r.0.sent_notify.notify_waiters();
+                }
+                end
             }
         }
     }

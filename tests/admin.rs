@@ -586,3 +586,20 @@ async fn over_max_connections_is_closed_at_once_and_counted() {
     assert_eq!(metric(&p, rejected).await, 1.0);
     p.stop().await;
 }
+
+#[tokio::test]
+async fn a_second_instance_on_a_busy_port_does_not_start() {
+    let stable = spawn_upstream("stable").await;
+    let gray = spawn_upstream("gray").await;
+    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), "rules: []\n").await;
+    let busy = simple_config(stable.addr, gray.addr, "").replace(
+        "    bind: \"127.0.0.1:0\"\n",
+        &format!("    bind: \"{}\"\n", p.addr()),
+    );
+    let err = try_spawn_proxy(&busy, "rules: []\n")
+        .await
+        .err()
+        .expect("a second instance must not bind a port in use");
+    assert!(err.contains("cannot bind listener im"), "{err}");
+    p.stop().await;
+}

@@ -224,11 +224,15 @@ async fn on_unavailable_fail_answers_503() {
     );
     let p = spawn_proxy(&cfg, GRAY_42).await;
     let c = client();
-    // Passive ejection: three connect failures take the endpoint out; each of these
-    // requests is still served by stable through the per-request fallback.
+    // `fail` means no fallback at all: the connect failures surface as 502 until three of
+    // them have ejected the endpoint (passive ejection); from then on the pool is
+    // unavailable and answers 503.
     for _ in 0..3 {
         let (st, _, body) = get(&c, &p.url("/"), &[("xdw-kefu-uid", "42")]).await;
-        assert_eq!((st.as_u16(), body.as_str()), (200, "stable"));
+        assert_eq!(
+            (st.as_u16(), body.as_str()),
+            (502, "graylane: upstream connect failed\n")
+        );
     }
     let (st, _, _) = get(&c, &p.url("/"), &[("xdw-kefu-uid", "42")]).await;
     assert_eq!(st.as_u16(), 503);
@@ -491,6 +495,34 @@ async fn least_request_prefers_the_idle_endpoint() {
     );
     for t in parked {
         t.abort();
+    }
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_post_whose_connect_failed_is_replayed_with_its_body() {
+    let dead: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let stable = spawn_upstream("stable").await;
+    // Stable: a dead endpoint and a live one; gray: dead only.
+    let cfg = pools_config(&[dead, stable.addr], &[dead], "", "", "");
+    let p = spawn_proxy(&cfg, GRAY_42).await;
+    let c = client();
+    for uid in ["1", "42"] {
+        for _ in 0..3 {
+            let (st, _, body) = send(
+                &c,
+                "POST",
+                &p.url("/count"),
+                &[("xdw-kefu-uid", uid)],
+                Bytes::from_static(b"0123456789"),
+            )
+            .await;
+            // Nothing was sent on the refused connect, so the body goes, whole, elsewhere.
+            assert_eq!((st.as_u16(), body.as_str()), (200, "10"), "uid {uid}");
+        }
     }
     p.stop().await;
 }
