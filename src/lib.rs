@@ -12,6 +12,7 @@
 //! - [`rules`]: compiles `rules.yaml` into a [`rules::RuleSet`]; `decide()` is pure.
 //! - [`proxy`]: `handle(req)`: service, markers, decision, fallback, forward.
 //! - [`longlink`]: WebSocket relays, re-homing on reload, closing last in a drain.
+//! - [`h1pool`]: the per-worker HTTP/1 upstream connection pool.
 //! - [`upstream`]: pools, endpoint choice, the pooled client, hop-by-hop headers.
 //! - [`metrics`]: the Prometheus registry and per-route children resolved at load.
 //! - [`reload`]: file watching, SIGHUP and `POST /reload` feeding one `ArcSwap` store.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod guard;
+pub mod h1pool;
 pub mod longlink;
 pub mod markers;
 pub mod metrics;

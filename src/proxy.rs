@@ -18,6 +18,7 @@ use crate::balance::{Endpoint, Outcome as BalanceOutcome};
 use crate::config::{Config, OnUnavailable, Protocol, GRAY};
 use crate::error::{FallbackReason, UpstreamErrorKind};
 use crate::guard::GuardState;
+use crate::h1pool;
 use crate::longlink::{self, Handshake, Links};
 use crate::markers::{MarkerReader, Markers};
 use crate::metrics::Metrics;
@@ -528,17 +529,28 @@ pub async fn handle(
         if exclude.is_some() {
             svc_metrics.retries(pool).inc();
         }
-        let Some(uri) = upstream::endpoint_uri(&ep, parts.uri.path_and_query()) else {
-            break (
-                local(StatusCode::BAD_GATEWAY, "graylane: bad upstream address\n"),
-                pool,
-            );
-        };
         // WebSocket handshakes always go over HTTP/1.1 (RFC 6455 Upgrade).
         let protocol = if client_upgrade.is_some() {
             Protocol::Http1
         } else {
             up.protocol
+        };
+        // HTTP/1 goes through graylane's own pool with an origin-form target; HTTP/2
+        // through hyper-util's client, which wants the absolute URI.
+        let uri = match protocol {
+            Protocol::Http1 => Some(
+                parts
+                    .uri
+                    .path_and_query()
+                    .map_or_else(|| http::Uri::from_static("/"), |pq| pq.clone().into()),
+            ),
+            Protocol::H2 => upstream::endpoint_uri(&ep, parts.uri.path_and_query()),
+        };
+        let Some(uri) = uri else {
+            break (
+                local(StatusCode::BAD_GATEWAY, "graylane: bad upstream address\n"),
+                pool,
+            );
         };
         let mut req = Request::new(body.attempt());
         *req.method_mut() = parts.method.clone();
@@ -553,7 +565,22 @@ pub async fn handle(
                 .insert(h.clone(), shared.pool_values[svc.pools[pool].id].clone());
         }
         let in_flight = ep.start();
-        let response = shared.upstreams.client(protocol).request(req);
+        let connect_timeout = shared.config.timeouts.connect;
+        let response = async {
+            match protocol {
+                Protocol::Http1 => h1pool::send(ep.addr(), req, connect_timeout)
+                    .await
+                    .map(|(resp, pooled)| (resp, Some(pooled)))
+                    .map_err(|e| (e.kind(), e.to_string())),
+                Protocol::H2 => shared
+                    .upstreams
+                    .client(protocol)
+                    .request(req)
+                    .await
+                    .map(|resp| (resp, None))
+                    .map_err(|e| (upstream::classify(&e), e.to_string())),
+            }
+        };
         // `upstream_response` counts from the last request byte, not through an upload;
         // during the upload it cuts only an upload that stops moving for that long.
         let head_deadline = async {
@@ -578,7 +605,7 @@ pub async fn handle(
         };
         drop(in_flight);
         let kind = match result {
-            Ok(Ok(resp)) => {
+            Ok(Ok((resp, pooled))) => {
                 let failed = resp.status().is_server_error();
                 ep.report(if failed {
                     BalanceOutcome::Failure
@@ -590,11 +617,18 @@ pub async fn handle(
                         g.record(failed);
                     }
                 }
-                break (resp.map(DownBody::upstream), pool);
+                // A 101 hands the connection to the tunnel: it never goes back.
+                let pooled = pooled.filter(|_| resp.status() != StatusCode::SWITCHING_PROTOCOLS);
+                break (
+                    resp.map(|b| match pooled {
+                        Some(p) => DownBody::upstream_pooled(b, p),
+                        None => DownBody::upstream(b),
+                    }),
+                    pool,
+                );
             }
-            Ok(Err(e)) => {
-                let kind = upstream::classify(&e);
-                tracing::warn!(service = %svc.name, pool = %svc.pools[pool].name, endpoint = %ep.label(), kind = kind.label(), error = %e, "upstream request failed");
+            Ok(Err((kind, error))) => {
+                tracing::warn!(service = %svc.name, pool = %svc.pools[pool].name, endpoint = %ep.label(), kind = kind.label(), %error, "upstream request failed");
                 kind
             }
             Err(_) => {

@@ -21,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::balance::{Endpoint, PoolEndpoints, ResolveError};
 use crate::config::{Config, LbPolicy, OnUnavailable, Protocol};
 use crate::error::UpstreamErrorKind;
+use crate::h1pool::PoolReturn;
 use crate::metrics::Metrics;
 
 // === bodies ===
@@ -165,7 +166,9 @@ pub struct DownBody<G = ()> {
 
 #[derive(Debug)]
 enum DownInner {
-    Upstream(Incoming),
+    /// The upstream's body and, for pooled HTTP/1 connections, the way back to the pool
+    /// once the body has ended.
+    Upstream(Incoming, Option<PoolReturn>),
     Full(Option<Bytes>),
 }
 
@@ -189,7 +192,20 @@ impl DownBody<()> {
     /// The upstream's body, streamed.
     pub fn upstream(b: Incoming) -> Self {
         Self {
-            inner: DownInner::Upstream(b),
+            inner: DownInner::Upstream(b, None),
+            _guard: None,
+        }
+    }
+
+    /// The upstream's body, streamed; its connection returns to the pool when it ends.
+    pub fn upstream_pooled(b: Incoming, mut pool: PoolReturn) -> Self {
+        // hyper never polls a body that is empty from the start (204, 304, HEAD, a
+        // zero Content-Length): it is complete already.
+        if b.is_end_stream() {
+            pool.complete();
+        }
+        Self {
+            inner: DownInner::Upstream(b, Some(pool)),
             _guard: None,
         }
     }
@@ -213,8 +229,13 @@ impl<G: Unpin> Body for DownBody<G> {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         match &mut this.inner {
-            DownInner::Upstream(b) => {
-                let r = Pin::new(b).poll_frame(cx);
+            DownInner::Upstream(b, pool) => {
+                let r = Pin::new(&mut *b).poll_frame(cx);
+                if matches!(r, Poll::Ready(None)) || (r.is_ready() && b.is_end_stream()) {
+                    if let Some(p) = pool.as_mut() {
+                        p.complete();
+                    }
+                }
                 if matches!(r, Poll::Ready(None)) {
                     // Release the in-flight guard as soon as the last byte is out, not
                     // when hyper gets round to dropping the body.
@@ -234,14 +255,14 @@ impl<G: Unpin> Body for DownBody<G> {
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            DownInner::Upstream(b) => b.is_end_stream(),
+            DownInner::Upstream(b, _) => b.is_end_stream(),
             DownInner::Full(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            DownInner::Upstream(b) => b.size_hint(),
+            DownInner::Upstream(b, _) => b.size_hint(),
             DownInner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             DownInner::Full(None) => SizeHint::with_exact(0),
         }

@@ -349,3 +349,41 @@ async fn h2_upstream_pools_speak_http2() {
     assert_eq!(stable.last().version, http::Version::HTTP_11);
     p.stop().await;
 }
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let stable = spawn_upstream("stable").await;
+    let gray = spawn_upstream("gray").await;
+    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), "rules: []\n").await;
+    let c = client();
+    for i in 0..30 {
+        let path = format!("/r{i}");
+        let (st, _, body) = get(&c, &p.url(&path), &[]).await;
+        assert_eq!((st.as_u16(), body.as_str()), (200, "stable"));
+    }
+    // Sequential requests: one connection serves them all (two workers may each open one).
+    let n = stable.conns.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        n <= 2,
+        "{n} upstream connections for 30 sequential requests"
+    );
+    // Bodies of every kind end cleanly and leave the connection reusable.
+    for _ in 0..5 {
+        let (st, _, _) = send(&c, "HEAD", &p.url("/"), &[], bytes::Bytes::new()).await;
+        assert_eq!(st.as_u16(), 200);
+        let (st, _, _) = get(&c, &p.url("/status/204"), &[]).await;
+        assert_eq!(st.as_u16(), 204);
+        let (st, _, body) = send(
+            &c,
+            "POST",
+            &p.url("/echo"),
+            &[],
+            bytes::Bytes::from_static(b"abc"),
+        )
+        .await;
+        assert_eq!((st.as_u16(), body.as_str()), (200, "abc"));
+    }
+    let n = stable.conns.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(n <= 2, "{n} upstream connections after mixed requests");
+    p.stop().await;
+}

@@ -39,6 +39,8 @@ pub struct Upstream {
     pub name: String,
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Connections accepted so far (keep-alive reuse shows as few connections).
+    pub conns: Arc<std::sync::atomic::AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -69,11 +71,14 @@ pub async fn spawn_upstream(name: &str) -> Upstream {
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let name_s = name.to_owned();
     let seen2 = seen.clone();
+    let conns: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+    let conns2 = conns.clone();
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            conns2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let name = name_s.clone();
             let seen = seen2.clone();
             tokio::spawn(async move {
@@ -92,6 +97,7 @@ pub async fn spawn_upstream(name: &str) -> Upstream {
         name: name.to_owned(),
         addr,
         seen,
+        conns,
         task,
     }
 }
