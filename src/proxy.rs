@@ -574,7 +574,7 @@ pub async fn handle(
                     .map_err(|e| (e.kind(), e.to_string())),
                 Protocol::H2 => shared
                     .upstreams
-                    .client(protocol)
+                    .h2_client()
                     .request(req)
                     .await
                     .map(|resp| (resp, None))

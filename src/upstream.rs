@@ -400,9 +400,8 @@ pub fn set_worker(id: usize) {
 pub struct Upstreams {
     /// `services[s][p]`.
     pub services: Vec<Vec<PoolUpstream>>,
-    /// HTTP/1.1 clients with keep-alive pooling per endpoint, one per worker.
-    http1: Vec<Client<HttpConnector, UpBody>>,
     /// HTTP/2 (prior knowledge) clients for `protocol: h2` pools, one per worker.
+    /// (HTTP/1.1 goes through [`crate::h1pool`].)
     h2: Vec<Client<HttpConnector, UpBody>>,
 }
 
@@ -429,15 +428,6 @@ impl Upstreams {
         conn.set_connect_timeout(Some(cfg.timeouts.connect));
         conn.set_keepalive(Some(Duration::from_secs(60)));
         let workers = cfg.workers.max(1);
-        let http1 = (0..workers)
-            .map(|_| {
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .pool_max_idle_per_host(256)
-                    .pool_timer(TokioTimer::new())
-                    .build(conn.clone())
-            })
-            .collect();
         let h2 = (0..workers)
             .map(|_| {
                 Client::builder(TokioExecutor::new())
@@ -448,11 +438,7 @@ impl Upstreams {
                     .build(conn.clone())
             })
             .collect();
-        Ok(Self {
-            services,
-            http1,
-            h2,
-        })
+        Ok(Self { services, h2 })
     }
 
     /// Starts DNS re-resolution and health checks for every pool; the handles are
@@ -475,15 +461,11 @@ impl Upstreams {
         self.services.get(s)?.get(p)
     }
 
-    /// The client for a pool's protocol.
-    pub fn client(&self, protocol: Protocol) -> &Client<HttpConnector, UpBody> {
-        let clients = match protocol {
-            Protocol::Http1 => &self.http1,
-            Protocol::H2 => &self.h2,
-        };
+    /// This worker's HTTP/2 client (for `protocol: h2` pools).
+    pub fn h2_client(&self) -> &Client<HttpConnector, UpBody> {
         let w = WORKER.with(|w| w.get());
-        // Both vectors have `workers` (≥ 1) entries; a thread outside the workers uses 0.
-        &clients[w.min(clients.len() - 1)]
+        // `workers` (≥ 1) entries; a thread outside the workers uses 0.
+        &self.h2[w.min(self.h2.len() - 1)]
     }
 }
 
