@@ -642,8 +642,9 @@ fn is_visible_ascii(b: u8) -> bool {
     (0x20..0x7f).contains(&b) || b == b'\t'
 }
 
-/// Decimal digits only (leading zeros fine, no sign), fitting u64.
-fn parse_u64(s: &[u8]) -> Option<u64> {
+/// Decimal digits only (leading zeros fine, no sign), fitting u64. Shared with the rules
+/// compiler, so an id in `rules.yaml` or an `in_file` parses exactly like a marker.
+pub(crate) fn parse_u64(s: &[u8]) -> Option<u64> {
     if s.is_empty() {
         return None;
     }

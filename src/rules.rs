@@ -169,7 +169,7 @@ impl<'de> Deserialize<'de> for Id {
                     .map_err(|_| E::custom(format!("invalid id {v}: ids are unsigned")))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Id, E> {
-                parse_digits(v.trim().as_bytes()).map(Id).ok_or_else(|| {
+                markers::parse_u64(v.trim().as_bytes()).map(Id).ok_or_else(|| {
                     E::custom(format!(
                         "invalid id {v:?}: expected decimal digits fitting u64"
                     ))
@@ -1035,7 +1035,7 @@ fn parse_id_lines(bytes: &[u8]) -> Result<IdLists, (usize, String)> {
         if line.is_empty() {
             continue;
         }
-        if let Some(id) = parse_digits(line) {
+        if let Some(id) = markers::parse_u64(line) {
             ids.push(id);
             continue;
         }
@@ -1064,8 +1064,8 @@ fn parse_id_lines(bytes: &[u8]) -> Result<IdLists, (usize, String)> {
 fn parse_range(s: &[u8]) -> Result<(u64, u64), String> {
     let bad = || "expected \"lo-hi\" with decimal ids fitting u64".to_owned();
     let dash = s.iter().position(|&b| b == b'-').ok_or_else(bad)?;
-    let lo = parse_digits(trim_space(&s[..dash])).ok_or_else(bad)?;
-    let hi = parse_digits(trim_space(&s[dash + 1..])).ok_or_else(bad)?;
+    let lo = markers::parse_u64(trim_space(&s[..dash])).ok_or_else(bad)?;
+    let hi = markers::parse_u64(trim_space(&s[dash + 1..])).ok_or_else(bad)?;
     if lo > hi {
         return Err(format!("lo > hi ({lo} > {hi})"));
     }
@@ -1079,21 +1079,6 @@ fn trim_space(s: &[u8]) -> &[u8] {
     &s[start..end]
 }
 
-/// Decimal digits only, fitting u64 (as markers are parsed).
-fn parse_digits(s: &[u8]) -> Option<u64> {
-    if s.is_empty() {
-        return None;
-    }
-    let mut n: u64 = 0;
-    for &b in s {
-        let d = b.wrapping_sub(b'0');
-        if d > 9 {
-            return None;
-        }
-        n = n.checked_mul(10)?.checked_add(u64::from(d))?;
-    }
-    Some(n)
-}
 
 /// `">=5.2.0, <6"`: comparators separated by `,`, all of which must hold.
 fn parse_version_req(s: &str) -> Result<Box<[(CmpOp, Version)]>, String> {
