@@ -169,11 +169,13 @@ impl<'de> Deserialize<'de> for Id {
                     .map_err(|_| E::custom(format!("invalid id {v}: ids are unsigned")))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Id, E> {
-                markers::parse_u64(v.trim().as_bytes()).map(Id).ok_or_else(|| {
-                    E::custom(format!(
-                        "invalid id {v:?}: expected decimal digits fitting u64"
-                    ))
-                })
+                markers::parse_u64(v.trim().as_bytes())
+                    .map(Id)
+                    .ok_or_else(|| {
+                        E::custom(format!(
+                            "invalid id {v:?}: expected decimal digits fitting u64"
+                        ))
+                    })
             }
         }
         d.deserialize_any(V)
@@ -1078,7 +1080,6 @@ fn trim_space(s: &[u8]) -> &[u8] {
     let end = s.iter().rposition(|b| !ws(b)).map_or(start, |i| i + 1);
     &s[start..end]
 }
-
 
 /// `">=5.2.0, <6"`: comparators separated by `,`, all of which must hold.
 fn parse_version_req(s: &str) -> Result<Box<[(CmpOp, Version)]>, String> {
