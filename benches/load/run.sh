@@ -100,7 +100,7 @@ start_proxy() {
         PROXY_PORT=$GRAYLANE_PORT
         render "$LOAD_DIR/graylane.yaml" "$dir/graylane.yaml" "$w" "$PROXY_PORT"
         cp "$LOAD_DIR/rules.yaml" "$dir/rules.yaml"
-        RUST_LOG=warn start_bg "graylane-w$w" taskset -c "$PROXY_CPUS" "$GRAYLANE_BIN" run --config "$dir/graylane.yaml"
+        RUST_LOG=warn,graylane::access=info start_bg "graylane-w$w" taskset -c "$PROXY_CPUS" "$GRAYLANE_BIN" run --config "$dir/graylane.yaml"
         ;;
     nginx)
         PROXY_PORT=$NGINX_PORT
@@ -241,7 +241,7 @@ report() {
     machine_notes
     echo "- peers: $("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //'), $("$HAPROXY_BIN" -v 2>&1 | head -1 | awk '{print "haproxy " $3}'), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}')"
     echo "- pinning: proxy on cpu $PROXY_CPUS; wrk and the upstream nginx (1 worker, two \`return 200\` servers) on cpu $LOAD_CPUS"
-    echo "- all proxies: keep-alive to the upstreams, access logs off, X-Forwarded-For/-Proto and a pool header set; graylane's Prometheus metrics on (always)"
+    echo "- all proxies: keep-alive to the upstreams, X-Forwarded-For/-Proto and a pool header set; graylane's Prometheus metrics on (always) and a 1% sampled access log; nginx and haproxy without access logs"
     echo
     echo "| proxy | workers | req/s (median) | vs nginx | vs haproxy | p50 µs | p99 µs | CPU µs/req | vs nginx | vs haproxy | peak RSS MiB | failed |"
     echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
