@@ -800,14 +800,6 @@ pub fn error_response(kind: UpstreamErrorKind) -> Response<DownBody> {
     }
 }
 
-/// Whether the process is draining (set once, read by `/readyz`).
-pub fn is_draining(shared: &Shared) -> bool {
-    shared.draining.load(Ordering::Relaxed)
-}
-
-/// Convenience for tests and the admin API.
-pub type SharedRef = Arc<Shared>;
-
 #[cfg(test)]
 mod tests {
     use super::*;

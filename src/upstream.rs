@@ -19,7 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::balance::{Endpoint, PoolEndpoints, ResolveError};
-use crate::config::{Config, LbPolicy, OnUnavailable, Protocol};
+use crate::config::{Config, OnUnavailable, Protocol};
 use crate::error::UpstreamErrorKind;
 use crate::h1pool::PoolReturn;
 use crate::metrics::Metrics;
@@ -177,14 +177,6 @@ impl DownBody<()> {
     pub fn full(b: impl Into<Bytes>) -> Self {
         Self {
             inner: DownInner::Full(Some(b.into())),
-            _guard: None,
-        }
-    }
-
-    /// No body.
-    pub fn empty() -> Self {
-        Self {
-            inner: DownInner::Full(None),
             _guard: None,
         }
     }
@@ -364,8 +356,6 @@ pub struct PoolUpstream {
     pub retries: u32,
     /// What to do when no endpoint is available.
     pub on_unavailable: OnUnavailable,
-    /// Whether `hash_uid` balancing wants the uid.
-    pub hash_uid: bool,
 }
 
 /// The URI for `path_and_query` on an endpoint.
@@ -418,7 +408,6 @@ impl Upstreams {
                     protocol: p.protocol,
                     retries: p.retries,
                     on_unavailable: p.on_unavailable,
-                    hash_uid: p.lb == LbPolicy::HashUid,
                 });
             }
             services.push(pools);
@@ -454,11 +443,6 @@ impl Upstreams {
             }
         }
         tasks
-    }
-
-    /// The pool of service `s` at index `p`.
-    pub fn pool(&self, s: usize, p: usize) -> Option<&PoolUpstream> {
-        self.services.get(s)?.get(p)
     }
 
     /// This worker's HTTP/2 client (for `protocol: h2` pools).

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use common::*;
@@ -32,20 +31,10 @@ rules:
     route: canary
 ";
 
-/// `chat` on `/chat` (stable, gray) and `reports` on `/reports` (stable, canary).
-fn config(stable: SocketAddr, gray: SocketAddr, extra: &str) -> String {
-    config_yaml(
-        &format!(
-            "  - name: chat\n    match: {{ path_prefix: /chat }}\n    pools:\n      stable: {{ endpoints: [\"{stable}\"] }}\n      gray: {{ endpoints: [\"{gray}\"] }}\n  - name: reports\n    match: {{ path_prefix: /reports }}\n    pools:\n      stable: {{ endpoints: [\"{stable}\"] }}\n      canary: {{ endpoints: [\"{gray}\"] }}\n"
-        ),
-        extra,
-    )
-}
-
 async fn setup(extra: &str) -> (Upstream, Upstream, Proxy) {
     let stable = spawn_upstream("stable").await;
     let gray = spawn_upstream("gray").await;
-    let p = spawn_proxy(&config(stable.addr, gray.addr, extra), RULES).await;
+    let p = spawn_proxy(&two_services(stable.addr, gray.addr, "/chat", extra), RULES).await;
     (stable, gray, p)
 }
 
@@ -212,7 +201,7 @@ rules:
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("graylane.yaml"),
-        config(stable.addr, gray.addr, ""),
+        two_services(stable.addr, gray.addr, "/chat", ""),
     )
     .unwrap();
     std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
@@ -345,7 +334,7 @@ async fn explain_names_service_pool_rule_and_fallback() {
 async fn token_file_guards_post_endpoints_only() {
     let stable = spawn_upstream("stable").await;
     let gray = spawn_upstream("gray").await;
-    let cfg = config(stable.addr, gray.addr, "").replace(
+    let cfg = two_services(stable.addr, gray.addr, "/chat", "").replace(
         "admin: { bind: \"127.0.0.1:0\" }",
         "admin: { bind: \"127.0.0.1:0\", token_file: admin.token }",
     );
@@ -426,7 +415,7 @@ async fn guard_trip_and_reset_by_hand() {
     let gray = spawn_upstream("gray").await;
     let guard =
         "    guard: { max_error_rate: 0.05, min_requests: 50, window: 30s, cooldown: 120s }\n";
-    let cfg = config(stable.addr, gray.addr, "").replacen(
+    let cfg = two_services(stable.addr, gray.addr, "/chat", "").replacen(
         "  - name: reports\n",
         &format!("{guard}  - name: reports\n"),
         1,

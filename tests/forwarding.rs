@@ -19,20 +19,10 @@ rules:
     route: canary
 ";
 
-/// `chat` on `/` (stable, gray) plus `reports` on `/reports` that alone has `canary`.
-fn two_services(stable: std::net::SocketAddr, gray: std::net::SocketAddr, extra: &str) -> String {
-    config_yaml(
-        &format!(
-            "  - name: chat\n    match: {{ path_prefix: / }}\n    pools:\n      stable: {{ endpoints: [\"{stable}\"] }}\n      gray: {{ endpoints: [\"{gray}\"] }}\n  - name: reports\n    match: {{ path_prefix: /reports }}\n    pools:\n      stable: {{ endpoints: [\"{stable}\"] }}\n      canary: {{ endpoints: [\"{gray}\"] }}\n"
-        ),
-        extra,
-    )
-}
-
 async fn setup(extra: &str) -> (Upstream, Upstream, Proxy) {
     let stable = spawn_upstream("stable").await;
     let gray = spawn_upstream("gray").await;
-    let p = spawn_proxy(&two_services(stable.addr, gray.addr, extra), RULES).await;
+    let p = spawn_proxy(&two_services(stable.addr, gray.addr, "/", extra), RULES).await;
     (stable, gray, p)
 }
 
@@ -129,7 +119,7 @@ async fn untrusted_peers_are_routed_without_markers() {
     // Rebuild with a listener that trusts nobody.
     p.stop().await;
     let gray = spawn_upstream("gray").await;
-    let cfg = two_services(stable.addr, gray.addr, "").replace(
+    let cfg = two_services(stable.addr, gray.addr, "/", "").replace(
         "    bind: \"127.0.0.1:0\"\n",
         "    bind: \"127.0.0.1:0\"\n    trusted_cidrs: []\n",
     );
@@ -251,7 +241,12 @@ async fn dead_upstream_is_502_and_slow_one_504() {
     let slow = spawn_upstream("slow").await;
     // Stable is dead (nothing to fall back to), gray is slow.
     let p = spawn_proxy(
-        &two_services(dead, slow.addr, "timeouts: { upstream_response: 300ms }\n"),
+        &two_services(
+            dead,
+            slow.addr,
+            "/",
+            "timeouts: { upstream_response: 300ms }\n",
+        ),
         RULES,
     )
     .await;

@@ -209,6 +209,22 @@ pub fn config_yaml(services: &str, extra: &str) -> String {
     )
 }
 
+/// `chat` on `chat_prefix` (stable, gray) plus `reports` on `/reports`, the only service
+/// with a `canary` pool (so a rule may route to `canary` and `chat` falls back).
+pub fn two_services(
+    stable: SocketAddr,
+    gray: SocketAddr,
+    chat_prefix: &str,
+    extra: &str,
+) -> String {
+    config_yaml(
+        &format!(
+            "  - name: chat\n    match: {{ path_prefix: {chat_prefix} }}\n    pools:\n      stable: {{ endpoints: [\"{stable}\"] }}\n      gray: {{ endpoints: [\"{gray}\"] }}\n  - name: reports\n    match: {{ path_prefix: /reports }}\n    pools:\n      stable: {{ endpoints: [\"{stable}\"] }}\n      canary: {{ endpoints: [\"{gray}\"] }}\n"
+        ),
+        extra,
+    )
+}
+
 /// The common case: service `chat` on `/` with stable and gray upstreams.
 pub fn simple_config(stable: SocketAddr, gray: SocketAddr, extra: &str) -> String {
     config_yaml(
