@@ -63,6 +63,25 @@ impl H1Error {
     }
 }
 
+/// A failed exchange, with the request when it never went out (connect failed, or the
+/// connection died before writing it): the caller reuses its head for the next attempt.
+#[derive(Debug)]
+pub struct SendFailure {
+    /// What went wrong.
+    pub error: H1Error,
+    /// The request, unsent.
+    pub unsent: Option<Request<UpBody>>,
+}
+
+impl SendFailure {
+    fn unsent(error: H1Error, req: Request<UpBody>) -> Self {
+        Self {
+            error,
+            unsent: Some(req),
+        }
+    }
+}
+
 /// A checked-out connection, put back into its worker's pool when dropped after its
 /// response was complete (the body ended, see [`PoolReturn::complete`]).
 #[derive(Debug)]
@@ -111,7 +130,11 @@ pub async fn send(
     addr: SocketAddr,
     mut req: Request<UpBody>,
     connect_timeout: Duration,
-) -> Result<(Response<Incoming>, PoolReturn), H1Error> {
+) -> Result<(Response<Incoming>, PoolReturn), SendFailure> {
+    let sent = |error| SendFailure {
+        error: H1Error::Exchange(error),
+        unsent: None,
+    };
     while let Some(mut s) = take(addr) {
         if s.is_closed() || s.ready().await.is_err() {
             continue;
@@ -122,20 +145,20 @@ pub async fn send(
                 // The connection died before the request went out (the upstream closed
                 // an idle keep-alive connection): try the next one.
                 Some(unsent) => req = unsent,
-                None => return Err(H1Error::Exchange(e.into_error())),
+                None => return Err(sent(e.into_error())),
             },
         }
     }
     let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
-        Err(_) => return Err(H1Error::ConnectTimeout),
-        Ok(Err(e)) => return Err(H1Error::Connect(e)),
+        Err(_) => return Err(SendFailure::unsent(H1Error::ConnectTimeout, req)),
+        Ok(Err(e)) => return Err(SendFailure::unsent(H1Error::Connect(e), req)),
         Ok(Ok(s)) => s,
     };
     let _ = stream.set_nodelay(true);
-    let (mut s, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(H1Error::Exchange)?;
+    let (mut s, conn) = match http1::Builder::new().handshake(TokioIo::new(stream)).await {
+        Ok(pair) => pair,
+        Err(e) => return Err(SendFailure::unsent(H1Error::Exchange(e), req)),
+    };
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(%addr, error = %e, "upstream connection ended");
@@ -143,7 +166,10 @@ pub async fn send(
     });
     match s.try_send_request(req).await {
         Ok(resp) => Ok((resp, pooled(addr, s))),
-        Err(e) => Err(H1Error::Exchange(e.into_error())),
+        Err(mut e) => Err(SendFailure {
+            unsent: e.take_message(),
+            error: H1Error::Exchange(e.into_error()),
+        }),
     }
 }
 

@@ -298,6 +298,8 @@ pub struct ConnCtx {
     pub listener: usize,
     /// The client's address.
     pub peer: SocketAddr,
+    /// `peer`'s IP as an `x-forwarded-for` value, built once for all its requests.
+    pub peer_value: HeaderValue,
     /// Whether markers from this peer are trusted (`trusted_cidrs`).
     pub trusted: bool,
 }
@@ -456,9 +458,9 @@ pub async fn handle(
             }
         }
     }
-    upstream::append_forwarded_for(&mut parts.headers, conn.peer.ip());
+    upstream::append_forwarded_for(&mut parts.headers, &conn.peer_value);
     parts.headers.insert(
-        "x-forwarded-proto",
+        upstream::X_FORWARDED_PROTO,
         shared.proto_values[conn.listener].clone(),
     );
     let rule_value = live.rule_values.get(hit).cloned();
@@ -480,6 +482,11 @@ pub async fn handle(
     let timeout = shared.config.timeouts.upstream_response;
     let mut exclude: Option<Arc<Endpoint>> = None;
     let mut retries_left = shared.upstreams.services[service][pool].retries;
+    // The upstream head's fields. An attempt takes them whole unless a later attempt may
+    // need them after this one sent them (see `keep_head`); an attempt that fails before
+    // sending (connect) hands them back. Copying per attempt cost a header map and an
+    // allocation per custom field name on every request.
+    let mut head = Some(std::mem::take(&mut parts.headers));
 
     // Set when the chosen pool cannot take this request (no endpoint left, or every
     // attempt failed to connect); the next turn of the loop moves it to stable.
@@ -552,6 +559,23 @@ pub async fn handle(
                 pool,
             );
         };
+        // A reset after sending is retried for an idempotent body-less request, on
+        // another endpoint of the pool or (from gray) on stable: only then is a copy
+        // kept. hyper-util's HTTP/2 client never hands an unsent request back.
+        let keep_head = protocol == Protocol::H2
+            || (idempotent
+                && matches!(body, Replay::Empty)
+                && retries_left > 0
+                && (pool != stable || up.endpoints.count() > 1));
+        let headers = if keep_head { head.clone() } else { head.take() };
+        let Some(headers) = headers else {
+            // Unreachable by the rule above (a DNS refresh that adds endpoints between
+            // two attempts aside): answer the previous failure rather than send no head.
+            break (
+                error_response(last_error.unwrap_or(UpstreamErrorKind::Reset)),
+                pool,
+            );
+        };
         let mut req = Request::new(body.attempt());
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri;
@@ -559,7 +583,7 @@ pub async fn handle(
             Protocol::Http1 => http::Version::HTTP_11,
             Protocol::H2 => http::Version::HTTP_2,
         };
-        *req.headers_mut() = parts.headers.clone();
+        *req.headers_mut() = headers;
         if let Some(h) = &shared.config.propagate.pool_header {
             req.headers_mut()
                 .insert(h.clone(), shared.pool_values[svc.pools[pool].id].clone());
@@ -571,14 +595,14 @@ pub async fn handle(
                 Protocol::Http1 => h1pool::send(ep.addr(), req, connect_timeout)
                     .await
                     .map(|(resp, pooled)| (resp, Some(pooled)))
-                    .map_err(|e| (e.kind(), e.to_string())),
+                    .map_err(|f| (f.error.kind(), f.error.to_string(), f.unsent)),
                 Protocol::H2 => shared
                     .upstreams
                     .h2_client()
                     .request(req)
                     .await
                     .map(|resp| (resp, None))
-                    .map_err(|e| (upstream::classify(&e), e.to_string())),
+                    .map_err(|e| (upstream::classify(&e), e.to_string(), None)),
             }
         };
         // `upstream_response` counts from the last request byte, not through an upload;
@@ -627,7 +651,10 @@ pub async fn handle(
                     pool,
                 );
             }
-            Ok(Err((kind, error))) => {
+            Ok(Err((kind, error, unsent))) => {
+                if let Some(unsent) = unsent {
+                    head = Some(unsent.into_parts().0.headers);
+                }
                 tracing::warn!(service = %svc.name, pool = %svc.pools[pool].name, endpoint = %ep.label(), kind = kind.label(), %error, "upstream request failed");
                 kind
             }

@@ -340,6 +340,7 @@ async fn accept_loop(
         let ctx = ConnCtx {
             listener: idx,
             peer,
+            peer_value: crate::upstream::peer_value(peer.ip()),
             trusted: lcfg.trusts(peer.ip()),
         };
         let guard = OpenGuard {

@@ -267,33 +267,27 @@ impl<G: Unpin> Body for DownBody<G> {
 /// and the fixed list of SPEC §3. `keep_upgrade` keeps `Upgrade` (and a `Connection:
 /// upgrade`) for WebSocket handshakes.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Fields named by Connection: collect first, since we cannot remove while iterating.
-    // Almost every request has at most `keep-alive`/`close` here, so this stays small.
-    let mut named: [Option<HeaderName>; 8] = Default::default();
-    let mut overflow: Vec<HeaderName> = Vec::new();
-    let mut n = 0;
-    for v in headers.get_all(header::CONNECTION) {
+    // Fields named by Connection: the values are cloned (a reference count, no copy) so
+    // the map can be changed while their tokens are read, and each token is removed by
+    // `&str`, which looks the name up without building (and allocating) a `HeaderName`.
+    // Almost every message has one `Connection` value (`keep-alive` or `close`).
+    let mut first: [Option<HeaderValue>; 2] = Default::default();
+    let mut overflow: Vec<HeaderValue> = Vec::new();
+    for (i, v) in headers.get_all(header::CONNECTION).iter().enumerate() {
+        match first.get_mut(i) {
+            Some(slot) => *slot = Some(v.clone()),
+            None => overflow.push(v.clone()),
+        }
+    }
+    for v in first.iter().flatten().chain(overflow.iter()) {
         let Ok(s) = v.to_str() else { continue };
         for tok in s.split(',') {
             let tok = tok.trim();
             if tok.is_empty() || (keep_upgrade && tok.eq_ignore_ascii_case("upgrade")) {
                 continue;
             }
-            if let Ok(name) = HeaderName::from_bytes(tok.as_bytes()) {
-                if n < named.len() {
-                    named[n] = Some(name);
-                    n += 1;
-                } else {
-                    overflow.push(name);
-                }
-            }
+            headers.remove(tok);
         }
-    }
-    for name in named.iter().flatten().chain(overflow.iter()) {
-        if keep_upgrade && name == header::UPGRADE {
-            continue;
-        }
-        headers.remove(name);
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -301,8 +295,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.remove(header::CONNECTION);
         headers.remove(header::UPGRADE);
     }
-    headers.remove("proxy-connection");
-    headers.remove("keep-alive");
+    headers.remove(PROXY_CONNECTION);
+    headers.remove(KEEP_ALIVE);
     headers.remove(header::TRANSFER_ENCODING);
     headers.remove(header::PROXY_AUTHORIZATION);
     headers.remove(header::PROXY_AUTHENTICATE);
@@ -323,22 +317,37 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// `x-forwarded-for`; a constant so that inserting it allocates nothing (a `&str` name
+/// outside the standard set is copied into a fresh `HeaderName` on every insert).
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `x-forwarded-proto`, a constant for the same reason.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// The client address as an `x-forwarded-for` value, built once per connection: every
+/// request on it then sets the field by a reference-count clone.
+pub fn peer_value(peer: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&peer.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
 /// Appends the peer to `x-forwarded-for` (joining earlier values into one field).
-pub fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
-    use std::fmt::Write;
-    let mut joined = String::new();
-    for v in headers.get_all("x-forwarded-for") {
-        if let Ok(s) = v.to_str() {
-            let s = s.trim();
-            if !s.is_empty() {
-                joined.push_str(s);
-                joined.push_str(", ");
-            }
+pub fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
+    let mut joined: Vec<u8> = Vec::new();
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        let s = v.as_bytes().trim_ascii();
+        if !s.is_empty() {
+            joined.extend_from_slice(s);
+            joined.extend_from_slice(b", ");
         }
     }
-    let _ = write!(joined, "{peer}");
-    if let Ok(v) = HeaderValue::from_str(&joined) {
-        headers.insert("x-forwarded-for", v);
+    if joined.is_empty() {
+        headers.insert(X_FORWARDED_FOR, peer.clone());
+        return;
+    }
+    joined.extend_from_slice(peer.as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(X_FORWARDED_FOR, v);
     }
 }
 
@@ -523,6 +532,21 @@ mod tests {
     }
 
     #[test]
+    fn connection_tokens_match_any_case_and_every_value() {
+        let mut h = map(&[
+            ("connection", "X-Secret"),
+            ("connection", "close"),
+            ("connection", "x-other"),
+            ("x-secret", "1"),
+            ("x-other", "2"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-kept"]);
+    }
+
+    #[test]
     fn websocket_keeps_upgrade() {
         let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         strip_hop_by_hop(&mut h, true);
@@ -536,10 +560,10 @@ mod tests {
             ("x-forwarded-for", "1.2.3.4"),
             ("x-forwarded-for", "5.6.7.8"),
         ]);
-        append_forwarded_for(&mut h, "127.0.0.1".parse().unwrap());
+        append_forwarded_for(&mut h, &peer_value("127.0.0.1".parse().unwrap()));
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 127.0.0.1");
         let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, "::1".parse().unwrap());
+        append_forwarded_for(&mut h, &peer_value("::1".parse().unwrap()));
         assert_eq!(h["x-forwarded-for"], "::1");
     }
 }

@@ -526,3 +526,70 @@ async fn a_post_whose_connect_failed_is_replayed_with_its_body() {
     }
     p.stop().await;
 }
+
+/// Every path that sends a request again (retry after a reset, fallback to stable after
+/// a reset or a refused connect) must send the whole head: graylane moves the head into
+/// an attempt and gets it back from a failed one, so a lost field would show here.
+#[tokio::test]
+async fn replayed_requests_keep_every_header() {
+    let dead: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let resetting = Faulty::start("resetting").await;
+    resetting.set(RESET);
+    let stable = spawn_upstream("stable").await;
+    let c = client();
+    let check = |seen: Seen, what: &str| {
+        let h = &seen.headers;
+        assert_eq!(h["x-trace"], "t-1", "{what}: {h:?}");
+        assert_eq!(h["xdw-kefu-uid"], "42", "{what}");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{what}");
+        assert_eq!(h["x-forwarded-proto"], "http", "{what}");
+        assert_eq!(h["x-graylane-pool"], "stable", "{what}");
+        assert_eq!(seen.uri, "/q?a=1", "{what}");
+    };
+    // gray: one endpoint that resets (GET: retried, no other gray endpoint -> stable);
+    // then gray: one refused endpoint (connect failure -> stable);
+    // then stable itself: a resetting endpoint before the good one (retry in the pool).
+    let cases = [
+        (
+            vec![stable.addr],
+            vec![resetting.addr],
+            "42",
+            "gray reset -> stable",
+        ),
+        (
+            vec![stable.addr],
+            vec![dead],
+            "42",
+            "gray refused -> stable",
+        ),
+        (
+            vec![resetting.addr, stable.addr],
+            vec![dead],
+            "7",
+            "stable reset -> other stable endpoint",
+        ),
+    ];
+    for (s, g, rule_uid, what) in cases {
+        let rules = format!(
+            "rules:\n  - name: g\n    when: {{ uid: {{ in: [{rule_uid}] }} }}\n    route: gray\n"
+        );
+        let p = spawn_proxy(&pools_config(&s, &g, "", "", ""), &rules).await;
+        for _ in 0..3 {
+            let before = stable.seen().len();
+            let (st, _, body) = get(
+                &c,
+                &p.url("/q?a=1"),
+                &[("xdw-kefu-uid", "42"), ("x-trace", "t-1")],
+            )
+            .await;
+            assert_eq!((st.as_u16(), body.as_str()), (200, "stable"), "{what}");
+            assert_eq!(stable.seen().len(), before + 1, "{what}");
+            check(stable.last(), what);
+        }
+        p.stop().await;
+    }
+    assert!(resetting.hits() > 0);
+}
