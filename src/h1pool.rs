@@ -149,6 +149,17 @@ pub async fn send(
             },
         }
     }
+    // The cold path (connect, handshake) lives in its own boxed future: inlined, its
+    // state would make every request's future larger, and futures are moved (copied)
+    // whole as they are pinned.
+    Box::pin(connect_and_send(addr, req, connect_timeout)).await
+}
+
+async fn connect_and_send(
+    addr: SocketAddr,
+    req: Request<UpBody>,
+    connect_timeout: Duration,
+) -> Result<(Response<Incoming>, PoolReturn), SendFailure> {
     let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
         Err(_) => return Err(SendFailure::unsent(H1Error::ConnectTimeout, req)),
         Ok(Err(e)) => return Err(SendFailure::unsent(H1Error::Connect(e), req)),
