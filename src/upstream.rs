@@ -267,44 +267,51 @@ impl<G: Unpin> Body for DownBody<G> {
 /// and the fixed list of SPEC §3. `keep_upgrade` keeps `Upgrade` (and a `Connection:
 /// upgrade`) for WebSocket handshakes.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most requests carry none of these fields: one pass over the (few) names then saves
-    // the eight hash lookups of the removals below.
-    if !keep_upgrade && !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
-        return;
-    }
-    // Fields named by Connection: the values are cloned (a reference count, no copy) so
-    // the map can be changed while their tokens are read, and each token is removed by
-    // `&str`, which looks the name up without building (and allocating) a `HeaderName`.
-    // Almost every message has one `Connection` value (`keep-alive` or `close`).
-    let mut first: [Option<HeaderValue>; 2] = Default::default();
-    let mut overflow: Vec<HeaderValue> = Vec::new();
-    for (i, v) in headers.get_all(header::CONNECTION).iter().enumerate() {
-        match first.get_mut(i) {
-            Some(slot) => *slot = Some(v.clone()),
-            None => overflow.push(v.clone()),
+    // One pass over the (few) names first: a request rarely has any of these fields and
+    // a response usually only `Connection`, and each removal is a hash lookup.
+    let mut found = 0u8;
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            found |= 1 << i;
         }
     }
-    for v in first.iter().flatten().chain(overflow.iter()) {
-        let Ok(s) = v.to_str() else { continue };
-        for tok in s.split(',') {
-            let tok = tok.trim();
-            if tok.is_empty() || (keep_upgrade && tok.eq_ignore_ascii_case("upgrade")) {
-                continue;
+    if found == 0 && !keep_upgrade {
+        return;
+    }
+    let has = |name: usize| found & (1 << name) != 0;
+    if has(0) {
+        // Fields named by Connection: the values are cloned (a reference count, no copy)
+        // so the map can be changed while their tokens are read, and each token is
+        // removed by `&str`, which looks the name up without building (and allocating)
+        // a `HeaderName`. Almost every message has one value (`keep-alive`, `close`).
+        let mut first: [Option<HeaderValue>; 2] = Default::default();
+        let mut overflow: Vec<HeaderValue> = Vec::new();
+        for (i, v) in headers.get_all(header::CONNECTION).iter().enumerate() {
+            match first.get_mut(i) {
+                Some(slot) => *slot = Some(v.clone()),
+                None => overflow.push(v.clone()),
             }
-            headers.remove(tok);
+        }
+        for v in first.iter().flatten().chain(overflow.iter()) {
+            let Ok(s) = v.to_str() else { continue };
+            for tok in s.split(',') {
+                let tok = tok.trim();
+                if tok.is_empty() || (keep_upgrade && tok.eq_ignore_ascii_case("upgrade")) {
+                    continue;
+                }
+                headers.remove(tok);
+            }
         }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::CONNECTION);
-        headers.remove(header::UPGRADE);
     }
-    headers.remove(PROXY_CONNECTION);
-    headers.remove(KEEP_ALIVE);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::PROXY_AUTHORIZATION);
-    headers.remove(header::PROXY_AUTHENTICATE);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        let kept = name == header::TE || (keep_upgrade && i < 2);
+        if has(i) && !kept {
+            headers.remove(name);
+        }
+    }
     // TE: only `trailers` may pass (it tells the upstream the client accepts trailers).
     if let Some(te) = headers.get(header::TE) {
         let keeps_trailers = te
@@ -327,7 +334,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `x-forwarded-proto`, a constant for the same reason.
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-/// Every field [`strip_hop_by_hop`] may remove or rewrite by its own name.
+/// Every field [`strip_hop_by_hop`] may remove or rewrite by its own name; `Connection`
+/// and `Upgrade` first (a WebSocket handshake keeps them).
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     header::UPGRADE,
