@@ -166,7 +166,10 @@ async fn connect_and_send(
         Ok(Ok(s)) => s,
     };
     let _ = stream.set_nodelay(true);
-    let (mut s, conn) = match http1::Builder::new().handshake(TokioIo::new(stream)).await {
+    let (mut s, conn) = match http1::Builder::new()
+        .handshake(TokioIo::new(crate::sockio::Coalescing(stream)))
+        .await
+    {
         Ok(pair) => pair,
         Err(e) => return Err(SendFailure::unsent(H1Error::Exchange(e), req)),
     };

@@ -14,6 +14,7 @@
 //! - [`longlink`]: WebSocket relays, re-homing on reload, closing last in a drain.
 //! - [`h1pool`]: the per-worker HTTP/1 upstream connection pool.
 //! - [`upstream`]: pools, endpoint choice, the pooled client, hop-by-hop headers.
+//! - [`sockio`]: small vectored socket writes coalesced into one `send`.
 //! - [`metrics`]: the Prometheus registry and per-route children resolved at load.
 //! - [`reload`]: file watching, SIGHUP and `POST /reload` feeding one `ArcSwap` store.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/rules`, `/explain`, `/reload`.
@@ -38,6 +39,7 @@ pub mod reload;
 pub mod routing;
 pub mod rules;
 pub mod server;
+pub mod sockio;
 pub mod tls;
 pub mod upstream;
 pub mod watch;

@@ -554,7 +554,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        crate::sockio::poll_write_coalesced(&mut self.get_mut().stream, cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
