@@ -288,6 +288,8 @@ report() {
     echo "with the 1-worker rows."
     echo "CPU µs/req = utime+stime of all the proxy's processes (nginx master+workers) over the"
     echo "measured run, divided by the requests wrk completed; peak RSS = sum of VmHWM, max over rounds."
+    echo
+    paired_ratios
     local shares
     shares=$(awk -F'\t' '$1 == "graylane" && $10 != "" {printf "%s%s", sep, $10; sep = ", "}' "$RESULTS")
     [[ -n $shares ]] && echo "graylane's own metrics counted these gray shares per run: $shares."
@@ -297,6 +299,39 @@ report() {
     echo '```'
     cat "$RESULTS"
     echo '```'
+}
+
+# paired_ratios : graylane against each peer round by round (adjacent runs share the
+# machine's state, so a per-round ratio cancels drift that the ratio of medians keeps).
+paired_ratios() {
+    echo "Per-round paired ratios, graylane / peer (median, then min–max over rounds):"
+    echo
+    awk -F'\t' '
+        function median(list,   a, n, i, j, t) {
+            n = split(list, a, " ")
+            for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
+            return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+        }
+        function range(list,   a, n, i, lo, hi) {
+            n = split(list, a, " "); lo = a[1]; hi = a[1]
+            for (i = 2; i <= n; i++) { if (a[i] + 0 < lo + 0) lo = a[i]; if (a[i] + 0 > hi + 0) hi = a[i] }
+            return sprintf("%.2f×–%.2f×", lo, hi)
+        }
+        { cpu[$1, $2, $3] = $7; rps[$1, $2, $3] = $4; if ($3 > rounds) rounds = $3; if ($1 == "graylane") ws[$2] = 1 }
+        END {
+            for (w in ws) for (pi = 1; pi <= 2; pi++) {
+                peer = pi == 1 ? "nginx" : "haproxy"; c = ""; r = ""
+                for (round = 1; round <= rounds; round++) {
+                    g = cpu["graylane", w, round]; q = cpu[peer, w, round]
+                    if (g != "" && q + 0 > 0) c = c " " g / q
+                    g = rps["graylane", w, round]; q = rps[peer, w, round]
+                    if (g != "" && q + 0 > 0) r = r " " g / q
+                }
+                if (c != "")
+                    printf "- %s worker(s), vs %s: CPU µs/req %.2f× (%s), req/s %.2f× (%s)\n",
+                        w, peer, median(c), range(c), median(r), range(r)
+            }
+        }' "$RESULTS" | sort
 }
 
 report | tee "$LOAD_DIR/results.md"
