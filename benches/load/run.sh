@@ -290,6 +290,7 @@ report() {
     echo "measured run, divided by the requests wrk completed; peak RSS = sum of VmHWM, max over rounds."
     echo
     paired_ratios
+    echo
     local shares
     shares=$(awk -F'\t' '$1 == "graylane" && $10 != "" {printf "%s%s", sep, $10; sep = ", "}' "$RESULTS")
     [[ -n $shares ]] && echo "graylane's own metrics counted these gray shares per run: $shares."
