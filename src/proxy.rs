@@ -561,7 +561,9 @@ pub async fn handle(
         };
         // A reset after sending is retried for an idempotent body-less request, on
         // another endpoint of the pool or (from gray) on stable: only then is a copy
-        // kept. hyper-util's HTTP/2 client never hands an unsent request back.
+        // kept. hyper-util's HTTP/2 client never hands an unsent request back. The
+        // endpoint count is this attempt's: retry decisions see the pool as it was when
+        // the attempt went out.
         let keep_head = protocol == Protocol::H2
             || (idempotent
                 && matches!(body, Replay::Empty)
@@ -569,8 +571,8 @@ pub async fn handle(
                 && (pool != stable || up.endpoints.count() > 1));
         let headers = if keep_head { head.clone() } else { head.take() };
         let Some(headers) = headers else {
-            // Unreachable by the rule above (a DNS refresh that adds endpoints between
-            // two attempts aside): answer the previous failure rather than send no head.
+            // Only when a DNS refresh added a second endpoint between a reset and its
+            // retry: answered as the reset would have been a moment before the refresh.
             break (
                 error_response(last_error.unwrap_or(UpstreamErrorKind::Reset)),
                 pool,

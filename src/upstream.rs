@@ -359,9 +359,12 @@ pub fn peer_value(peer: IpAddr) -> HeaderValue {
 pub fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
     let mut joined: Vec<u8> = Vec::new();
     for v in headers.get_all(&X_FORWARDED_FOR) {
-        let s = v.as_bytes().trim_ascii();
+        // Only visible ASCII is carried on: an address list has no use for anything else,
+        // and upstreams that parse the chain should not get a client's junk.
+        let Ok(s) = v.to_str() else { continue };
+        let s = s.trim();
         if !s.is_empty() {
-            joined.extend_from_slice(s);
+            joined.extend_from_slice(s.as_bytes());
             joined.extend_from_slice(b", ");
         }
     }
@@ -586,6 +589,13 @@ mod tests {
         ]);
         append_forwarded_for(&mut h, &peer_value("127.0.0.1".parse().unwrap()));
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 127.0.0.1");
+        let mut h = map(&[("x-forwarded-for", "1.2.3.4")]);
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        );
+        append_forwarded_for(&mut h, &peer_value("10.0.0.1".parse().unwrap()));
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.1");
         let mut h = HeaderMap::new();
         append_forwarded_for(&mut h, &peer_value("::1".parse().unwrap()));
         assert_eq!(h["x-forwarded-for"], "::1");
