@@ -289,14 +289,10 @@ pub fn explain(shared: &Shared, req: &ExplainRequest) -> Result<Value, String> {
     for (kind, v) in &req.markers {
         // Explicit values replace what headers said; an invalid one leaves it absent,
         // like on the request path.
-        let mut fresh = Markers::default();
-        let _ = fresh.set_from_str(*kind, v);
-        copy_marker(&mut markers, &fresh, *kind);
+        // (`set_from_str` clears the marker before parsing.)
+        let _ = markers.set_from_str(*kind, v);
     }
-    let host = req.host.as_deref().map(|h| match h.rsplit_once(':') {
-        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => h,
-    });
+    let host = req.host.as_deref().map(crate::proxy::strip_port);
     let live: Arc<Live> = shared.live.load_full();
     let outcome = shared.decide(&live, listener, host, &req.path, &req.headers, &markers);
     Ok(match outcome {
@@ -312,13 +308,7 @@ pub fn explain(shared: &Shared, req: &ExplainRequest) -> Result<Value, String> {
             let svc = &shared.config.services[service];
             // What the request path would do now: a tripped guard or an unhealthy pool
             // sends the request to stable.
-            let (pool, fallback) = match fallback {
-                Some(f) => (pool, Some(f)),
-                None => match shared.availability(service, pool) {
-                    Some(reason) => (svc.stable_index(), Some(reason)),
-                    None => (pool, None),
-                },
-            };
+            let (pool, fallback) = shared.effective_pool(service, pool, fallback);
             json!({
                 "service": svc.name,
                 "pool": svc.pools[pool].name,
@@ -327,15 +317,4 @@ pub fn explain(shared: &Shared, req: &ExplainRequest) -> Result<Value, String> {
             })
         }
     })
-}
-
-fn copy_marker(dst: &mut Markers, src: &Markers, kind: MarkerKind) {
-    match kind {
-        MarkerKind::Uid => dst.uid = src.uid,
-        MarkerKind::StaffUid => dst.staff_uid = src.staff_uid,
-        MarkerKind::AgentGid => dst.agent_gid = src.agent_gid.clone(),
-        MarkerKind::EntryId => dst.entry_id = src.entry_id,
-        MarkerKind::AppVersion => dst.app_version = src.app_version,
-        MarkerKind::Device => dst.device = src.device,
-    }
 }

@@ -380,12 +380,13 @@ impl fmt::Debug for EndpointGauges {
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     /// The name did not resolve.
-    #[error("endpoint {endpoint:?}: cannot resolve: {source}")]
+    #[error("endpoint {endpoint:?}: cannot resolve: {error}")]
     Lookup {
         /// The endpoint as configured.
         endpoint: String,
-        /// The resolver's error.
-        source: io::Error,
+        /// The resolver's error (in the message, so not also a `source`: a `{:#}` chain
+        /// would print it twice).
+        error: io::Error,
     },
     /// The name resolved to no address.
     #[error("endpoint {endpoint:?}: resolves to no address")]
@@ -504,9 +505,9 @@ impl PoolEndpoints {
                 None => ResolveError::NoAddress {
                     endpoint: t.configured.to_string(),
                 },
-                Some(source) => ResolveError::Lookup {
+                Some(error) => ResolveError::Lookup {
                     endpoint: t.configured.to_string(),
-                    source,
+                    error,
                 },
             })?);
         }
@@ -925,6 +926,17 @@ mod tests {
 
     // --- helpers ---
 
+    /// A fresh round-robin pool of one endpoint (10.0.0.1:80) reporting to `g`, and it.
+    fn single_endpoint(g: &Gauges) -> (PoolEndpoints, Arc<Endpoint>) {
+        let p = PoolEndpoints::new(
+            &pool_cfg(&["10.0.0.1:80"], LbPolicy::RoundRobin),
+            g.callbacks(),
+        )
+        .unwrap();
+        let e = Arc::clone(&p.endpoints()[0]);
+        (p, e)
+    }
+
     fn pool_cfg(endpoints: &[&str], lb: LbPolicy) -> Pool {
         Pool {
             name: "stable".into(),
@@ -1165,12 +1177,7 @@ mod tests {
     #[test]
     fn connect_failures_eject_with_growing_backoff_reset_by_success() {
         let g = Gauges::default();
-        let p = PoolEndpoints::new(
-            &pool_cfg(&["10.0.0.1:80"], LbPolicy::RoundRobin),
-            g.callbacks(),
-        )
-        .unwrap();
-        let e = Arc::clone(&p.endpoints()[0]);
+        let (p, e) = single_endpoint(&g);
         assert_eq!(g.value("10.0.0.1:80"), 1);
 
         let t = 10_000;
@@ -1257,12 +1264,7 @@ mod tests {
     #[test]
     fn check_thresholds_flip_state_after_consecutive_results() {
         let g = Gauges::default();
-        let p = PoolEndpoints::new(
-            &pool_cfg(&["10.0.0.1:80"], LbPolicy::RoundRobin),
-            g.callbacks(),
-        )
-        .unwrap();
-        let e = Arc::clone(&p.endpoints()[0]);
+        let (p, e) = single_endpoint(&g);
         let (healthy, unhealthy) = (2, 3);
         assert_eq!(e.record_check(false, healthy, unhealthy), None);
         assert_eq!(e.record_check(false, healthy, unhealthy), None);

@@ -136,6 +136,7 @@ struct RawPool {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHealth {
+    #[serde(default = "healthz")]
     path: String,
     #[serde(default = "d2s")]
     interval: Dur,
@@ -150,6 +151,7 @@ struct RawHealth {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawGuard {
+    #[serde(default = "five_percent")]
     max_error_rate: f64,
     #[serde(default = "fifty")]
     min_requests: u64,
@@ -179,6 +181,12 @@ fn three() -> u32 {
 }
 fn fifty() -> u64 {
     50
+}
+fn healthz() -> String {
+    "/healthz".into()
+}
+fn five_percent() -> f64 {
+    0.05
 }
 
 #[derive(Debug, Deserialize)]
@@ -1171,6 +1179,37 @@ services:
     }
 
     #[test]
+    fn empty_health_and_guard_take_the_spec_defaults() {
+        let src = MIN.replace(
+            "      gray: { endpoints: [\"127.0.0.1:2\"] }\n",
+            "      gray: { endpoints: [\"127.0.0.1:2\"] }\n    health: {}\n    guard: {}\n",
+        );
+        let c = load(&src).unwrap();
+        let h = c.services[0].health.as_ref().expect("health");
+        assert_eq!(
+            (
+                h.path.as_str(),
+                h.interval,
+                h.timeout,
+                h.healthy,
+                h.unhealthy
+            ),
+            (
+                "/healthz",
+                Duration::from_secs(2),
+                Duration::from_secs(1),
+                2,
+                3
+            )
+        );
+        let g = c.services[0].guard.as_ref().expect("guard");
+        assert_eq!(
+            (g.max_error_rate, g.min_requests, g.window, g.cooldown),
+            (0.05, 50, Duration::from_secs(30), Duration::from_secs(120))
+        );
+    }
+
+    #[test]
     fn unknown_key_is_located() {
         let src = MIN.replace("    bind:", "    bnid: x\n    bind:");
         let e = load(&src).unwrap_err();
@@ -1263,5 +1302,17 @@ services:
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         assert!(parse_duration("1.5s").is_err());
         assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn zero_means_what_each_key_says() {
+        let c = load(&format!(
+            "{MIN}timeouts: {{ drain: 0, long_link_idle: 0 }}\nlong_links: {{ rehome_grace: 0 }}\n"
+        ))
+        .unwrap();
+        // drain 0: exit at once; long_link_idle 0: no limit; rehome_grace 0: never.
+        assert_eq!(c.timeouts.drain, Duration::ZERO);
+        assert_eq!(c.timeouts.long_link_idle, None);
+        assert_eq!(c.long_links.rehome_grace, None);
     }
 }

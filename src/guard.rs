@@ -260,11 +260,6 @@ impl GuardState {
         }
     }
 
-    /// The service this guard watches, for the admin answer and log lines.
-    pub fn service(&self) -> &str {
-        &self.service
-    }
-
     /// Should this gray-routed request go to gray? `false` sends it to stable with reason
     /// `guard_tripped`. Closed: always `true`, at the cost of one atomic load (no clock
     /// read). HalfOpen: `true` for the probe share.

@@ -54,11 +54,7 @@ impl H1Error {
             }
             H1Error::Connect(_) => UpstreamErrorKind::Connect,
             H1Error::ConnectTimeout => UpstreamErrorKind::Timeout,
-            H1Error::Exchange(e) if e.is_parse() || e.is_parse_status() => {
-                UpstreamErrorKind::Protocol
-            }
-            H1Error::Exchange(e) if e.is_timeout() => UpstreamErrorKind::Timeout,
-            H1Error::Exchange(_) => UpstreamErrorKind::Reset,
+            H1Error::Exchange(e) => crate::upstream::hyper_error_kind(e),
         }
     }
 }

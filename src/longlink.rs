@@ -178,13 +178,7 @@ fn decide_again(shared: &Shared, hs: &Handshake) -> Option<usize> {
             pool,
             fallback,
             ..
-        } if service == hs.service => Some(match fallback {
-            Some(_) => pool,
-            None if shared.availability(service, pool).is_some() => {
-                shared.config.services[service].stable_index()
-            }
-            None => pool,
-        }),
+        } if service == hs.service => Some(shared.effective_pool(service, pool, fallback).0),
         _ => None,
     }
 }

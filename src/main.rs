@@ -139,12 +139,26 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the runtime")
 }
 
-fn run(config: &Path) -> anyhow::Result<()> {
-    let (cfg, rules) = load(config)?;
+/// What `run` rejects at start beyond the YAML and the rules: an unreadable admin token
+/// file, a TLS certificate or key that cannot be used. `check` runs it too, so a config
+/// that passes `check` starts (DNS names aside: they are resolved at start only).
+fn preflight(cfg: &Config) -> anyhow::Result<()> {
     if let Some(t) = &cfg.admin.token_file {
         std::fs::read_to_string(t)
             .with_context(|| format!("cannot read admin token_file {}", t.display()))?;
     }
+    for l in &cfg.listeners {
+        if let Some(tls) = &l.tls {
+            graylane::tls::TlsTerminator::load(tls)
+                .map_err(|e| anyhow::anyhow!("listener {}: {e}", l.name))?;
+        }
+    }
+    Ok(())
+}
+
+fn run(config: &Path) -> anyhow::Result<()> {
+    let (cfg, rules) = load(config)?;
+    preflight(&cfg)?;
     let rt = runtime()?;
     rt.block_on(async move {
         let shared = Arc::new(Shared::new(cfg, rules)?);
@@ -193,6 +207,7 @@ async fn shutdown_signal() {
 
 fn check(config: &Path) -> anyhow::Result<()> {
     let (cfg, rules) = load(config)?;
+    preflight(&cfg)?;
     println!(
         "config ok: {} listener(s), {} service(s), pools {}",
         cfg.listeners.len(),

@@ -420,22 +420,9 @@ fn table<L: Copy, T, const N: usize>(
 }
 
 impl Metrics {
-    /// Builds the registry and every child the config implies.
-    ///
-    /// # Panics
-    ///
-    /// Only if a metric definition in this file is invalid (a bad name or a label count
-    /// that does not match). That does not depend on the config's contents — label
-    /// *values* are never rejected — so the unit tests rule it out; use
-    /// [`Metrics::try_new`] to get the error instead.
-    pub fn new(cfg: &Config) -> Metrics {
-        match Metrics::try_new(cfg) {
-            Ok(m) => m,
-            Err(e) => panic!("graylane: invalid metric definitions: {e}"),
-        }
-    }
-
-    /// [`Metrics::new`] without the panic, for callers that prefer to report the error.
+    /// Builds the registry and every child the config implies. An error means a metric
+    /// definition in this file is invalid (a bad name, a label count that does not
+    /// match), never the config's contents: label *values* are never rejected.
     ///
     /// # Errors
     ///

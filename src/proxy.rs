@@ -108,25 +108,26 @@ pub struct Shared {
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// An endpoint name did not resolve.
-    #[error("{0}")]
+    #[error(transparent)]
     Endpoint(#[from] crate::balance::ResolveError),
     /// A listener's certificate or key cannot be used.
-    #[error("listener {listener}: {source}")]
+    #[error("listener {listener}: {error}")]
     Tls {
         /// Listener name.
         listener: String,
-        /// What is wrong with the files.
-        source: crate::tls::TlsError,
+        /// What is wrong with the files (in the message, so not also a `source`: a
+        /// `{:#}` chain would print it twice).
+        error: crate::tls::TlsError,
     },
     /// A metric definition was rejected (a bug, not a config problem).
     #[error("metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
+    Metrics(prometheus::Error),
 }
 
 impl Shared {
     /// Builds the shared state around a first ruleset.
     pub fn new(config: Config, rules: Compiled) -> Result<Self, BuildError> {
-        let metrics = Metrics::try_new(&config)?;
+        let metrics = Metrics::try_new(&config).map_err(BuildError::Metrics)?;
         let live = Live::new(rules, &metrics);
         metrics.set_rules_info(
             live.rules.version(),
@@ -152,9 +153,9 @@ impl Shared {
                     .as_ref()
                     .map(TlsTerminator::load)
                     .transpose()
-                    .map_err(|source| BuildError::Tls {
+                    .map_err(|error| BuildError::Tls {
                         listener: l.name.clone(),
-                        source,
+                        error,
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -231,6 +232,25 @@ impl Shared {
         None
     }
 
+    /// Where a routed request would go right now, and why not where the rules said:
+    /// the rules' own fallback if any, else the pool's current [`availability`].
+    ///
+    /// [`availability`]: Self::availability
+    pub fn effective_pool(
+        &self,
+        service: usize,
+        pool: usize,
+        fallback: Option<FallbackReason>,
+    ) -> (usize, Option<FallbackReason>) {
+        if fallback.is_some() {
+            return (pool, fallback);
+        }
+        match self.availability(service, pool) {
+            Some(reason) => (self.config.services[service].stable_index(), Some(reason)),
+            None => (pool, None),
+        }
+    }
+
     /// Routes and decides without forwarding: the request path and `/explain` share it,
     /// so what `explain` prints is what traffic does.
     pub fn decide(
@@ -302,6 +322,8 @@ pub struct ConnCtx {
     pub peer_value: HeaderValue,
     /// Whether markers from this peer are trusted (`trusted_cidrs`).
     pub trusted: bool,
+    /// The connection's place under `max_connections`, also held by its long links.
+    pub slot: Arc<crate::server::ConnSlot>,
 }
 
 /// The host a request addresses, without port: the URI authority (HTTP/2, absolute
@@ -314,7 +336,8 @@ fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a st
     Some(strip_port(raw))
 }
 
-fn strip_port(h: &str) -> &str {
+/// `h` without its port (`host:port`, `[v6]:port`).
+pub(crate) fn strip_port(h: &str) -> &str {
     if h.starts_with('[') {
         // [v6]:port
         return h.split(']').next().map(|s| &s[1..]).unwrap_or(h);
@@ -413,12 +436,12 @@ pub async fn handle(
     // === availability: guard, then health ===
     let stable = svc.stable_index();
     let mut pool = pool;
-    let guard = shared.guards.get(service).and_then(Option::as_ref);
-    let mut guarded = false;
+    // The guard that counts this request's outcome: set only for gray traffic it admitted.
+    let mut guarded: Option<&GuardState> = None;
     if svc.pools[pool].id == GRAY {
-        if let Some(g) = guard {
+        if let Some(g) = shared.guards.get(service).and_then(Option::as_ref) {
             if g.admit() {
-                guarded = true;
+                guarded = Some(g);
             } else {
                 svc_metrics
                     .fallback(GRAY, FallbackReason::GuardTripped)
@@ -427,28 +450,6 @@ pub async fn handle(
             }
         }
     }
-    if pool != stable {
-        let up = &shared.upstreams.services[service][pool];
-        if !up.endpoints.has_available() {
-            if up.on_unavailable == OnUnavailable::Fail {
-                let resp = local(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "graylane: no healthy endpoint in the chosen pool\n",
-                );
-                shared
-                    .metrics
-                    .route(conn.listener, service, pool)
-                    .observe(503, start.elapsed());
-                return resp;
-            }
-            svc_metrics
-                .fallback(svc.pools[pool].id, FallbackReason::PoolUnhealthy)
-                .inc();
-            pool = stable;
-            guarded = false;
-        }
-    }
-
     // === the upstream request head, shared by every attempt ===
     upstream::strip_hop_by_hop(&mut parts.headers, client_upgrade.is_some());
     if !parts.headers.contains_key(header::HOST) {
@@ -501,7 +502,7 @@ pub async fn handle(
                 .fallback(svc.pools[pool].id, FallbackReason::PoolUnhealthy)
                 .inc();
             pool = stable;
-            guarded = false;
+            guarded = None;
             exclude = None;
             last_error = None;
             retries_left = shared.upstreams.services[service][pool].retries;
@@ -516,6 +517,10 @@ pub async fn handle(
         // A retry goes to *another* endpoint; with none left, the retry does not happen.
         let picked = picked.filter(|ep| exclude.as_ref().is_none_or(|x| x.addr() != ep.addr()));
         let Some(ep) = picked else {
+            // No endpoint left in a non-stable pool: it had none to offer
+            // (`pool_unhealthy`), or every one failed in a way that allows another try
+            // (refused, or reset under an idempotent body-less request). Issue 4 asks
+            // that a dying gray pool cost no request, so stable takes it (README).
             let fallback_ok = up.on_unavailable == OnUnavailable::Fallback;
             if pool != stable && body.replayable() && fallback_ok {
                 to_stable = true;
@@ -559,16 +564,22 @@ pub async fn handle(
                 pool,
             );
         };
-        // A reset after sending is retried for an idempotent body-less request, on
-        // another endpoint of the pool or (from gray) on stable: only then is a copy
-        // kept. hyper-util's HTTP/2 client never hands an unsent request back. The
-        // endpoint count is this attempt's: retry decisions see the pool as it was when
-        // the attempt went out.
-        let keep_head = protocol == Protocol::H2
-            || (idempotent
-                && matches!(body, Replay::Empty)
-                && retries_left > 0
-                && (pool != stable || up.endpoints.count() > 1));
+        // Only a reset of an idempotent body-less request is sent again after it went
+        // out: to another endpoint of the pool, or from a non-stable pool to stable. Only
+        // then is a copy kept (an unsent request comes back from h1pool). The endpoint
+        // count is this attempt's: retry decisions see the pool as it was when the
+        // attempt went out. hyper-util's HTTP/2 client never hands an unsent request
+        // back, so there a copy is kept whenever any further attempt is possible.
+        let keep_head = match protocol {
+            Protocol::Http1 => {
+                idempotent
+                    && matches!(body, Replay::Empty)
+                    && (pool != stable || (retries_left > 0 && up.endpoints.count() > 1))
+            }
+            Protocol::H2 => {
+                retries_left > 0 || (pool != stable && up.on_unavailable == OnUnavailable::Fallback)
+            }
+        };
         let headers = if keep_head { head.clone() } else { head.take() };
         let Some(headers) = headers else {
             // Only when a DNS refresh added a second endpoint between a reset and its
@@ -638,10 +649,8 @@ pub async fn handle(
                 } else {
                     BalanceOutcome::Success
                 });
-                if guarded {
-                    if let Some(g) = guard {
-                        g.record(failed);
-                    }
+                if let Some(g) = guarded {
+                    g.record(failed);
                 }
                 // A 101 hands the connection to the tunnel: it never goes back.
                 let pooled = pooled.filter(|_| resp.status() != StatusCode::SWITCHING_PROTOCOLS);
@@ -671,10 +680,8 @@ pub async fn handle(
         } else {
             BalanceOutcome::Failure
         });
-        if guarded {
-            if let Some(g) = guard {
-                g.record(true);
-            }
+        if let Some(g) = guarded {
+            g.record(true);
         }
         // SPEC §3: retry a connect failure (nothing was sent), or a reset of an
         // idempotent request without a body. Never a timeout, never a sent body.
@@ -689,11 +696,10 @@ pub async fn handle(
             last_error = Some(kind);
             continue;
         }
-        // Per-request fallback: gray could not even be reached and nothing was sent, so
+        // Per-request fallback: the pool's tries are used up on failures that are safe to
+        // try again (nothing sent, or a reset under an idempotent body-less request), so
         // stable takes the request instead of the user seeing a 502.
-        let fallback_ok = up.on_unavailable == OnUnavailable::Fallback;
-        if kind == UpstreamErrorKind::Connect && pool != stable && body.replayable() && fallback_ok
-        {
+        if retryable && pool != stable && up.on_unavailable == OnUnavailable::Fallback {
             to_stable = true;
             continue;
         }
@@ -711,7 +717,7 @@ pub async fn handle(
     };
     upstream::strip_hop_by_hop(resp.headers_mut(), tunnel.is_some());
     if let Some((client_up, upstream_up, hs)) = tunnel {
-        open_tunnel(shared, client_up, upstream_up, hs);
+        open_tunnel(shared, client_up, upstream_up, hs, conn.slot.clone());
     }
     let elapsed = start.elapsed();
     shared
@@ -795,10 +801,12 @@ fn open_tunnel(
     client_up: hyper::upgrade::OnUpgrade,
     upstream_up: hyper::upgrade::OnUpgrade,
     hs: Handshake,
+    slot: Arc<crate::server::ConnSlot>,
 ) {
     let (guard, close) = Links::register(shared, hs);
     let idle = shared.config.timeouts.long_link_idle;
     tokio::spawn(async move {
+        let _slot = slot;
         match tokio::try_join!(client_up, upstream_up) {
             Ok((c, u)) => longlink::relay(c, u, close, idle, guard).await,
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),

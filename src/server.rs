@@ -334,6 +334,8 @@ async fn accept_loop(
             drop(stream);
             continue;
         }
+        // A connection's first head is timed from here, also across a TLS handshake.
+        let accepted = Instant::now();
         let _ = stream.set_nodelay(true);
         open.fetch_add(1, Ordering::Relaxed);
         lm.connections.inc();
@@ -342,10 +344,10 @@ async fn accept_loop(
             peer,
             peer_value: crate::upstream::peer_value(peer.ip()),
             trusted: lcfg.trusts(peer.ip()),
-        };
-        let guard = OpenGuard {
-            open: open.clone(),
-            gauge: lm.connections.clone(),
+            slot: Arc::new(ConnSlot {
+                open: open.clone(),
+                gauge: lm.connections.clone(),
+            }),
         };
         match &shared.tls[idx] {
             None => {
@@ -355,7 +357,7 @@ async fn accept_loop(
                     shared.clone(),
                     builder.clone(),
                     stop.clone(),
-                    guard,
+                    accepted,
                 ));
             }
             Some(tls) => {
@@ -367,7 +369,7 @@ async fn accept_loop(
                     let limit = shared.config.timeouts.request_header;
                     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
-                            serve_conn(tls_stream, ctx, shared, builder, stop, guard).await
+                            serve_conn(tls_stream, ctx, shared, builder, stop, accepted).await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(peer = %ctx.peer, error = %e, "TLS handshake failed")
@@ -392,14 +394,17 @@ async fn accept_loop(
     }
 }
 
-/// Decrements the listener's open-connection count when the connection task ends,
-/// however it ends (including abort at the end of the drain).
-struct OpenGuard {
+/// One client connection counted against `max_connections` (and in `connections`). The
+/// connection and every long link it became hold it: a WebSocket outlives hyper's
+/// connection task, and must keep counting until the tunnel closes. Dropping the last
+/// holder decrements, however it ends (including abort at the end of the drain).
+#[derive(Debug)]
+pub struct ConnSlot {
     open: Arc<AtomicUsize>,
     gauge: prometheus::IntGauge,
 }
 
-impl Drop for OpenGuard {
+impl Drop for ConnSlot {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::Relaxed);
         self.gauge.dec();
@@ -431,9 +436,10 @@ struct ConnState {
 }
 
 impl ConnState {
-    fn new() -> Self {
+    /// `accepted`: when the connection was accepted, the start of its first head's time.
+    fn new(accepted: Instant) -> Self {
         Self {
-            base: Instant::now(),
+            base: accepted,
             in_flight: AtomicUsize::new(0),
             // A connection's first request is timed from accept.
             head_start: AtomicU64::new(0),
@@ -610,11 +616,11 @@ async fn serve_conn<S>(
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     mut stop: watch::Receiver<bool>,
-    _guard: OpenGuard,
+    accepted: Instant,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let state = Arc::new(ConnState::new());
+    let state = Arc::new(ConnState::new(accepted));
     let io = ConnIo {
         stream,
         state: state.clone(),

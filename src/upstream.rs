@@ -30,8 +30,6 @@ use crate::metrics::Metrics;
 /// allocation per request, and a body-less request can be replayed on retry.
 #[derive(Debug)]
 pub enum UpBody {
-    /// The client's body, streamed as it arrives.
-    Incoming(Incoming),
     /// No body (health checks, replayed body-less requests).
     Empty,
     /// The client's body, reclaimable until the first byte is read from it: when the
@@ -40,7 +38,7 @@ pub enum UpBody {
 }
 
 /// A body shared between attempts of one request. Streaming takes an uncontended lock
-/// per frame; only requests with a body that may be retried pay it.
+/// per frame.
 #[derive(Debug, Clone)]
 pub struct ReclaimableBody(Arc<BodySlot>);
 
@@ -99,7 +97,6 @@ impl Body for UpBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            UpBody::Incoming(b) => Pin::new(b).poll_frame(cx),
             UpBody::Empty => Poll::Ready(None),
             UpBody::Reclaimable(r) => {
                 r.0.touched.store(true, Ordering::Relaxed);
@@ -124,7 +121,6 @@ impl Body for UpBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            UpBody::Incoming(b) => b.is_end_stream(),
             UpBody::Empty => true,
             UpBody::Reclaimable(r) => {
                 let end =
@@ -143,7 +139,6 @@ impl Body for UpBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            UpBody::Incoming(b) => b.size_hint(),
             UpBody::Empty => SizeHint::with_exact(0),
             UpBody::Reclaimable(r) => {
                 r.0.body
@@ -489,7 +484,19 @@ impl Upstreams {
     }
 }
 
-/// Classifies a client error into the SPEC §3 kinds.
+/// The SPEC §3 kind of an error hyper reported once the connection was up: a response
+/// it could not parse is `protocol`, its own timeouts `timeout`, anything else `reset`.
+pub fn hyper_error_kind(e: &hyper::Error) -> UpstreamErrorKind {
+    if e.is_parse() || e.is_parse_status() {
+        UpstreamErrorKind::Protocol
+    } else if e.is_timeout() {
+        UpstreamErrorKind::Timeout
+    } else {
+        UpstreamErrorKind::Reset
+    }
+}
+
+/// Classifies an HTTP/2 client error into the SPEC §3 kinds.
 pub fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
     use std::error::Error as _;
     let mut src: Option<&(dyn std::error::Error + 'static)> = err.source();
@@ -502,15 +509,7 @@ pub fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
             }
         }
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            if hyper_kind.is_none() {
-                hyper_kind = Some(if h.is_parse() || h.is_parse_status() {
-                    UpstreamErrorKind::Protocol
-                } else if h.is_timeout() {
-                    UpstreamErrorKind::Timeout
-                } else {
-                    UpstreamErrorKind::Reset
-                });
-            }
+            hyper_kind = hyper_kind.or(Some(hyper_error_kind(h)));
         }
         src = e.source();
     }

@@ -32,10 +32,7 @@ rules:
 ";
 
 async fn setup(extra: &str) -> (Upstream, Upstream, Proxy) {
-    let stable = spawn_upstream("stable").await;
-    let gray = spawn_upstream("gray").await;
-    let p = spawn_proxy(&two_services(stable.addr, gray.addr, "/chat", extra), RULES).await;
-    (stable, gray, p)
+    proxy_with_upstreams(|s, g| two_services(s, g, "/chat", extra), RULES).await
 }
 
 fn json(body: &str) -> Value {

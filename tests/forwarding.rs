@@ -20,10 +20,7 @@ rules:
 ";
 
 async fn setup(extra: &str) -> (Upstream, Upstream, Proxy) {
-    let stable = spawn_upstream("stable").await;
-    let gray = spawn_upstream("gray").await;
-    let p = spawn_proxy(&two_services(stable.addr, gray.addr, "/", extra), RULES).await;
-    (stable, gray, p)
+    proxy_with_upstreams(|s, g| two_services(s, g, "/", extra), RULES).await
 }
 
 #[tokio::test]

@@ -19,10 +19,7 @@ use tokio::time::Instant;
 const PATIENCE: Duration = Duration::from_secs(10);
 
 async fn setup(extra: &str) -> (Upstream, Upstream, Proxy) {
-    let stable = spawn_upstream("stable").await;
-    let gray = spawn_upstream("gray").await;
-    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, extra), "rules: []\n").await;
-    (stable, gray, p)
+    proxy_with_upstreams(|s, g| simple_config(s, g, extra), "rules: []\n").await
 }
 
 /// A GET that reports failure instead of panicking: `Err` when the connection broke.

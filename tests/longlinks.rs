@@ -220,9 +220,14 @@ async fn rehome_grace_zero_never_closes() {
     let p = setup("long_links: { rehome_grace: 0 }\n").await;
     let mut ws = connect(&p, "/im", &[("xdw-kefu-uid", "1")]).await;
     std::fs::write(p.rules_path(), "rules: []\n").unwrap();
-    admin_post(&p, "/reload", &[]).await;
+    let (st, _) = admin_post(&p, "/reload", &[]).await;
+    assert_eq!(st.as_u16(), 200);
+    // The decision changed (gray -> stable), yet the link stays where it is. (That 0 is
+    // "never" and not the 30 s default is checked in config's unit tests.)
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(roundtrip(&mut ws, "x").await.as_deref(), Some("gray:x"));
+    let series = "graylane_long_links_rehomed_total{from=\"gray\",service=\"chat\",to=\"stable\"}";
+    assert_eq!(metric(&p, series).await, 0.0);
     p.stop().await;
 }
 
@@ -251,11 +256,31 @@ async fn non_101_answers_are_relayed_as_responses() {
 
 #[tokio::test]
 async fn drain_closes_long_links_last() {
-    let mut p = setup("timeouts: { drain: 5s }\n").await;
+    let (ws_stable, ws_gray) = (ws_upstream("stable").await, ws_upstream("gray").await);
+    let http = spawn_upstream("http").await;
+    let cfg = config_yaml(
+        &format!(
+            "  - name: chat\n    match: {{ path_prefix: /im }}\n    pools:\n      stable: {{ endpoints: [\"{ws_stable}\"] }}\n      gray: {{ endpoints: [\"{ws_gray}\"] }}\n  - name: api\n    match: {{ path_prefix: /slow }}\n    pools:\n      stable: {{ endpoints: [\"{}\"] }}\n",
+            http.addr
+        ),
+        "timeouts: { drain: 5s }\n",
+    );
+    let mut p = spawn_proxy(&cfg, RULES).await;
     let mut ws = connect(&p, "/im", &[("xdw-kefu-uid", "1")]).await;
     assert_eq!(roundtrip(&mut ws, "a").await.as_deref(), Some("gray:a"));
+    let slow = {
+        let url = p.url("/slow?ms=1500");
+        tokio::spawn(async move { get(&client(), &url, &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
     p.begin_stop();
-    // With no HTTP request in flight, the link is closed promptly, not after 5 s.
+    // While an HTTP request is still in flight, the link keeps relaying.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!slow.is_finished());
+    assert_eq!(roundtrip(&mut ws, "b").await.as_deref(), Some("gray:b"));
+    let (st, _, body) = slow.await.unwrap();
+    assert_eq!((st.as_u16(), body.as_str()), (200, "http"));
+    // Then the link is closed promptly, not after the 5 s drain limit.
     assert!(closed_within(&mut ws, Duration::from_secs(3)).await);
     let handle = p.handle.take().unwrap();
     assert!(handle.await.unwrap());
@@ -332,5 +357,37 @@ async fn half_close_propagates_both_ways() {
         .expect("upstream's close did not reach the client")
         .unwrap();
     assert_eq!(rest, b"hellobye");
+    p.stop().await;
+}
+
+/// A WebSocket link is still a client connection: it counts in `connections` and against
+/// `max_connections` for its whole life, not only until hyper hands it to the tunnel.
+#[tokio::test]
+async fn open_links_count_against_max_connections() {
+    let p = setup("limits: { max_connections: 2 }\n").await;
+    let gauge = "graylane_connections{listener=\"im\"}";
+    let rejected = "graylane_connections_rejected_total{listener=\"im\"}";
+    let mut a = connect(&p, "/chat", &[]).await;
+    let mut b = connect(&p, "/chat", &[]).await;
+    assert_eq!(roundtrip(&mut a, "a").await.as_deref(), Some("stable:a"));
+    assert_eq!(roundtrip(&mut b, "b").await.as_deref(), Some("stable:b"));
+    assert_eq!(metric(&p, gauge).await, 2.0);
+
+    // A third connection is over the limit: closed at once, counted.
+    let third = format!("ws://{}/chat", p.addr());
+    assert!(tokio_tungstenite::connect_async(third).await.is_err());
+    assert_eq!(metric(&p, rejected).await, 1.0);
+
+    // Closing the links frees their places.
+    drop(a);
+    drop(b);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            metric(&p, gauge).await == 0.0
+        })
+        .await
+    );
+    let mut c = connect(&p, "/chat", &[]).await;
+    assert_eq!(roundtrip(&mut c, "c").await.as_deref(), Some("stable:c"));
     p.stop().await;
 }

@@ -45,10 +45,7 @@ rules:
 ";
 
 async fn setup(rules: &str) -> (Upstream, Upstream, Proxy) {
-    let stable = spawn_upstream("stable").await;
-    let gray = spawn_upstream("gray").await;
-    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), rules).await;
-    (stable, gray, p)
+    proxy_with_upstreams(|s, g| simple_config(s, g, ""), rules).await
 }
 
 /// The pool (the upstream's name) a request with this uid lands on.
@@ -452,7 +449,21 @@ async fn rules_info_shows_only_the_live_ruleset() {
             "graylane_rules_info{{sha256=\"{sha43}\",version=\"gray-43\"}} 1"
         )]
     );
-    assert!(metric(&p, "graylane_rules_loaded_timestamp_seconds").await >= loaded_before);
+    // The timestamp is the new ruleset's (sub-second precision, so it moved forward),
+    // and it is now.
+    let loaded_after = metric(&p, "graylane_rules_loaded_timestamp_seconds").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        loaded_after > loaded_before,
+        "{loaded_after} vs {loaded_before}"
+    );
+    assert!(
+        (now - loaded_after).abs() < 5.0,
+        "{loaded_after} vs now {now}"
+    );
     p.stop().await;
 }
 

@@ -439,6 +439,10 @@ async fn dead_gray_pool_costs_no_request() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // The load really goes to gray before it dies, or the test would prove nothing.
+    let gray_before = g1.hits() + g2.hits();
+    assert!(gray_before > 0, "uid 42 never reached gray");
+    let served_before = served.load(Ordering::SeqCst);
     g1.kill();
     g2.kill();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -452,6 +456,8 @@ async fn dead_gray_pool_costs_no_request() {
         served.load(Ordering::SeqCst)
     );
     assert_eq!(failed, 0);
+    // Requests kept being answered after the kill, by stable.
+    assert!(served.load(Ordering::SeqCst) > served_before + 20);
     assert!(s.hits() > 0);
     p.stop().await;
 }
@@ -549,16 +555,9 @@ async fn replayed_requests_keep_every_header() {
         assert_eq!(h["x-graylane-pool"], "stable", "{what}");
         assert_eq!(seen.uri, "/q?a=1", "{what}");
     };
-    // gray: one endpoint that resets (GET: retried, no other gray endpoint -> stable);
-    // then gray: one refused endpoint (connect failure -> stable);
+    // gray: one refused endpoint (connect failure -> stable);
     // then stable itself: a resetting endpoint before the good one (retry in the pool).
     let cases = [
-        (
-            vec![stable.addr],
-            vec![resetting.addr],
-            "42",
-            "gray reset -> stable",
-        ),
         (
             vec![stable.addr],
             vec![dead],
@@ -592,4 +591,38 @@ async fn replayed_requests_keep_every_header() {
         p.stop().await;
     }
     assert!(resetting.hits() > 0);
+
+    // gray: one endpoint that resets. A GET is tried once more; with no other gray
+    // endpoint left it goes to stable, whole (issue 4: a dying gray pool costs no
+    // request). A POST whose body was sent is answered 502, never re-sent.
+    let rules = "rules:\n  - name: g\n    when: { uid: { in: [42] } }\n    route: gray\n";
+    let cfg = pools_config(&[stable.addr], &[resetting.addr], "", "", "");
+    let p = spawn_proxy(&cfg, rules).await;
+    let before = stable.seen().len();
+    let (st, _, body) = get(
+        &c,
+        &p.url("/q?a=1"),
+        &[("xdw-kefu-uid", "42"), ("x-trace", "t-1")],
+    )
+    .await;
+    assert_eq!((st.as_u16(), body.as_str()), (200, "stable"));
+    assert_eq!(stable.seen().len(), before + 1);
+    check(stable.last(), "gray reset -> stable");
+    let hits = resetting.hits();
+    let (st, _, _) = send(
+        &c,
+        "POST",
+        &p.url("/q"),
+        &[("xdw-kefu-uid", "42")],
+        Bytes::from_static(b"payload"),
+    )
+    .await;
+    assert_eq!(st.as_u16(), 502);
+    assert_eq!(
+        stable.seen().len(),
+        before + 1,
+        "a sent POST went to stable"
+    );
+    assert_eq!(resetting.hits(), hits + 1);
+    p.stop().await;
 }

@@ -46,12 +46,16 @@ fn connector(trust: &[&Cert], alpn: &[&[u8]]) -> TlsConnector {
 }
 
 async fn tls_proxy(cert: &Cert) -> (Upstream, Upstream, Proxy) {
+    tls_proxy_with(cert, "").await
+}
+
+async fn tls_proxy_with(cert: &Cert, extra: &str) -> (Upstream, Upstream, Proxy) {
     let stable = spawn_upstream("stable").await;
     let gray = spawn_upstream("gray").await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("c.crt"), &cert.cert_pem).unwrap();
     std::fs::write(dir.path().join("c.key"), &cert.key_pem).unwrap();
-    let cfg = simple_config(stable.addr, gray.addr, "").replace(
+    let cfg = simple_config(stable.addr, gray.addr, extra).replace(
         "    bind: \"127.0.0.1:0\"\n",
         "    bind: \"127.0.0.1:0\"\n    tls: { cert: c.crt, key: c.key }\n",
     );
@@ -125,6 +129,38 @@ async fn http1_over_tls() {
     let resp = s.send_request(req("1")).await.unwrap();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "gray");
+    p.stop().await;
+}
+
+/// SPEC §3: a connection's first head must arrive within `request_header` of *accept*;
+/// a slow TLS handshake uses up that budget instead of getting a second one after it.
+#[tokio::test]
+async fn the_first_head_is_timed_from_accept_across_the_tls_handshake() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cert = make_cert("console.test");
+    let (stable, _g, p) = tls_proxy_with(&cert, "timeouts: { request_header: 2s }").await;
+    let accepted = std::time::Instant::now();
+    let tcp = TcpStream::connect(p.addr()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut tls = connector(&[&cert], &[b"http/1.1"])
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake within request_header");
+    // Part of a head, then nothing: the 408 is due 2 s after accept, not after the
+    // handshake (which would be 3.5 s).
+    tls.write_all(b"GET /slow-head HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(6), tls.read_to_end(&mut out)).await;
+    let took = accepted.elapsed();
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(took < Duration::from_millis(3200), "408 after {took:?}");
+    assert!(stable.seen().is_empty());
     p.stop().await;
 }
 

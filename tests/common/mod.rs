@@ -225,6 +225,18 @@ pub fn two_services(
     )
 }
 
+/// Two upstreams named `stable` and `gray` and a proxy in front of them, its config
+/// built from their addresses: the setup most tests start from.
+pub async fn proxy_with_upstreams(
+    config: impl FnOnce(SocketAddr, SocketAddr) -> String,
+    rules: &str,
+) -> (Upstream, Upstream, Proxy) {
+    let stable = spawn_upstream("stable").await;
+    let gray = spawn_upstream("gray").await;
+    let p = spawn_proxy(&config(stable.addr, gray.addr), rules).await;
+    (stable, gray, p)
+}
+
 /// The common case: service `chat` on `/` with stable and gray upstreams.
 pub fn simple_config(stable: SocketAddr, gray: SocketAddr, extra: &str) -> String {
     config_yaml(
