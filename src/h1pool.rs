@@ -1,23 +1,34 @@
-//! A lean HTTP/1.1 upstream connection pool: idle connections per endpoint address, per
-//! worker thread.
+//! graylane's HTTP/1.1 upstream client: idle connections per endpoint address, per
+//! worker thread, and the exchange driven from the request's own task.
 //!
-//! Why not hyper-util's pooled client: it takes a shared lock to check a connection out
-//! and back in, and spawns a task per request to put the connection back when its
-//! response is done. Here a worker keeps its idle connections in a thread-local map (no
-//! lock: a worker is one thread), the connection goes back when its response body ends,
-//! and a request that a dead keep-alive connection refused comes back unsent
-//! (`try_send_request`), so it is tried on another connection without copying it.
+//! Why not hyper's client connection: it runs every upstream connection as a task of its
+//! own, fed through a channel, and hands the response back through another; each request
+//! then costs two task wake-ups, two channel hand-offs and the dispatcher around them (in
+//! the load benchmark's profile, a tenth of a worker's CPU sat in that connection task).
+//! Here the request's task writes the head, streams the body and parses the response
+//! head (httparse, as hyper does); the response body reads the socket itself when the
+//! client side polls it, and puts the connection back into this worker's pool (a
+//! thread-local map: no lock, a worker is one thread) when the body ends.
+//!
+//! An idle connection has no task watching it. Whether its upstream closed it is read
+//! off the reactor's readiness when it is taken (no syscall unless the socket became
+//! readable while idle), so a keep-alive connection the upstream dropped is never used.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, Write as _};
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::error::UpstreamErrorKind;
@@ -25,13 +36,23 @@ use crate::upstream::UpBody;
 
 /// Idle connections kept per endpoint and worker; more are closed.
 const MAX_IDLE: usize = 128;
+/// Most header fields a response head may carry (hyper's limit too).
+const MAX_HEADERS: usize = 100;
+/// Largest response head (or chunk-size line and trailer section) accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// Free space ensured in a connection's read buffer before each read.
+const READ_CHUNK: usize = 8 * 1024;
+/// A worker sweeps the idle list it returns a connection to once per this many returns,
+/// closing connections their upstream closed while idle (otherwise they would wait in
+/// CLOSE_WAIT until taken).
+const SWEEP_EVERY: u32 = 256;
 
 thread_local! {
-    static IDLE: RefCell<HashMap<SocketAddr, Vec<SendRequest<UpBody>>>> =
-        RefCell::new(HashMap::new());
+    static IDLE: RefCell<HashMap<SocketAddr, Vec<Conn>>> = RefCell::new(HashMap::new());
+    static RETURNS: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Why an exchange failed, with the connection error that says so.
+/// Why an exchange failed, with the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum H1Error {
     /// The TCP connect failed: nothing was sent.
@@ -40,27 +61,37 @@ pub enum H1Error {
     /// The TCP connect did not finish within `timeouts.connect`: nothing was sent.
     #[error("connect timed out")]
     ConnectTimeout,
-    /// The exchange failed after the connection was up.
-    #[error("{0}")]
-    Exchange(#[source] hyper::Error),
+    /// Reading or writing the upstream connection failed.
+    #[error("upstream connection: {0}")]
+    Io(#[source] io::Error),
+    /// The upstream closed the connection before the response was complete.
+    #[error("upstream closed the connection before the response was complete")]
+    Closed,
+    /// The upstream's response is not valid HTTP/1.1.
+    #[error("invalid response from upstream: {0}")]
+    Parse(&'static str),
+    /// Reading the client's request body failed (the client went away mid-upload).
+    #[error("reading the client's request body: {0}")]
+    RequestBody(#[source] hyper::Error),
 }
 
 impl H1Error {
     /// The SPEC §3 kind.
     pub fn kind(&self) -> UpstreamErrorKind {
         match self {
-            H1Error::Connect(e) if e.kind() == io::ErrorKind::TimedOut => {
+            H1Error::Connect(e) | H1Error::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
                 UpstreamErrorKind::Timeout
             }
             H1Error::Connect(_) => UpstreamErrorKind::Connect,
             H1Error::ConnectTimeout => UpstreamErrorKind::Timeout,
-            H1Error::Exchange(e) => crate::upstream::hyper_error_kind(e),
+            H1Error::Io(_) | H1Error::Closed | H1Error::RequestBody(_) => UpstreamErrorKind::Reset,
+            H1Error::Parse(_) => UpstreamErrorKind::Protocol,
         }
     }
 }
 
-/// A failed exchange, with the request when it never went out (connect failed, or the
-/// connection died before writing it): the caller reuses its head for the next attempt.
+/// A failed exchange, with the request when none of it went out (connect failed, or a
+/// kept-alive connection refused the first write): the caller reuses its head.
 #[derive(Debug)]
 pub struct SendFailure {
     /// What went wrong.
@@ -69,124 +100,964 @@ pub struct SendFailure {
     pub unsent: Option<Request<UpBody>>,
 }
 
-impl SendFailure {
-    fn unsent(error: H1Error, req: Request<UpBody>) -> Self {
-        Self {
-            error,
-            unsent: Some(req),
-        }
-    }
-}
-
-/// A checked-out connection, put back into its worker's pool when dropped after its
-/// response was complete (the body ended, see [`PoolReturn::complete`]).
+/// One upstream connection with its buffers, which keep their capacity between requests.
 #[derive(Debug)]
-pub struct PoolReturn {
-    addr: SocketAddr,
-    sender: Option<SendRequest<UpBody>>,
-    complete: bool,
+struct Conn {
+    io: TcpStream,
+    /// Bytes read and not consumed yet.
+    rbuf: BytesMut,
+    /// The request head being written.
+    wbuf: Vec<u8>,
 }
 
-impl PoolReturn {
-    /// The response body ended: the connection may serve another request.
-    pub fn complete(&mut self) {
-        self.complete = true;
-    }
-}
-
-impl Drop for PoolReturn {
-    fn drop(&mut self) {
-        if let (true, Some(s)) = (self.complete, self.sender.take()) {
-            put(self.addr, s);
+impl Conn {
+    fn new(io: TcpStream) -> Self {
+        Self {
+            io,
+            rbuf: BytesMut::with_capacity(READ_CHUNK),
+            wbuf: Vec::with_capacity(512),
         }
     }
+
+    /// Whether an idle connection can take a request: the upstream neither closed it
+    /// nor sent anything while it was idle. Costs a syscall only when the reactor saw the
+    /// socket become readable.
+    fn idle_usable(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Reads more into `rbuf`; `Ok(0)` is end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
+    }
 }
 
-fn take(addr: SocketAddr) -> Option<SendRequest<UpBody>> {
+fn take(addr: SocketAddr) -> Option<Conn> {
     IDLE.with(|m| m.borrow_mut().get_mut(&addr).and_then(Vec::pop))
 }
 
-fn put(addr: SocketAddr, s: SendRequest<UpBody>) {
-    if s.is_closed() {
-        return;
-    }
+fn put(addr: SocketAddr, c: Conn) {
+    let sweep = RETURNS.with(|n| {
+        let v = n.get().wrapping_add(1);
+        n.set(v);
+        v % SWEEP_EVERY == 0
+    });
     IDLE.with(|m| {
         let mut m = m.borrow_mut();
         let idle = m.entry(addr).or_default();
+        if sweep {
+            idle.retain(Conn::idle_usable);
+        }
         if idle.len() < MAX_IDLE {
-            idle.push(s);
+            idle.push(c);
         }
     });
 }
 
 /// Sends `req` (origin-form URI, `Host` set) to `addr` on an idle connection of this
-/// worker, or a new one. The returned [`PoolReturn`] must live as long as the response
-/// body; pass `None` on to drop the connection instead (a `101` switches it away).
+/// worker, or a new one. The response body reads the rest from the connection and puts
+/// it back into the pool when it ends; a `101` hands it over through
+/// [`H1Body::into_tunnel`].
 pub async fn send(
-    addr: SocketAddr,
-    mut req: Request<UpBody>,
-    connect_timeout: Duration,
-) -> Result<(Response<Incoming>, PoolReturn), SendFailure> {
-    let sent = |error| SendFailure {
-        error: H1Error::Exchange(error),
-        unsent: None,
-    };
-    while let Some(mut s) = take(addr) {
-        if s.is_closed() || s.ready().await.is_err() {
-            continue;
-        }
-        match s.try_send_request(req).await {
-            Ok(resp) => return Ok((resp, pooled(addr, s))),
-            Err(mut e) => match e.take_message() {
-                // The connection died before the request went out (the upstream closed
-                // an idle keep-alive connection): try the next one.
-                Some(unsent) => req = unsent,
-                None => return Err(sent(e.into_error())),
-            },
-        }
-    }
-    // The cold path (connect, handshake) lives in its own boxed future: inlined, its
-    // state would make every request's future larger, and futures are moved (copied)
-    // whole as they are pinned.
-    Box::pin(connect_and_send(addr, req, connect_timeout)).await
-}
-
-async fn connect_and_send(
     addr: SocketAddr,
     req: Request<UpBody>,
     connect_timeout: Duration,
-) -> Result<(Response<Incoming>, PoolReturn), SendFailure> {
-    let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
-        Err(_) => return Err(SendFailure::unsent(H1Error::ConnectTimeout, req)),
-        Ok(Err(e)) => return Err(SendFailure::unsent(H1Error::Connect(e), req)),
-        Ok(Ok(s)) => s,
-    };
-    let _ = stream.set_nodelay(true);
-    let (mut s, conn) = match http1::Builder::new()
-        .handshake(TokioIo::new(crate::sockio::Coalescing(stream)))
-        .await
-    {
-        Ok(pair) => pair,
-        Err(e) => return Err(SendFailure::unsent(H1Error::Exchange(e), req)),
-    };
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(%addr, error = %e, "upstream connection ended");
+) -> Result<Response<H1Body>, SendFailure> {
+    let (parts, mut body) = req.into_parts();
+    while let Some(conn) = take(addr) {
+        if !conn.idle_usable() {
+            continue;
         }
-    });
-    match s.try_send_request(req).await {
-        Ok(resp) => Ok((resp, pooled(addr, s))),
-        Err(mut e) => Err(SendFailure {
-            unsent: e.take_message(),
-            error: H1Error::Exchange(e.into_error()),
+        match exchange(conn, addr, &parts, &mut body).await {
+            Ok(resp) => return Ok(resp),
+            // Nothing of the request went out (the upstream closed an idle keep-alive
+            // connection as it was taken): try the next one.
+            Err(Exchange::Unsent(_)) => continue,
+            Err(Exchange::Failed(error)) => {
+                return Err(SendFailure {
+                    error,
+                    unsent: None,
+                })
+            }
+        }
+    }
+    // The cold path (connect) lives in its own boxed future: inlined, its state would
+    // make every request's future larger, and futures are moved (copied) whole as they
+    // are pinned.
+    let conn = match Box::pin(connect(addr, connect_timeout)).await {
+        Ok(c) => c,
+        Err(error) => {
+            return Err(SendFailure {
+                error,
+                unsent: Some(Request::from_parts(parts, body)),
+            })
+        }
+    };
+    match exchange(conn, addr, &parts, &mut body).await {
+        Ok(resp) => Ok(resp),
+        Err(Exchange::Unsent(error)) => Err(SendFailure {
+            error,
+            unsent: Some(Request::from_parts(parts, body)),
+        }),
+        Err(Exchange::Failed(error)) => Err(SendFailure {
+            error,
+            unsent: None,
         }),
     }
 }
 
-fn pooled(addr: SocketAddr, s: SendRequest<UpBody>) -> PoolReturn {
-    PoolReturn {
-        addr,
-        sender: Some(s),
-        complete: false,
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, H1Error> {
+    let io = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => return Err(H1Error::ConnectTimeout),
+        Ok(Err(e)) => return Err(H1Error::Connect(e)),
+        Ok(Ok(s)) => s,
+    };
+    let _ = io.set_nodelay(true);
+    Ok(Conn::new(io))
+}
+
+enum Exchange {
+    /// Failed before any byte of the request was written.
+    Unsent(H1Error),
+    Failed(H1Error),
+}
+
+/// How the request body is framed on the wire.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReqFraming {
+    None,
+    Length,
+    Chunked,
+}
+
+/// Writes the request, streams its body while watching for an early response, and reads
+/// the response head.
+async fn exchange(
+    mut conn: Conn,
+    addr: SocketAddr,
+    parts: &Parts,
+    body: &mut UpBody,
+) -> Result<Response<H1Body>, Exchange> {
+    let framing = match body {
+        UpBody::Empty => ReqFraming::None,
+        UpBody::Reclaimable(_) if parts.headers.contains_key(header::CONTENT_LENGTH) => {
+            ReqFraming::Length
+        }
+        UpBody::Reclaimable(_) => ReqFraming::Chunked,
+    };
+    encode_head(&mut conn.wbuf, parts, framing == ReqFraming::Chunked);
+    let mut body_done = framing == ReqFraming::None;
+    // Once a piece of the body is taken, the request cannot be handed back unsent.
+    let mut took_body = false;
+    // A body piece taken but too large to copy behind the head.
+    let mut pending = None;
+    if !body_done {
+        // A first piece that is ready now goes out with the head, in one write.
+        let polled =
+            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await;
+        if let Poll::Ready(frame) = polled {
+            took_body = true;
+            match frame.map(|f| f.map(Frame::into_data)) {
+                None => body_done = true,
+                Some(Err(e)) => return Err(Exchange::Failed(H1Error::RequestBody(e))),
+                Some(Ok(Err(_trailers))) => {}
+                Some(Ok(Ok(data))) if data.len() <= INLINE_BODY => {
+                    put_chunk(&mut conn.wbuf, &data, framing);
+                }
+                Some(Ok(Ok(data))) => pending = Some(data),
+            }
+            if pending.is_none() && !body_done && body.is_end_stream() {
+                body_done = true;
+            }
+            if body_done {
+                put_end(&mut conn.wbuf, framing);
+            }
+        }
+    }
+    // The first write tells whether a kept-alive connection still takes requests.
+    let first = std::future::poll_fn(|cx| Pin::new(&mut conn.io).poll_write(cx, &conn.wbuf)).await;
+    let unsent = |e| {
+        if took_body {
+            Exchange::Failed(e)
+        } else {
+            Exchange::Unsent(e)
+        }
+    };
+    match first {
+        Ok(0) => return Err(unsent(H1Error::Closed)),
+        Ok(n) => {
+            if n < conn.wbuf.len() {
+                conn.io
+                    .write_all(&conn.wbuf[n..])
+                    .await
+                    .map_err(|e| Exchange::Failed(H1Error::Io(e)))?;
+            }
+        }
+        Err(e) => return Err(unsent(H1Error::Io(e))),
+    }
+
+    let head = if body_done {
+        read_head(&mut conn, &parts.method).await
+    } else {
+        // Stream the rest of the body; an upstream may answer before it has all of it
+        // (413, 401): then the answer is taken and the connection is not reused.
+        let Conn { io, rbuf, .. } = &mut conn;
+        let (rd, wr) = io.split();
+        let read = read_head_from(rd, rbuf, &parts.method);
+        tokio::pin!(read);
+        let early = |h: Head| Head {
+            reusable: false,
+            ..h
+        };
+        tokio::select! {
+            biased;
+            head = &mut read => head.map(early),
+            sent = send_body(wr, body, framing, pending) => match sent {
+                Ok(()) => read.await,
+                // The upstream stopped taking the body: it may have answered why.
+                Err(H1Error::Io(e)) => read.await.map(early).map_err(|_| H1Error::Io(e)),
+                Err(e) => Err(e),
+            },
+        }
+    }
+    .map_err(Exchange::Failed)?;
+    Ok(head.into_response(conn, addr))
+}
+
+/// Body pieces up to this size are copied behind the head (one write for both); larger
+/// ones are written from their own buffer.
+const INLINE_BODY: usize = 8 * 1024;
+
+/// The request line and header fields, lowercase names as hyper writes them.
+fn encode_head(out: &mut Vec<u8>, parts: &Parts, chunked: bool) {
+    out.clear();
+    if out.capacity() > 4 * INLINE_BODY {
+        // A head with a huge field once: do not keep its buffer with the connection.
+        out.shrink_to(INLINE_BODY);
+    }
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The chunk-size line for `len` bytes of data.
+fn chunk_line(len: usize) -> ([u8; 20], usize) {
+    let mut line = [0u8; 20];
+    let mut cursor = std::io::Cursor::new(&mut line[..]);
+    // 16 hex digits and CRLF always fit in 20 bytes.
+    let _ = write!(cursor, "{len:x}\r\n");
+    let n = cursor.position() as usize;
+    (line, n)
+}
+
+/// Appends a body piece, framed.
+fn put_chunk(out: &mut Vec<u8>, data: &[u8], framing: ReqFraming) {
+    if data.is_empty() {
+        return;
+    }
+    if framing == ReqFraming::Chunked {
+        let (line, n) = chunk_line(data.len());
+        out.extend_from_slice(&line[..n]);
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(data);
+    }
+}
+
+/// Appends the end of the body (the last chunk when chunked).
+fn put_end(out: &mut Vec<u8>, framing: ReqFraming) {
+    if framing == ReqFraming::Chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+}
+
+/// Streams the rest of the request body, `pending` first. Trailers of the client's body
+/// are not forwarded.
+async fn send_body(
+    mut wr: tokio::net::tcp::WriteHalf<'_>,
+    body: &mut UpBody,
+    framing: ReqFraming,
+    mut pending: Option<Bytes>,
+) -> Result<(), H1Error> {
+    loop {
+        let data = match pending.take() {
+            Some(d) => d,
+            None => match std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+                None => break,
+                Some(Err(e)) => return Err(H1Error::RequestBody(e)),
+                Some(Ok(f)) => f.into_data().unwrap_or_default(),
+            },
+        };
+        if !data.is_empty() {
+            if framing == ReqFraming::Chunked {
+                let (line, n) = chunk_line(data.len());
+                let mut framed = line[..n].chain(data).chain(&b"\r\n"[..]);
+                wr.write_all_buf(&mut framed).await.map_err(H1Error::Io)?;
+            } else {
+                let mut data = data;
+                wr.write_all_buf(&mut data).await.map_err(H1Error::Io)?;
+            }
+        }
+        // A body that knows it is done is not polled again (which would wait for the
+        // client's connection to say so).
+        if body.is_end_stream() {
+            break;
+        }
+    }
+    if framing == ReqFraming::Chunked {
+        wr.write_all(b"0\r\n\r\n").await.map_err(H1Error::Io)?;
+    }
+    Ok(())
+}
+
+/// A parsed response head, before it becomes a [`Response`].
+#[derive(Debug)]
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    framing: Framing,
+    reusable: bool,
+}
+
+impl Head {
+    fn into_response(self, conn: Conn, addr: SocketAddr) -> Response<H1Body> {
+        let mut body = H1Body {
+            conn: Some(conn),
+            addr,
+            framing: self.framing,
+            reusable: self.reusable,
+        };
+        // A body that is empty from the start is never polled: it is complete now.
+        if matches!(body.framing, Framing::Done | Framing::Length(0)) {
+            body.framing = Framing::Done;
+            body.finish();
+        }
+        let mut resp = Response::new(body);
+        *resp.status_mut() = self.status;
+        *resp.version_mut() = self.version;
+        *resp.headers_mut() = self.headers;
+        resp
+    }
+}
+
+async fn read_head(conn: &mut Conn, method: &Method) -> Result<Head, H1Error> {
+    let Conn { io, rbuf, .. } = conn;
+    let (rd, _) = io.split();
+    read_head_from(rd, rbuf, method).await
+}
+
+async fn read_head_from(
+    mut rd: tokio::net::tcp::ReadHalf<'_>,
+    buf: &mut BytesMut,
+    method: &Method,
+) -> Result<Head, H1Error> {
+    loop {
+        if !buf.is_empty() {
+            if let Some(head) = parse_head(buf, method)? {
+                return Ok(head);
+            }
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        let n = tokio::io::AsyncReadExt::read_buf(&mut rd, buf)
+            .await
+            .map_err(H1Error::Io)?;
+        if n == 0 {
+            return Err(H1Error::Closed);
+        }
+    }
+}
+
+/// Parses a complete head at the front of `buf` and consumes it; `None` when more bytes
+/// are needed. Interim (1xx) responses other than `101` are skipped.
+fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Error> {
+    loop {
+        if buf.len() > MAX_HEAD {
+            return Err(H1Error::Parse("response head too large"));
+        }
+        let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            buf,
+            &mut fields,
+        ) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(H1Error::Parse("too many header fields"))
+            }
+            Err(_) => return Err(H1Error::Parse("malformed response head")),
+        };
+        let code = resp.code.unwrap_or(0);
+        let status =
+            StatusCode::from_u16(code).map_err(|_| H1Error::Parse("invalid status code"))?;
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            buf.advance(len);
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            continue;
+        }
+        let version = if resp.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        // Field positions first: names and values become slices of the head's bytes
+        // once those are split off the buffer, which `fields` still borrows.
+        let base = buf.as_ptr() as usize;
+        let mut spans = [[0u32; 4]; MAX_HEADERS];
+        let count = resp.headers.len();
+        for (span, f) in spans.iter_mut().zip(resp.headers.iter()) {
+            let name = f.name.as_ptr() as usize - base;
+            let value = f.value.as_ptr() as usize - base;
+            // The head is at most MAX_HEAD bytes past the buffer start, which fits.
+            *span = [
+                name as u32,
+                (name + f.name.len()) as u32,
+                value as u32,
+                (value + f.value.len()) as u32,
+            ];
+        }
+        let head = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        for &[ns, ne, vs, ve] in spans.iter().take(count) {
+            let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+                .map_err(|_| H1Error::Parse("invalid header name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+                .map_err(|_| H1Error::Parse("invalid header value"))?;
+            headers.append(name, value);
+        }
+        let (framing, definite) = response_framing(status, method, &headers)?;
+        let reusable = definite && keeps_alive(version, &headers);
+        return Ok(Some(Head {
+            status,
+            version,
+            headers,
+            framing,
+            reusable,
+        }));
+    }
+}
+
+/// The body's framing (RFC 9112 §6.3), and whether it leaves the connection reusable.
+fn response_framing(
+    status: StatusCode,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<(Framing, bool), H1Error> {
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Ok((Framing::Upgrade, false));
+    }
+    if method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Done, true));
+    }
+    let te = headers.get_all(header::TRANSFER_ENCODING);
+    if te.iter().next().is_some() {
+        let chunked_last = te
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.rsplit(',').next())
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
+        // With both, Transfer-Encoding wins and the connection is closed afterwards.
+        let with_length = headers.contains_key(header::CONTENT_LENGTH);
+        return Ok(if chunked_last {
+            (Framing::Chunked(Chunked::Size), !with_length)
+        } else {
+            (Framing::Eof, false)
+        });
+    }
+    let mut length: Option<u64> = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        for part in v.as_bytes().split(|&b| b == b',') {
+            let n = std::str::from_utf8(part)
+                .ok()
+                .map(str::trim)
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or(H1Error::Parse("invalid content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(H1Error::Parse("conflicting content-length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(n) => (Framing::Length(n), true),
+        None => (Framing::Eof, false),
+    })
+}
+
+fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    let has = |token: &str| {
+        headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if version == Version::HTTP_10 {
+        has("keep-alive")
+    } else {
+        !has("close")
+    }
+}
+
+/// Where a response body stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// Complete.
+    Done,
+    /// This many bytes still to come.
+    Length(u64),
+    Chunked(Chunked),
+    /// Until the upstream closes the connection.
+    Eof,
+    /// `101`: no body; the connection now speaks another protocol.
+    Upgrade,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunked {
+    /// Before a chunk-size line.
+    Size,
+    /// Inside a chunk: this many data bytes left.
+    Data(u64),
+    /// After a chunk's data: its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+}
+
+/// An upstream response body, read from the connection as the client side polls it.
+#[derive(Debug)]
+pub struct H1Body {
+    conn: Option<Conn>,
+    addr: SocketAddr,
+    framing: Framing,
+    reusable: bool,
+}
+
+impl H1Body {
+    /// The connection of a `101` response, with any bytes the upstream sent after the
+    /// head; `None` for every other response.
+    pub fn into_tunnel(mut self) -> Option<Tunnel> {
+        if self.framing != Framing::Upgrade {
+            return None;
+        }
+        let conn = self.conn.take()?;
+        Some(Tunnel {
+            io: conn.io,
+            pending: conn.rbuf.freeze(),
+        })
+    }
+
+    /// The body ended: a reusable connection goes back to the pool.
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if self.reusable && conn.rbuf.is_empty() {
+                put(self.addr, conn);
+            }
+        }
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, H1Error>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let buf = &mut conn.rbuf;
+            match self.framing {
+                Framing::Done | Framing::Upgrade => {
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(0) => {
+                    self.framing = Framing::Done;
+                    continue;
+                }
+                Framing::Length(rem) if !buf.is_empty() => {
+                    let n = rem.min(buf.len() as u64);
+                    let data = buf.split_to(n as usize).freeze();
+                    self.framing = Framing::Length(rem - n);
+                    if rem == n {
+                        // Back to the pool before the last piece is handed on, so the
+                        // next request can already use the connection.
+                        self.framing = Framing::Done;
+                        self.finish();
+                    }
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                Framing::Eof if !buf.is_empty() => {
+                    return Poll::Ready(Some(Ok(buf.split().freeze())));
+                }
+                Framing::Chunked(state) if !buf.is_empty() => match chunk_step(buf, state) {
+                    Err(e) => return Poll::Ready(Some(Err(e))),
+                    Ok(ChunkStep::More) => {}
+                    Ok(ChunkStep::Next(next, data)) => {
+                        self.framing = next.map_or(Framing::Done, Framing::Chunked);
+                        if let Some(data) = data {
+                            return Poll::Ready(Some(Ok(data)));
+                        }
+                        continue;
+                    }
+                },
+                _ => {}
+            }
+            // More bytes needed.
+            match conn.poll_fill(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(H1Error::Io(e))));
+                }
+                Poll::Ready(Ok(0)) => {
+                    self.conn = None;
+                    return Poll::Ready(match self.framing {
+                        Framing::Eof => None,
+                        _ => Some(Err(H1Error::Closed)),
+                    });
+                }
+                Poll::Ready(Ok(_)) => {
+                    if let Framing::Chunked(Chunked::Size | Chunked::Trailers) = self.framing {
+                        if conn.rbuf.len() > MAX_HEAD {
+                            self.conn = None;
+                            return Poll::Ready(Some(Err(H1Error::Parse("chunk line too long"))));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum ChunkStep {
+    /// Not enough bytes buffered for the next step.
+    More,
+    /// The next state (`None`: the body is complete), and data to hand on.
+    Next(Option<Chunked>, Option<Bytes>),
+}
+
+/// One step of decoding a chunked body from the front of `buf` (not empty).
+fn chunk_step(buf: &mut BytesMut, state: Chunked) -> Result<ChunkStep, H1Error> {
+    match state {
+        Chunked::Data(rem) => {
+            let n = rem.min(buf.len() as u64);
+            let data = buf.split_to(n as usize).freeze();
+            let next = if rem == n {
+                Chunked::DataEnd
+            } else {
+                Chunked::Data(rem - n)
+            };
+            Ok(ChunkStep::Next(Some(next), Some(data)))
+        }
+        Chunked::DataEnd => {
+            // CRLF; a bare LF is accepted as hyper does.
+            match buf.as_ref() {
+                [b'\n', ..] => buf.advance(1),
+                [b'\r', b'\n', ..] => buf.advance(2),
+                [b'\r'] => return Ok(ChunkStep::More),
+                _ => return Err(H1Error::Parse("chunk data not followed by CRLF")),
+            }
+            Ok(ChunkStep::Next(Some(Chunked::Size), None))
+        }
+        Chunked::Size => {
+            let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
+                return Ok(ChunkStep::More);
+            };
+            let line = &buf[..eol];
+            let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+            if digits == 0 || digits > 16 {
+                return Err(H1Error::Parse("invalid chunk size"));
+            }
+            // What follows the size may only be whitespace, an extension, or the CR.
+            match line.get(digits) {
+                None | Some(b'\r' | b';' | b' ' | b'\t') => {}
+                Some(_) => return Err(H1Error::Parse("invalid chunk size")),
+            }
+            let size = line[..digits].iter().fold(0u64, |acc, &b| {
+                let d = (b as char).to_digit(16).unwrap_or(0);
+                (acc << 4) | u64::from(d)
+            });
+            buf.advance(eol + 1);
+            Ok(ChunkStep::Next(
+                Some(if size == 0 {
+                    Chunked::Trailers
+                } else {
+                    Chunked::Data(size)
+                }),
+                None,
+            ))
+        }
+        Chunked::Trailers => {
+            // Trailer fields are dropped: the client side has no place for them here.
+            let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
+                return Ok(ChunkStep::More);
+            };
+            let empty = eol == 0 || (eol == 1 && buf[0] == b'\r');
+            buf.advance(eol + 1);
+            Ok(ChunkStep::Next((!empty).then_some(Chunked::Trailers), None))
+        }
+    }
+}
+
+impl Body for H1Body {
+    type Data = Bytes;
+    type Error = H1Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        self.get_mut()
+            .poll_next(cx)
+            .map(|r| r.map(|r| r.map(Frame::data)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none() || matches!(self.framing, Framing::Done | Framing::Upgrade)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) if self.conn.is_some() => SizeHint::with_exact(n),
+            Framing::Done | Framing::Upgrade | Framing::Length(_) => SizeHint::with_exact(0),
+            Framing::Chunked(_) | Framing::Eof => SizeHint::default(),
+        }
+    }
+}
+
+/// An upstream connection after `101 Switching Protocols`: the bytes already read after
+/// the head come first.
+#[derive(Debug)]
+pub struct Tunnel {
+    io: TcpStream,
+    pending: Bytes,
+}
+
+impl AsyncRead for Tunnel {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.pending.is_empty() {
+            let n = this.pending.len().min(buf.remaining());
+            buf.put_slice(&this.pending.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Tunnel {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &[u8], method: &Method) -> Result<Option<Head>, H1Error> {
+        let mut buf = BytesMut::from(raw);
+        parse_head(&mut buf, method)
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let get = Method::GET;
+        let h = |raw: &str| {
+            head(raw.as_bytes(), &get)
+                .ok()
+                .flatten()
+                .map(|h| (h.framing, h.reusable))
+        };
+        assert_eq!(
+            h("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
+            Some((Framing::Length(5), true))
+        );
+        assert_eq!(
+            h("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
+            Some((Framing::Chunked(Chunked::Size), true))
+        );
+        assert_eq!(
+            h("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n"),
+            Some((Framing::Chunked(Chunked::Size), false))
+        );
+        assert_eq!(h("HTTP/1.1 200 OK\r\n\r\n"), Some((Framing::Eof, false)));
+        assert_eq!(
+            h("HTTP/1.1 204 No Content\r\n\r\n"),
+            Some((Framing::Done, true))
+        );
+        assert_eq!(
+            h("HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\n"),
+            Some((Framing::Length(5), false))
+        );
+        assert_eq!(
+            h("HTTP/1.0 200 OK\r\ncontent-length: 5\r\n\r\n"),
+            Some((Framing::Length(5), false))
+        );
+        assert_eq!(
+            h("HTTP/1.0 200 OK\r\ncontent-length: 5\r\nconnection: keep-alive\r\n\r\n"),
+            Some((Framing::Length(5), true))
+        );
+        let head_req = head(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+            &Method::HEAD,
+        );
+        assert!(matches!(
+            head_req,
+            Ok(Some(Head {
+                framing: Framing::Done,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn bad_heads_are_protocol_errors() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n",
+            "HTTP/1.1 999x OK\r\n\r\n",
+            "garbage\r\n\r\n",
+        ] {
+            let r = head(raw.as_bytes(), &Method::GET);
+            assert!(
+                matches!(r, Err(ref e) if e.kind() == UpstreamErrorKind::Protocol),
+                "{raw:?}: {r:?}"
+            );
+        }
+        // Repeated equal lengths are one length (RFC 9110 §8.6).
+        let r = head(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n",
+            &Method::GET,
+        );
+        assert!(matches!(
+            r,
+            Ok(Some(Head {
+                framing: Framing::Length(5),
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn interim_responses_are_skipped_and_values_kept() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 2\r\n\r\nok"[..],
+        );
+        let h = parse_head(&mut buf, &Method::POST).ok().flatten();
+        let h = h.as_ref();
+        assert_eq!(h.map(|h| h.status), Some(StatusCode::CREATED));
+        let values: Vec<_> = h
+            .map(|h| h.headers.get_all("x-a").iter().cloned().collect())
+            .unwrap_or_default();
+        assert_eq!(values, ["1", "2"]);
+        assert_eq!(&buf[..], b"ok");
+        // A head cut short needs more bytes.
+        assert!(matches!(
+            head(b"HTTP/1.1 200 OK\r\nx-a:", &Method::GET),
+            Ok(None)
+        ));
+    }
+
+    fn decode(wire: &[u8]) -> Result<(Vec<u8>, Option<Chunked>, usize), H1Error> {
+        let mut buf = BytesMut::from(wire);
+        let mut state = Some(Chunked::Size);
+        let mut out = Vec::new();
+        while let Some(s) = state {
+            if buf.is_empty() {
+                break;
+            }
+            match chunk_step(&mut buf, s)? {
+                ChunkStep::More => break,
+                ChunkStep::Next(next, data) => {
+                    out.extend_from_slice(&data.unwrap_or_default());
+                    state = next;
+                }
+            }
+        }
+        Ok((out, state, buf.len()))
+    }
+
+    #[test]
+    fn chunked_bodies_decode() {
+        let (body, state, left) =
+            decode(b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-trailer: t\r\n\r\nNEXT")
+                .unwrap_or_default();
+        assert_eq!(body, b"hello, world");
+        assert_eq!(state, None);
+        assert_eq!(left, 4, "bytes after the body stay in the buffer");
+        // Cut anywhere, decoding stops and waits for more.
+        let (body, state, _) = decode(b"5\r\nhel").unwrap_or_default();
+        assert_eq!(body, b"hel");
+        assert_eq!(state, Some(Chunked::Data(2)));
+        assert!(matches!(decode(b"zz\r\n"), Err(H1Error::Parse(_))));
+        assert!(matches!(decode(b"5\r\nhelloXX"), Err(H1Error::Parse(_))));
+    }
+
+    #[test]
+    fn request_heads_are_framed() {
+        let req = Request::post("/chat/send?x=1")
+            .header("host", "a")
+            .header("x-custom", "v")
+            .body(())
+            .map(|r| r.into_parts().0);
+        let Ok(parts) = req else {
+            panic!("request builds")
+        };
+        let mut out = Vec::new();
+        encode_head(&mut out, &parts, true);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "POST /chat/send?x=1 HTTP/1.1\r\nhost: a\r\nx-custom: v\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
     }
 }

@@ -12,7 +12,7 @@
 //! - [`rules`]: compiles `rules.yaml` into a [`rules::RuleSet`]; `decide()` is pure.
 //! - [`proxy`]: `handle(req)`: service, markers, decision, fallback, forward.
 //! - [`longlink`]: WebSocket relays, re-homing on reload, closing last in a drain.
-//! - [`h1pool`]: the per-worker HTTP/1 upstream connection pool.
+//! - [`h1pool`]: the HTTP/1.1 upstream client, driven from the request's task, and its per-worker pool.
 //! - [`upstream`]: pools, endpoint choice, the pooled client, hop-by-hop headers.
 //! - [`sockio`]: small vectored socket writes coalesced into one `send`.
 //! - [`metrics`]: the Prometheus registry and per-route children resolved at load.

@@ -259,7 +259,7 @@ fn rehome(shared: &Shared, id: u64) {
 /// other, and the relay goes on until both directions are done.
 pub async fn relay(
     client: Upgraded,
-    upstream: Upgraded,
+    upstream: crate::h1pool::Tunnel,
     close: Arc<Notify>,
     idle: Option<Duration>,
     _guard: LinkGuard,
@@ -272,7 +272,7 @@ pub async fn relay(
         base,
     };
     let mut u = Activity {
-        io: TokioIo::new(upstream),
+        io: upstream,
         last: last.clone(),
         base,
     };

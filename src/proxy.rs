@@ -607,14 +607,14 @@ pub async fn handle(
             match protocol {
                 Protocol::Http1 => h1pool::send(ep.addr(), req, connect_timeout)
                     .await
-                    .map(|(resp, pooled)| (resp, Some(pooled)))
+                    .map(|resp| resp.map(DownBody::h1))
                     .map_err(|f| (f.error.kind(), f.error.to_string(), f.unsent)),
                 Protocol::H2 => shared
                     .upstreams
                     .h2_client()
                     .request(req)
                     .await
-                    .map(|resp| (resp, None))
+                    .map(|resp| resp.map(DownBody::h2))
                     .map_err(|e| (upstream::classify(&e), e.to_string(), None)),
             }
         };
@@ -642,7 +642,7 @@ pub async fn handle(
         };
         drop(in_flight);
         let kind = match result {
-            Ok(Ok((resp, pooled))) => {
+            Ok(Ok(resp)) => {
                 let failed = resp.status().is_server_error();
                 ep.report(if failed {
                     BalanceOutcome::Failure
@@ -652,15 +652,7 @@ pub async fn handle(
                 if let Some(g) = guarded {
                     g.record(failed);
                 }
-                // A 101 hands the connection to the tunnel: it never goes back.
-                let pooled = pooled.filter(|_| resp.status() != StatusCode::SWITCHING_PROTOCOLS);
-                break (
-                    resp.map(|b| match pooled {
-                        Some(p) => DownBody::upstream_pooled(b, p),
-                        None => DownBody::upstream(b),
-                    }),
-                    pool,
-                );
+                break (resp, pool);
             }
             Ok(Err((kind, error, unsent))) => {
                 if let Some(unsent) = unsent {
@@ -711,13 +703,15 @@ pub async fn handle(
         (Some(client_up), Some(mut hs)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
             // The link lives in (and is counted and re-homed from) the pool actually used.
             hs.pool = final_pool;
-            Some((client_up, hyper::upgrade::on(&mut resp), hs))
+            resp.body_mut()
+                .take_tunnel()
+                .map(|upstream| (client_up, upstream, hs))
         }
         _ => None,
     };
     upstream::strip_hop_by_hop(resp.headers_mut(), tunnel.is_some());
-    if let Some((client_up, upstream_up, hs)) = tunnel {
-        open_tunnel(shared, client_up, upstream_up, hs, conn.slot.clone());
+    if let Some((client_up, upstream, hs)) = tunnel {
+        open_tunnel(shared, client_up, upstream, hs, conn.slot.clone());
     }
     let elapsed = start.elapsed();
     shared
@@ -799,7 +793,7 @@ fn is_websocket<B>(req: &Request<B>) -> bool {
 fn open_tunnel(
     shared: &Arc<Shared>,
     client_up: hyper::upgrade::OnUpgrade,
-    upstream_up: hyper::upgrade::OnUpgrade,
+    upstream: h1pool::Tunnel,
     hs: Handshake,
     slot: Arc<crate::server::ConnSlot>,
 ) {
@@ -807,8 +801,8 @@ fn open_tunnel(
     let idle = shared.config.timeouts.long_link_idle;
     tokio::spawn(async move {
         let _slot = slot;
-        match tokio::try_join!(client_up, upstream_up) {
-            Ok((c, u)) => longlink::relay(c, u, close, idle, guard).await,
+        match client_up.await {
+            Ok(c) => longlink::relay(c, upstream, close, idle, guard).await,
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });

@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::balance::{Endpoint, PoolEndpoints, ResolveError};
 use crate::config::{Config, OnUnavailable, Protocol};
 use crate::error::UpstreamErrorKind;
-use crate::h1pool::PoolReturn;
+use crate::h1pool::{H1Body, H1Error, Tunnel};
 use crate::metrics::Metrics;
 
 // === bodies ===
@@ -161,10 +161,22 @@ pub struct DownBody<G = ()> {
 
 #[derive(Debug)]
 enum DownInner {
-    /// The upstream's body and, for pooled HTTP/1 connections, the way back to the pool
-    /// once the body has ended.
-    Upstream(Incoming, Option<PoolReturn>),
+    /// An HTTP/1.1 upstream's body; its connection goes back to the pool when it ends.
+    H1(H1Body),
+    /// An HTTP/2 upstream's body.
+    H2(Incoming),
     Full(Option<Bytes>),
+}
+
+/// Why streaming an upstream's body to the client stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DownBodyError {
+    /// The HTTP/1.1 upstream connection failed or sent a bad body.
+    #[error(transparent)]
+    H1(#[from] H1Error),
+    /// The HTTP/2 upstream stream failed.
+    #[error(transparent)]
+    H2(#[from] hyper::Error),
 }
 
 impl DownBody<()> {
@@ -176,24 +188,30 @@ impl DownBody<()> {
         }
     }
 
-    /// The upstream's body, streamed.
-    pub fn upstream(b: Incoming) -> Self {
+    /// An HTTP/2 upstream's body, streamed.
+    pub fn h2(b: Incoming) -> Self {
         Self {
-            inner: DownInner::Upstream(b, None),
+            inner: DownInner::H2(b),
             _guard: None,
         }
     }
 
-    /// The upstream's body, streamed; its connection returns to the pool when it ends.
-    pub fn upstream_pooled(b: Incoming, mut pool: PoolReturn) -> Self {
-        // hyper never polls a body that is empty from the start (204, 304, HEAD, a
-        // zero Content-Length): it is complete already.
-        if b.is_end_stream() {
-            pool.complete();
-        }
+    /// An HTTP/1.1 upstream's body, streamed.
+    pub fn h1(b: H1Body) -> Self {
         Self {
-            inner: DownInner::Upstream(b, Some(pool)),
+            inner: DownInner::H1(b),
             _guard: None,
+        }
+    }
+
+    /// The upstream connection of a `101` answer, leaving an empty body in its place.
+    pub fn take_tunnel(&mut self) -> Option<Tunnel> {
+        match std::mem::replace(&mut self.inner, DownInner::Full(None)) {
+            DownInner::H1(b) => b.into_tunnel(),
+            other => {
+                self.inner = other;
+                None
+            }
         }
     }
 
@@ -208,48 +226,38 @@ impl DownBody<()> {
 
 impl<G: Unpin> Body for DownBody<G> {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = DownBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, DownBodyError>>> {
         let this = self.get_mut();
-        match &mut this.inner {
-            DownInner::Upstream(b, pool) => {
-                let r = Pin::new(&mut *b).poll_frame(cx);
-                if matches!(r, Poll::Ready(None)) || (r.is_ready() && b.is_end_stream()) {
-                    if let Some(p) = pool.as_mut() {
-                        p.complete();
-                    }
-                }
-                if matches!(r, Poll::Ready(None)) {
-                    // Release the in-flight guard as soon as the last byte is out, not
-                    // when hyper gets round to dropping the body.
-                    this._guard = None;
-                }
-                r
-            }
-            DownInner::Full(b) => match b.take() {
-                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
-                None => {
-                    this._guard = None;
-                    Poll::Ready(None)
-                }
-            },
+        let r = match &mut this.inner {
+            DownInner::H1(b) => Pin::new(b).poll_frame(cx).map_err(DownBodyError::from),
+            DownInner::H2(b) => Pin::new(b).poll_frame(cx).map_err(DownBodyError::from),
+            DownInner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        };
+        if matches!(r, Poll::Ready(None)) {
+            // Release the in-flight guard as soon as the last byte is out, not when
+            // hyper gets round to dropping the body.
+            this._guard = None;
         }
+        r
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            DownInner::Upstream(b, _) => b.is_end_stream(),
+            DownInner::H1(b) => b.is_end_stream(),
+            DownInner::H2(b) => b.is_end_stream(),
             DownInner::Full(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            DownInner::Upstream(b, _) => b.size_hint(),
+            DownInner::H1(b) => b.size_hint(),
+            DownInner::H2(b) => b.size_hint(),
             DownInner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             DownInner::Full(None) => SizeHint::with_exact(0),
         }
@@ -486,7 +494,7 @@ impl Upstreams {
 
 /// The SPEC §3 kind of an error hyper reported once the connection was up: a response
 /// it could not parse is `protocol`, its own timeouts `timeout`, anything else `reset`.
-pub fn hyper_error_kind(e: &hyper::Error) -> UpstreamErrorKind {
+fn hyper_error_kind(e: &hyper::Error) -> UpstreamErrorKind {
     if e.is_parse() || e.is_parse_status() {
         UpstreamErrorKind::Protocol
     } else if e.is_timeout() {

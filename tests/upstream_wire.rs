@@ -1,0 +1,215 @@
+//! graylane's HTTP/1.1 upstream client against a scripted upstream that writes raw bytes:
+//! the framings of RFC 9112 (chunked, close-delimited, HEAD, 1xx), heads split across
+//! reads, keep-alive connections the upstream drops, invalid heads, an early answer.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A raw upstream: answers each request by its path (see `answer`), counts connections.
+struct Raw {
+    addr: SocketAddr,
+    conns: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn raw_upstream() -> Raw {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counted = conns.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve(s));
+        }
+    });
+    Raw { addr, conns, task }
+}
+
+/// Reads requests (head, then a Content-Length body) and answers them until a script
+/// closes the connection.
+async fn serve(mut s: TcpStream) {
+    let mut buf = Vec::new();
+    loop {
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let mut words = head.split_whitespace();
+        let method = words.next().unwrap_or("").to_owned();
+        let path = words.next().unwrap_or("").to_owned();
+        if path == "/early" {
+            // Answer on the head alone, while the client is still uploading.
+            let _ = s
+                .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbig!")
+                .await;
+            return;
+        }
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + length {
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..head_end + length);
+        let keep = answer(&mut s, &method, &path).await;
+        if !keep {
+            return;
+        }
+    }
+}
+
+/// Writes the scripted answer for `path`; `false` closes the connection after it.
+async fn answer(s: &mut TcpStream, method: &str, path: &str) -> bool {
+    let w = |b: &'static [u8]| b;
+    let (bytes, keep): (&[u8], bool) = match path {
+        "/chunked" => (
+            w(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n"),
+            true,
+        ),
+        "/eof" => (w(b"HTTP/1.1 200 OK\r\n\r\nuntil the end"), false),
+        "/continue" => (
+            w(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+            true,
+        ),
+        "/head" if method == "head" => (w(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n"), true),
+        // Dropped after the answer, without saying so (a keep-alive timeout).
+        "/close-after" => (w(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"), false),
+        "/bad-length" => (w(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\nok"), false),
+        "/split" => {
+            // Head and body cut across several reads.
+            for piece in [&b"HTTP/1.1 200 OK\r\ncont"[..], b"ent-length: 5\r\n\r\nhel", b"lo"] {
+                if s.write_all(piece).await.is_err() {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            return true;
+        }
+        _ => (w(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"), true),
+    };
+    s.write_all(bytes).await.is_ok() && keep
+}
+
+async fn proxy_to(raw: &Raw) -> Proxy {
+    spawn_proxy(&simple_config(raw.addr, raw.addr, ""), "rules: []\n").await
+}
+
+#[tokio::test]
+async fn chunked_close_delimited_and_split_bodies_arrive_whole() {
+    let raw = raw_upstream().await;
+    let p = proxy_to(&raw).await;
+    let c = client();
+    let (st, h, body) = get(&c, &p.url("/chunked"), &[]).await;
+    assert_eq!((st.as_u16(), body.as_str()), (200, "hello, world"));
+    assert!(h.get("transfer-encoding").is_none_or(|v| v == "chunked"));
+    // The chunked body left the connection reusable.
+    let (_, _, body) = get(&c, &p.url("/"), &[]).await;
+    assert_eq!(body, "ok");
+    assert_eq!(raw.conns.load(Ordering::SeqCst), 1);
+
+    let (st, _, body) = get(&c, &p.url("/eof"), &[]).await;
+    assert_eq!((st.as_u16(), body.as_str()), (200, "until the end"));
+    let (st, _, body) = get(&c, &p.url("/split"), &[]).await;
+    assert_eq!((st.as_u16(), body.as_str()), (200, "hello"));
+    assert!(p.stop().await);
+}
+
+#[tokio::test]
+async fn interim_answers_are_skipped_and_head_has_no_body() {
+    let raw = raw_upstream().await;
+    let p = proxy_to(&raw).await;
+    let c = client();
+    let (st, _, body) = get(&c, &p.url("/continue"), &[]).await;
+    assert_eq!((st.as_u16(), body.as_str()), (200, "ok"));
+    let (st, h, body) = send(&c, "HEAD", &p.url("/head"), &[], Bytes::new()).await;
+    assert_eq!((st.as_u16(), body.as_str()), (200, ""));
+    assert_eq!(h["content-length"], "100");
+    // HEAD's answer has no body however long it says it is: the next request on the
+    // same connection reads its own answer.
+    let (_, _, body) = get(&c, &p.url("/"), &[]).await;
+    assert_eq!(body, "ok");
+    assert_eq!(raw.conns.load(Ordering::SeqCst), 1);
+    assert!(p.stop().await);
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_the_upstream_dropped_is_not_used() {
+    let raw = raw_upstream().await;
+    let p = proxy_to(&raw).await;
+    let c = client();
+    let (st, _, _) = send(&c, "POST", &p.url("/close-after"), &[], Bytes::from("x")).await;
+    assert_eq!(st.as_u16(), 200);
+    // The upstream closed the idle connection; a POST (never retried once sent) must
+    // go out on a new one.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (st, _, body) = send(&c, "POST", &p.url("/"), &[], Bytes::from("y")).await;
+    assert_eq!((st.as_u16(), body.as_str()), (200, "ok"));
+    assert_eq!(raw.conns.load(Ordering::SeqCst), 2);
+    assert!(p.stop().await);
+}
+
+#[tokio::test]
+async fn an_invalid_head_is_a_502() {
+    let raw = raw_upstream().await;
+    let p = proxy_to(&raw).await;
+    let (st, _, _) = get(&client(), &p.url("/bad-length"), &[]).await;
+    assert_eq!(st.as_u16(), 502);
+    assert!(p.stop().await);
+}
+
+#[tokio::test]
+async fn an_answer_before_the_upload_ends_reaches_the_client() {
+    let raw = raw_upstream().await;
+    let p = proxy_to(&raw).await;
+    // One piece of the body, then nothing more for as long as the test runs.
+    let first = futures_util::stream::iter([Ok::<_, hyper::Error>(Frame::data(Bytes::from(
+        "x".repeat(1000),
+    )))]);
+    let body = BodyExt::boxed(StreamBody::new(
+        first.chain(futures_util::stream::pending()),
+    ));
+    let req = http::Request::post(p.url("/early"))
+        .header("content-length", "1000000")
+        .body(body)
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), client().request(req))
+        .await
+        .expect("an answer while the upload is still open")
+        .expect("response");
+    assert_eq!(resp.status().as_u16(), 413);
+    let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+    assert_eq!(body.ok().as_deref(), Some(&b"big!"[..]));
+    assert!(p.stop().await);
+}
