@@ -16,7 +16,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::io::{self, Write as _};
+use std::io::{self, IoSlice, Write as _};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -38,18 +38,29 @@ use crate::upstream::UpBody;
 const MAX_IDLE: usize = 128;
 /// Most header fields a response head may carry (hyper's limit too).
 const MAX_HEADERS: usize = 100;
+/// Most trailer fields a chunked body may end with.
+const MAX_TRAILERS: usize = 32;
 /// Largest response head (or chunk-size line and trailer section) accepted.
 const MAX_HEAD: usize = 64 * 1024;
 /// Free space ensured in a connection's read buffer before each read.
 const READ_CHUNK: usize = 8 * 1024;
-/// A worker sweeps the idle list it returns a connection to once per this many returns,
-/// closing connections their upstream closed while idle (otherwise they would wait in
-/// CLOSE_WAIT until taken).
-const SWEEP_EVERY: u32 = 256;
+/// How often a worker sweeps its idle connections: closes those their upstream closed
+/// (no task watches an idle connection, so they would otherwise wait in CLOSE_WAIT until
+/// taken) and those idle for [`IDLE_SWEEPS`] sweeps.
+const SWEEP_TICK: Duration = Duration::from_secs(5);
+/// An idle upstream connection is closed after this many sweeps (55–60 s), below the
+/// usual upstream keep-alive timeouts (nginx 75 s, Node 5 s is caught by the sweep's
+/// readiness check or when taken).
+const IDLE_SWEEPS: u32 = 12;
+/// Buffers larger than these (after a huge head or body piece) are not kept with an idle
+/// connection.
+const KEEP_RBUF: usize = 64 * 1024;
+const KEEP_WBUF: usize = 32 * 1024;
 
 thread_local! {
     static IDLE: RefCell<HashMap<SocketAddr, Vec<Conn>>> = RefCell::new(HashMap::new());
-    static RETURNS: Cell<u32> = const { Cell::new(0) };
+    /// Sweeps so far on this worker: an idle connection's age without a clock read.
+    static SWEEPS: Cell<u32> = const { Cell::new(0) };
 }
 
 /// Why an exchange failed, with the cause.
@@ -79,7 +90,9 @@ impl H1Error {
     /// The SPEC §3 kind.
     pub fn kind(&self) -> UpstreamErrorKind {
         match self {
-            H1Error::Connect(e) | H1Error::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
+            // Only a connect that timed out is a timeout; an established connection
+            // that the kernel gave up on (retransmits) was reset, as far as a retry cares.
+            H1Error::Connect(e) if e.kind() == io::ErrorKind::TimedOut => {
                 UpstreamErrorKind::Timeout
             }
             H1Error::Connect(_) => UpstreamErrorKind::Connect,
@@ -108,6 +121,8 @@ struct Conn {
     rbuf: BytesMut,
     /// The request head being written.
     wbuf: Vec<u8>,
+    /// The worker's sweep count when the connection went idle.
+    idle_since: u32,
 }
 
 impl Conn {
@@ -116,6 +131,7 @@ impl Conn {
             io,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             wbuf: Vec::with_capacity(512),
+            idle_since: 0,
         }
     }
 
@@ -141,28 +157,64 @@ impl Conn {
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
     }
+
+    /// Reads until a complete response head is buffered, and parses it.
+    fn poll_head(&mut self, method: &Method, cx: &mut Context<'_>) -> Poll<Result<Head, H1Error>> {
+        loop {
+            if !self.rbuf.is_empty() {
+                if let Some(head) = parse_head(&mut self.rbuf, method)? {
+                    return Poll::Ready(Ok(head));
+                }
+            }
+            match std::task::ready!(self.poll_fill(cx)) {
+                Ok(0) => return Poll::Ready(Err(H1Error::Closed)),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(H1Error::Io(e))),
+            }
+        }
+    }
 }
 
 fn take(addr: SocketAddr) -> Option<Conn> {
     IDLE.with(|m| m.borrow_mut().get_mut(&addr).and_then(Vec::pop))
 }
 
-fn put(addr: SocketAddr, c: Conn) {
-    let sweep = RETURNS.with(|n| {
-        let v = n.get().wrapping_add(1);
-        n.set(v);
-        v % SWEEP_EVERY == 0
-    });
+fn put(addr: SocketAddr, mut c: Conn) {
+    if c.rbuf.capacity() > KEEP_RBUF {
+        c.rbuf = BytesMut::with_capacity(READ_CHUNK);
+    }
+    if c.wbuf.capacity() > KEEP_WBUF {
+        c.wbuf = Vec::with_capacity(512);
+    }
+    c.idle_since = SWEEPS.with(Cell::get);
     IDLE.with(|m| {
         let mut m = m.borrow_mut();
         let idle = m.entry(addr).or_default();
-        if sweep {
-            idle.retain(Conn::idle_usable);
-        }
         if idle.len() < MAX_IDLE {
             idle.push(c);
         }
     });
+}
+
+/// Sweeps this worker's idle connections every [`SWEEP_TICK`] for as long as the worker
+/// runs; spawned once per worker runtime.
+pub async fn sweep_idle() {
+    let mut tick = tokio::time::interval(SWEEP_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = SWEEPS.with(|n| {
+            let v = n.get().wrapping_add(1);
+            n.set(v);
+            v
+        });
+        IDLE.with(|m| {
+            m.borrow_mut().retain(|_, idle| {
+                idle.retain(|c| now.wrapping_sub(c.idle_since) < IDLE_SWEEPS && c.idle_usable());
+                !idle.is_empty()
+            });
+        });
+    }
 }
 
 /// Sends `req` (origin-form URI, `Host` set) to `addr` on an idle connection of this
@@ -234,7 +286,7 @@ enum Exchange {
 }
 
 /// How the request body is framed on the wire.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReqFraming {
     None,
     Length,
@@ -261,32 +313,40 @@ async fn exchange(
     // Once a piece of the body is taken, the request cannot be handed back unsent.
     let mut took_body = false;
     // A body piece taken but too large to copy behind the head.
-    let mut pending = None;
+    let mut first = None;
     if !body_done {
         // A first piece that is ready now goes out with the head, in one write.
         let polled =
             std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await;
         if let Poll::Ready(frame) = polled {
             took_body = true;
+            let mut ending = LAST_CHUNK.to_vec();
             match frame.map(|f| f.map(Frame::into_data)) {
                 None => body_done = true,
                 Some(Err(e)) => return Err(Exchange::Failed(H1Error::RequestBody(e))),
-                Some(Ok(Err(_trailers))) => {}
+                Some(Ok(Err(trailers))) => {
+                    // Trailers end a body.
+                    if let Ok(t) = trailers.into_trailers() {
+                        ending = trailer_block(&t);
+                    }
+                    body_done = true;
+                }
                 Some(Ok(Ok(data))) if data.len() <= INLINE_BODY => {
                     put_chunk(&mut conn.wbuf, &data, framing);
                 }
-                Some(Ok(Ok(data))) => pending = Some(data),
+                Some(Ok(Ok(data))) => first = Some(data),
             }
-            if pending.is_none() && !body_done && body.is_end_stream() {
+            if first.is_none() && !body_done && body.is_end_stream() {
                 body_done = true;
             }
-            if body_done {
-                put_end(&mut conn.wbuf, framing);
+            if body_done && framing == ReqFraming::Chunked {
+                conn.wbuf.extend_from_slice(&ending);
             }
         }
     }
     // The first write tells whether a kept-alive connection still takes requests.
-    let first = std::future::poll_fn(|cx| Pin::new(&mut conn.io).poll_write(cx, &conn.wbuf)).await;
+    let written =
+        std::future::poll_fn(|cx| Pin::new(&mut conn.io).poll_write(cx, &conn.wbuf)).await;
     let unsent = |e| {
         if took_body {
             Exchange::Failed(e)
@@ -294,7 +354,7 @@ async fn exchange(
             Exchange::Unsent(e)
         }
     };
-    match first {
+    match written {
         Ok(0) => return Err(unsent(H1Error::Closed)),
         Ok(n) => {
             if n < conn.wbuf.len() {
@@ -307,45 +367,55 @@ async fn exchange(
         Err(e) => return Err(unsent(H1Error::Io(e))),
     }
 
-    let head = if body_done {
-        read_head(&mut conn, &parts.method).await
-    } else {
-        // Stream the rest of the body; an upstream may answer before it has all of it
-        // (413, 401): then the answer is taken and the connection is not reused.
-        let Conn { io, rbuf, .. } = &mut conn;
-        let (rd, wr) = io.split();
-        let read = read_head_from(rd, rbuf, &parts.method);
-        tokio::pin!(read);
-        let early = |h: Head| Head {
-            reusable: false,
-            ..h
-        };
-        tokio::select! {
-            biased;
-            head = &mut read => head.map(early),
-            sent = send_body(wr, body, framing, pending) => match sent {
-                Ok(()) => read.await,
-                // The upstream stopped taking the body: it may have answered why.
-                Err(H1Error::Io(e)) => read.await.map(early).map_err(|_| H1Error::Io(e)),
-                Err(e) => Err(e),
-            },
+    // The rest of the body goes out while the head is awaited, and after it if the
+    // upstream answers early: it may answer and stop reading (413), or answer and keep
+    // reading (a streaming echo), so sending goes on until the body ends or a write fails.
+    let mut upload = (!body_done).then(|| {
+        let mut up = Upload::new(std::mem::replace(body, UpBody::Empty), framing);
+        if let Some(data) = first {
+            up.stage(data, false);
         }
-    }
+        up
+    });
+    let head = std::future::poll_fn(|cx| {
+        if let Some(up) = upload.as_mut() {
+            match up.poll_send(&mut conn.io, cx) {
+                Poll::Ready(Err(e @ H1Error::RequestBody(_))) => return Poll::Ready(Err(e)),
+                // The upstream stopped taking the body: it may have answered why.
+                Poll::Ready(Err(_)) => up.failed = true,
+                Poll::Ready(Ok(())) | Poll::Pending => {}
+            }
+        }
+        conn.poll_head(&parts.method, cx)
+    })
+    .await
     .map_err(Exchange::Failed)?;
-    Ok(head.into_response(conn, addr))
+    let upload = upload.filter(|u| !u.sent());
+    Ok(head.into_response(conn, addr, upload))
 }
 
 /// Body pieces up to this size are copied behind the head (one write for both); larger
 /// ones are written from their own buffer.
 const INLINE_BODY: usize = 8 * 1024;
 
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// The last chunk with trailer fields (a client's, passed on as it sent them).
+fn trailer_block(trailers: &HeaderMap) -> Vec<u8> {
+    let mut out = b"0\r\n".to_vec();
+    for (name, value) in trailers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
 /// The request line and header fields, lowercase names as hyper writes them.
 fn encode_head(out: &mut Vec<u8>, parts: &Parts, chunked: bool) {
     out.clear();
-    if out.capacity() > 4 * INLINE_BODY {
-        // A head with a huge field once: do not keep its buffer with the connection.
-        out.shrink_to(INLINE_BODY);
-    }
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -388,50 +458,114 @@ fn put_chunk(out: &mut Vec<u8>, data: &[u8], framing: ReqFraming) {
     }
 }
 
-/// Appends the end of the body (the last chunk when chunked).
-fn put_end(out: &mut Vec<u8>, framing: ReqFraming) {
-    if framing == ReqFraming::Chunked {
-        out.extend_from_slice(b"0\r\n\r\n");
-    }
+/// The rest of a request body, written as the upstream takes it: polled while the
+/// response head is awaited and then, if the head came first, from the response body.
+#[derive(Debug)]
+struct Upload {
+    body: UpBody,
+    framing: ReqFraming,
+    /// Framed bytes not yet written: chunk-size line, data, then CRLF and maybe the last
+    /// chunk (any may be empty).
+    out: [Bytes; 3],
+    /// The body ended: once `out` is written, all of it is sent.
+    ended: bool,
+    /// A write failed: the upstream stopped reading.
+    failed: bool,
 }
 
-/// Streams the rest of the request body, `pending` first. Trailers of the client's body
-/// are not forwarded.
-async fn send_body(
-    mut wr: tokio::net::tcp::WriteHalf<'_>,
-    body: &mut UpBody,
-    framing: ReqFraming,
-    mut pending: Option<Bytes>,
-) -> Result<(), H1Error> {
-    loop {
-        let data = match pending.take() {
-            Some(d) => d,
-            None => match std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
-                None => break,
-                Some(Err(e)) => return Err(H1Error::RequestBody(e)),
-                Some(Ok(f)) => f.into_data().unwrap_or_default(),
-            },
+impl Upload {
+    fn new(body: UpBody, framing: ReqFraming) -> Self {
+        Self {
+            body,
+            framing,
+            out: Default::default(),
+            ended: false,
+            failed: false,
+        }
+    }
+
+    /// Whether all of the body went out.
+    fn sent(&self) -> bool {
+        self.ended && !self.failed && self.out.iter().all(Bytes::is_empty)
+    }
+
+    /// Frames `data` for writing; `last` ends the body.
+    fn stage(&mut self, data: Bytes, last: bool) {
+        let chunked = self.framing == ReqFraming::Chunked;
+        let line = if chunked && !data.is_empty() {
+            let (line, n) = chunk_line(data.len());
+            Bytes::copy_from_slice(&line[..n])
+        } else {
+            Bytes::new()
         };
-        if !data.is_empty() {
-            if framing == ReqFraming::Chunked {
-                let (line, n) = chunk_line(data.len());
-                let mut framed = line[..n].chain(data).chain(&b"\r\n"[..]);
-                wr.write_all_buf(&mut framed).await.map_err(H1Error::Io)?;
-            } else {
-                let mut data = data;
-                wr.write_all_buf(&mut data).await.map_err(H1Error::Io)?;
+        let tail: &'static [u8] = match (chunked, data.is_empty(), last) {
+            (false, _, _) => b"",
+            (true, true, true) => LAST_CHUNK,
+            (true, true, false) => b"",
+            (true, false, true) => b"\r\n0\r\n\r\n",
+            (true, false, false) => b"\r\n",
+        };
+        self.out = [line, data, Bytes::from_static(tail)];
+        self.ended = last;
+    }
+
+    /// Writes what the body has so far; ready once all of it is written (or on error).
+    fn poll_send(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), H1Error>> {
+        if self.failed {
+            return Poll::Ready(Err(H1Error::Closed));
+        }
+        loop {
+            while self.out.iter().any(|b| !b.is_empty()) {
+                let slices = [
+                    IoSlice::new(&self.out[0]),
+                    IoSlice::new(&self.out[1]),
+                    IoSlice::new(&self.out[2]),
+                ];
+                let mut n =
+                    match std::task::ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices)) {
+                        Ok(0) => Err(io::Error::from(io::ErrorKind::WriteZero)),
+                        Ok(n) => Ok(n),
+                        Err(e) => Err(e),
+                    }
+                    .map_err(|e| {
+                        self.failed = true;
+                        H1Error::Io(e)
+                    })?;
+                for b in &mut self.out {
+                    let k = n.min(b.len());
+                    b.advance(k);
+                    n -= k;
+                }
+            }
+            if self.ended {
+                return Poll::Ready(Ok(()));
+            }
+            match std::task::ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                None => self.stage(Bytes::new(), true),
+                Some(Err(e)) => {
+                    self.failed = true;
+                    return Poll::Ready(Err(H1Error::RequestBody(e)));
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        // A body that knows it is done is not polled again (which would
+                        // wait for the client's connection to say so).
+                        let last = self.body.is_end_stream();
+                        self.stage(data, last);
+                    }
+                    // Trailers end the body; they go out only with chunked framing.
+                    Err(frame) => {
+                        let block = match (self.framing, frame.into_trailers()) {
+                            (ReqFraming::Chunked, Ok(t)) => Bytes::from(trailer_block(&t)),
+                            _ => Bytes::new(),
+                        };
+                        self.out = [block, Bytes::new(), Bytes::new()];
+                        self.ended = true;
+                    }
+                },
             }
         }
-        // A body that knows it is done is not polled again (which would wait for the
-        // client's connection to say so).
-        if body.is_end_stream() {
-            break;
-        }
     }
-    if framing == ReqFraming::Chunked {
-        wr.write_all(b"0\r\n\r\n").await.map_err(H1Error::Io)?;
-    }
-    Ok(())
 }
 
 /// A parsed response head, before it becomes a [`Response`].
@@ -445,12 +579,18 @@ struct Head {
 }
 
 impl Head {
-    fn into_response(self, conn: Conn, addr: SocketAddr) -> Response<H1Body> {
+    fn into_response(
+        self,
+        conn: Conn,
+        addr: SocketAddr,
+        upload: Option<Upload>,
+    ) -> Response<H1Body> {
         let mut body = H1Body {
             conn: Some(conn),
             addr,
             framing: self.framing,
             reusable: self.reusable,
+            upload,
         };
         // A body that is empty from the start is never polled: it is complete now.
         if matches!(body.framing, Framing::Done | Framing::Length(0)) {
@@ -465,42 +605,10 @@ impl Head {
     }
 }
 
-async fn read_head(conn: &mut Conn, method: &Method) -> Result<Head, H1Error> {
-    let Conn { io, rbuf, .. } = conn;
-    let (rd, _) = io.split();
-    read_head_from(rd, rbuf, method).await
-}
-
-async fn read_head_from(
-    mut rd: tokio::net::tcp::ReadHalf<'_>,
-    buf: &mut BytesMut,
-    method: &Method,
-) -> Result<Head, H1Error> {
-    loop {
-        if !buf.is_empty() {
-            if let Some(head) = parse_head(buf, method)? {
-                return Ok(head);
-            }
-        }
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
-        let n = tokio::io::AsyncReadExt::read_buf(&mut rd, buf)
-            .await
-            .map_err(H1Error::Io)?;
-        if n == 0 {
-            return Err(H1Error::Closed);
-        }
-    }
-}
-
 /// Parses a complete head at the front of `buf` and consumes it; `None` when more bytes
 /// are needed. Interim (1xx) responses other than `101` are skipped.
 fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Error> {
     loop {
-        if buf.len() > MAX_HEAD {
-            return Err(H1Error::Parse("response head too large"));
-        }
         let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
         let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -509,6 +617,9 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
             &mut fields,
         ) {
             Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+                return Err(H1Error::Parse("response head too large"))
+            }
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => {
                 return Err(H1Error::Parse("too many header fields"))
@@ -555,7 +666,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
                 .map_err(|_| H1Error::Parse("invalid header value"))?;
             headers.append(name, value);
         }
-        let (framing, definite) = response_framing(status, method, &headers)?;
+        let (framing, definite) = response_framing(status, version, method, &headers)?;
         let reusable = definite && keeps_alive(version, &headers);
         return Ok(Some(Head {
             status,
@@ -570,6 +681,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
 /// The body's framing (RFC 9112 §6.3), and whether it leaves the connection reusable.
 fn response_framing(
     status: StatusCode,
+    version: Version,
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<(Framing, bool), H1Error> {
@@ -584,6 +696,11 @@ fn response_framing(
     }
     let te = headers.get_all(header::TRANSFER_ENCODING);
     if te.iter().next().is_some() {
+        // HTTP/1.0 has no Transfer-Encoding: the framing is unknown, so the body runs
+        // until the upstream closes (RFC 9112 §6.1).
+        if version == Version::HTTP_10 {
+            return Ok((Framing::Eof, false));
+        }
         let chunked_last = te
             .iter()
             .next_back()
@@ -666,6 +783,8 @@ pub struct H1Body {
     addr: SocketAddr,
     framing: Framing,
     reusable: bool,
+    /// The rest of a request body the upstream answered before receiving.
+    upload: Option<Upload>,
 }
 
 impl H1Body {
@@ -682,20 +801,34 @@ impl H1Body {
         })
     }
 
-    /// The body ended: a reusable connection goes back to the pool.
+    /// The body ended: a reusable connection goes back to the pool (not while a request
+    /// body is still going out on it).
     fn finish(&mut self) {
         if let Some(conn) = self.conn.take() {
-            if self.reusable && conn.rbuf.is_empty() {
+            if self.reusable && self.upload.is_none() && conn.rbuf.is_empty() {
                 put(self.addr, conn);
             }
         }
     }
 
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, H1Error>>> {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
         loop {
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(None);
             };
+            // The upstream answered before it had the whole request body: keep sending
+            // it alongside (a streaming echo needs the rest to finish its answer).
+            if let Some(up) = self.upload.as_mut() {
+                match up.poll_send(&mut conn.io, cx) {
+                    Poll::Ready(Ok(())) => self.upload = None,
+                    // Not reusable: the upload stays unfinished.
+                    Poll::Ready(Err(e)) => {
+                        tracing::debug!(error = %e, "request body not sent in full after an early answer");
+                        self.reusable = false;
+                    }
+                    Poll::Pending => {}
+                }
+            }
             let buf = &mut conn.rbuf;
             match self.framing {
                 Framing::Done | Framing::Upgrade => {
@@ -716,20 +849,28 @@ impl H1Body {
                         self.framing = Framing::Done;
                         self.finish();
                     }
-                    return Poll::Ready(Some(Ok(data)));
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Framing::Eof if !buf.is_empty() => {
-                    return Poll::Ready(Some(Ok(buf.split().freeze())));
+                    return Poll::Ready(Some(Ok(Frame::data(buf.split().freeze()))));
                 }
                 Framing::Chunked(state) if !buf.is_empty() => match chunk_step(buf, state) {
-                    Err(e) => return Poll::Ready(Some(Err(e))),
+                    Err(e) => {
+                        self.conn = None;
+                        return Poll::Ready(Some(Err(e)));
+                    }
                     Ok(ChunkStep::More) => {}
                     Ok(ChunkStep::Next(next, data)) => {
                         self.framing = next.map_or(Framing::Done, Framing::Chunked);
                         if let Some(data) = data {
-                            return Poll::Ready(Some(Ok(data)));
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
                         }
                         continue;
+                    }
+                    Ok(ChunkStep::Trailers(trailers)) => {
+                        self.framing = Framing::Done;
+                        self.finish();
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                     }
                 },
                 _ => {}
@@ -748,14 +889,7 @@ impl H1Body {
                         _ => Some(Err(H1Error::Closed)),
                     });
                 }
-                Poll::Ready(Ok(_)) => {
-                    if let Framing::Chunked(Chunked::Size | Chunked::Trailers) = self.framing {
-                        if conn.rbuf.len() > MAX_HEAD {
-                            self.conn = None;
-                            return Poll::Ready(Some(Err(H1Error::Parse("chunk line too long"))));
-                        }
-                    }
-                }
+                Poll::Ready(Ok(_)) => {}
             }
         }
     }
@@ -766,6 +900,17 @@ enum ChunkStep {
     More,
     /// The next state (`None`: the body is complete), and data to hand on.
     Next(Option<Chunked>, Option<Bytes>),
+    /// The body is complete, with these trailer fields.
+    Trailers(HeaderMap),
+}
+
+/// Where the line at the front of `buf` ends (its LF); `None` until one is buffered.
+fn line_end(buf: &[u8]) -> Result<Option<usize>, H1Error> {
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(i) => Ok(Some(i)),
+        None if buf.len() > MAX_HEAD => Err(H1Error::Parse("chunk line too long")),
+        None => Ok(None),
+    }
 }
 
 /// One step of decoding a chunked body from the front of `buf` (not empty).
@@ -792,18 +937,23 @@ fn chunk_step(buf: &mut BytesMut, state: Chunked) -> Result<ChunkStep, H1Error> 
             Ok(ChunkStep::Next(Some(Chunked::Size), None))
         }
         Chunked::Size => {
-            let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
+            let Some(eol) = line_end(buf)? else {
                 return Ok(ChunkStep::More);
             };
-            let line = &buf[..eol];
+            let line = buf[..eol].strip_suffix(b"\r").unwrap_or(&buf[..eol]);
             let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
             if digits == 0 || digits > 16 {
                 return Err(H1Error::Parse("invalid chunk size"));
             }
-            // What follows the size may only be whitespace, an extension, or the CR.
-            match line.get(digits) {
-                None | Some(b'\r' | b';' | b' ' | b'\t') => {}
-                Some(_) => return Err(H1Error::Parse("invalid chunk size")),
+            // After the size: optional whitespace, then the end or an extension. A stray
+            // byte (or CR) here could mean the two sides disagree on the framing.
+            let rest = &line[digits..];
+            let rest = &rest[rest
+                .iter()
+                .take_while(|b| matches!(b, b' ' | b'\t'))
+                .count()..];
+            if !(rest.is_empty() || rest[0] == b';') || rest.contains(&b'\r') {
+                return Err(H1Error::Parse("invalid chunk size line"));
             }
             let size = line[..digits].iter().fold(0u64, |acc, &b| {
                 let d = (b as char).to_digit(16).unwrap_or(0);
@@ -820,13 +970,38 @@ fn chunk_step(buf: &mut BytesMut, state: Chunked) -> Result<ChunkStep, H1Error> 
             ))
         }
         Chunked::Trailers => {
-            // Trailer fields are dropped: the client side has no place for them here.
-            let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
-                return Ok(ChunkStep::More);
+            match buf.as_ref() {
+                [b'\n', ..] => {
+                    buf.advance(1);
+                    return Ok(ChunkStep::Next(None, None));
+                }
+                [b'\r', b'\n', ..] => {
+                    buf.advance(2);
+                    return Ok(ChunkStep::Next(None, None));
+                }
+                [b'\r'] => return Ok(ChunkStep::More),
+                _ => {}
+            }
+            // A trailer section: fields up to an empty line, parsed as a head's are.
+            let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILERS];
+            let len = match httparse::parse_headers(buf, &mut fields) {
+                Ok(httparse::Status::Complete((n, _))) => n,
+                Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+                    return Err(H1Error::Parse("trailer section too large"))
+                }
+                Ok(httparse::Status::Partial) => return Ok(ChunkStep::More),
+                Err(_) => return Err(H1Error::Parse("malformed trailer section")),
             };
-            let empty = eol == 0 || (eol == 1 && buf[0] == b'\r');
-            buf.advance(eol + 1);
-            Ok(ChunkStep::Next((!empty).then_some(Chunked::Trailers), None))
+            let mut trailers = HeaderMap::new();
+            for f in fields.iter().take_while(|f| !f.name.is_empty()) {
+                let name = HeaderName::from_bytes(f.name.as_bytes())
+                    .map_err(|_| H1Error::Parse("invalid trailer name"))?;
+                let value = HeaderValue::from_bytes(f.value)
+                    .map_err(|_| H1Error::Parse("invalid trailer value"))?;
+                trailers.append(name, value);
+            }
+            buf.advance(len);
+            Ok(ChunkStep::Trailers(trailers))
         }
     }
 }
@@ -839,9 +1014,7 @@ impl Body for H1Body {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
-        self.get_mut()
-            .poll_next(cx)
-            .map(|r| r.map(|r| r.map(Frame::data)))
+        self.get_mut().poll_next(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -1001,6 +1174,16 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(values, ["1", "2"]);
         assert_eq!(&buf[..], b"ok");
+        // The head limit is on the head, not on the body bytes read along with it.
+        let mut big = b"HTTP/1.1 200 OK\r\ncontent-length: 70000\r\n\r\n".to_vec();
+        big.resize(big.len() + 70_000, b'x');
+        assert!(matches!(head(&big, &Method::GET), Ok(Some(_))));
+        let mut endless = b"HTTP/1.1 200 OK\r\nx-a: ".to_vec();
+        endless.resize(MAX_HEAD + 10, b'a');
+        assert!(matches!(
+            head(&endless, &Method::GET),
+            Err(H1Error::Parse(_))
+        ));
         // A head cut short needs more bytes.
         assert!(matches!(
             head(b"HTTP/1.1 200 OK\r\nx-a:", &Method::GET),
@@ -1008,10 +1191,15 @@ mod tests {
         ));
     }
 
-    fn decode(wire: &[u8]) -> Result<(Vec<u8>, Option<Chunked>, usize), H1Error> {
+    /// Decodes as far as `wire` goes: body, state (`None`: complete), bytes left, and
+    /// the trailer fields as `name=value` strings.
+    type Decoded = (Vec<u8>, Option<Chunked>, usize, Vec<String>);
+
+    fn decode(wire: &[u8]) -> Result<Decoded, H1Error> {
         let mut buf = BytesMut::from(wire);
         let mut state = Some(Chunked::Size);
         let mut out = Vec::new();
+        let mut trailers = Vec::new();
         while let Some(s) = state {
             if buf.is_empty() {
                 break;
@@ -1022,24 +1210,49 @@ mod tests {
                     out.extend_from_slice(&data.unwrap_or_default());
                     state = next;
                 }
+                ChunkStep::Trailers(t) => {
+                    for (k, v) in &t {
+                        trailers.push(format!("{k}={}", v.to_str().unwrap_or("?")));
+                    }
+                    state = None;
+                }
             }
         }
-        Ok((out, state, buf.len()))
+        Ok((out, state, buf.len(), trailers))
     }
 
     #[test]
     fn chunked_bodies_decode() {
-        let (body, state, left) =
-            decode(b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-trailer: t\r\n\r\nNEXT")
+        let (body, state, left, trailers) =
+            decode(b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-trailer: t\r\nx-b: 2\r\n\r\nNEXT")
                 .unwrap_or_default();
         assert_eq!(body, b"hello, world");
         assert_eq!(state, None);
         assert_eq!(left, 4, "bytes after the body stay in the buffer");
+        assert_eq!(trailers, ["x-trailer=t", "x-b=2"]);
+        // Without trailers, the last chunk ends at its empty line.
+        let (_, state, left, trailers) = decode(b"1\r\nx\r\n0\r\n\r\n").unwrap_or_default();
+        assert_eq!((state, left, trailers.len()), (None, 0, 0));
         // Cut anywhere, decoding stops and waits for more.
-        let (body, state, _) = decode(b"5\r\nhel").unwrap_or_default();
+        let (body, state, _, _) = decode(b"5\r\nhel").unwrap_or_default();
         assert_eq!(body, b"hel");
         assert_eq!(state, Some(Chunked::Data(2)));
         assert!(matches!(decode(b"zz\r\n"), Err(H1Error::Parse(_))));
+        // Only whitespace or an extension may follow the size.
+        for bad in [
+            &b"5 junk\r\nhello\r\n"[..],
+            b"5\rX\nhello\r\n",
+            b"5\r\r\nhello\r\n",
+        ] {
+            assert!(matches!(decode(bad), Err(H1Error::Parse(_))), "{bad:?}");
+        }
+        let (body, _, _, _) = decode(b"5 ;a=b\r\nhello\r\n").unwrap_or_default();
+        assert_eq!(body, b"hello");
+        // A size line that never ends is cut off.
+        assert!(matches!(
+            decode(&[b'1'; MAX_HEAD + 1]),
+            Err(H1Error::Parse(_))
+        ));
         assert!(matches!(decode(b"5\r\nhelloXX"), Err(H1Error::Parse(_))));
     }
 

@@ -271,11 +271,21 @@ impl CmpOp {
 }
 
 struct Percent {
-    of: MarkerKind,
+    of: PercentOf,
     /// `"{seed}:"` as bytes, so `decide()` only appends the key.
     prefix: Box<[u8]>,
     /// `round(P×100)`: 0 matches no one, 10000 everyone with the marker.
     threshold: u32,
+}
+
+/// The markers a percentage may bucket by: a single id or name (not a list, not a
+/// version), so that a user's bucket never changes while their marker does not.
+#[derive(Clone, Copy)]
+enum PercentOf {
+    Uid,
+    StaffUid,
+    EntryId,
+    Device,
 }
 
 /// Ids as a hash set plus sorted, merged inclusive ranges: one probe and one binary
@@ -505,25 +515,14 @@ impl Cond {
 impl Percent {
     fn holds(&self, m: &Markers) -> bool {
         let mut digits = [0u8; 20];
-        let key: &[u8] = match self.of {
-            MarkerKind::Uid => match m.uid {
-                Some(id) => itoa(id, &mut digits),
-                None => return false,
-            },
-            MarkerKind::StaffUid => match m.staff_uid {
-                Some(id) => itoa(id, &mut digits),
-                None => return false,
-            },
-            MarkerKind::EntryId => match m.entry_id {
-                Some(id) => itoa(id, &mut digits),
-                None => return false,
-            },
-            MarkerKind::Device => match &m.device {
-                Some(d) => d.as_str().as_bytes(),
-                None => return false,
-            },
-            // Rejected at compile time.
-            MarkerKind::AgentGid | MarkerKind::AppVersion => return false,
+        let key: Option<&[u8]> = match self.of {
+            PercentOf::Uid => m.uid.map(|id| itoa(id, &mut digits)),
+            PercentOf::StaffUid => m.staff_uid.map(|id| itoa(id, &mut digits)),
+            PercentOf::EntryId => m.entry_id.map(|id| itoa(id, &mut digits)),
+            PercentOf::Device => m.device.as_ref().map(|d| d.as_str().as_bytes()),
+        };
+        let Some(key) = key else {
+            return false;
         };
         if u64::from(self.threshold) >= BUCKETS {
             return true;
@@ -1120,9 +1119,10 @@ fn parse_version_req(s: &str) -> Result<Box<[(CmpOp, Version)]>, String> {
 
 fn percent(p: &YamlPath, raw: RawPercent, rule: &str) -> CResult<Percent> {
     let of = match MarkerKind::from_name(&raw.of) {
-        Some(
-            k @ (MarkerKind::Uid | MarkerKind::StaffUid | MarkerKind::EntryId | MarkerKind::Device),
-        ) => k,
+        Some(MarkerKind::Uid) => PercentOf::Uid,
+        Some(MarkerKind::StaffUid) => PercentOf::StaffUid,
+        Some(MarkerKind::EntryId) => PercentOf::EntryId,
+        Some(MarkerKind::Device) => PercentOf::Device,
         _ => {
             return Err(VErr::value(
                 &p.key("of"),

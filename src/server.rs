@@ -259,6 +259,8 @@ fn worker(
         }
     };
     rt.block_on(async move {
+        // Ends with the runtime, when the worker does.
+        tokio::spawn(crate::h1pool::sweep_idle());
         let mut accepts = JoinSet::new();
         for (idx, sock) in socks.into_iter().enumerate() {
             match TcpListener::from_std(sock) {

@@ -82,7 +82,7 @@ impl ReclaimableBody {
         notified.await;
     }
 
-    /// Whether any byte may have been sent (the body was polled).
+    /// Whether any byte may have been sent (a frame was taken from the body).
     pub fn touched(&self) -> bool {
         self.0.touched.load(Ordering::Relaxed)
     }
@@ -99,7 +99,6 @@ impl Body for UpBody {
         match self.get_mut() {
             UpBody::Empty => Poll::Ready(None),
             UpBody::Reclaimable(r) => {
-                r.0.touched.store(true, Ordering::Relaxed);
                 let polled = match r.0.body.lock() {
                     Ok(mut g) => match g.as_mut() {
                         Some(b) => Pin::new(b).poll_frame(cx),
@@ -107,6 +106,11 @@ impl Body for UpBody {
                     },
                     Err(_) => Poll::Ready(None),
                 };
+                // Taken once a frame came out: a poll that found nothing yet leaves the
+                // body replayable.
+                if matches!(polled, Poll::Ready(Some(_))) {
+                    r.0.touched.store(true, Ordering::Relaxed);
+                }
                 if matches!(polled, Poll::Ready(Some(Ok(_)))) {
                     r.0.progress.fetch_add(1, Ordering::Relaxed);
                 }
@@ -160,6 +164,9 @@ pub struct DownBody<G = ()> {
 }
 
 #[derive(Debug)]
+// The HTTP/1.1 body (its connection inline) is the common case; boxing it to even out
+// the variants would allocate on every request.
+#[allow(clippy::large_enum_variant)]
 enum DownInner {
     /// An HTTP/1.1 upstream's body; its connection goes back to the pool when it ends.
     H1(H1Body),

@@ -63,6 +63,11 @@ async fn serve(mut s: TcpStream) {
         let mut words = head.split_whitespace();
         let method = words.next().unwrap_or("").to_owned();
         let path = words.next().unwrap_or("").to_owned();
+        if path == "/duplex" {
+            // Answer at once, then echo the body as it arrives, one chunk per read.
+            duplex(s, &head, buf.split_off(head_end)).await;
+            return;
+        }
         if path == "/early" {
             // Answer on the head alone, while the client is still uploading.
             let _ = s
@@ -90,12 +95,47 @@ async fn serve(mut s: TcpStream) {
     }
 }
 
+/// Echoes a Content-Length request body back as chunks while it arrives.
+async fn duplex(mut s: TcpStream, head: &str, mut got: Vec<u8>) {
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    if s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut seen = 0;
+    loop {
+        if !got.is_empty() {
+            let chunk = format!("{:x}\r\n", got.len());
+            let _ = s.write_all(chunk.as_bytes()).await;
+            let _ = s.write_all(&got).await;
+            let _ = s.write_all(b"\r\n").await;
+            seen += got.len();
+            got.clear();
+        }
+        if seen >= length {
+            let _ = s.write_all(b"0\r\n\r\n").await;
+            return;
+        }
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// Writes the scripted answer for `path`; `false` closes the connection after it.
 async fn answer(s: &mut TcpStream, method: &str, path: &str) -> bool {
     let w = |b: &'static [u8]| b;
     let (bytes, keep): (&[u8], bool) = match path {
         "/chunked" => (
-            w(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n"),
+            w(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-trailer\r\n\r\n5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n"),
             true,
         ),
         "/eof" => (w(b"HTTP/1.1 200 OK\r\n\r\nuntil the end"), false),
@@ -134,7 +174,22 @@ async fn chunked_close_delimited_and_split_bodies_arrive_whole() {
     let (st, h, body) = get(&c, &p.url("/chunked"), &[]).await;
     assert_eq!((st.as_u16(), body.as_str()), (200, "hello, world"));
     assert!(h.get("transfer-encoding").is_none_or(|v| v == "chunked"));
-    // The chunked body left the connection reusable.
+    // A client that accepts trailers gets the upstream's.
+    let req = http::Request::get(p.url("/chunked"))
+        .header("te", "trailers")
+        .body(BodyExt::boxed(
+            http_body_util::Empty::new().map_err(|n| match n {}),
+        ))
+        .unwrap();
+    let resp = c.request(req).await.expect("response");
+    let collected = resp.into_body().collect().await.expect("body");
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    assert_eq!(
+        trailers.get("x-trailer").map(|v| v.as_bytes()),
+        Some(&b"t"[..])
+    );
+    assert_eq!(collected.to_bytes(), "hello, world");
+    // The chunked bodies left the connection reusable.
     let (_, _, body) = get(&c, &p.url("/"), &[]).await;
     assert_eq!(body, "ok");
     assert_eq!(raw.conns.load(Ordering::SeqCst), 1);
@@ -211,5 +266,57 @@ async fn an_answer_before_the_upload_ends_reaches_the_client() {
     assert_eq!(resp.status().as_u16(), 413);
     let body = resp.into_body().collect().await.map(|b| b.to_bytes());
     assert_eq!(body.ok().as_deref(), Some(&b"big!"[..]));
+    assert!(p.stop().await);
+}
+
+#[tokio::test]
+async fn an_upstream_answering_while_it_reads_gets_the_whole_body() {
+    let raw = raw_upstream().await;
+    let p = proxy_to(&raw).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let pieces = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, hyper::Error>(Frame::data(b)), rx))
+    });
+    let req = http::Request::post(p.url("/duplex"))
+        .header("content-length", "10")
+        .body(BodyExt::boxed(StreamBody::new(pieces)))
+        .unwrap();
+    let c = client();
+    let pending = tokio::spawn(async move { c.request(req).await });
+    tx.send(Bytes::from("hello"))
+        .await
+        .expect("first piece taken");
+    let within = Duration::from_secs(5);
+    let resp = tokio::time::timeout(within, pending)
+        .await
+        .expect("the head arrives while the upload is open")
+        .expect("task")
+        .expect("response");
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut body = resp.into_body();
+    let mut echoed = Vec::new();
+    // The first piece comes back before the second is sent: the upload goes on after
+    // the upstream's early answer, and both directions move at once.
+    while echoed.len() < 5 {
+        let frame = tokio::time::timeout(within, body.frame())
+            .await
+            .expect("echo of the first piece")
+            .expect("a frame")
+            .expect("no error");
+        echoed.extend_from_slice(frame.data_ref().map_or(&b""[..], |d| &d[..]));
+    }
+    assert_eq!(echoed, b"hello");
+    tx.send(Bytes::from("world"))
+        .await
+        .expect("second piece taken");
+    drop(tx);
+    let rest = tokio::time::timeout(within, body.collect())
+        .await
+        .expect("the rest of the echo")
+        .expect("body");
+    echoed.extend_from_slice(&rest.to_bytes());
+    assert_eq!(echoed, b"helloworld");
     assert!(p.stop().await);
 }
