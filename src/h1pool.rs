@@ -12,7 +12,8 @@
 //!
 //! An idle connection has no task watching it. Whether its upstream closed it is read
 //! off the reactor's readiness when it is taken (no syscall unless the socket became
-//! readable while idle), so a keep-alive connection the upstream dropped is never used.
+//! readable while idle), so a keep-alive connection the upstream dropped is never used;
+//! a per-worker sweep ([`sweep_idle`]) closes the ones nobody takes.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
