@@ -796,9 +796,11 @@ impl H1Body {
             return None;
         }
         let conn = self.conn.take()?;
+        // Copied out (usually nothing) so that the connection's read buffer is freed: a
+        // long link lives for hours, and idle links are counted in KiB each.
         Some(Tunnel {
             io: conn.io,
-            pending: conn.rbuf.freeze(),
+            pending: Bytes::copy_from_slice(&conn.rbuf),
         })
     }
 
