@@ -209,13 +209,19 @@ pub async fn sweep_idle() {
             n.set(v);
             v
         });
-        IDLE.with(|m| {
-            m.borrow_mut().retain(|_, idle| {
-                idle.retain(|c| now.wrapping_sub(c.idle_since) < IDLE_SWEEPS && c.idle_usable());
-                !idle.is_empty()
-            });
-        });
+        sweep(now);
     }
+}
+
+/// Closes the idle connections their upstream closed, and those idle since before
+/// `now - IDLE_SWEEPS` sweeps.
+fn sweep(now: u32) {
+    IDLE.with(|m| {
+        m.borrow_mut().retain(|_, idle| {
+            idle.retain(|c| now.wrapping_sub(c.idle_since) < IDLE_SWEEPS && c.idle_usable());
+            !idle.is_empty()
+        });
+    });
 }
 
 /// Sends `req` (origin-form URI, `Host` set) to `addr` on an idle connection of this
@@ -320,7 +326,8 @@ async fn exchange(
         let polled =
             std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await;
         if let Poll::Ready(frame) = polled {
-            took_body = true;
+            // An empty body's end takes nothing that a retry would miss.
+            took_body = frame.is_some();
             let mut ending = LAST_CHUNK.to_vec();
             match frame.map(|f| f.map(Frame::into_data)) {
                 None => body_done = true,
@@ -374,7 +381,8 @@ async fn exchange(
     let mut upload = (!body_done).then(|| {
         let mut up = Upload::new(std::mem::replace(body, UpBody::Empty), framing);
         if let Some(data) = first {
-            up.stage(data, false);
+            let last = up.body.is_end_stream();
+            up.stage(data, last);
         }
         up
     });
@@ -401,10 +409,22 @@ const INLINE_BODY: usize = 8 * 1024;
 
 const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
-/// The last chunk with trailer fields (a client's, passed on as it sent them).
+/// The last chunk with trailer fields (a client's, passed on as it sent them, but for
+/// the fields that may not be trailers: framing, routing and connection control).
 fn trailer_block(trailers: &HeaderMap) -> Vec<u8> {
+    const NOT_TRAILERS: [HeaderName; 6] = [
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::HOST,
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+    ];
     let mut out = b"0\r\n".to_vec();
     for (name, value) in trailers {
+        if NOT_TRAILERS.contains(name) {
+            continue;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -828,6 +848,7 @@ impl H1Body {
                     Poll::Ready(Err(e)) => {
                         tracing::debug!(error = %e, "request body not sent in full after an early answer");
                         self.reusable = false;
+                        self.upload = None;
                     }
                     Poll::Pending => {}
                 }
@@ -1234,8 +1255,11 @@ mod tests {
         assert_eq!(left, 4, "bytes after the body stay in the buffer");
         assert_eq!(trailers, ["x-trailer=t", "x-b=2"]);
         // Without trailers, the last chunk ends at its empty line.
-        let (_, state, left, trailers) = decode(b"1\r\nx\r\n0\r\n\r\n").unwrap_or_default();
-        assert_eq!((state, left, trailers.len()), (None, 0, 0));
+        let ended = decode(b"1\r\nx\r\n0\r\n\r\n").map(|(b, s, l, t)| (b, s, l, t.len()));
+        assert!(
+            matches!(ended, Ok((ref b, None, 0, 0)) if b == b"x"),
+            "{ended:?}"
+        );
         // Cut anywhere, decoding stops and waits for more.
         let (body, state, _, _) = decode(b"5\r\nhel").unwrap_or_default();
         assert_eq!(body, b"hel");
@@ -1257,6 +1281,46 @@ mod tests {
             Err(H1Error::Parse(_))
         ));
         assert!(matches!(decode(b"5\r\nhelloXX"), Err(H1Error::Parse(_))));
+    }
+
+    #[tokio::test]
+    async fn the_sweep_closes_dropped_and_old_idle_connections() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let idle = |addr| IDLE.with(|m| m.borrow().get(&addr).map_or(0, Vec::len));
+        let mut upstream_sides = Vec::new();
+        for _ in 0..2 {
+            let c = TcpStream::connect(addr).await.unwrap();
+            upstream_sides.push(listener.accept().await.unwrap().0);
+            put(addr, Conn::new(c));
+        }
+        assert_eq!(idle(addr), 2);
+        // The upstream closes one; the reactor sees its FIN.
+        drop(upstream_sides.pop());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let start = SWEEPS.with(Cell::get);
+        sweep(start + 1);
+        assert_eq!(idle(addr), 1, "the closed one is gone, the open one stays");
+        sweep(start + IDLE_SWEEPS - 1);
+        assert_eq!(idle(addr), 1, "not idle long enough yet");
+        sweep(start + IDLE_SWEEPS);
+        assert_eq!(idle(addr), 0);
+        assert!(
+            IDLE.with(|m| !m.borrow().contains_key(&addr)),
+            "empty lists are dropped"
+        );
+    }
+
+    #[test]
+    fn client_trailers_pass_but_for_control_fields() {
+        let mut t = HeaderMap::new();
+        t.insert("x-checksum", HeaderValue::from_static("abc"));
+        t.insert(header::CONTENT_LENGTH, HeaderValue::from_static("1"));
+        t.insert(header::HOST, HeaderValue::from_static("evil"));
+        assert_eq!(
+            String::from_utf8_lossy(&trailer_block(&t)),
+            "0\r\nx-checksum: abc\r\n\r\n"
+        );
     }
 
     #[test]

@@ -68,6 +68,35 @@ async fn serve(mut s: TcpStream) {
             duplex(s, &head, buf.split_off(head_end)).await;
             return;
         }
+        if path == "/ws" {
+            // Switch protocols and speak first, in the same write as the 101.
+            let _ = s
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nHELLO")
+                .await;
+            let mut chunk = [0u8; 1024];
+            while let Ok(n) = s.read(&mut chunk).await {
+                if n == 0 || s.write_all(&chunk[..n]).await.is_err() {
+                    return;
+                }
+            }
+            return;
+        }
+        if head.contains("transfer-encoding: chunked") {
+            // Decode the chunked body and answer what arrived: its length and trailers.
+            let Some((body, trailers, end)) = read_chunked(&mut s, &mut buf, head_end).await else {
+                return;
+            };
+            buf.drain(..end);
+            let text = format!("{} bytes; trailers: {}", body.len(), trailers.join(", "));
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
+                text.len()
+            );
+            if s.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
         if path == "/early" {
             // Answer on the head alone, while the client is still uploading.
             let _ = s
@@ -92,6 +121,55 @@ async fn serve(mut s: TcpStream) {
         if !keep {
             return;
         }
+    }
+}
+
+/// Reads a chunked body starting at `buf[pos..]`: its data, its trailer lines, and where
+/// it ends in `buf`.
+async fn read_chunked(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    mut pos: usize,
+) -> Option<(Vec<u8>, Vec<String>, usize)> {
+    async fn need(s: &mut TcpStream, buf: &mut Vec<u8>, upto: usize) -> Option<()> {
+        while buf.len() < upto {
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        Some(())
+    }
+    async fn line(s: &mut TcpStream, buf: &mut Vec<u8>, pos: usize) -> Option<(String, usize)> {
+        loop {
+            if let Some(i) = buf[pos..].windows(2).position(|w| w == b"\r\n") {
+                let text = String::from_utf8_lossy(&buf[pos..pos + i]).into_owned();
+                return Some((text, pos + i + 2));
+            }
+            let len = buf.len();
+            need(s, buf, len + 1).await?;
+        }
+    }
+    let mut body = Vec::new();
+    loop {
+        let (size_line, next) = line(s, buf, pos).await?;
+        pos = next;
+        let size = usize::from_str_radix(size_line.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            let mut trailers = Vec::new();
+            loop {
+                let (t, next) = line(s, buf, pos).await?;
+                pos = next;
+                if t.is_empty() {
+                    return Some((body, trailers, pos));
+                }
+                trailers.push(t.to_ascii_lowercase());
+            }
+        }
+        need(s, buf, pos + size + 2).await?;
+        body.extend_from_slice(&buf[pos..pos + size]);
+        pos += size + 2;
     }
 }
 
@@ -318,5 +396,73 @@ async fn an_upstream_answering_while_it_reads_gets_the_whole_body() {
         .expect("body");
     echoed.extend_from_slice(&rest.to_bytes());
     assert_eq!(echoed, b"helloworld");
+    assert!(p.stop().await);
+}
+
+#[tokio::test]
+async fn a_body_of_unknown_length_goes_up_chunked_with_its_trailers() {
+    let raw = raw_upstream().await;
+    let p = proxy_to(&raw).await;
+    // Three pieces, then trailers; no Content-Length, so the client sends it chunked too.
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", http::HeaderValue::from_static("abc"));
+    let frames = [
+        Frame::data(Bytes::from(vec![b'a'; 3000])),
+        Frame::data(Bytes::from(vec![b'b'; 20_000])),
+        Frame::data(Bytes::from_static(b"c")),
+        Frame::trailers(trailers),
+    ];
+    let body = StreamBody::new(futures_util::stream::iter(
+        frames.map(Ok::<_, hyper::Error>),
+    ));
+    // hyper sends only the trailer fields its message declares.
+    let req = http::Request::post(p.url("/upload"))
+        .header("trailer", "x-checksum")
+        .body(BodyExt::boxed(body))
+        .unwrap();
+    let resp = client().request(req).await.expect("response");
+    assert_eq!(resp.status().as_u16(), 200);
+    let text = resp.into_body().collect().await.map(|b| b.to_bytes());
+    assert_eq!(
+        text.ok().as_deref(),
+        Some(&b"23001 bytes; trailers: x-checksum: abc"[..])
+    );
+    assert!(p.stop().await);
+}
+
+#[tokio::test]
+async fn bytes_right_after_a_101_reach_the_client() {
+    let raw = raw_upstream().await;
+    let p = proxy_to(&raw).await;
+    let mut s = TcpStream::connect(p.addr()).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: chat\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // The 101's head, then the upstream's first bytes, then an echo of ours.
+    let mut got = Vec::new();
+    while !got.windows(5).any(|w| w == b"HELLO") {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("the upstream's first bytes arrive")
+            .unwrap();
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    s.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo))
+        .await
+        .expect("echo")
+        .unwrap();
+    assert_eq!(&echo, b"ping");
+    drop(s);
     assert!(p.stop().await);
 }
