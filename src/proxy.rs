@@ -608,14 +608,18 @@ pub async fn handle(
                 Protocol::Http1 => h1pool::send(ep.addr(), req, connect_timeout)
                     .await
                     .map(|resp| resp.map(DownBody::h1))
-                    .map_err(|f| (f.error.kind(), f.error.to_string(), f.unsent)),
+                    .map_err(|f| match f.error {
+                        // The client's fault, not the upstream's: see below.
+                        h1pool::H1Error::RequestBody(_) => (None, f.error.to_string(), None),
+                        _ => (Some(f.error.kind()), f.error.to_string(), f.unsent),
+                    }),
                 Protocol::H2 => shared
                     .upstreams
                     .h2_client()
                     .request(req)
                     .await
                     .map(|resp| resp.map(DownBody::h2))
-                    .map_err(|e| (upstream::classify(&e), e.to_string(), None)),
+                    .map_err(|e| (Some(upstream::classify(&e)), e.to_string(), None)),
             }
         };
         // `upstream_response` counts from the last request byte, not through an upload;
@@ -654,7 +658,20 @@ pub async fn handle(
                 }
                 break (resp, pool);
             }
-            Ok(Err((kind, error, unsent))) => {
+            Ok(Err((None, error, _))) => {
+                // The client went away mid-upload. Nothing says the upstream failed, so
+                // neither its endpoint's health, nor the guard, nor its error counters
+                // hear of it; the client, if still listening, learns its body broke off.
+                tracing::debug!(service = %svc.name, pool = %svc.pools[pool].name, %error, "request body cut off by the client");
+                break (
+                    local(
+                        StatusCode::BAD_REQUEST,
+                        "graylane: the request body was cut off\n",
+                    ),
+                    pool,
+                );
+            }
+            Ok(Err((Some(kind), error, unsent))) => {
                 if let Some(unsent) = unsent {
                     head = Some(unsent.into_parts().0.headers);
                 }

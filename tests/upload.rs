@@ -54,3 +54,35 @@ fn rss_kib() -> u64 {
         })
         .unwrap_or(0)
 }
+
+#[tokio::test]
+async fn a_client_cutting_its_upload_off_does_not_count_against_the_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_stable, _gray, p) =
+        proxy_with_upstreams(|s, g| simple_config(s, g, ""), "rules: []\n").await;
+    // Promise 100000 bytes, send 10, go away.
+    let mut s = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
+    s.write_all(b"POST /count HTTP/1.1\r\nhost: chat\r\ncontent-length: 100000\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    s.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    drop(s);
+    // The attempt has ended (graylane saw the body break off) before metrics are read.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let errors = metric(
+        &p,
+        "graylane_upstream_errors_total{kind=\"reset\",pool=\"stable\",service=\"chat\"}",
+    )
+    .await;
+    assert_eq!(
+        errors, 0.0,
+        "a client's broken upload is not an upstream error"
+    );
+    // And the endpoint is still picked: the next request is served.
+    let (st, _, body) = get(&client(), &p.url("/"), &[]).await;
+    assert_eq!((st.as_u16(), body.as_str()), (200, "stable"));
+    assert!(p.stop().await);
+}
