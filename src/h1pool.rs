@@ -17,6 +17,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, IoSlice, Write as _};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
@@ -58,8 +59,52 @@ const IDLE_SWEEPS: u32 = 12;
 const KEEP_RBUF: usize = 64 * 1024;
 const KEEP_WBUF: usize = 32 * 1024;
 
+/// Idle connections by endpoint address. The map is per worker and its keys are
+/// addresses from the configuration and DNS, not from clients, so the hash needs no
+/// flood resistance: SipHash (std's default) cost more than the rest of a pool lookup.
+type IdleMap = HashMap<SocketAddr, Vec<Conn>, BuildHasherDefault<AddrHasher>>;
+
+/// A multiply-rotate hash (the "Fx" hash of rustc) over the few words a `SocketAddr`
+/// writes.
+#[derive(Default)]
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
 thread_local! {
-    static IDLE: RefCell<HashMap<SocketAddr, Vec<Conn>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<IdleMap> = RefCell::new(IdleMap::default());
     /// Sweeps so far on this worker: an idle connection's age without a clock read.
     static SWEEPS: Cell<u32> = const { Cell::new(0) };
 }
@@ -680,15 +725,19 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
         }
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(count);
+        // The fields that frame the body are noted as the map is built: looking them up
+        // afterwards would hash their names again.
+        let mut facts = FramingFacts::default();
         for &[ns, ne, vs, ve] in spans.iter().take(count) {
             let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
                 .map_err(|_| H1Error::Parse("invalid header name"))?;
             let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
                 .map_err(|_| H1Error::Parse("invalid header value"))?;
+            facts.note(&name, value.as_bytes());
             headers.append(name, value);
         }
-        let (framing, definite) = response_framing(status, version, method, &headers)?;
-        let reusable = definite && keeps_alive(version, &headers);
+        let (framing, definite) = response_framing(status, version, method, &facts)?;
+        let reusable = definite && facts.keeps_alive(version);
         return Ok(Some(Head {
             status,
             version,
@@ -699,12 +748,61 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
     }
 }
 
+/// What a response head says about its body's framing and its connection.
+#[derive(Debug, Default)]
+struct FramingFacts {
+    /// `Transfer-Encoding` present; whether the last coding of its last field is chunked.
+    chunked_last: Option<bool>,
+    /// `Content-Length`: the one value all fields agree on, or why there is none.
+    length: Option<Result<u64, &'static str>>,
+    /// `Connection` tokens.
+    close: bool,
+    keep_alive: bool,
+}
+
+impl FramingFacts {
+    fn note(&mut self, name: &HeaderName, value: &[u8]) {
+        let tokens = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
+        if name == header::TRANSFER_ENCODING {
+            let last = tokens().next_back().unwrap_or_default();
+            self.chunked_last = Some(last.eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONTENT_LENGTH {
+            for part in tokens() {
+                let n = Some(part)
+                    .filter(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit))
+                    .and_then(|p| std::str::from_utf8(p).ok())
+                    .and_then(|p| p.parse::<u64>().ok())
+                    .ok_or("invalid content-length");
+                self.length = Some(match (self.length.take(), n) {
+                    (_, Err(e)) | (Some(Err(e)), _) => Err(e),
+                    (Some(Ok(l)), Ok(n)) if l != n => Err("conflicting content-length values"),
+                    (_, Ok(n)) => Ok(n),
+                });
+            }
+        } else if name == header::CONNECTION {
+            for t in tokens() {
+                self.close |= t.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+    }
+
+    /// Whether the connection may carry another request after this response.
+    fn keeps_alive(&self, version: Version) -> bool {
+        if version == Version::HTTP_10 {
+            self.keep_alive
+        } else {
+            !self.close
+        }
+    }
+}
+
 /// The body's framing (RFC 9112 §6.3), and whether it leaves the connection reusable.
 fn response_framing(
     status: StatusCode,
     version: Version,
     method: &Method,
-    headers: &HeaderMap,
+    facts: &FramingFacts,
 ) -> Result<(Framing, bool), H1Error> {
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Ok((Framing::Upgrade, false));
@@ -715,59 +813,24 @@ fn response_framing(
     {
         return Ok((Framing::Done, true));
     }
-    let te = headers.get_all(header::TRANSFER_ENCODING);
-    if te.iter().next().is_some() {
+    if let Some(chunked_last) = facts.chunked_last {
         // HTTP/1.0 has no Transfer-Encoding: the framing is unknown, so the body runs
         // until the upstream closes (RFC 9112 §6.1).
         if version == Version::HTTP_10 {
             return Ok((Framing::Eof, false));
         }
-        let chunked_last = te
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.rsplit(',').next())
-            .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
         // With both, Transfer-Encoding wins and the connection is closed afterwards.
-        let with_length = headers.contains_key(header::CONTENT_LENGTH);
+        let with_length = facts.length.is_some();
         return Ok(if chunked_last {
             (Framing::Chunked(Chunked::Size), !with_length)
         } else {
             (Framing::Eof, false)
         });
     }
-    let mut length: Option<u64> = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|&b| b == b',') {
-            let n = std::str::from_utf8(part)
-                .ok()
-                .map(str::trim)
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or(H1Error::Parse("invalid content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(H1Error::Parse("conflicting content-length values"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
-        Some(n) => (Framing::Length(n), true),
-        None => (Framing::Eof, false),
-    })
-}
-
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let has = |token: &str| {
-        headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
-    if version == Version::HTTP_10 {
-        has("keep-alive")
-    } else {
-        !has("close")
+    match facts.length {
+        Some(Ok(n)) => Ok((Framing::Length(n), true)),
+        Some(Err(e)) => Err(H1Error::Parse(e)),
+        None => Ok((Framing::Eof, false)),
     }
 }
 
@@ -1309,6 +1372,25 @@ mod tests {
             IDLE.with(|m| !m.borrow().contains_key(&addr)),
             "empty lists are dropped"
         );
+    }
+
+    #[test]
+    fn addresses_hash_apart() {
+        use std::hash::BuildHasher;
+        let h = |a: &str| {
+            let addr: SocketAddr = a.parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+            BuildHasherDefault::<AddrHasher>::default().hash_one(addr)
+        };
+        let all = [
+            h("10.0.0.1:80"),
+            h("10.0.0.1:81"),
+            h("10.0.0.2:80"),
+            h("[::1]:80"),
+            h("[::2]:80"),
+        ];
+        for (i, a) in all.iter().enumerate() {
+            assert!(all[i + 1..].iter().all(|b| b != a), "{all:?}");
+        }
     }
 
     #[test]

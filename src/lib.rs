@@ -44,3 +44,12 @@ pub mod tls;
 pub mod upstream;
 pub mod watch;
 pub mod yamlpos;
+
+/// Whole milliseconds in `d`, saturating. `Duration::as_millis` returns a `u128`, whose
+/// division is a library call; the clocks read on every request and every relayed read
+/// only need a `u64`.
+pub(crate) fn millis(d: std::time::Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1000)
+        .saturating_add(u64::from(d.subsec_millis()))
+}

@@ -314,7 +314,7 @@ struct Activity<T> {
 impl<T> Activity<T> {
     fn touch(&self) {
         self.last
-            .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+            .store(crate::millis(self.base.elapsed()), Ordering::Relaxed);
     }
 }
 

@@ -419,6 +419,8 @@ fn bit(kind: MarkerKind) -> u8 {
 pub struct MarkerReader {
     /// Header of each marker, by [`MarkerKind`] index; `None` = source off.
     headers: [Option<HeaderName>; 6],
+    /// Markers that have a header source.
+    header_mask: u8,
     /// Distinct cookie names with the markers they feed (two markers may share a name).
     cookies: Vec<(Box<[u8]>, u8)>,
     /// Markers that have a cookie source at all, to skip the scan when none is wanted.
@@ -462,8 +464,13 @@ impl MarkerReader {
                 query_mask |= bit(kind);
             }
         }
+        let header_mask = MarkerKind::ALL
+            .iter()
+            .filter(|k| headers[**k as usize].is_some())
+            .fold(0, |m, k| m | bit(*k));
         Self {
             headers,
+            header_mask,
             cookies,
             cookie_mask,
             queries,
@@ -479,19 +486,38 @@ impl MarkerReader {
     pub fn read(&self, headers: &HeaderMap, query: Option<&str>) -> (Markers, InvalidSet) {
         let mut m = Markers::default();
         let mut invalid = InvalidSet::default();
+        // One pass over the fields (a request has a handful) instead of a hashed lookup
+        // per marker: comparing names costs less than hashing six of them. A name seen
+        // first is its first value, as `HeaderMap::get` would give.
+        let mut from_header: [Option<&[u8]>; 6] = [None; 6];
+        let mut has_cookie = false;
+        let mut left = self.header_mask;
+        for (name, value) in headers {
+            if *name == COOKIE {
+                has_cookie = true;
+            } else if left != 0 {
+                for kind in MarkerKind::ALL {
+                    if left & bit(kind) != 0 && self.headers[kind as usize].as_ref() == Some(name) {
+                        from_header[kind as usize] = Some(value.as_bytes());
+                        left &= !bit(kind);
+                    }
+                }
+            } else if has_cookie {
+                break;
+            }
+        }
         // Markers no source has decided yet.
         let mut pending = 0u8;
         for kind in MarkerKind::ALL {
-            let decided = self
-                .header_value(headers, kind)
-                .is_some_and(|v| decide(&mut m, &mut invalid, kind, v));
+            let decided =
+                from_header[kind as usize].is_some_and(|v| decide(&mut m, &mut invalid, kind, v));
             if !decided {
                 pending |= bit(kind);
             }
         }
 
         let wanted = pending & self.cookie_mask;
-        if wanted != 0 && headers.contains_key(COOKIE) {
+        if wanted != 0 && has_cookie {
             let mut found: [Option<&[u8]>; 6] = [None; 6];
             let mut left = wanted;
             for (name, value) in cookie_pairs(headers) {
@@ -549,14 +575,6 @@ impl MarkerReader {
             }
         }
         (m, invalid)
-    }
-
-    /// The first value of `kind`'s header, if one is configured and the request sent it.
-    fn header_value<'h>(&self, headers: &'h HeaderMap, kind: MarkerKind) -> Option<&'h [u8]> {
-        self.headers[kind as usize]
-            .as_ref()
-            .and_then(|n| headers.get(n))
-            .map(|v| v.as_bytes())
     }
 
     /// Removes the configured marker headers, for requests from untrusted peers: the

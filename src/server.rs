@@ -453,7 +453,7 @@ impl ConnState {
     }
 
     fn now_ms(&self) -> u64 {
-        self.base.elapsed().as_millis() as u64
+        crate::millis(self.base.elapsed())
     }
 
     fn at(&self, ms: u64) -> Instant {

@@ -281,6 +281,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // a response usually only `Connection`, and each removal is a hash lookup.
     let mut found = 0u8;
     for k in headers.keys() {
+        if !hop_by_hop_length(k.as_str().len()) {
+            continue;
+        }
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
             found |= 1 << i;
         }
@@ -323,7 +326,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
     }
     // TE: only `trailers` may pass (it tells the upstream the client accepts trailers).
-    if let Some(te) = headers.get(header::TE) {
+    // Looked up only when the scan saw it.
+    let te = if has(TE_AT) {
+        headers.get(header::TE)
+    } else {
+        None
+    };
+    if let Some(te) = te {
         let keeps_trailers = te
             .to_str()
             .map(|s| {
@@ -356,6 +365,13 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHENTICATE,
     header::TE,
 ];
+/// Whether a name this long could be in [`HOP_BY_HOP`]: most names are ruled out by
+/// their length alone, before any comparison.
+fn hop_by_hop_length(len: usize) -> bool {
+    matches!(len, 2 | 7 | 10 | 16..=19)
+}
+/// Where `TE` is in [`HOP_BY_HOP`].
+const TE_AT: usize = 7;
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
@@ -585,6 +601,14 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-kept"]);
+    }
+
+    #[test]
+    fn every_hop_by_hop_name_passes_the_length_filter() {
+        for h in &HOP_BY_HOP {
+            assert!(hop_by_hop_length(h.as_str().len()), "{h}");
+        }
+        assert_eq!(HOP_BY_HOP[TE_AT], header::TE);
     }
 
     #[test]

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# User-space instructions per request of one or more graylane builds, counted by
+# valgrind's callgrind. The count is repeatable for the same binary and requests (runs
+# differ by < 0.1%) whatever else the machine is doing, so two builds can be compared
+# where CPU times move by ±15% between runs. Kernel work (the syscalls' TCP processing)
+# is not counted: run.sh measures the whole CPU time.
+#
+# Usage: benches/load/instructions.sh [--requests N] [--no-build] [BIN...]
+#   BIN      graylane binaries to compare (default: this tree's release build)
+#   --requests N   measured requests (default 8000), after 200 warm-up requests
+# Each binary runs under callgrind with the load benchmark's config (1 worker, metrics
+# and a 1% access log on) in front of the load benchmark's upstream nginx; one client
+# connection sends the requests one after another (seq_client.py, uids.lua's mix), so
+# the runtime's batching does not vary between runs. The counters are zeroed after the
+# warm-up and read after the last request: startup and shutdown are not counted.
+set -euo pipefail
+
+source "$(dirname "$0")/lib.sh"
+
+N=8000
+BINS=()
+while [[ $# -gt 0 ]]; do
+    case $1 in
+    --requests) N=$2; shift ;;
+    --no-build) export NO_BUILD=1 ;;
+    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+    -*) die "unknown argument $1 (see --help)" ;;
+    *) BINS+=("$1") ;;
+    esac
+    shift
+done
+
+STABLE_PORT=18101
+GRAY_PORT=18102
+GRAYLANE_PORT=18200
+ADMIN_PORT=18290
+
+trap cleanup EXIT
+make_run_dir
+ensure_tools nginx:nginx valgrind:valgrind python3:python3 curl:curl
+NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
+if [[ ${#BINS[@]} == 0 ]]; then
+    build_graylane
+    BINS=("$GRAYLANE_BIN")
+fi
+for p in $STABLE_PORT $GRAY_PORT $GRAYLANE_PORT $ADMIN_PORT; do
+    port_free "$p" || die "port $p on 127.0.0.1 is in use; stop whatever holds it"
+done
+
+render() {
+    sed -e "s|@RUN@|$RUN_DIR|g" -e "s|@WORKERS@|1|g" -e "s|@PORT@|$2|g" \
+        -e "s|@ADMIN_PORT@|$ADMIN_PORT|g" -e "s|@STABLE_PORT@|$STABLE_PORT|g" \
+        -e "s|@GRAY_PORT@|$GRAY_PORT|g" "$1" >"$3"
+}
+
+render "$LOAD_DIR/upstream-nginx.conf" 0 "$RUN_DIR/upstream-nginx.conf"
+start_bg upstream "$NGINX_BIN" -p "$RUN_DIR" -c "$RUN_DIR/upstream-nginx.conf" \
+    -e "$RUN_DIR/upstream-nginx.error.log" -g 'daemon off;'
+wait_http "http://127.0.0.1:$STABLE_PORT/" 15 "$BG_PID" || die "upstream nginx did not start"
+render "$LOAD_DIR/graylane.yaml" "$GRAYLANE_PORT" "$RUN_DIR/graylane.yaml"
+cp "$LOAD_DIR/rules.yaml" "$RUN_DIR/rules.yaml"
+
+printf '| binary | instructions per request |\n|---|---|\n'
+for bin in "${BINS[@]}"; do
+    [[ -x $bin ]] || die "no binary at $bin"
+    out="$RUN_DIR/callgrind.out"
+    RUST_LOG=warn,graylane::access=info start_bg callgrind valgrind --tool=callgrind \
+        --callgrind-out-file="$out" "$bin" run --config "$RUN_DIR/graylane.yaml"
+    pid=$BG_PID
+    wait_http "http://127.0.0.1:$GRAYLANE_PORT/" 60 "$pid" || die "$bin did not start under valgrind"
+    python3 "$LOAD_DIR/seq_client.py" "$GRAYLANE_PORT" 200
+    callgrind_control --zero "$pid" >/dev/null 2>&1
+    python3 "$LOAD_DIR/seq_client.py" "$GRAYLANE_PORT" "$N"
+    callgrind_control --dump "$pid" >/dev/null 2>&1
+    ir=$(awk '/^summary:/{print $2}' "$out.1")
+    [[ -n $ir ]] || die "no callgrind dump for $bin"
+    stop_pid "$pid"
+    rm -f "$out" "$out".*
+    printf '| %s | %s |\n' "$bin" "$((ir / N))"
+done
