@@ -586,11 +586,6 @@ impl PoolEndpoints {
         self.snapshot.load().endpoints.iter().any(|e| e.available())
     }
 
-    /// How many endpoints the pool has now (healthy or not).
-    pub fn count(&self) -> usize {
-        self.snapshot.load().endpoints.len()
-    }
-
     /// The current endpoint set, for the health task, the admin view and tests.
     pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
         Arc::clone(&self.snapshot.load().endpoints)

@@ -15,6 +15,7 @@
 //! readable while idle), so a keep-alive connection the upstream dropped is never used;
 //! a per-worker sweep ([`sweep_idle`]) closes the ones nobody takes.
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -149,14 +150,14 @@ impl H1Error {
     }
 }
 
-/// A failed exchange, with the request when none of it went out (connect failed, or a
-/// kept-alive connection refused the first write): the caller reuses its head.
+/// A failed exchange, with the request handed back: its head is unchanged (the body may
+/// be partly sent), so a further attempt reuses it instead of a copy made in advance.
 #[derive(Debug)]
 pub struct SendFailure {
     /// What went wrong.
     pub error: H1Error,
-    /// The request, unsent.
-    pub unsent: Option<Request<UpBody>>,
+    /// The request as it was given.
+    pub request: Request<UpBody>,
 }
 
 /// One upstream connection with its buffers, which keep their capacity between requests.
@@ -288,12 +289,7 @@ pub async fn send(
             // Nothing of the request went out (the upstream closed an idle keep-alive
             // connection as it was taken): try the next one.
             Err(Exchange::Unsent(_)) => continue,
-            Err(Exchange::Failed(error)) => {
-                return Err(SendFailure {
-                    error,
-                    unsent: None,
-                })
-            }
+            Err(Exchange::Failed(error)) => return Err(SendFailure::new(error, parts, body)),
         }
     }
     // The cold path (connect) lives in its own boxed future: inlined, its state would
@@ -301,23 +297,22 @@ pub async fn send(
     // are pinned.
     let conn = match Box::pin(connect(addr, connect_timeout)).await {
         Ok(c) => c,
-        Err(error) => {
-            return Err(SendFailure {
-                error,
-                unsent: Some(Request::from_parts(parts, body)),
-            })
-        }
+        Err(error) => return Err(SendFailure::new(error, parts, body)),
     };
     match exchange(conn, addr, &parts, &mut body).await {
         Ok(resp) => Ok(resp),
-        Err(Exchange::Unsent(error)) => Err(SendFailure {
+        Err(Exchange::Unsent(error) | Exchange::Failed(error)) => {
+            Err(SendFailure::new(error, parts, body))
+        }
+    }
+}
+
+impl SendFailure {
+    fn new(error: H1Error, parts: Parts, body: UpBody) -> Self {
+        Self {
             error,
-            unsent: Some(Request::from_parts(parts, body)),
-        }),
-        Err(Exchange::Failed(error)) => Err(SendFailure {
-            error,
-            unsent: None,
-        }),
+            request: Request::from_parts(parts, body),
+        }
     }
 }
 
@@ -373,14 +368,14 @@ async fn exchange(
         if let Poll::Ready(frame) = polled {
             // An empty body's end takes nothing that a retry would miss.
             took_body = frame.is_some();
-            let mut ending = LAST_CHUNK.to_vec();
+            let mut ending = Cow::Borrowed(LAST_CHUNK);
             match frame.map(|f| f.map(Frame::into_data)) {
                 None => body_done = true,
                 Some(Err(e)) => return Err(Exchange::Failed(H1Error::RequestBody(e))),
                 Some(Ok(Err(trailers))) => {
                     // Trailers end a body.
                     if let Ok(t) = trailers.into_trailers() {
-                        ending = trailer_block(&t);
+                        ending = Cow::Owned(trailer_block(&t));
                     }
                     body_done = true;
                 }
@@ -737,6 +732,11 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
             headers.append(name, value);
         }
         let (framing, definite) = response_framing(status, version, method, &facts)?;
+        if matches!(framing, Framing::Chunked(_)) && facts.length.is_some() {
+            // Transfer-Encoding won: a Content-Length passed on would misframe the
+            // client's copy (RFC 9112 §6.3).
+            headers.remove(header::CONTENT_LENGTH);
+        }
         let reusable = definite && facts.keeps_alive(version);
         return Ok(Some(Head {
             status,
@@ -1189,6 +1189,14 @@ mod tests {
             h("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n"),
             Some((Framing::Chunked(Chunked::Size), false))
         );
+        let both = head(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n",
+            &get,
+        );
+        assert!(
+            matches!(both, Ok(Some(ref h)) if !h.headers.contains_key("content-length")),
+            "{both:?}"
+        );
         assert_eq!(h("HTTP/1.1 200 OK\r\n\r\n"), Some((Framing::Eof, false)));
         assert_eq!(
             h("HTTP/1.1 204 No Content\r\n\r\n"),
@@ -1378,7 +1386,7 @@ mod tests {
     fn addresses_hash_apart() {
         use std::hash::BuildHasher;
         let h = |a: &str| {
-            let addr: SocketAddr = a.parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+            let addr: SocketAddr = a.parse().unwrap();
             BuildHasherDefault::<AddrHasher>::default().hash_one(addr)
         };
         let all = [

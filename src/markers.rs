@@ -502,7 +502,7 @@ impl MarkerReader {
                         left &= !bit(kind);
                     }
                 }
-            } else if has_cookie {
+            } else if has_cookie || self.cookie_mask == 0 {
                 break;
             }
         }

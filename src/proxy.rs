@@ -564,26 +564,16 @@ pub async fn handle(
                 pool,
             );
         };
-        // Only a reset of an idempotent body-less request is sent again after it went
-        // out: to another endpoint of the pool, or from a non-stable pool to stable. Only
-        // then is a copy kept (an unsent request comes back from h1pool). The endpoint
-        // count is this attempt's: retry decisions see the pool as it was when the
-        // attempt went out. hyper-util's HTTP/2 client never hands an unsent request
-        // back, so there a copy is kept whenever any further attempt is possible.
-        let keep_head = match protocol {
-            Protocol::Http1 => {
-                idempotent
-                    && matches!(body, Replay::Empty)
-                    && (pool != stable || (retries_left > 0 && up.endpoints.count() > 1))
-            }
-            Protocol::H2 => {
-                retries_left > 0 || (pool != stable && up.on_unavailable == OnUnavailable::Fallback)
-            }
-        };
+        // An HTTP/1.1 attempt takes the head and h1pool hands it back when it fails.
+        // hyper-util's HTTP/2 client keeps a failed request, so there a copy is made
+        // whenever a further attempt is possible.
+        let keep_head = protocol == Protocol::H2
+            && (retries_left > 0
+                || (pool != stable && up.on_unavailable == OnUnavailable::Fallback));
         let headers = if keep_head { head.clone() } else { head.take() };
         let Some(headers) = headers else {
-            // Only when a DNS refresh added a second endpoint between a reset and its
-            // retry: answered as the reset would have been a moment before the refresh.
+            // Not reached: an attempt that took the head without a copy had no further
+            // attempt after it. Answered as its failure was.
             break (
                 error_response(last_error.unwrap_or(UpstreamErrorKind::Reset)),
                 pool,
@@ -611,7 +601,7 @@ pub async fn handle(
                     .map_err(|f| match f.error {
                         // The client's fault, not the upstream's: see below.
                         h1pool::H1Error::RequestBody(_) => (None, f.error.to_string(), None),
-                        _ => (Some(f.error.kind()), f.error.to_string(), f.unsent),
+                        _ => (Some(f.error.kind()), f.error.to_string(), Some(f.request)),
                     }),
                 Protocol::H2 => shared
                     .upstreams
@@ -671,9 +661,9 @@ pub async fn handle(
                     pool,
                 );
             }
-            Ok(Err((Some(kind), error, unsent))) => {
-                if let Some(unsent) = unsent {
-                    head = Some(unsent.into_parts().0.headers);
+            Ok(Err((Some(kind), error, request))) => {
+                if let Some(request) = request {
+                    head = Some(request.into_parts().0.headers);
                 }
                 tracing::warn!(service = %svc.name, pool = %svc.pools[pool].name, endpoint = %ep.label(), kind = kind.label(), %error, "upstream request failed");
                 kind

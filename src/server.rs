@@ -597,14 +597,14 @@ fn watch(state: &ConnState, shared: &Shared) -> Watch {
     let h2 = state.h2.load(Ordering::Relaxed);
     let head = state.head_start.load(Ordering::Relaxed);
     if !h2 && head != NONE {
-        let due = head + t.request_header.as_millis() as u64;
+        let due = head + crate::millis(t.request_header);
         return if now >= due {
             Watch::HeadTimeout
         } else {
             Watch::Until(state.at(due))
         };
     }
-    let due = state.last_activity.load(Ordering::Relaxed) + t.idle.as_millis() as u64;
+    let due = state.last_activity.load(Ordering::Relaxed) + crate::millis(t.idle);
     if now >= due {
         Watch::Idle
     } else {

@@ -6,13 +6,14 @@
 //! load benchmark's profile that layer was ~3% of a worker's CPU. Copying a few hundred
 //! bytes into one buffer costs far less, so small vectored writes are coalesced and sent
 //! with one plain write (std's `TcpStream::write` is `send(2)`); large ones keep `writev`
-//! and its zero-copy.
+//! and its zero-copy. Client connections write through it (`server::ConnIo`); the
+//! upstream client (`h1pool`) builds each request head in one buffer itself.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
 
 /// Vectored writes up to this many bytes are copied into one buffer (on the stack).
 const COALESCE_MAX: usize = 2048;
@@ -45,55 +46,9 @@ pub fn poll_write_coalesced<S: AsyncWrite + Unpin>(
     Pin::new(s).poll_write(cx, &joined[..n])
 }
 
-/// A stream whose vectored writes go through [`poll_write_coalesced`] (upstream
-/// connections; client connections get the same from `server::ConnIo`).
-#[derive(Debug)]
-pub struct Coalescing<S>(pub S);
-
-impl<S: AsyncRead + Unpin> AsyncRead for Coalescing<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Coalescing<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        poll_write_coalesced(&mut self.get_mut().0, cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
 
     /// Records each write call: coalesced pieces must arrive as one write, in order.
     #[derive(Default)]
@@ -167,24 +122,5 @@ mod tests {
         assert_eq!(write(&mut r, &[b"head", &fits]), COALESCE_MAX);
         assert_eq!(r.vectored_calls, 1);
         assert_eq!(r.writes[1].len(), COALESCE_MAX);
-    }
-
-    #[tokio::test]
-    async fn a_real_socket_receives_the_bytes_in_order() {
-        use tokio::io::AsyncWriteExt;
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let client = tokio::spawn(async move {
-            let mut s = Coalescing(tokio::net::TcpStream::connect(addr).await.unwrap());
-            let bufs = [IoSlice::new(b"ab"), IoSlice::new(b""), IoSlice::new(b"cd")];
-            // A 4-byte write to an idle socket is taken whole.
-            assert_eq!(s.write_vectored(&bufs).await.unwrap(), 4);
-            s.shutdown().await.unwrap();
-        });
-        let (mut srv, _) = l.accept().await.unwrap();
-        let mut got = Vec::new();
-        srv.read_to_end(&mut got).await.unwrap();
-        client.await.unwrap();
-        assert_eq!(got, b"abcd");
     }
 }
