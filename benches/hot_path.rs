@@ -22,7 +22,8 @@ use std::path::{Path, PathBuf};
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use graylane::config::{Config, MarkerNames, Topology};
+use graylane::config::{Config, Topology};
+use graylane::markers::MarkerNames;
 use graylane::markers::{MarkerReader, Markers};
 use graylane::rules::{self, RequestInfo, RuleSet};
 

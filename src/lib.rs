@@ -43,7 +43,6 @@ pub mod sockio;
 pub mod tls;
 pub mod upstream;
 pub mod watch;
-pub mod yamlpos;
 
 /// Whole milliseconds in `d`, saturating. `Duration::as_millis` returns a `u128`, whose
 /// division is a library call; the clocks read on every request and every relayed read

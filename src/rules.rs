@@ -20,10 +20,10 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use xxhash_rust::xxh3::{xxh3_64, Xxh3Default};
 
+use crate::config::yamlpos::{LocatedError, Pos, PosIndex, YamlPath};
 use crate::config::{PoolId, Topology, GRAY, STABLE};
 use crate::markers::{self, Device, MarkerKind, Markers, Version};
 use crate::routing::prefix_matches;
-use crate::yamlpos::{LocatedError, Pos, PosIndex, YamlPath};
 
 /// The rule label of a request no rule matched, in metrics and the propagate header; no
 /// rule may take this name, so the label is never ambiguous.
