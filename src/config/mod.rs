@@ -500,7 +500,6 @@ access_log:
             };
             let src = text(Some((i, bad)));
             let err = load(&src).expect_err(&format!("{bad:?} on line {} must be refused", i + 1));
-            let line = src.lines().nth(i).unwrap();
             let col = prefix(code) + 1;
             let want = format!("g.yaml:{}:{col}: ", i + 1);
             assert!(
