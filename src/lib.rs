@@ -25,12 +25,10 @@
 //! - [`demo`]: the built-in sample config with its demo upstreams.
 
 pub mod admin;
-pub mod balance;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod guard;
-pub mod h1pool;
 pub mod longlink;
 pub mod markers;
 pub mod metrics;
@@ -43,6 +41,7 @@ pub mod sockio;
 pub mod tls;
 pub mod upstream;
 pub mod watch;
+pub mod worker;
 
 /// Whole milliseconds in `d`, saturating. `Duration::as_millis` returns a `u128`, whose
 /// division is a library call; the clocks read on every request and every relayed read

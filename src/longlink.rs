@@ -259,7 +259,7 @@ fn rehome(shared: &Shared, id: u64) {
 /// other, and the relay goes on until both directions are done.
 pub async fn relay(
     client: Upgraded,
-    upstream: crate::h1pool::Tunnel,
+    upstream: crate::upstream::h1::Tunnel,
     close: Arc<Notify>,
     idle: Option<Duration>,
     _guard: LinkGuard,

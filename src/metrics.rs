@@ -10,7 +10,8 @@
 //! (a bug elsewhere) lands on an unregistered "sink" child rather than taking the
 //! process down or polluting a real series.
 
-use std::sync::Mutex;
+use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::core::Collector;
@@ -636,7 +637,7 @@ impl Metrics {
 
     /// Makes and removes `endpoint_up{service,pool,endpoint}` gauges for one pool, as
     /// DNS brings endpoints (labelled `ip:port`) and takes them away.
-    pub fn endpoint_gauges(&self, service: &str, pool: &str) -> crate::balance::EndpointGauges {
+    pub fn endpoint_gauges(&self, service: &str, pool: &str) -> EndpointGauges {
         let (fam, s, p) = (
             self.endpoint_up.clone(),
             service.to_owned(),
@@ -653,7 +654,7 @@ impl Metrics {
         let remove = move |ep: &str| {
             let _ = fam.remove_label_values(&[&s, &p, ep]);
         };
-        crate::balance::EndpointGauges {
+        EndpointGauges {
             make: std::sync::Arc::new(make),
             remove: std::sync::Arc::new(remove),
         }
@@ -666,6 +667,26 @@ impl Metrics {
             tracing::error!(error = %e, "encoding metrics");
         }
         buf
+    }
+}
+
+// === EndpointGauges ===
+
+/// How `endpoint_up` children are made and dropped: the metrics module owns the registry
+/// and the `service`/`pool` labels; `upstream` only knows endpoint labels, which change
+/// as DNS answers change.
+#[derive(Clone)]
+pub struct EndpointGauges {
+    /// Returns the gauge for an endpoint label (`ip:port`).
+    pub make: Arc<dyn Fn(&str) -> IntGauge + Send + Sync>,
+    /// Drops the series of an endpoint that left the pool, so dashboards do not show a
+    /// vanished pod as down forever.
+    pub remove: Arc<dyn Fn(&str) + Send + Sync>,
+}
+
+impl fmt::Debug for EndpointGauges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EndpointGauges")
     }
 }
 

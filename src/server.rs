@@ -246,7 +246,7 @@ fn worker(
     done_tx: tokio::sync::oneshot::Sender<bool>,
     finish_rx: tokio::sync::oneshot::Receiver<()>,
 ) {
-    crate::upstream::set_worker(id);
+    crate::worker::set_id(id);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -260,7 +260,7 @@ fn worker(
     };
     rt.block_on(async move {
         // Ends with the runtime, when the worker does.
-        tokio::spawn(crate::h1pool::sweep_idle());
+        tokio::spawn(crate::upstream::h1::sweep_idle());
         let mut accepts = JoinSet::new();
         for (idx, sock) in socks.into_iter().enumerate() {
             match TcpListener::from_std(sock) {
@@ -344,7 +344,7 @@ async fn accept_loop(
         let ctx = ConnCtx {
             listener: idx,
             peer,
-            peer_value: crate::upstream::peer_value(peer.ip()),
+            peer_value: crate::proxy::headers::peer_value(peer.ip()),
             trusted: lcfg.trusts(peer.ip()),
             slot: Arc::new(ConnSlot {
                 open: open.clone(),

@@ -1,6 +1,8 @@
 //! The request path: `handle(req)` finds the service, reads the markers, asks the live
 //! ruleset for a pool, applies fallback, and forwards.
 
+pub mod headers;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,18 +16,18 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use prometheus::IntCounter;
 
-use crate::balance::{Endpoint, Outcome as BalanceOutcome};
 use crate::config::{Config, OnUnavailable, Protocol, GRAY};
 use crate::error::{FallbackReason, UpstreamErrorKind};
 use crate::guard::GuardState;
-use crate::h1pool;
 use crate::longlink::{self, Handshake, Links};
 use crate::markers::{MarkerReader, Markers};
 use crate::metrics::Metrics;
 use crate::routing::Router;
 use crate::rules::{Compiled, Decision, RequestInfo, RuleSet};
 use crate::tls::TlsTerminator;
+use crate::upstream::h1;
 use crate::upstream::{self, DownBody, ReclaimableBody, UpBody, Upstreams};
+use crate::upstream::{Endpoint, Outcome as BalanceOutcome};
 
 /// The hot-reloaded part: everything a rules reload changes, swapped as one.
 #[derive(Debug)]
@@ -109,7 +111,7 @@ pub struct Shared {
 pub enum BuildError {
     /// An endpoint name did not resolve.
     #[error(transparent)]
-    Endpoint(#[from] crate::balance::ResolveError),
+    Endpoint(#[from] crate::upstream::ResolveError),
     /// A listener's certificate or key cannot be used.
     #[error("listener {listener}: {error}")]
     Tls {
@@ -451,7 +453,7 @@ pub async fn handle(
         }
     }
     // === the upstream request head, shared by every attempt ===
-    upstream::strip_hop_by_hop(&mut parts.headers, client_upgrade.is_some());
+    headers::strip_hop_by_hop(&mut parts.headers, client_upgrade.is_some());
     if !parts.headers.contains_key(header::HOST) {
         if let Some(a) = parts.uri.authority() {
             if let Ok(v) = HeaderValue::from_str(a.as_str()) {
@@ -459,9 +461,9 @@ pub async fn handle(
             }
         }
     }
-    upstream::append_forwarded_for(&mut parts.headers, &conn.peer_value);
+    headers::append_forwarded_for(&mut parts.headers, &conn.peer_value);
     parts.headers.insert(
-        upstream::X_FORWARDED_PROTO,
+        headers::X_FORWARDED_PROTO,
         shared.proto_values[conn.listener].clone(),
     );
     let rule_value = live.rule_values.get(hit).cloned();
@@ -595,12 +597,12 @@ pub async fn handle(
         let connect_timeout = shared.config.timeouts.connect;
         let response = async {
             match protocol {
-                Protocol::Http1 => h1pool::send(ep.addr(), req, connect_timeout)
+                Protocol::Http1 => h1::send(ep.addr(), req, connect_timeout)
                     .await
                     .map(|resp| resp.map(DownBody::h1))
                     .map_err(|f| match f.error {
                         // The client's fault, not the upstream's: see below.
-                        h1pool::H1Error::RequestBody(_) => (None, f.error.to_string(), None),
+                        h1::H1Error::RequestBody(_) => (None, f.error.to_string(), None),
                         _ => (Some(f.error.kind()), f.error.to_string(), Some(f.request)),
                     }),
                 Protocol::H2 => shared
@@ -716,7 +718,7 @@ pub async fn handle(
         }
         _ => None,
     };
-    upstream::strip_hop_by_hop(resp.headers_mut(), tunnel.is_some());
+    headers::strip_hop_by_hop(resp.headers_mut(), tunnel.is_some());
     if let Some((client_up, upstream, hs)) = tunnel {
         open_tunnel(shared, client_up, upstream, hs, conn.slot.clone());
     }
@@ -800,7 +802,7 @@ fn is_websocket<B>(req: &Request<B>) -> bool {
 fn open_tunnel(
     shared: &Arc<Shared>,
     client_up: hyper::upgrade::OnUpgrade,
-    upstream: h1pool::Tunnel,
+    upstream: h1::Tunnel,
     hs: Handshake,
     slot: Arc<crate::server::ConnSlot>,
 ) {

@@ -1,0 +1,223 @@
+//! Header edits on the way through (SPEC §3): hop-by-hop fields removed, `x-forwarded-*`
+//! set. The propagate headers are set in `forward`, per attempt.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Removes hop-by-hop fields (RFC 9110 §7.6.1): `Connection` and every field it names,
+/// and the fixed list of SPEC §3. `keep_upgrade` keeps `Upgrade` (and a `Connection:
+/// upgrade`) for WebSocket handshakes.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // One pass over the (few) names first: a request rarely has any of these fields and
+    // a response usually only `Connection`, and each removal is a hash lookup.
+    let mut found = 0u8;
+    for k in headers.keys() {
+        if !hop_by_hop_length(k.as_str().len()) {
+            continue;
+        }
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            found |= 1 << i;
+        }
+    }
+    if found == 0 && !keep_upgrade {
+        return;
+    }
+    let has = |name: usize| found & (1 << name) != 0;
+    if has(0) {
+        // Fields named by Connection: the values are cloned (a reference count, no copy)
+        // so the map can be changed while their tokens are read, and each token is
+        // removed by `&str`, which looks the name up without building (and allocating)
+        // a `HeaderName`. Almost every message has one value (`keep-alive`, `close`).
+        let mut first: [Option<HeaderValue>; 2] = Default::default();
+        let mut overflow: Vec<HeaderValue> = Vec::new();
+        for (i, v) in headers.get_all(header::CONNECTION).iter().enumerate() {
+            match first.get_mut(i) {
+                Some(slot) => *slot = Some(v.clone()),
+                None => overflow.push(v.clone()),
+            }
+        }
+        for v in first.iter().flatten().chain(overflow.iter()) {
+            let Ok(s) = v.to_str() else { continue };
+            for tok in s.split(',') {
+                let tok = tok.trim();
+                if tok.is_empty() || (keep_upgrade && tok.eq_ignore_ascii_case("upgrade")) {
+                    continue;
+                }
+                headers.remove(tok);
+            }
+        }
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        let kept = name == header::TE || (keep_upgrade && i < 2);
+        if has(i) && !kept {
+            headers.remove(name);
+        }
+    }
+    // TE: only `trailers` may pass (it tells the upstream the client accepts trailers).
+    // Looked up only when the scan saw it.
+    let te = if has(TE_AT) {
+        headers.get(header::TE)
+    } else {
+        None
+    };
+    if let Some(te) = te {
+        let keeps_trailers = te
+            .to_str()
+            .map(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+            .unwrap_or(false);
+        if keeps_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        } else {
+            headers.remove(header::TE);
+        }
+    }
+}
+
+/// `x-forwarded-for`; a constant so that inserting it allocates nothing (a `&str` name
+/// outside the standard set is copied into a fresh `HeaderName` on every insert).
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `x-forwarded-proto`, a constant for the same reason.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// Every field [`strip_hop_by_hop`] may remove or rewrite by its own name; `Connection`
+/// and `Upgrade` first (a WebSocket handshake keeps them).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    header::UPGRADE,
+    PROXY_CONNECTION,
+    KEEP_ALIVE,
+    header::TRANSFER_ENCODING,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    header::TE,
+];
+/// Whether a name this long could be in [`HOP_BY_HOP`]: most names are ruled out by
+/// their length alone, before any comparison.
+fn hop_by_hop_length(len: usize) -> bool {
+    matches!(len, 2 | 7 | 10 | 16..=19)
+}
+/// Where `TE` is in [`HOP_BY_HOP`].
+const TE_AT: usize = 7;
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// The client address as an `x-forwarded-for` value, built once per connection: every
+/// request on it then sets the field by a reference-count clone.
+pub fn peer_value(peer: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&peer.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// Appends the peer to `x-forwarded-for` (joining earlier values into one field).
+pub fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
+    let mut joined: Vec<u8> = Vec::new();
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        // Only visible ASCII is carried on: an address list has no use for anything else,
+        // and upstreams that parse the chain should not get a client's junk.
+        let Ok(s) = v.to_str() else { continue };
+        let s = s.trim();
+        if !s.is_empty() {
+            joined.extend_from_slice(s.as_bytes());
+            joined.extend_from_slice(b", ");
+        }
+    }
+    if joined.is_empty() {
+        headers.insert(X_FORWARDED_FOR, peer.clone());
+        return;
+    }
+    joined.extend_from_slice(peer.as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_fields_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip, trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic x"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["te", "x-kept"]);
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn connection_tokens_match_any_case_and_every_value() {
+        let mut h = map(&[
+            ("connection", "X-Secret"),
+            ("connection", "close"),
+            ("connection", "x-other"),
+            ("x-secret", "1"),
+            ("x-other", "2"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-kept"]);
+    }
+
+    #[test]
+    fn every_hop_by_hop_name_passes_the_length_filter() {
+        for h in &HOP_BY_HOP {
+            assert!(hop_by_hop_length(h.as_str().len()), "{h}");
+        }
+        assert_eq!(HOP_BY_HOP[TE_AT], header::TE);
+    }
+
+    #[test]
+    fn websocket_keeps_upgrade() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "5.6.7.8"),
+        ]);
+        append_forwarded_for(&mut h, &peer_value("127.0.0.1".parse().unwrap()));
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 127.0.0.1");
+        let mut h = map(&[("x-forwarded-for", "1.2.3.4")]);
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        );
+        append_forwarded_for(&mut h, &peer_value("10.0.0.1".parse().unwrap()));
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.1");
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, &peer_value("::1".parse().unwrap()));
+        assert_eq!(h["x-forwarded-for"], "::1");
+    }
+}

@@ -1,0 +1,258 @@
+//! The bodies that stream both ways: the request body sent upstream (replayable until its
+//! first byte is taken) and the response body sent to the client.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::h1::{H1Body, H1Error, Tunnel};
+
+/// The request body sent upstream. An enum rather than a boxed trait object: no
+/// allocation per request, and a body-less request can be replayed on retry.
+#[derive(Debug)]
+pub enum UpBody {
+    /// No body (health checks, replayed body-less requests).
+    Empty,
+    /// The client's body, reclaimable until the first byte is read from it: when the
+    /// connect fails, nothing was sent and the request can go to another endpoint.
+    Reclaimable(ReclaimableBody),
+}
+
+/// A body shared between attempts of one request. Streaming takes an uncontended lock
+/// per frame.
+#[derive(Debug, Clone)]
+pub struct ReclaimableBody(Arc<BodySlot>);
+
+#[derive(Debug)]
+struct BodySlot {
+    touched: AtomicBool,
+    body: Mutex<Option<Incoming>>,
+    /// The last byte went upstream: the wait for the response head starts now.
+    sent: AtomicBool,
+    /// Frames handed upstream so far: an upload that stops moving still times out.
+    progress: std::sync::atomic::AtomicU64,
+    sent_notify: tokio::sync::Notify,
+}
+
+impl ReclaimableBody {
+    /// Wraps a client body.
+    pub fn new(b: Incoming) -> Self {
+        Self(Arc::new(BodySlot {
+            touched: AtomicBool::new(false),
+            body: Mutex::new(Some(b)),
+            sent: AtomicBool::new(false),
+            progress: std::sync::atomic::AtomicU64::new(0),
+            sent_notify: tokio::sync::Notify::new(),
+        }))
+    }
+
+    /// Frames handed upstream so far.
+    pub fn progress(&self) -> u64 {
+        self.0.progress.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once the whole body has been handed upstream (or failed), so that
+    /// `upstream_response` times the wait for the response head, not a slow upload.
+    pub async fn sent(&self) {
+        let notified = self.0.sent_notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.0.sent.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
+    }
+
+    /// Whether any byte may have been sent (a frame was taken from the body).
+    pub fn touched(&self) -> bool {
+        self.0.touched.load(Ordering::Relaxed)
+    }
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpBody::Empty => Poll::Ready(None),
+            UpBody::Reclaimable(r) => {
+                let polled = match r.0.body.lock() {
+                    Ok(mut g) => match g.as_mut() {
+                        Some(b) => Pin::new(b).poll_frame(cx),
+                        None => Poll::Ready(None),
+                    },
+                    Err(_) => Poll::Ready(None),
+                };
+                // Taken once a frame came out: a poll that found nothing yet leaves the
+                // body replayable.
+                if matches!(polled, Poll::Ready(Some(_))) {
+                    r.0.touched.store(true, Ordering::Relaxed);
+                }
+                if matches!(polled, Poll::Ready(Some(Ok(_)))) {
+                    r.0.progress.fetch_add(1, Ordering::Relaxed);
+                }
+                if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+                    r.0.sent.store(true, Ordering::Release);
+                    r.0.sent_notify.notify_waiters();
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Empty => true,
+            UpBody::Reclaimable(r) => {
+                let end =
+                    r.0.body
+                        .lock()
+                        .map(|g| g.as_ref().is_none_or(|b| b.is_end_stream()))
+                        .unwrap_or(true);
+                // hyper may stop polling once this says so: the body is sent.
+                if end && !r.0.sent.swap(true, Ordering::AcqRel) {
+                    r.0.sent_notify.notify_waiters();
+                }
+                end
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::Empty => SizeHint::with_exact(0),
+            UpBody::Reclaimable(r) => {
+                r.0.body
+                    .lock()
+                    .ok()
+                    .and_then(|g| g.as_ref().map(|b| b.size_hint()))
+                    .unwrap_or_default()
+            }
+        }
+    }
+}
+
+/// The response body sent to the client: the upstream's, streamed, or a short local one.
+/// `guard` lives as long as the body so the connection knows a response is in flight.
+#[derive(Debug)]
+pub struct DownBody<G = ()> {
+    inner: DownInner,
+    _guard: Option<G>,
+}
+
+#[derive(Debug)]
+// The HTTP/1.1 body (its connection inline) is the common case; boxing it to even out
+// the variants would allocate on every request.
+#[allow(clippy::large_enum_variant)]
+enum DownInner {
+    /// An HTTP/1.1 upstream's body; its connection goes back to the pool when it ends.
+    H1(H1Body),
+    /// An HTTP/2 upstream's body.
+    H2(Incoming),
+    Full(Option<Bytes>),
+}
+
+/// Why streaming an upstream's body to the client stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DownBodyError {
+    /// The HTTP/1.1 upstream connection failed or sent a bad body.
+    #[error(transparent)]
+    H1(#[from] H1Error),
+    /// The HTTP/2 upstream stream failed.
+    #[error(transparent)]
+    H2(#[from] hyper::Error),
+}
+
+impl DownBody<()> {
+    /// A complete body held in memory (error pages, admin answers).
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        Self {
+            inner: DownInner::Full(Some(b.into())),
+            _guard: None,
+        }
+    }
+
+    /// An HTTP/2 upstream's body, streamed.
+    pub fn h2(b: Incoming) -> Self {
+        Self {
+            inner: DownInner::H2(b),
+            _guard: None,
+        }
+    }
+
+    /// An HTTP/1.1 upstream's body, streamed.
+    pub fn h1(b: H1Body) -> Self {
+        Self {
+            inner: DownInner::H1(b),
+            _guard: None,
+        }
+    }
+
+    /// The upstream connection of a `101` answer, leaving an empty body in its place.
+    pub fn take_tunnel(&mut self) -> Option<Tunnel> {
+        match std::mem::replace(&mut self.inner, DownInner::Full(None)) {
+            DownInner::H1(b) => b.into_tunnel(),
+            other => {
+                self.inner = other;
+                None
+            }
+        }
+    }
+
+    /// Attaches a value dropped when the body is done or abandoned.
+    pub fn with_guard<G>(self, guard: G) -> DownBody<G> {
+        DownBody {
+            inner: self.inner,
+            _guard: Some(guard),
+        }
+    }
+}
+
+impl<G: Unpin> Body for DownBody<G> {
+    type Data = Bytes;
+    type Error = DownBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, DownBodyError>>> {
+        let this = self.get_mut();
+        let r = match &mut this.inner {
+            DownInner::H1(b) => Pin::new(b).poll_frame(cx).map_err(DownBodyError::from),
+            DownInner::H2(b) => Pin::new(b).poll_frame(cx).map_err(DownBodyError::from),
+            DownInner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        };
+        if matches!(r, Poll::Ready(None)) {
+            // Release the in-flight guard as soon as the last byte is out, not when
+            // hyper gets round to dropping the body.
+            this._guard = None;
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            DownInner::H1(b) => b.is_end_stream(),
+            DownInner::H2(b) => b.is_end_stream(),
+            DownInner::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            DownInner::H1(b) => b.size_hint(),
+            DownInner::H2(b) => b.size_hint(),
+            DownInner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            DownInner::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}

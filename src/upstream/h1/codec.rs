@@ -1,0 +1,355 @@
+//! Response heads and chunked bodies as RFC 9112 frames them, parsed with httparse.
+
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode, Version};
+
+use super::body::H1Body;
+use super::exchange::Upload;
+use super::idle::Conn;
+use super::{H1Error, MAX_HEAD, MAX_HEADERS, MAX_TRAILERS};
+
+/// A parsed response head, before it becomes a [`Response`].
+#[derive(Debug)]
+pub(super) struct Head {
+    pub(super) status: StatusCode,
+    pub(super) version: Version,
+    pub(super) headers: HeaderMap,
+    pub(super) framing: Framing,
+    pub(super) reusable: bool,
+}
+
+impl Head {
+    pub(super) fn into_response(
+        self,
+        conn: Conn,
+        addr: SocketAddr,
+        upload: Option<Upload>,
+    ) -> Response<H1Body> {
+        let mut body = H1Body {
+            conn: Some(conn),
+            addr,
+            framing: self.framing,
+            reusable: self.reusable,
+            upload,
+        };
+        // A body that is empty from the start is never polled: it is complete now.
+        if matches!(body.framing, Framing::Done | Framing::Length(0)) {
+            body.framing = Framing::Done;
+            body.finish();
+        }
+        let mut resp = Response::new(body);
+        *resp.status_mut() = self.status;
+        *resp.version_mut() = self.version;
+        *resp.headers_mut() = self.headers;
+        resp
+    }
+}
+
+/// Parses a complete head at the front of `buf` and consumes it; `None` when more bytes
+/// are needed. Interim (1xx) responses other than `101` are skipped.
+pub(super) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Error> {
+    loop {
+        let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            buf,
+            &mut fields,
+        ) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+                return Err(H1Error::Parse("response head too large"))
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(H1Error::Parse("too many header fields"))
+            }
+            Err(_) => return Err(H1Error::Parse("malformed response head")),
+        };
+        let code = resp.code.unwrap_or(0);
+        let status =
+            StatusCode::from_u16(code).map_err(|_| H1Error::Parse("invalid status code"))?;
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            buf.advance(len);
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            continue;
+        }
+        let version = if resp.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        // Field positions first: names and values become slices of the head's bytes
+        // once those are split off the buffer, which `fields` still borrows.
+        let base = buf.as_ptr() as usize;
+        let mut spans = [[0u32; 4]; MAX_HEADERS];
+        let count = resp.headers.len();
+        for (span, f) in spans.iter_mut().zip(resp.headers.iter()) {
+            let name = f.name.as_ptr() as usize - base;
+            let value = f.value.as_ptr() as usize - base;
+            // The head is at most MAX_HEAD bytes past the buffer start, which fits.
+            *span = [
+                name as u32,
+                (name + f.name.len()) as u32,
+                value as u32,
+                (value + f.value.len()) as u32,
+            ];
+        }
+        let head = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        // The fields that frame the body are noted as the map is built: looking them up
+        // afterwards would hash their names again.
+        let mut facts = FramingFacts::default();
+        for &[ns, ne, vs, ve] in spans.iter().take(count) {
+            let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+                .map_err(|_| H1Error::Parse("invalid header name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+                .map_err(|_| H1Error::Parse("invalid header value"))?;
+            facts.note(&name, value.as_bytes());
+            headers.append(name, value);
+        }
+        let (framing, definite) = response_framing(status, version, method, &facts)?;
+        if matches!(framing, Framing::Chunked(_)) && facts.length.is_some() {
+            // Transfer-Encoding won: a Content-Length passed on would misframe the
+            // client's copy (RFC 9112 §6.3).
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        let reusable = definite && facts.keeps_alive(version);
+        return Ok(Some(Head {
+            status,
+            version,
+            headers,
+            framing,
+            reusable,
+        }));
+    }
+}
+
+/// What a response head says about its body's framing and its connection.
+#[derive(Debug, Default)]
+pub(super) struct FramingFacts {
+    /// `Transfer-Encoding` present; whether the last coding of its last field is chunked.
+    pub(super) chunked_last: Option<bool>,
+    /// `Content-Length`: the one value all fields agree on, or why there is none.
+    pub(super) length: Option<Result<u64, &'static str>>,
+    /// `Connection` tokens.
+    pub(super) close: bool,
+    pub(super) keep_alive: bool,
+}
+
+impl FramingFacts {
+    pub(super) fn note(&mut self, name: &HeaderName, value: &[u8]) {
+        let tokens = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
+        if name == header::TRANSFER_ENCODING {
+            let last = tokens().next_back().unwrap_or_default();
+            self.chunked_last = Some(last.eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONTENT_LENGTH {
+            for part in tokens() {
+                let n = Some(part)
+                    .filter(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit))
+                    .and_then(|p| std::str::from_utf8(p).ok())
+                    .and_then(|p| p.parse::<u64>().ok())
+                    .ok_or("invalid content-length");
+                self.length = Some(match (self.length.take(), n) {
+                    (_, Err(e)) | (Some(Err(e)), _) => Err(e),
+                    (Some(Ok(l)), Ok(n)) if l != n => Err("conflicting content-length values"),
+                    (_, Ok(n)) => Ok(n),
+                });
+            }
+        } else if name == header::CONNECTION {
+            for t in tokens() {
+                self.close |= t.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+    }
+
+    /// Whether the connection may carry another request after this response.
+    pub(super) fn keeps_alive(&self, version: Version) -> bool {
+        if version == Version::HTTP_10 {
+            self.keep_alive
+        } else {
+            !self.close
+        }
+    }
+}
+
+/// The body's framing (RFC 9112 §6.3), and whether it leaves the connection reusable.
+pub(super) fn response_framing(
+    status: StatusCode,
+    version: Version,
+    method: &Method,
+    facts: &FramingFacts,
+) -> Result<(Framing, bool), H1Error> {
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Ok((Framing::Upgrade, false));
+    }
+    if method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Done, true));
+    }
+    if let Some(chunked_last) = facts.chunked_last {
+        // HTTP/1.0 has no Transfer-Encoding: the framing is unknown, so the body runs
+        // until the upstream closes (RFC 9112 §6.1).
+        if version == Version::HTTP_10 {
+            return Ok((Framing::Eof, false));
+        }
+        // With both, Transfer-Encoding wins and the connection is closed afterwards.
+        let with_length = facts.length.is_some();
+        return Ok(if chunked_last {
+            (Framing::Chunked(Chunked::Size), !with_length)
+        } else {
+            (Framing::Eof, false)
+        });
+    }
+    match facts.length {
+        Some(Ok(n)) => Ok((Framing::Length(n), true)),
+        Some(Err(e)) => Err(H1Error::Parse(e)),
+        None => Ok((Framing::Eof, false)),
+    }
+}
+
+/// Where a response body stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// Complete.
+    Done,
+    /// This many bytes still to come.
+    Length(u64),
+    Chunked(Chunked),
+    /// Until the upstream closes the connection.
+    Eof,
+    /// `101`: no body; the connection now speaks another protocol.
+    Upgrade,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Chunked {
+    /// Before a chunk-size line.
+    Size,
+    /// Inside a chunk: this many data bytes left.
+    Data(u64),
+    /// After a chunk's data: its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+}
+
+pub(super) enum ChunkStep {
+    /// Not enough bytes buffered for the next step.
+    More,
+    /// The next state (`None`: the body is complete), and data to hand on.
+    Next(Option<Chunked>, Option<Bytes>),
+    /// The body is complete, with these trailer fields.
+    Trailers(HeaderMap),
+}
+
+/// Where the line at the front of `buf` ends (its LF); `None` until one is buffered.
+pub(super) fn line_end(buf: &[u8]) -> Result<Option<usize>, H1Error> {
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(i) => Ok(Some(i)),
+        None if buf.len() > MAX_HEAD => Err(H1Error::Parse("chunk line too long")),
+        None => Ok(None),
+    }
+}
+
+/// One step of decoding a chunked body from the front of `buf` (not empty).
+pub(super) fn chunk_step(buf: &mut BytesMut, state: Chunked) -> Result<ChunkStep, H1Error> {
+    match state {
+        Chunked::Data(rem) => {
+            let n = rem.min(buf.len() as u64);
+            let data = buf.split_to(n as usize).freeze();
+            let next = if rem == n {
+                Chunked::DataEnd
+            } else {
+                Chunked::Data(rem - n)
+            };
+            Ok(ChunkStep::Next(Some(next), Some(data)))
+        }
+        Chunked::DataEnd => {
+            // CRLF; a bare LF is accepted as hyper does.
+            match buf.as_ref() {
+                [b'\n', ..] => buf.advance(1),
+                [b'\r', b'\n', ..] => buf.advance(2),
+                [b'\r'] => return Ok(ChunkStep::More),
+                _ => return Err(H1Error::Parse("chunk data not followed by CRLF")),
+            }
+            Ok(ChunkStep::Next(Some(Chunked::Size), None))
+        }
+        Chunked::Size => {
+            let Some(eol) = line_end(buf)? else {
+                return Ok(ChunkStep::More);
+            };
+            let line = buf[..eol].strip_suffix(b"\r").unwrap_or(&buf[..eol]);
+            let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+            if digits == 0 || digits > 16 {
+                return Err(H1Error::Parse("invalid chunk size"));
+            }
+            // After the size: optional whitespace, then the end or an extension. A stray
+            // byte (or CR) here could mean the two sides disagree on the framing.
+            let rest = &line[digits..];
+            let rest = &rest[rest
+                .iter()
+                .take_while(|b| matches!(b, b' ' | b'\t'))
+                .count()..];
+            if !(rest.is_empty() || rest[0] == b';') || rest.contains(&b'\r') {
+                return Err(H1Error::Parse("invalid chunk size line"));
+            }
+            let size = line[..digits].iter().fold(0u64, |acc, &b| {
+                let d = (b as char).to_digit(16).unwrap_or(0);
+                (acc << 4) | u64::from(d)
+            });
+            buf.advance(eol + 1);
+            Ok(ChunkStep::Next(
+                Some(if size == 0 {
+                    Chunked::Trailers
+                } else {
+                    Chunked::Data(size)
+                }),
+                None,
+            ))
+        }
+        Chunked::Trailers => {
+            match buf.as_ref() {
+                [b'\n', ..] => {
+                    buf.advance(1);
+                    return Ok(ChunkStep::Next(None, None));
+                }
+                [b'\r', b'\n', ..] => {
+                    buf.advance(2);
+                    return Ok(ChunkStep::Next(None, None));
+                }
+                [b'\r'] => return Ok(ChunkStep::More),
+                _ => {}
+            }
+            // A trailer section: fields up to an empty line, parsed as a head's are.
+            let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILERS];
+            let len = match httparse::parse_headers(buf, &mut fields) {
+                Ok(httparse::Status::Complete((n, _))) => n,
+                Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+                    return Err(H1Error::Parse("trailer section too large"))
+                }
+                Ok(httparse::Status::Partial) => return Ok(ChunkStep::More),
+                Err(_) => return Err(H1Error::Parse("malformed trailer section")),
+            };
+            let mut trailers = HeaderMap::new();
+            for f in fields.iter().take_while(|f| !f.name.is_empty()) {
+                let name = HeaderName::from_bytes(f.name.as_bytes())
+                    .map_err(|_| H1Error::Parse("invalid trailer name"))?;
+                let value = HeaderValue::from_bytes(f.value)
+                    .map_err(|_| H1Error::Parse("invalid trailer value"))?;
+                trailers.append(name, value);
+            }
+            buf.advance(len);
+            Ok(ChunkStep::Trailers(trailers))
+        }
+    }
+}

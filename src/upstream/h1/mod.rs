@@ -1,0 +1,160 @@
+//! graylane's HTTP/1.1 upstream client: idle connections per endpoint address, per
+//! worker thread, and the exchange driven from the request's own task.
+//!
+//! Why not hyper's client connection: it runs every upstream connection as a task of its
+//! own, fed through a channel, and hands the response back through another; each request
+//! then costs two task wake-ups, two channel hand-offs and the dispatcher around them (in
+//! the load benchmark's profile, a tenth of a worker's CPU sat in that connection task).
+//! Here the request's task writes the head, streams the body and parses the response
+//! head (httparse, as hyper does); the response body reads the socket itself when the
+//! client side polls it, and puts the connection back into this worker's pool (a
+//! thread-local map: no lock, a worker is one thread) when the body ends.
+//!
+//! An idle connection has no task watching it. Whether its upstream closed it is read
+//! off the reactor's readiness when it is taken (no syscall unless the socket became
+//! readable while idle), so a keep-alive connection the upstream dropped is never used;
+//! a per-worker sweep ([`sweep_idle`]) closes the ones nobody takes.
+//!
+//! - `idle`: the per-worker pool of idle connections and its sweep.
+//! - `exchange`: writing the request head and body, reading the response head.
+//! - `codec`: parsing response heads and chunked bodies (RFC 9112).
+//! - `body`: the response body handed to the client side, and `101` tunnels.
+
+mod body;
+mod codec;
+mod exchange;
+mod idle;
+
+pub use body::{H1Body, Tunnel};
+pub use idle::sweep_idle;
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::request::Parts;
+use http::{Request, Response};
+use tokio::net::TcpStream;
+
+use super::body::UpBody;
+use crate::error::UpstreamErrorKind;
+use exchange::{exchange, Exchange};
+use idle::{take, Conn};
+
+/// Most header fields a response head may carry (hyper's limit too).
+const MAX_HEADERS: usize = 100;
+/// Most trailer fields a chunked body may end with.
+const MAX_TRAILERS: usize = 32;
+/// Largest response head (or chunk-size line and trailer section) accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// Free space ensured in a connection's read buffer before each read.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Why an exchange failed, with the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    /// The TCP connect failed: nothing was sent.
+    #[error("connect: {0}")]
+    Connect(#[source] io::Error),
+    /// The TCP connect did not finish within `timeouts.connect`: nothing was sent.
+    #[error("connect timed out")]
+    ConnectTimeout,
+    /// Reading or writing the upstream connection failed.
+    #[error("upstream connection: {0}")]
+    Io(#[source] io::Error),
+    /// The upstream closed the connection before the response was complete.
+    #[error("upstream closed the connection before the response was complete")]
+    Closed,
+    /// The upstream's response is not valid HTTP/1.1.
+    #[error("invalid response from upstream: {0}")]
+    Parse(&'static str),
+    /// Reading the client's request body failed (the client went away mid-upload).
+    #[error("reading the client's request body: {0}")]
+    RequestBody(#[source] hyper::Error),
+}
+
+impl H1Error {
+    /// The SPEC §3 kind.
+    pub fn kind(&self) -> UpstreamErrorKind {
+        match self {
+            // Only a connect that timed out is a timeout; an established connection
+            // that the kernel gave up on (retransmits) was reset, as far as a retry cares.
+            H1Error::Connect(e) if e.kind() == io::ErrorKind::TimedOut => {
+                UpstreamErrorKind::Timeout
+            }
+            H1Error::Connect(_) => UpstreamErrorKind::Connect,
+            H1Error::ConnectTimeout => UpstreamErrorKind::Timeout,
+            H1Error::Io(_) | H1Error::Closed | H1Error::RequestBody(_) => UpstreamErrorKind::Reset,
+            H1Error::Parse(_) => UpstreamErrorKind::Protocol,
+        }
+    }
+}
+
+/// A failed exchange, with the request handed back: its head is unchanged (the body may
+/// be partly sent), so a further attempt reuses it instead of a copy made in advance.
+#[derive(Debug)]
+pub struct SendFailure {
+    /// What went wrong.
+    pub error: H1Error,
+    /// The request as it was given.
+    pub request: Request<UpBody>,
+}
+
+/// Sends `req` (origin-form URI, `Host` set) to `addr` on an idle connection of this
+/// worker, or a new one. The response body reads the rest from the connection and puts
+/// it back into the pool when it ends; a `101` hands it over through
+/// [`H1Body::into_tunnel`].
+pub async fn send(
+    addr: SocketAddr,
+    req: Request<UpBody>,
+    connect_timeout: Duration,
+) -> Result<Response<H1Body>, SendFailure> {
+    let (parts, mut body) = req.into_parts();
+    while let Some(conn) = take(addr) {
+        if !conn.idle_usable() {
+            continue;
+        }
+        match exchange(conn, addr, &parts, &mut body).await {
+            Ok(resp) => return Ok(resp),
+            // Nothing of the request went out (the upstream closed an idle keep-alive
+            // connection as it was taken): try the next one.
+            Err(Exchange::Unsent(_)) => continue,
+            Err(Exchange::Failed(error)) => return Err(SendFailure::new(error, parts, body)),
+        }
+    }
+    // The cold path (connect) lives in its own boxed future: inlined, its state would
+    // make every request's future larger, and futures are moved (copied) whole as they
+    // are pinned.
+    let conn = match Box::pin(connect(addr, connect_timeout)).await {
+        Ok(c) => c,
+        Err(error) => return Err(SendFailure::new(error, parts, body)),
+    };
+    match exchange(conn, addr, &parts, &mut body).await {
+        Ok(resp) => Ok(resp),
+        Err(Exchange::Unsent(error) | Exchange::Failed(error)) => {
+            Err(SendFailure::new(error, parts, body))
+        }
+    }
+}
+
+impl SendFailure {
+    fn new(error: H1Error, parts: Parts, body: UpBody) -> Self {
+        Self {
+            error,
+            request: Request::from_parts(parts, body),
+        }
+    }
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, H1Error> {
+    let io = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => return Err(H1Error::ConnectTimeout),
+        Ok(Err(e)) => return Err(H1Error::Connect(e)),
+        Ok(Ok(s)) => s,
+    };
+    let _ = io.set_nodelay(true);
+    Ok(Conn::new(io))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,280 @@
+use std::cell::Cell;
+use std::hash::{BuildHasher, BuildHasherDefault};
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, StatusCode};
+
+use super::codec::*;
+use super::exchange::*;
+use super::idle::*;
+use super::*;
+
+fn head(raw: &[u8], method: &Method) -> Result<Option<Head>, H1Error> {
+    let mut buf = BytesMut::from(raw);
+    parse_head(&mut buf, method)
+}
+
+#[test]
+fn framing_follows_rfc_9112() {
+    let get = Method::GET;
+    let h = |raw: &str| {
+        head(raw.as_bytes(), &get)
+            .ok()
+            .flatten()
+            .map(|h| (h.framing, h.reusable))
+    };
+    assert_eq!(
+        h("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
+        Some((Framing::Length(5), true))
+    );
+    assert_eq!(
+        h("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
+        Some((Framing::Chunked(Chunked::Size), true))
+    );
+    assert_eq!(
+        h("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n"),
+        Some((Framing::Chunked(Chunked::Size), false))
+    );
+    let both = head(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n",
+        &get,
+    );
+    assert!(
+        matches!(both, Ok(Some(ref h)) if !h.headers.contains_key("content-length")),
+        "{both:?}"
+    );
+    assert_eq!(h("HTTP/1.1 200 OK\r\n\r\n"), Some((Framing::Eof, false)));
+    assert_eq!(
+        h("HTTP/1.1 204 No Content\r\n\r\n"),
+        Some((Framing::Done, true))
+    );
+    assert_eq!(
+        h("HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\n"),
+        Some((Framing::Length(5), false))
+    );
+    assert_eq!(
+        h("HTTP/1.0 200 OK\r\ncontent-length: 5\r\n\r\n"),
+        Some((Framing::Length(5), false))
+    );
+    assert_eq!(
+        h("HTTP/1.0 200 OK\r\ncontent-length: 5\r\nconnection: keep-alive\r\n\r\n"),
+        Some((Framing::Length(5), true))
+    );
+    let head_req = head(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+        &Method::HEAD,
+    );
+    assert!(matches!(
+        head_req,
+        Ok(Some(Head {
+            framing: Framing::Done,
+            ..
+        }))
+    ));
+}
+
+#[test]
+fn bad_heads_are_protocol_errors() {
+    for raw in [
+        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n",
+        "HTTP/1.1 999x OK\r\n\r\n",
+        "garbage\r\n\r\n",
+    ] {
+        let r = head(raw.as_bytes(), &Method::GET);
+        assert!(
+            matches!(r, Err(ref e) if e.kind() == UpstreamErrorKind::Protocol),
+            "{raw:?}: {r:?}"
+        );
+    }
+    // Repeated equal lengths are one length (RFC 9110 §8.6).
+    let r = head(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n",
+        &Method::GET,
+    );
+    assert!(matches!(
+        r,
+        Ok(Some(Head {
+            framing: Framing::Length(5),
+            ..
+        }))
+    ));
+}
+
+#[test]
+fn interim_responses_are_skipped_and_values_kept() {
+    let mut buf = BytesMut::from(
+            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 2\r\n\r\nok"[..],
+        );
+    let h = parse_head(&mut buf, &Method::POST).ok().flatten();
+    let h = h.as_ref();
+    assert_eq!(h.map(|h| h.status), Some(StatusCode::CREATED));
+    let values: Vec<_> = h
+        .map(|h| h.headers.get_all("x-a").iter().cloned().collect())
+        .unwrap_or_default();
+    assert_eq!(values, ["1", "2"]);
+    assert_eq!(&buf[..], b"ok");
+    // The head limit is on the head, not on the body bytes read along with it.
+    let mut big = b"HTTP/1.1 200 OK\r\ncontent-length: 70000\r\n\r\n".to_vec();
+    big.resize(big.len() + 70_000, b'x');
+    assert!(matches!(head(&big, &Method::GET), Ok(Some(_))));
+    let mut endless = b"HTTP/1.1 200 OK\r\nx-a: ".to_vec();
+    endless.resize(MAX_HEAD + 10, b'a');
+    assert!(matches!(
+        head(&endless, &Method::GET),
+        Err(H1Error::Parse(_))
+    ));
+    // A head cut short needs more bytes.
+    assert!(matches!(
+        head(b"HTTP/1.1 200 OK\r\nx-a:", &Method::GET),
+        Ok(None)
+    ));
+}
+
+/// Decodes as far as `wire` goes: body, state (`None`: complete), bytes left, and
+/// the trailer fields as `name=value` strings.
+type Decoded = (Vec<u8>, Option<Chunked>, usize, Vec<String>);
+
+fn decode(wire: &[u8]) -> Result<Decoded, H1Error> {
+    let mut buf = BytesMut::from(wire);
+    let mut state = Some(Chunked::Size);
+    let mut out = Vec::new();
+    let mut trailers = Vec::new();
+    while let Some(s) = state {
+        if buf.is_empty() {
+            break;
+        }
+        match chunk_step(&mut buf, s)? {
+            ChunkStep::More => break,
+            ChunkStep::Next(next, data) => {
+                out.extend_from_slice(&data.unwrap_or_default());
+                state = next;
+            }
+            ChunkStep::Trailers(t) => {
+                for (k, v) in &t {
+                    trailers.push(format!("{k}={}", v.to_str().unwrap_or("?")));
+                }
+                state = None;
+            }
+        }
+    }
+    Ok((out, state, buf.len(), trailers))
+}
+
+#[test]
+fn chunked_bodies_decode() {
+    let (body, state, left, trailers) =
+        decode(b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-trailer: t\r\nx-b: 2\r\n\r\nNEXT")
+            .unwrap_or_default();
+    assert_eq!(body, b"hello, world");
+    assert_eq!(state, None);
+    assert_eq!(left, 4, "bytes after the body stay in the buffer");
+    assert_eq!(trailers, ["x-trailer=t", "x-b=2"]);
+    // Without trailers, the last chunk ends at its empty line.
+    let ended = decode(b"1\r\nx\r\n0\r\n\r\n").map(|(b, s, l, t)| (b, s, l, t.len()));
+    assert!(
+        matches!(ended, Ok((ref b, None, 0, 0)) if b == b"x"),
+        "{ended:?}"
+    );
+    // Cut anywhere, decoding stops and waits for more.
+    let (body, state, _, _) = decode(b"5\r\nhel").unwrap_or_default();
+    assert_eq!(body, b"hel");
+    assert_eq!(state, Some(Chunked::Data(2)));
+    assert!(matches!(decode(b"zz\r\n"), Err(H1Error::Parse(_))));
+    // Only whitespace or an extension may follow the size.
+    for bad in [
+        &b"5 junk\r\nhello\r\n"[..],
+        b"5\rX\nhello\r\n",
+        b"5\r\r\nhello\r\n",
+    ] {
+        assert!(matches!(decode(bad), Err(H1Error::Parse(_))), "{bad:?}");
+    }
+    let (body, _, _, _) = decode(b"5 ;a=b\r\nhello\r\n").unwrap_or_default();
+    assert_eq!(body, b"hello");
+    // A size line that never ends is cut off.
+    assert!(matches!(
+        decode(&[b'1'; MAX_HEAD + 1]),
+        Err(H1Error::Parse(_))
+    ));
+    assert!(matches!(decode(b"5\r\nhelloXX"), Err(H1Error::Parse(_))));
+}
+
+#[tokio::test]
+async fn the_sweep_closes_dropped_and_old_idle_connections() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let idle = |addr| IDLE.with(|m| m.borrow().get(&addr).map_or(0, Vec::len));
+    let mut upstream_sides = Vec::new();
+    for _ in 0..2 {
+        let c = TcpStream::connect(addr).await.unwrap();
+        upstream_sides.push(listener.accept().await.unwrap().0);
+        put(addr, Conn::new(c));
+    }
+    assert_eq!(idle(addr), 2);
+    // The upstream closes one; the reactor sees its FIN.
+    drop(upstream_sides.pop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let start = SWEEPS.with(Cell::get);
+    sweep(start + 1);
+    assert_eq!(idle(addr), 1, "the closed one is gone, the open one stays");
+    sweep(start + IDLE_SWEEPS - 1);
+    assert_eq!(idle(addr), 1, "not idle long enough yet");
+    sweep(start + IDLE_SWEEPS);
+    assert_eq!(idle(addr), 0);
+    assert!(
+        IDLE.with(|m| !m.borrow().contains_key(&addr)),
+        "empty lists are dropped"
+    );
+}
+
+#[test]
+fn addresses_hash_apart() {
+    use std::hash::BuildHasher;
+    let h = |a: &str| {
+        let addr: SocketAddr = a.parse().unwrap();
+        BuildHasherDefault::<AddrHasher>::default().hash_one(addr)
+    };
+    let all = [
+        h("10.0.0.1:80"),
+        h("10.0.0.1:81"),
+        h("10.0.0.2:80"),
+        h("[::1]:80"),
+        h("[::2]:80"),
+    ];
+    for (i, a) in all.iter().enumerate() {
+        assert!(all[i + 1..].iter().all(|b| b != a), "{all:?}");
+    }
+}
+
+#[test]
+fn client_trailers_pass_but_for_control_fields() {
+    let mut t = HeaderMap::new();
+    t.insert("x-checksum", HeaderValue::from_static("abc"));
+    t.insert(header::CONTENT_LENGTH, HeaderValue::from_static("1"));
+    t.insert(header::HOST, HeaderValue::from_static("evil"));
+    assert_eq!(
+        String::from_utf8_lossy(&trailer_block(&t)),
+        "0\r\nx-checksum: abc\r\n\r\n"
+    );
+}
+
+#[test]
+fn request_heads_are_framed() {
+    let req = Request::post("/chat/send?x=1")
+        .header("host", "a")
+        .header("x-custom", "v")
+        .body(())
+        .map(|r| r.into_parts().0);
+    let Ok(parts) = req else {
+        panic!("request builds")
+    };
+    let mut out = Vec::new();
+    encode_head(&mut out, &parts, true);
+    assert_eq!(
+            String::from_utf8_lossy(&out),
+            "POST /chat/send?x=1 HTTP/1.1\r\nhost: a\r\nx-custom: v\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+}
