@@ -22,10 +22,7 @@ use std::path::{Path, PathBuf};
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use graylane::config::{Config, Topology};
-use graylane::markers::MarkerNames;
-use graylane::markers::{MarkerReader, Markers};
-use graylane::rules::{self, RequestInfo, RuleSet};
+use graylane::{Config, MarkerNames, MarkerReader, Markers, RequestInfo, RuleSet, Topology};
 
 /// Index of the `im` listener in `config/graylane.yaml`.
 const LISTENER_IM: usize = 0;
@@ -201,7 +198,7 @@ fn twenty_rules() -> String {
 }
 
 fn compile_str(src: &str, dir: &Path, topo: &Topology) -> RuleSet {
-    rules::compile(src, "rules.yaml", dir, topo)
+    graylane::compile_rules(src, "rules.yaml", dir, topo)
         .unwrap_or_else(|e| panic!("bench ruleset: {e}"))
         .rules
 }
@@ -249,7 +246,7 @@ fn bench_decide(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let reader = MarkerReader::new(&MarkerNames::default());
 
-    let sample = rules::load(
+    let sample = graylane::load_rules(
         &manifest_dir().join("config/rules.yaml"),
         "rules.yaml",
         &topo,
@@ -412,7 +409,7 @@ fn bench_decide(c: &mut Criterion) {
             headers,
         };
         let d = rs.decide(&req);
-        let got = d.rule.map_or(rules::DEFAULT_RULE, |i| rs.rule_name(i));
+        let got = d.rule.map_or("default", |i| rs.rule_name(i));
         assert_eq!(got, expect, "case {name} decided by the wrong rule");
         g.bench_function(name, |b| b.iter(|| black_box(rs).decide(black_box(&req))));
     }
@@ -465,11 +462,13 @@ fn bench_compile(c: &mut Criterion) {
     // The old ruleset is dropped outside the timing (in the proxy it is dropped by the
     // last request holding it, not by the reloader).
     g.bench_function("ids1m_load", |b| {
-        b.iter_with_large_drop(|| rules::load(&rules_path, "rules.yaml", &topo).expect("compile"))
+        b.iter_with_large_drop(|| {
+            graylane::load_rules(&rules_path, "rules.yaml", &topo).expect("compile")
+        })
     });
     g.bench_function("sample_load", |b| {
         let p = manifest_dir().join("config/rules.yaml");
-        b.iter(|| rules::load(&p, "rules.yaml", &topo).expect("compile"))
+        b.iter(|| graylane::load_rules(&p, "rules.yaml", &topo).expect("compile"))
     });
     g.finish();
 }

@@ -62,3 +62,154 @@ impl FallbackReason {
         }
     }
 }
+
+/// Whose fault a refusal is: it decides what a failure may count against. A client's
+/// fault never feeds passive ejection, the guard or `upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The client sent something graylane cannot serve, or stopped sending.
+    Client,
+    /// The upstream side failed or has nothing to offer.
+    Upstream,
+}
+
+/// Every answer graylane makes itself rather than relaying an upstream's. One enum so
+/// that each status and body is decided in one place ([`Refusal::status`] is exhaustive,
+/// and a test pins it).
+///
+/// Not here: answers hyper's server makes on its own before a request reaches
+/// graylane (`400` for a malformed head, `431` for a head over `max_header_bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No service matches host and path.
+    NoService,
+    /// The chosen pool has no endpoint up and may not fall back (`on_unavailable: fail`).
+    PoolUnavailable,
+    /// Stable has no endpoint at all to try.
+    NoEndpoint,
+    /// An endpoint address that cannot form a request URI.
+    BadUpstreamAddress,
+    /// The upstream exchange failed (SPEC §3).
+    Upstream(UpstreamErrorKind),
+    /// The client cut its request body off mid-upload.
+    BodyCutOff,
+    /// A request head took longer than `timeouts.request_header`.
+    HeadTimeout,
+}
+
+impl Refusal {
+    /// The status of the answer. Exhaustive on purpose: a new refusal must decide here.
+    pub fn status(self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            Refusal::NoService => S::NOT_FOUND,
+            Refusal::PoolUnavailable => S::SERVICE_UNAVAILABLE,
+            Refusal::NoEndpoint | Refusal::BadUpstreamAddress => S::BAD_GATEWAY,
+            Refusal::Upstream(UpstreamErrorKind::Timeout) => S::GATEWAY_TIMEOUT,
+            Refusal::Upstream(
+                UpstreamErrorKind::Connect | UpstreamErrorKind::Reset | UpstreamErrorKind::Protocol,
+            ) => S::BAD_GATEWAY,
+            Refusal::BodyCutOff => S::BAD_REQUEST,
+            Refusal::HeadTimeout => S::REQUEST_TIMEOUT,
+        }
+    }
+
+    /// The plain-text body: one line naming graylane, so a user can tell a proxy answer
+    /// from an application's.
+    pub fn body(self) -> &'static str {
+        match self {
+            Refusal::NoService => "graylane: no service for this request\n",
+            Refusal::PoolUnavailable => "graylane: no healthy endpoint in the chosen pool\n",
+            Refusal::NoEndpoint => "graylane: no upstream endpoint\n",
+            Refusal::BadUpstreamAddress => "graylane: bad upstream address\n",
+            Refusal::Upstream(UpstreamErrorKind::Connect) => "graylane: upstream connect failed\n",
+            Refusal::Upstream(UpstreamErrorKind::Timeout) => "graylane: upstream timed out\n",
+            Refusal::Upstream(UpstreamErrorKind::Reset) => {
+                "graylane: upstream closed the connection\n"
+            }
+            Refusal::Upstream(UpstreamErrorKind::Protocol) => {
+                "graylane: upstream sent an invalid response\n"
+            }
+            Refusal::BodyCutOff => "graylane: the request body was cut off\n",
+            Refusal::HeadTimeout => "graylane: request header timed out\n",
+        }
+    }
+
+    /// Whose fault it is.
+    pub fn fault(self) -> Fault {
+        match self {
+            Refusal::NoService | Refusal::BodyCutOff | Refusal::HeadTimeout => Fault::Client,
+            Refusal::PoolUnavailable
+            | Refusal::NoEndpoint
+            | Refusal::BadUpstreamAddress
+            | Refusal::Upstream(_) => Fault::Upstream,
+        }
+    }
+
+    /// The answer as HTTP/1.1 bytes that close the connection, for the places that write
+    /// to a socket without hyper (the `408` of a head that timed out).
+    pub fn to_http1_close(self) -> Vec<u8> {
+        let status = self.status();
+        let body = self.body();
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        )
+        .into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every refusal's status and fault, pinned: changing one is a visible decision.
+    #[test]
+    fn refusal_statuses_are_pinned() {
+        let all = [
+            (Refusal::NoService, 404, Fault::Client),
+            (Refusal::PoolUnavailable, 503, Fault::Upstream),
+            (Refusal::NoEndpoint, 502, Fault::Upstream),
+            (Refusal::BadUpstreamAddress, 502, Fault::Upstream),
+            (
+                Refusal::Upstream(UpstreamErrorKind::Connect),
+                502,
+                Fault::Upstream,
+            ),
+            (
+                Refusal::Upstream(UpstreamErrorKind::Timeout),
+                504,
+                Fault::Upstream,
+            ),
+            (
+                Refusal::Upstream(UpstreamErrorKind::Reset),
+                502,
+                Fault::Upstream,
+            ),
+            (
+                Refusal::Upstream(UpstreamErrorKind::Protocol),
+                502,
+                Fault::Upstream,
+            ),
+            (Refusal::BodyCutOff, 400, Fault::Client),
+            (Refusal::HeadTimeout, 408, Fault::Client),
+        ];
+        for (r, status, fault) in all {
+            assert_eq!(r.status().as_u16(), status, "{r:?}");
+            assert_eq!(r.fault(), fault, "{r:?}");
+            assert!(r.body().starts_with("graylane: ") && r.body().ends_with('\n'));
+        }
+    }
+
+    #[test]
+    fn the_408_bytes_are_a_whole_http1_answer() {
+        let raw = Refusal::HeadTimeout.to_http1_close();
+        let text = String::from_utf8(raw).unwrap();
+        assert_eq!(
+            text,
+            "HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 35\r\nconnection: close\r\n\r\ngraylane: request header timed out\n"
+        );
+    }
+}

@@ -2,46 +2,58 @@
 //!
 //! # Layout
 //!
-//! The modules, in the order a request travels through them:
+//! The one map of the modules, in the order a request travels through them. Each line
+//! names the SPEC sections the module implements.
 //!
-//! - [`config`]: `graylane.yaml`, raw serde types validated into a [`config::Config`].
-//! - [`server`]: listeners, the accept loop, connection limits and timeouts, drain.
-//! - [`tls`]: TLS termination (rustls, ring), certificates re-read on SIGHUP.
-//! - [`markers`]: reads the `xdw-kefu-*` identity markers from headers, cookies, query.
-//! - [`routing`]: picks the service by host and longest path prefix.
-//! - [`rules`]: compiles `rules.yaml` into a [`rules::RuleSet`]; `decide()` is pure.
-//! - [`proxy`]: `handle(req)`: service, markers, decision, fallback, forward.
-//! - [`longlink`]: WebSocket relays, re-homing on reload, closing last in a drain.
-//! - [`h1pool`]: the HTTP/1.1 upstream client, driven from the request's task, and its per-worker pool.
-//! - [`upstream`]: pools, endpoint choice, the pooled client, hop-by-hop headers.
-//! - [`sockio`]: small vectored socket writes coalesced into one `send`.
-//! - [`metrics`]: the Prometheus registry and per-route children resolved at load.
-//! - [`reload`]: file watching, SIGHUP and `POST /reload` feeding one `ArcSwap` store.
-//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/rules`, `/explain`, `/reload`.
-//! - [`balance`]: endpoints, DNS re-resolution, health checks, load balancing.
-//! - [`guard`]: the automatic rollback breaker of a service's gray pool.
-//! - [`error`]: the proxy's error enum and its exhaustive mapping to a status.
-//! - [`yamlpos`]: `FILE:LINE:COLUMN` positions for validation errors.
-//! - [`demo`]: the built-in sample config with its demo upstreams.
+//! | module | what it holds | SPEC |
+//! |---|---|---|
+//! | `config` | `graylane.yaml`: `raw` serde types → `validate` → [`Config`]; `yamlpos` for `FILE:LINE:COLUMN` | §3 |
+//! | `server` | listeners, accept loop, `max_connections`, drain; `conn`: timeouts (408, idle); `tls` | §3 limits, §8 |
+//! | `markers` | reads the `xdw-kefu-*` markers from headers, cookies, query ([`MarkerReader`]) | §1 |
+//! | `routing` | picks the service by host and longest path prefix | §3 services |
+//! | `rules` | `rules.yaml` → [`RuleSet`]; `decide()` is pure | §2 |
+//! | `state` | [`Shared`], the `Live` snapshot a reload swaps, what a connection knows | §2 reload |
+//! | `proxy` | `handle`: markers → decide → admit → forward → respond; `forward`: attempts, retries, fallback; `headers`: hop-by-hop, `x-forwarded-*` | §3 forwarding, retries, fallback |
+//! | `guard` | the automatic rollback breaker of a service's gray pool | §3 guard |
+//! | `upstream` | endpoints, DNS, health and ejection, picking; `h1`: graylane's HTTP/1.1 client; `h2` | §3 endpoints, health |
+//! | `longlink` | WebSocket relays, re-homing after a reload, closing last in a drain | §4 |
+//! | `error` | every answer graylane makes itself, mapped exhaustively to a status | §3 failures |
+//! | `metrics` | the Prometheus registry, children resolved at load | §6 |
+//! | `reload`, `watch` | file watching, SIGHUP, `POST /reload` → one `ArcSwap` store | §2 reload |
+//! | `admin` | `/metrics`, `/healthz`, `/readyz`, `/rules`, `/explain`, `/reload`, `/guard/*` | §5 |
+//! | `lifecycle` | [`Graylane`]: the server and the admin listener side by side, the order of a drain | §8 |
+//! | `worker` | what each worker thread keeps for itself | — |
+//! | [`demo`] | the built-in sample config with its demo upstreams | §7 `demo` |
+//!
+//! `main.rs` is the command line (§7). The modules are private to the crate; what the
+//! binary, the tests and the benchmarks use is re-exported below.
 
-pub mod admin;
-pub mod config;
+pub(crate) mod admin;
+pub(crate) mod config;
 pub mod demo;
-pub mod error;
-pub mod guard;
-pub mod longlink;
-pub mod markers;
-pub mod metrics;
-pub mod proxy;
-pub mod reload;
-pub mod routing;
-pub mod rules;
-pub mod server;
-pub mod sockio;
-pub mod tls;
-pub mod upstream;
-pub mod watch;
-pub mod worker;
+pub(crate) mod error;
+pub(crate) mod guard;
+pub(crate) mod lifecycle;
+pub(crate) mod longlink;
+pub(crate) mod markers;
+pub(crate) mod metrics;
+pub(crate) mod proxy;
+pub(crate) mod reload;
+pub(crate) mod routing;
+pub(crate) mod rules;
+pub(crate) mod server;
+pub(crate) mod state;
+pub(crate) mod upstream;
+pub(crate) mod watch;
+pub(crate) mod worker;
+
+pub use admin::{explain, ExplainRequest};
+pub use config::{Config, Topology};
+pub use lifecycle::{preflight, Graylane, StartError};
+pub use markers::{MarkerNames, MarkerReader, Markers};
+pub use rules::{compile as compile_rules, load as load_rules, Compiled, RequestInfo, RuleSet};
+pub use server::tls::Reloader as TlsReloader;
+pub use state::{BuildError, Shared};
 
 /// Whole milliseconds in `d`, saturating. `Duration::as_millis` returns a `u128`, whose
 /// division is a library call; the clocks read on every request and every relayed read

@@ -8,11 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use graylane::admin::{explain, ExplainRequest};
-use graylane::config::Config;
-use graylane::proxy::Shared;
-use graylane::reload::Reloader;
-use graylane::server::Server;
+use graylane::{explain, Compiled, Config, ExplainRequest, Graylane, Shared};
 
 #[derive(Parser)]
 #[command(name = "graylane", version, about = "Gray-release reverse proxy")]
@@ -123,15 +119,15 @@ fn init_tracing(format: LogFormat) {
 }
 
 /// Config and first ruleset, with errors as one `FILE:LINE:COLUMN: message` line.
-fn load(config: &Path) -> anyhow::Result<(Config, graylane::rules::Compiled)> {
+fn load(config: &Path) -> anyhow::Result<(Config, Compiled)> {
     let cfg = Config::load(config).map_err(anyhow::Error::msg)?;
-    let rules = graylane::rules::load(&cfg.rules_file, &cfg.rules_file_display, &cfg.topology())
+    let rules = graylane::load_rules(&cfg.rules_file, &cfg.rules_file_display, &cfg.topology())
         .map_err(anyhow::Error::msg)?;
     Ok((cfg, rules))
 }
 
-/// Worker 0's runtime: current-thread, like every worker (see `server::Server`); the
-/// others are started by the server on their own threads.
+/// Worker 0's runtime: current-thread, like every worker (see `server`); the others are
+/// started by the server on their own threads.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -139,51 +135,39 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the runtime")
 }
 
-/// What `run` rejects at start beyond the YAML and the rules: an unreadable admin token
-/// file, a TLS certificate or key that cannot be used. `check` runs it too, so a config
-/// that passes `check` starts (DNS names aside: they are resolved at start only).
-fn preflight(cfg: &Config) -> anyhow::Result<()> {
-    if let Some(t) = &cfg.admin.token_file {
-        std::fs::read_to_string(t)
-            .with_context(|| format!("cannot read admin token_file {}", t.display()))?;
-    }
-    for l in &cfg.listeners {
-        if let Some(tls) = &l.tls {
-            graylane::tls::TlsTerminator::load(tls)
-                .map_err(|e| anyhow::anyhow!("listener {}: {e}", l.name))?;
-        }
-    }
-    Ok(())
-}
-
 fn run(config: &Path) -> anyhow::Result<()> {
     let (cfg, rules) = load(config)?;
-    preflight(&cfg)?;
+    graylane::preflight(&cfg)?;
     let rt = runtime()?;
     rt.block_on(async move {
         let shared = Arc::new(Shared::new(cfg, rules)?);
-        serve(shared, |_, _, _| {}).await
+        serve(shared, |_, _| {}).await
     })
 }
 
-/// Binds, arms reload, serves until SIGTERM/SIGINT, drains.
+/// Binds the traffic listeners and the admin listener, serves both side by side until
+/// SIGTERM/SIGINT, drains (SPEC §8).
 async fn serve(
     shared: Arc<Shared>,
-    on_bound: impl FnOnce(&[std::net::SocketAddr], std::net::SocketAddr, &Shared),
+    on_bound: impl FnOnce(&[std::net::SocketAddr], std::net::SocketAddr),
 ) -> anyhow::Result<()> {
-    let reloader = Reloader::new(shared.clone());
-    let server = Server::bind(shared.clone(), reloader.clone()).await?;
-    reloader.start();
-    let addrs = server.listener_addrs();
-    let admin = server
+    let names: Vec<String> = shared
+        .config()
+        .listeners
+        .iter()
+        .map(|l| l.name.clone())
+        .collect();
+    let graylane = Graylane::bind(shared).await?;
+    let addrs = graylane.listener_addrs();
+    let admin = graylane
         .admin_addr()
         .context("admin listener has no address")?;
-    for (l, a) in shared.config.listeners.iter().zip(&addrs) {
-        tracing::info!(listener = %l.name, addr = %a, "listening");
+    for (name, a) in names.iter().zip(&addrs) {
+        tracing::info!(listener = %name, addr = %a, "listening");
     }
     tracing::info!(addr = %admin, "admin listening");
-    on_bound(&addrs, admin, &shared);
-    let clean = server.run(shutdown_signal()).await;
+    on_bound(&addrs, admin);
+    let clean = graylane.run(shutdown_signal()).await;
     if !clean {
         tracing::warn!("exiting with requests still in flight (drain time ran out)");
     }
@@ -207,7 +191,7 @@ async fn shutdown_signal() {
 
 fn check(config: &Path) -> anyhow::Result<()> {
     let (cfg, rules) = load(config)?;
-    preflight(&cfg)?;
+    graylane::preflight(&cfg)?;
     println!(
         "config ok: {} listener(s), {} service(s), pools {}",
         cfg.listeners.len(),
@@ -302,7 +286,7 @@ fn demo() -> anyhow::Result<()> {
                 .unwrap_or_default()
         });
         let shared = Arc::new(Shared::new(cfg, rules)?);
-        let served = serve(shared, |addrs, admin, _| {
+        let served = serve(shared, |addrs, admin| {
             let im = addrs.first().copied();
             let console = addrs.get(1).copied().or(im);
             if let (Some(im), Some(console)) = (im, console) {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use crate::metrics::ReloadResult;
-use crate::proxy::{unix_secs, Live, Shared};
+use crate::state::{unix_secs, Live, Shared};
 use crate::watch::FileWatcher;
 
 /// What a successful reload did.
@@ -170,7 +170,6 @@ impl Reloader {
                     let me = self.clone();
                     tasks.push(tokio::spawn(async move {
                         while hup.recv().await.is_some() {
-                            me.shared.reload_tls();
                             let _ = me.reload("SIGHUP").await;
                         }
                     }));

@@ -44,6 +44,18 @@ impl Router {
     }
 }
 
+/// `h` without its port (`host:port`, `[v6]:port`): service hosts match without it.
+pub fn strip_port(h: &str) -> &str {
+    if h.starts_with('[') {
+        // [v6]:port
+        return h.split(']').next().map(|s| &s[1..]).unwrap_or(h);
+    }
+    match h.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => h,
+    }
+}
+
 /// Segment-aware prefix match on a raw path (no decoding, no normalisation).
 ///
 /// `/chat` matches `/chat`, `/chat/x` and `/chat?q`, not `/chatroom`; a prefix ending in
@@ -64,6 +76,13 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ports_are_stripped() {
+        assert_eq!(strip_port("a.example.com:8080"), "a.example.com");
+        assert_eq!(strip_port("a.example.com"), "a.example.com");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+    }
 
     #[test]
     fn prefixes_are_segment_aware() {

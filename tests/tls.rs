@@ -174,14 +174,14 @@ async fn certificate_reload_keeps_open_connections_and_rejects_bad_files() {
 
     // A broken certificate file: the reload is refused and the old certificate serves.
     std::fs::write(p.dir.path().join("c.crt"), "not a certificate").unwrap();
-    p.shared.reload_tls();
+    p.tls.reload();
     tls_connect(&p, &old, &[b"http/1.1"]).await;
 
     // A renewed certificate: new connections get it, the open one keeps working.
     let new = make_cert("console.test");
     std::fs::write(p.dir.path().join("c.crt"), &new.cert_pem).unwrap();
     std::fs::write(p.dir.path().join("c.key"), &new.key_pem).unwrap();
-    p.shared.reload_tls();
+    p.tls.reload();
     let (io, _) = tls_connect(&p, &new, &[b"http/1.1"]).await;
     drop(io);
     let tcp = TcpStream::connect(p.addr()).await.unwrap();

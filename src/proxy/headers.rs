@@ -4,6 +4,39 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+
+use crate::state::{ConnCtx, Shared};
+
+/// Turns the client's head into the upstream head every attempt sends: hop-by-hop fields
+/// out (but `Upgrade` on a WebSocket handshake), `Host` from the target's authority when
+/// the client sent none (HTTP/2), the peer appended to `x-forwarded-for`,
+/// `x-forwarded-proto` and the rule header set. The pool header is set per attempt: a
+/// fallback changes the pool.
+pub fn prepare_request(
+    parts: &mut Parts,
+    shared: &Shared,
+    conn: &ConnCtx,
+    rule_value: Option<&HeaderValue>,
+    websocket: bool,
+) {
+    strip_hop_by_hop(&mut parts.headers, websocket);
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(a) = parts.uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+    }
+    append_forwarded_for(&mut parts.headers, &conn.peer_value);
+    parts.headers.insert(
+        X_FORWARDED_PROTO,
+        shared.proto_values[conn.listener].clone(),
+    );
+    if let (Some(h), Some(v)) = (&shared.config.propagate.rule_header, rule_value) {
+        parts.headers.insert(h.clone(), v.clone());
+    }
+}
 
 /// Removes hop-by-hop fields (RFC 9110 §7.6.1): `Connection` and every field it names,
 /// and the fixed list of SPEC §3. `keep_upgrade` keeps `Upgrade` (and a `Connection:

@@ -8,10 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use graylane::config::Config;
-use graylane::proxy::Shared;
-use graylane::reload::Reloader;
-use graylane::server::Server;
+use graylane::{Config, Graylane, Shared};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -157,8 +154,8 @@ pub struct Proxy {
     pub addrs: Vec<SocketAddr>,
     pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
-    pub shared: Arc<Shared>,
-    pub reloader: Arc<Reloader>,
+    /// Re-reads the TLS certificates, as SIGHUP does.
+    pub tls: graylane::TlsReloader,
     shutdown: Option<oneshot::Sender<()>>,
     pub handle: Option<JoinHandle<bool>>,
 }
@@ -261,26 +258,22 @@ pub async fn try_spawn_proxy(config: &str, rules: &str) -> Result<Proxy, String>
 pub async fn start_in(dir: tempfile::TempDir) -> Result<Proxy, String> {
     let cfg_path = dir.path().join("graylane.yaml");
     let cfg = Config::load(&cfg_path).map_err(|e| e.to_string())?;
-    let rules = graylane::rules::load(&cfg.rules_file, &cfg.rules_file_display, &cfg.topology())
+    let rules = graylane::load_rules(&cfg.rules_file, &cfg.rules_file_display, &cfg.topology())
         .map_err(|e| e.to_string())?;
     let shared = Arc::new(Shared::new(cfg, rules).map_err(|e| e.to_string())?);
-    let reloader = Reloader::new(shared.clone());
-    let server = Server::bind(shared.clone(), reloader.clone())
-        .await
-        .map_err(|e| e.to_string())?;
-    reloader.start();
-    let addrs = server.listener_addrs();
-    let admin = server.admin_addr().unwrap();
+    let graylane = Graylane::bind(shared).await.map_err(|e| e.to_string())?;
+    let addrs = graylane.listener_addrs();
+    let admin = graylane.admin_addr().unwrap();
+    let tls = graylane.tls_reloader();
     let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(server.run(async move {
+    let handle = tokio::spawn(graylane.run(async move {
         let _ = rx.await;
     }));
     Ok(Proxy {
         addrs,
         admin,
         dir,
-        shared,
-        reloader,
+        tls,
         shutdown: Some(tx),
         handle: Some(handle),
     })

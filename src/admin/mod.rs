@@ -1,12 +1,19 @@
 //! The admin listener (SPEC §5): `/metrics`, `/healthz`, `/readyz`, `/rules`,
 //! `/explain`, `POST /reload`, and the guard switches.
+//!
+//! - `explain`: `/explain` and `graylane explain`: a decision described without traffic.
+
+mod explain;
+
+pub use explain::{explain, ExplainRequest};
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -17,13 +24,48 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::markers::{MarkerKind, Markers};
-use crate::proxy::{Live, Outcome, Shared};
 use crate::reload::Reloader;
+use crate::server::ServerError;
+use crate::state::Shared;
 use crate::upstream::DownBody;
+use explain::explain_params;
 
-/// Serves the admin API until `stop` flips; the admin listener closes last in a drain.
-pub async fn serve(
+/// The admin listener, bound; bound apart from the traffic listeners because it outlives
+/// their drain (it closes last).
+pub struct Admin {
+    listener: TcpListener,
+}
+
+impl Admin {
+    /// Binds `admin.bind`.
+    pub async fn bind(addr: SocketAddr) -> Result<Self, ServerError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                name: "admin".into(),
+                addr,
+                source,
+            })?;
+        Ok(Self { listener })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves the admin API until `stop` flips.
+    pub async fn serve(
+        self,
+        shared: Arc<Shared>,
+        reloader: Arc<Reloader>,
+        stop: watch::Receiver<bool>,
+    ) {
+        serve(self.listener, shared, reloader, stop).await
+    }
+}
+
+async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     reloader: Arc<Reloader>,
@@ -220,101 +262,4 @@ fn guard(shared: &Shared, path: &str, query: &str) -> Response<DownBody> {
         StatusCode::OK,
         &json!({ "service": service, "tripped": tripped }),
     )
-}
-
-/// A request described by parameters, for `/explain` and `graylane explain`.
-#[derive(Debug, Default)]
-pub struct ExplainRequest {
-    /// Listener name.
-    pub listener: String,
-    /// Path (with query) as a client would send it.
-    pub path: String,
-    /// Host, if any.
-    pub host: Option<String>,
-    /// Request headers (cookies as `Cookie` headers).
-    pub headers: HeaderMap,
-    /// Markers given by name; they override what the headers carry.
-    pub markers: Vec<(MarkerKind, String)>,
-}
-
-fn explain_params(shared: &Shared, params: &[(String, String)]) -> Result<Value, String> {
-    let mut req = ExplainRequest {
-        path: "/".into(),
-        ..Default::default()
-    };
-    let mut cookies = String::new();
-    for (k, v) in params {
-        if let Some(name) = k.strip_prefix("header.") {
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("invalid header name {name:?}"))?;
-            let value =
-                HeaderValue::from_str(v).map_err(|_| format!("invalid value for header {name}"))?;
-            req.headers.append(name, value);
-        } else if let Some(name) = k.strip_prefix("cookie.") {
-            if !cookies.is_empty() {
-                cookies.push_str("; ");
-            }
-            cookies.push_str(name);
-            cookies.push('=');
-            cookies.push_str(v);
-        } else if let Some(kind) = MarkerKind::from_name(k) {
-            req.markers.push((kind, v.clone()));
-        } else {
-            match k.as_str() {
-                "listener" => req.listener = v.clone(),
-                "path" => req.path = v.clone(),
-                "host" => req.host = Some(v.clone()),
-                other => return Err(format!("unknown parameter {other:?}")),
-            }
-        }
-    }
-    if !cookies.is_empty() {
-        let v = HeaderValue::from_str(&cookies).map_err(|_| "invalid cookie value".to_owned())?;
-        req.headers.append(header::COOKIE, v);
-    }
-    explain(shared, &req)
-}
-
-/// Decides like the request path would and describes it as the `/explain` JSON:
-/// `service`, `pool`, `rule`, `fallback` (all null when no service matches).
-pub fn explain(shared: &Shared, req: &ExplainRequest) -> Result<Value, String> {
-    let listener = shared
-        .config
-        .listeners
-        .iter()
-        .position(|l| l.name == req.listener)
-        .ok_or_else(|| format!("unknown listener {:?}", req.listener))?;
-    let query = req.path.split_once('?').map(|(_, q)| q);
-    let (mut markers, _invalid): (Markers, _) = shared.reader.read(&req.headers, query);
-    for (kind, v) in &req.markers {
-        // Explicit values replace what headers said; an invalid one leaves it absent,
-        // like on the request path.
-        // (`set_from_str` clears the marker before parsing.)
-        let _ = markers.set_from_str(*kind, v);
-    }
-    let host = req.host.as_deref().map(crate::proxy::strip_port);
-    let live: Arc<Live> = shared.live.load_full();
-    let outcome = shared.decide(&live, listener, host, &req.path, &req.headers, &markers);
-    Ok(match outcome {
-        Outcome::NoService => json!({
-            "service": null, "pool": null, "rule": null, "fallback": null,
-        }),
-        Outcome::Routed {
-            service,
-            decision,
-            pool,
-            fallback,
-        } => {
-            let svc = &shared.config.services[service];
-            // What the request path would do now: a tripped guard or an unhealthy pool
-            // sends the request to stable.
-            let (pool, fallback) = shared.effective_pool(service, pool, fallback);
-            json!({
-                "service": svc.name,
-                "pool": svc.pools[pool].name,
-                "rule": live.rule_name(&decision),
-                "fallback": fallback.map(|f| f.label()),
-            })
-        }
-    })
 }

@@ -11,6 +11,7 @@ use rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Tls;
+use crate::state::Shared;
 
 /// Why a certificate or key could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +78,64 @@ impl TlsTerminator {
         self.acceptor
             .store(Arc::new(TlsAcceptor::from(Arc::new(cfg))));
         Ok(())
+    }
+}
+
+/// Re-reads every TLS listener's certificate and key: on SIGHUP (certificates are
+/// renewed on disk and the process told, as for nginx), and when asked.
+#[derive(Clone)]
+pub struct Reloader {
+    shared: Arc<Shared>,
+    tls: Arc<[Option<TlsTerminator>]>,
+}
+
+impl Reloader {
+    pub(super) fn new(shared: Arc<Shared>, tls: Arc<[Option<TlsTerminator>]>) -> Self {
+        Self { shared, tls }
+    }
+
+    /// Re-reads now. A bad file keeps the old certificate serving and is logged with the
+    /// reason.
+    pub fn reload(&self) {
+        for (l, t) in self.shared.config.listeners.iter().zip(self.tls.iter()) {
+            if let Some(t) = t {
+                match t.reload() {
+                    Ok(()) => tracing::info!(listener = %l.name, "TLS certificate reloaded"),
+                    Err(e) => {
+                        tracing::error!(listener = %l.name, "TLS reload rejected, keeping the old certificate: {e}")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Re-reads on every SIGHUP until the returned task is aborted; `None` without TLS
+    /// listeners (or where signals cannot be had).
+    pub fn on_sighup(self) -> Option<tokio::task::JoinHandle<()>> {
+        if self.tls.iter().all(Option::is_none) {
+            return None;
+        }
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::hangup()) {
+                Ok(mut hup) => {
+                    return Some(tokio::spawn(async move {
+                        while hup.recv().await.is_some() {
+                            self.reload();
+                        }
+                    }))
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP"),
+            }
+        }
+        None
+    }
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader").finish_non_exhaustive()
     }
 }
 

@@ -1,0 +1,426 @@
+//! The attempts of one request (SPEC §3): an endpoint of the chosen pool, a retry on
+//! another endpoint when the failure allows it, and the per-request fallback to stable
+//! once the pool's tries are used up in a way that is safe to repeat.
+//!
+//! The loop in [`Forward::run`] reads as the policy: pick, attempt, and on failure ask
+//! [`Forward::after`] what comes next. Each failure knows whose fault it is; a client's
+//! fault is never counted against an endpoint, the guard or the upstream error counters.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderMap;
+use http::{Method, Request, Response, Uri};
+use http_body::Body as _;
+use hyper::body::Incoming;
+
+use crate::config::{OnUnavailable, Protocol, Service};
+use crate::error::{FallbackReason, Refusal, UpstreamErrorKind};
+use crate::guard::GuardState;
+use crate::metrics::ServiceMetrics;
+use crate::state::Shared;
+use crate::upstream::{self, h1, DownBody, ReclaimableBody, UpBody};
+use crate::upstream::{Endpoint, Outcome as EndpointOutcome, PoolUpstream};
+
+use super::local;
+
+/// The request body across attempts: none (replayable at will), or the client's body,
+/// replayable until its first byte was read.
+pub(super) enum Replay {
+    Empty,
+    Body(ReclaimableBody),
+}
+
+impl Replay {
+    /// Wraps the client's body; a body that is already complete needs no wrapper.
+    pub(super) fn new(body: Incoming) -> Self {
+        if body.is_end_stream() {
+            Replay::Empty
+        } else {
+            Replay::Body(ReclaimableBody::new(body))
+        }
+    }
+
+    /// Whether another attempt could still send the whole body.
+    fn replayable(&self) -> bool {
+        match self {
+            Replay::Empty => true,
+            Replay::Body(b) => !b.touched(),
+        }
+    }
+
+    fn attempt(&self) -> UpBody {
+        match self {
+            Replay::Empty => UpBody::Empty,
+            Replay::Body(b) => UpBody::Reclaimable(b.clone()),
+        }
+    }
+}
+
+/// Why one attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AttemptError {
+    /// The upstream failed in one of SPEC §3's ways.
+    Upstream(UpstreamErrorKind),
+    /// The client went away mid-upload: nothing says the upstream failed.
+    ClientBodyCut,
+}
+
+impl AttemptError {
+    /// SPEC §3: a connect failure is repeatable while the body is (nothing was sent); a
+    /// reset only under an idempotent request without a body. Never a timeout, never a
+    /// sent body, never a client's failure.
+    fn retry(self, idempotent: bool, body: &Replay) -> bool {
+        match self {
+            AttemptError::Upstream(UpstreamErrorKind::Connect) => body.replayable(),
+            AttemptError::Upstream(UpstreamErrorKind::Reset) => {
+                idempotent && matches!(body, Replay::Empty)
+            }
+            AttemptError::Upstream(UpstreamErrorKind::Timeout | UpstreamErrorKind::Protocol) => {
+                false
+            }
+            AttemptError::ClientBodyCut => false,
+        }
+    }
+
+    fn refusal(self) -> Refusal {
+        match self {
+            AttemptError::Upstream(kind) => Refusal::Upstream(kind),
+            AttemptError::ClientBodyCut => Refusal::BodyCutOff,
+        }
+    }
+}
+
+/// What follows a failed attempt.
+enum Next {
+    /// Another endpoint of the same pool.
+    Retry,
+    /// The pool's tries are used up on repeatable failures: stable takes the request.
+    ToStable,
+    /// Nothing more to try.
+    Answer(Response<DownBody>),
+}
+
+/// One request's way through its attempts.
+pub(super) struct Forward<'a> {
+    pub(super) shared: &'a Shared,
+    pub(super) svc: &'a Service,
+    pub(super) metrics: &'a ServiceMetrics,
+    pub(super) service: usize,
+    /// The pool of the current attempt.
+    pub(super) pool: usize,
+    /// The guard that counts this request's outcome: set only for gray traffic it
+    /// admitted.
+    pub(super) guarded: Option<&'a GuardState>,
+    /// `hash_uid`'s affinity key.
+    pub(super) hash_key: Option<u64>,
+    /// A WebSocket handshake: always HTTP/1.1 upstream (RFC 6455 Upgrade).
+    pub(super) websocket: bool,
+    pub(super) method: &'a Method,
+    pub(super) uri: &'a Uri,
+    /// The upstream head's fields. An attempt takes them whole unless a later attempt
+    /// may need them after this one sent them (see [`Forward::attempt`]); an attempt
+    /// that fails before sending hands them back. Copying per attempt cost a header map
+    /// and an allocation per custom field name on every request.
+    pub(super) head: Option<HeaderMap>,
+    pub(super) body: Replay,
+    /// The endpoint that failed the previous attempt; a retry goes elsewhere.
+    exclude: Option<Arc<Endpoint>>,
+    retries_left: u32,
+    /// The failure of the previous attempt, answered when no further attempt is possible.
+    last_error: Option<UpstreamErrorKind>,
+}
+
+impl<'a> Forward<'a> {
+    /// A request about to make its first attempt on `pool`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        shared: &'a Shared,
+        service: usize,
+        pool: usize,
+        guarded: Option<&'a GuardState>,
+        hash_key: Option<u64>,
+        websocket: bool,
+        method: &'a Method,
+        uri: &'a Uri,
+        head: HeaderMap,
+        body: Replay,
+    ) -> Self {
+        Self {
+            shared,
+            svc: &shared.config.services[service],
+            metrics: shared.metrics.service(service),
+            service,
+            pool,
+            guarded,
+            hash_key,
+            websocket,
+            method,
+            uri,
+            head: Some(head),
+            body,
+            exclude: None,
+            retries_left: shared.upstreams.services[service][pool].retries,
+            last_error: None,
+        }
+    }
+
+    /// Attempts until an answer: the upstream's response, or graylane's refusal. Returns
+    /// it with the pool that answered.
+    pub(super) async fn run(mut self) -> (Response<DownBody>, usize) {
+        loop {
+            let Some(ep) = self.pick() else {
+                match self.nothing_to_pick() {
+                    Next::ToStable => self.to_stable(),
+                    Next::Retry => {}
+                    Next::Answer(resp) => return (resp, self.pool),
+                }
+                continue;
+            };
+            if self.exclude.is_some() {
+                self.metrics.retries(self.pool).inc();
+            }
+            match self.attempt(&ep).await {
+                Ok(resp) => return (resp, self.pool),
+                Err(error) => match self.after(ep, error) {
+                    Next::Retry => {}
+                    Next::ToStable => self.to_stable(),
+                    Next::Answer(resp) => return (resp, self.pool),
+                },
+            }
+        }
+    }
+
+    fn upstream(&self) -> &'a PoolUpstream {
+        &self.shared.upstreams.services[self.service][self.pool]
+    }
+
+    fn stable(&self) -> usize {
+        self.svc.stable_index()
+    }
+
+    /// Whether this pool may hand the request to stable (not stable itself, and not
+    /// `on_unavailable: fail`).
+    fn may_fall_back(&self) -> bool {
+        self.pool != self.stable() && self.upstream().on_unavailable == OnUnavailable::Fallback
+    }
+
+    /// An available endpoint other than the one that just failed. Stable panic-routes:
+    /// a health view can be wrong, so its endpoints are tried anyway.
+    fn pick(&self) -> Option<Arc<Endpoint>> {
+        let up = self.upstream();
+        let exclude = self.exclude.as_deref();
+        let picked = up.endpoints.pick(self.hash_key, exclude).or_else(|| {
+            (self.pool == self.stable())
+                .then(|| up.endpoints.pick_any(self.hash_key, exclude))
+                .flatten()
+        });
+        // A retry goes to *another* endpoint; with none left, the retry does not happen.
+        picked.filter(|ep| exclude.is_none_or(|x| x.addr() != ep.addr()))
+    }
+
+    /// No endpoint left: the pool had none to offer (`pool_unhealthy`), or every one
+    /// failed in a way that allows another try. A dying gray pool costs no request:
+    /// stable takes it while the body can still be sent whole.
+    fn nothing_to_pick(&self) -> Next {
+        if self.may_fall_back() && self.body.replayable() {
+            return Next::ToStable;
+        }
+        let refusal = match self.last_error {
+            Some(kind) => Refusal::Upstream(kind),
+            None if self.pool != self.stable() => Refusal::PoolUnavailable,
+            None => Refusal::NoEndpoint,
+        };
+        Next::Answer(local(refusal))
+    }
+
+    fn to_stable(&mut self) {
+        self.metrics
+            .fallback(self.svc.pools[self.pool].id, FallbackReason::PoolUnhealthy)
+            .inc();
+        self.pool = self.stable();
+        self.guarded = None;
+        self.exclude = None;
+        self.last_error = None;
+        self.retries_left = self.upstream().retries;
+    }
+
+    /// One exchange with `ep`, bounded by `upstream_response`.
+    async fn attempt(&mut self, ep: &Arc<Endpoint>) -> Result<Response<DownBody>, AttemptError> {
+        let up = self.upstream();
+        let protocol = if self.websocket {
+            Protocol::Http1
+        } else {
+            up.protocol
+        };
+        // HTTP/1 goes through graylane's own pool with an origin-form target; HTTP/2
+        // through hyper-util's client, which wants the absolute URI.
+        let uri = match protocol {
+            Protocol::Http1 => Some(
+                self.uri
+                    .path_and_query()
+                    .map_or_else(|| Uri::from_static("/"), |pq| pq.clone().into()),
+            ),
+            Protocol::H2 => upstream::endpoint_uri(ep, self.uri.path_and_query()),
+        };
+        let Some(uri) = uri else {
+            return Ok(local(Refusal::BadUpstreamAddress));
+        };
+        // An HTTP/1.1 attempt takes the head and hands it back when it fails.
+        // hyper-util's HTTP/2 client keeps a failed request, so there a copy is made
+        // whenever a further attempt is possible.
+        let keep_head = protocol == Protocol::H2 && (self.retries_left > 0 || self.may_fall_back());
+        let head = if keep_head {
+            self.head.clone()
+        } else {
+            self.head.take()
+        };
+        let Some(head) = head else {
+            // Not reached: an attempt that took the head without a copy had no further
+            // attempt after it. Answered as its failure was.
+            let kind = self.last_error.unwrap_or(UpstreamErrorKind::Reset);
+            return Ok(local(Refusal::Upstream(kind)));
+        };
+        let mut req = Request::new(self.body.attempt());
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = match protocol {
+            Protocol::Http1 => http::Version::HTTP_11,
+            Protocol::H2 => http::Version::HTTP_2,
+        };
+        *req.headers_mut() = head;
+        if let Some(h) = &self.shared.config.propagate.pool_header {
+            req.headers_mut().insert(
+                h.clone(),
+                self.shared.pool_values[self.svc.pools[self.pool].id].clone(),
+            );
+        }
+        let in_flight = ep.start();
+        let timeout = self.shared.config.timeouts.upstream_response;
+        let connect_timeout = self.shared.config.timeouts.connect;
+        let shared = self.shared;
+        let exchange = async move {
+            match protocol {
+                Protocol::Http1 => h1::send(ep.addr(), req, connect_timeout)
+                    .await
+                    .map(|resp| resp.map(DownBody::h1))
+                    .map_err(|f| match f.error {
+                        h1::H1Error::RequestBody(_) => {
+                            (AttemptError::ClientBodyCut, f.error.to_string(), None)
+                        }
+                        _ => (
+                            AttemptError::Upstream(f.error.kind()),
+                            f.error.to_string(),
+                            Some(f.request),
+                        ),
+                    }),
+                Protocol::H2 => shared
+                    .upstreams
+                    .h2_client()
+                    .request(req)
+                    .await
+                    .map(|resp| resp.map(DownBody::h2))
+                    .map_err(|e| {
+                        let kind = upstream::classify(&e);
+                        (AttemptError::Upstream(kind), e.to_string(), None)
+                    }),
+            }
+        };
+        let result = tokio::select! {
+            r = exchange => Some(r),
+            _ = response_deadline(&self.body, timeout) => None,
+        };
+        drop(in_flight);
+        match result {
+            Some(Ok(resp)) => {
+                let failed = resp.status().is_server_error();
+                ep.report(if failed {
+                    EndpointOutcome::Failure
+                } else {
+                    EndpointOutcome::Success
+                });
+                if let Some(g) = self.guarded {
+                    g.record(failed);
+                }
+                Ok(resp)
+            }
+            Some(Err((error, message, request))) => {
+                if let Some(request) = request {
+                    self.head = Some(request.into_parts().0.headers);
+                }
+                match error {
+                    AttemptError::ClientBodyCut => {
+                        tracing::debug!(service = %self.svc.name, pool = %self.svc.pools[self.pool].name, error = %message, "request body cut off by the client");
+                    }
+                    AttemptError::Upstream(kind) => {
+                        tracing::warn!(service = %self.svc.name, pool = %self.svc.pools[self.pool].name, endpoint = %ep.label(), kind = kind.label(), error = %message, "upstream request failed");
+                    }
+                }
+                Err(error)
+            }
+            None => {
+                tracing::warn!(service = %self.svc.name, pool = %self.svc.pools[self.pool].name, endpoint = %ep.label(), "no upstream response within {timeout:?}");
+                Err(AttemptError::Upstream(UpstreamErrorKind::Timeout))
+            }
+        }
+    }
+
+    /// Records a failed attempt where it belongs and decides what comes next.
+    fn after(&mut self, ep: Arc<Endpoint>, error: AttemptError) -> Next {
+        if let AttemptError::Upstream(kind) = error {
+            self.metrics.upstream_error(self.pool, kind).inc();
+            ep.report(if kind == UpstreamErrorKind::Connect {
+                EndpointOutcome::ConnectFailure
+            } else {
+                EndpointOutcome::Failure
+            });
+            if let Some(g) = self.guarded {
+                g.record(true);
+            }
+        }
+        let idempotent = matches!(
+            *self.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
+        );
+        let retry = error.retry(idempotent, &self.body);
+        if retry && self.retries_left > 0 {
+            self.retries_left -= 1;
+            self.exclude = Some(ep);
+            if let AttemptError::Upstream(kind) = error {
+                self.last_error = Some(kind);
+            }
+            return Next::Retry;
+        }
+        // Per-request fallback: the pool's tries are used up on failures that are safe
+        // to try again, so stable takes the request instead of the user seeing a 502.
+        if retry && self.may_fall_back() {
+            return Next::ToStable;
+        }
+        Next::Answer(local(error.refusal()))
+    }
+}
+
+/// Resolves when the attempt has waited too long for its response head.
+/// `upstream_response` counts from the last request byte, not through an upload; during
+/// the upload it cuts only an upload that stops moving for that long.
+async fn response_deadline(body: &Replay, timeout: Duration) {
+    if let Replay::Body(b) = body {
+        loop {
+            let before = b.progress();
+            tokio::select! {
+                _ = b.sent() => break,
+                _ = tokio::time::sleep(timeout) => {
+                    if b.progress() == before {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    tokio::time::sleep(timeout).await;
+}

@@ -1,0 +1,303 @@
+//! One client connection: hyper serves it (HTTP/1.1 and h2c via `auto::Builder`), and a
+//! small watchdog beside it implements the timeouts of SPEC §3 in one place:
+//! `request_header` (→ 408 and close) and `idle` (close), so hyper's own header timer is
+//! off.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::Serving;
+use crate::error::Refusal;
+use crate::proxy;
+use crate::state::{ConnCtx, Shared};
+
+const NONE: u64 = u64::MAX;
+
+/// What the watchdog needs to know about a connection, updated by the IO wrapper (reads)
+/// and the service (requests in flight). Atomics because hyper's h2 streams run on other
+/// tasks; all accesses are `Relaxed`: the watchdog re-checks before acting.
+#[derive(Debug)]
+struct ConnState {
+    base: Instant,
+    /// Requests whose response is not finished yet.
+    in_flight: AtomicUsize,
+    /// When the current request head started (ms since `base`), or `NONE`.
+    head_start: AtomicU64,
+    /// Whether any byte of the current head has arrived (408 only then).
+    head_bytes: AtomicBool,
+    /// Last time a request finished or bytes arrived (ms since `base`).
+    last_activity: AtomicU64,
+    /// The client spoke the HTTP/2 preface: no head timeouts, only idle.
+    h2: AtomicBool,
+    /// Set by the watchdog: the IO wrapper answers 408 and fails the read.
+    timed_out: AtomicBool,
+}
+
+impl ConnState {
+    /// `accepted`: when the connection was accepted, the start of its first head's time.
+    fn new(accepted: Instant) -> Self {
+        Self {
+            base: accepted,
+            in_flight: AtomicUsize::new(0),
+            // A connection's first request is timed from accept.
+            head_start: AtomicU64::new(0),
+            head_bytes: AtomicBool::new(false),
+            last_activity: AtomicU64::new(0),
+            h2: AtomicBool::new(false),
+            timed_out: AtomicBool::new(false),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        crate::millis(self.base.elapsed())
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.base + Duration::from_millis(ms)
+    }
+}
+
+/// Marks a request in flight until dropped (with the response body).
+#[derive(Debug)]
+struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    fn new(s: Arc<ConnState>) -> Self {
+        s.in_flight.fetch_add(1, Ordering::Relaxed);
+        s.head_start.store(NONE, Ordering::Relaxed);
+        s.head_bytes.store(false, Ordering::Relaxed);
+        Self(s)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let now = self.0.now_ms();
+        self.0.last_activity.store(now, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The client socket as hyper sees it: notes when bytes arrive, and answers 408 itself
+/// when the watchdog says the head took too long (hyper never writes one).
+struct ConnIo<S> {
+    stream: S,
+    state: Arc<ConnState>,
+    /// How many bytes of the HTTP/2 preface's first four (`PRI `) have been matched so
+    /// far; 4 = HTTP/2, `usize::MAX` = decided (not HTTP/2). The preface may arrive split.
+    preface: usize,
+}
+
+const PREFACE_START: &[u8; 4] = b"PRI ";
+
+/// The `408` a head that took too long gets, written by [`ConnIo`] itself: hyper never
+/// writes one.
+static TIMEOUT_408: LazyLock<Vec<u8>> = LazyLock::new(|| Refusal::HeadTimeout.to_http1_close());
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.state.timed_out.load(Ordering::Relaxed) {
+            if this.state.head_bytes.load(Ordering::Relaxed)
+                && !this.state.h2.load(Ordering::Relaxed)
+            {
+                // Best effort: the socket buffer is empty while we wait for a head, so
+                // this small write does not block in practice.
+                let _ = Pin::new(&mut this.stream).poll_write(cx, &TIMEOUT_408);
+                let _ = Pin::new(&mut this.stream).poll_flush(cx);
+            }
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.stream).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            let s = &this.state;
+            let now = s.now_ms();
+            s.last_activity.store(now, Ordering::Relaxed);
+            if this.preface < PREFACE_START.len() {
+                for &b in &buf.filled()[before..] {
+                    if this.preface == PREFACE_START.len() {
+                        break;
+                    }
+                    if b == PREFACE_START[this.preface] {
+                        this.preface += 1;
+                    } else {
+                        this.preface = usize::MAX;
+                        break;
+                    }
+                }
+                if this.preface == PREFACE_START.len() {
+                    s.h2.store(true, Ordering::Relaxed);
+                }
+            }
+            if s.in_flight.load(Ordering::Relaxed) == 0 {
+                if s.head_start.load(Ordering::Relaxed) == NONE {
+                    s.head_start.store(now, Ordering::Relaxed);
+                }
+                s.head_bytes.store(true, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        super::sockio::poll_write_coalesced(&mut self.get_mut().stream, cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// What the watchdog decided.
+enum Watch {
+    /// Check again at this instant.
+    Until(Instant),
+    /// The head took too long: 408 (HTTP/1) and close.
+    HeadTimeout,
+    /// Idle too long: close.
+    Idle,
+}
+
+fn watch(state: &ConnState, shared: &Shared) -> Watch {
+    let t = &shared.config.timeouts;
+    let now = state.now_ms();
+    if state.in_flight.load(Ordering::Relaxed) > 0 {
+        return Watch::Until(state.at(now) + t.idle);
+    }
+    let h2 = state.h2.load(Ordering::Relaxed);
+    let head = state.head_start.load(Ordering::Relaxed);
+    if !h2 && head != NONE {
+        let due = head + crate::millis(t.request_header);
+        return if now >= due {
+            Watch::HeadTimeout
+        } else {
+            Watch::Until(state.at(due))
+        };
+    }
+    let due = state.last_activity.load(Ordering::Relaxed) + crate::millis(t.idle);
+    if now >= due {
+        Watch::Idle
+    } else {
+        Watch::Until(state.at(due))
+    }
+}
+
+/// Serves one connection until it ends, times out, or the drain closes it.
+pub(super) async fn serve<S>(
+    stream: S,
+    ctx: ConnCtx,
+    serving: &Serving,
+    mut stop: watch::Receiver<bool>,
+    accepted: Instant,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let state = Arc::new(ConnState::new(accepted));
+    let io = ConnIo {
+        stream,
+        state: state.clone(),
+        preface: 0,
+    };
+    let shared = &serving.shared;
+    let peer = ctx.peer;
+    let ctx = Arc::new(ctx);
+    let svc_shared = shared.clone();
+    let svc_state = state.clone();
+    let service = service_fn(move |req| {
+        let shared = svc_shared.clone();
+        let ctx = ctx.clone();
+        let inflight = InFlight::new(svc_state.clone());
+        async move {
+            let resp = proxy::handle(req, &shared, &ctx).await;
+            Ok::<_, std::convert::Infallible>(resp.map(|b| b.with_guard(inflight)))
+        }
+    });
+    let conn = serving
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut stopping = *stop.borrow();
+    if stopping {
+        conn.as_mut().graceful_shutdown();
+    }
+    let sleep = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(sleep);
+    // The watchdog is not told when a request ends or a head starts (that would cost a
+    // wake-up per request); it looks again at least this often, so a deadline that moved
+    // earlier is noticed at most this late.
+    let t = &shared.config.timeouts;
+    let recheck = (t.request_header.min(t.idle) / 4)
+        .clamp(Duration::from_millis(100), Duration::from_millis(2500));
+    loop {
+        match watch(&state, shared) {
+            Watch::Until(at) => sleep.as_mut().reset(at.min(Instant::now() + recheck)),
+            Watch::HeadTimeout => {
+                tracing::debug!(%peer, "request header timeout");
+                state.timed_out.store(true, Ordering::Relaxed);
+                // Let hyper poll the read once more: ConnIo answers 408 and fails it.
+                let _ = tokio::time::timeout(Duration::from_millis(100), conn.as_mut()).await;
+                return;
+            }
+            Watch::Idle => {
+                if stopping {
+                    return;
+                }
+                conn.as_mut().graceful_shutdown();
+                // Give an h2 GOAWAY a moment to go out, then close regardless.
+                let _ = tokio::time::timeout(Duration::from_millis(100), conn.as_mut()).await;
+                return;
+            }
+        }
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection ended with error");
+                }
+                return;
+            }
+            _ = &mut sleep => {}
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}

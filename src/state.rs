@@ -1,0 +1,361 @@
+//! What every request shares: the config, the tables built from it once at start, and the
+//! [`Live`] snapshot a rules reload swaps in one store. A request takes one
+//! `live.load()` at its start and sees that ruleset to its end. Also what a connection
+//! knows about itself ([`ConnCtx`]) and holds while it lives ([`ConnSlot`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use http::header::{HeaderMap, HeaderValue};
+use prometheus::IntCounter;
+
+use crate::config::{Config, OnUnavailable, GRAY};
+use crate::error::FallbackReason;
+use crate::guard::GuardState;
+use crate::longlink::{Handshake, Links, Rehome};
+use crate::markers::{MarkerReader, Markers};
+use crate::metrics::Metrics;
+use crate::routing::Router;
+use crate::rules::{Compiled, Decision, RequestInfo, RuleSet};
+use crate::upstream::Upstreams;
+
+/// The hot-reloaded part: everything a rules reload changes, swapped as one.
+#[derive(Debug)]
+pub struct Live {
+    /// The compiled rules.
+    pub rules: RuleSet,
+    /// `rule_hits_total` children, one per rule, then `default`; resolved at load.
+    pub hits: Vec<IntCounter>,
+    /// `rule_header` values, one per rule, then `default`; built at load.
+    pub rule_values: Vec<HeaderValue>,
+    /// Hash of the rules bytes and in_files (`/rules`, `rules_info`, `unchanged`).
+    pub sha256: String,
+    /// When this ruleset went live.
+    pub loaded_at: SystemTime,
+    /// The rules file and its in_files, for the watcher.
+    pub files: Vec<PathBuf>,
+}
+
+impl Live {
+    /// Wraps a compiled ruleset with its metric handles.
+    pub fn new(c: Compiled, metrics: &Metrics) -> Self {
+        let names: Vec<&str> = c.rules.rule_names().collect();
+        let hits = metrics.rule_hits(&names);
+        let rule_values = names
+            .iter()
+            .copied()
+            .chain(std::iter::once("default"))
+            .map(|n| HeaderValue::from_str(n).unwrap_or(HeaderValue::from_static("default")))
+            .collect();
+        Self {
+            rules: c.rules,
+            hits,
+            rule_values,
+            sha256: c.sha256,
+            loaded_at: SystemTime::now(),
+            files: c.files,
+        }
+    }
+
+    /// The rule's name, or `None` for the default.
+    pub fn rule_name(&self, d: &Decision) -> Option<&str> {
+        d.rule.map(|i| self.rules.rule_name(i))
+    }
+}
+
+/// Everything the request path shares, built once at start.
+#[derive(Debug)]
+pub struct Shared {
+    /// The validated config (not reloaded).
+    pub config: Config,
+    /// Marker extraction tables built from `markers:`.
+    pub reader: MarkerReader,
+    /// Pre-resolved metric children.
+    pub metrics: Metrics,
+    /// Pools and clients.
+    pub upstreams: Upstreams,
+    /// Service selection, most specific first.
+    pub router: Router,
+    /// The live ruleset: one `load()` per request.
+    pub live: ArcSwap<Live>,
+    /// The last reload error, for `/rules`; cleared by a good reload.
+    pub last_error: ArcSwapOption<String>,
+    /// Set on SIGTERM: `/readyz` answers 503.
+    pub draining: AtomicBool,
+    /// Open long links, for re-homing on reload and closing last in a drain.
+    pub links: Links,
+    /// The automatic rollback guard per service (`None` without `guard:`).
+    pub guards: Vec<Option<GuardState>>,
+    /// `pool_header` values per global pool id, built once so a request clones a
+    /// reference count instead of validating a header value.
+    pub pool_values: Vec<HeaderValue>,
+    /// Requests seen, for access-log sampling (one relaxed increment per request).
+    access_seq: AtomicU64,
+    /// `x-forwarded-proto` per listener, built once for the same reason.
+    pub proto_values: Vec<HeaderValue>,
+}
+
+/// Why building the shared state failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// An endpoint name did not resolve.
+    #[error(transparent)]
+    Endpoint(#[from] crate::upstream::ResolveError),
+    /// A metric definition was rejected (a bug, not a config problem).
+    #[error("metrics: {0}")]
+    Metrics(prometheus::Error),
+}
+
+impl Shared {
+    /// Builds the shared state around a first ruleset.
+    pub fn new(config: Config, rules: Compiled) -> Result<Self, BuildError> {
+        let metrics = Metrics::try_new(&config).map_err(BuildError::Metrics)?;
+        let live = Live::new(rules, &metrics);
+        metrics.set_rules_info(
+            live.rules.version(),
+            &live.sha256,
+            unix_secs(live.loaded_at),
+        );
+        let upstreams = Upstreams::new(&config, &metrics)?;
+        let guards = config
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.guard.clone().map(|g| {
+                    GuardState::new(s.name.clone(), g, metrics.service(i).gray_tripped().clone())
+                })
+            })
+            .collect();
+        let pool_values = config
+            .pool_names
+            .iter()
+            .map(|n| HeaderValue::from_str(n).unwrap_or(HeaderValue::from_static("stable")))
+            .collect();
+        let proto_values = config
+            .listeners
+            .iter()
+            .map(|l| HeaderValue::from_static(l.scheme()))
+            .collect();
+        Ok(Self {
+            reader: MarkerReader::new(&config.markers),
+            router: Router::new(&config),
+            metrics,
+            upstreams,
+            live: ArcSwap::from_pointee(live),
+            last_error: ArcSwapOption::empty(),
+            draining: AtomicBool::new(false),
+            links: Links::default(),
+            guards,
+            access_seq: AtomicU64::new(0),
+            pool_values,
+            proto_values,
+            config,
+        })
+    }
+
+    /// The validated config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Whether this request is one the access log samples.
+    pub fn sample_access(&self) -> bool {
+        let every = self.config.access_log_every;
+        every != 0 && self.access_seq.fetch_add(1, Ordering::Relaxed) % u64::from(every) == 0
+    }
+
+    /// Whether a pool can take a request right now, without side effects (for
+    /// `/explain`): `Some(reason)` when it would go to stable instead. On the request path
+    /// the guard's `admit()` decides (it also lets half-open probes through).
+    pub fn availability(&self, service: usize, pool: usize) -> Option<FallbackReason> {
+        let svc = &self.config.services[service];
+        if pool == svc.stable_index() {
+            return None;
+        }
+        if svc.pools[pool].id == GRAY
+            && self
+                .guards
+                .get(service)
+                .and_then(Option::as_ref)
+                .is_some_and(GuardState::is_tripped)
+        {
+            return Some(FallbackReason::GuardTripped);
+        }
+        let up = &self.upstreams.services[service][pool];
+        if !up.endpoints.has_available() && up.on_unavailable == OnUnavailable::Fallback {
+            return Some(FallbackReason::PoolUnhealthy);
+        }
+        None
+    }
+
+    /// Where a routed request would go right now, and why not where the rules said:
+    /// the rules' own fallback if any, else the pool's current [`availability`].
+    ///
+    /// [`availability`]: Self::availability
+    pub fn effective_pool(
+        &self,
+        service: usize,
+        pool: usize,
+        fallback: Option<FallbackReason>,
+    ) -> (usize, Option<FallbackReason>) {
+        if fallback.is_some() {
+            return (pool, fallback);
+        }
+        match self.availability(service, pool) {
+            Some(reason) => (self.config.services[service].stable_index(), Some(reason)),
+            None => (pool, None),
+        }
+    }
+
+    /// Routes and decides without forwarding: the request path and `/explain` share it,
+    /// so what `explain` prints is what traffic does.
+    pub fn decide(
+        &self,
+        live: &Live,
+        listener: usize,
+        host: Option<&str>,
+        path: &str,
+        headers: &HeaderMap,
+        markers: &Markers,
+    ) -> Outcome {
+        let Some(service) = self.router.route(host, path) else {
+            return Outcome::NoService;
+        };
+        let decision = live.rules.decide(&RequestInfo {
+            markers,
+            listener,
+            service,
+            path,
+            headers,
+        });
+        let svc = &self.config.services[service];
+        let (pool, fallback) = match svc.pool_by_id.get(decision.pool).copied().flatten() {
+            Some(p) => (p, None),
+            None => (svc.stable_index(), Some(FallbackReason::PoolMissing)),
+        };
+        Outcome::Routed {
+            service,
+            decision,
+            pool,
+            fallback,
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, for `rules_loaded_timestamp_seconds`.
+pub fn unix_secs(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// What routing and the rules decided for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// No service matches host and path: 404.
+    NoService,
+    /// A service and one of its pools.
+    Routed {
+        /// Service index.
+        service: usize,
+        /// The rules' decision (the pool they chose and the rule).
+        decision: Decision,
+        /// Index into the service's `pools` actually used.
+        pool: usize,
+        /// Set when `pool` is not the pool the rules chose.
+        fallback: Option<FallbackReason>,
+    },
+}
+
+/// Per-connection facts, computed once at accept.
+#[derive(Debug, Clone)]
+pub struct ConnCtx {
+    /// Listener index.
+    pub listener: usize,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// `peer`'s IP as an `x-forwarded-for` value, built once for all its requests.
+    pub peer_value: HeaderValue,
+    /// Whether markers from this peer are trusted (`trusted_cidrs`).
+    pub trusted: bool,
+    /// The connection's place under `max_connections`, also held by its long links.
+    pub slot: Arc<ConnSlot>,
+}
+
+/// One client connection counted against `max_connections` (and in `connections`). The
+/// connection and every long link it became hold it: a WebSocket outlives hyper's
+/// connection task, and must keep counting until the tunnel closes. Dropping the last
+/// holder decrements, however it ends (including abort at the end of the drain).
+#[derive(Debug)]
+pub struct ConnSlot {
+    /// Open connections of the listener, shared by its workers.
+    open: Arc<AtomicUsize>,
+    /// `graylane_connections{listener}`.
+    gauge: prometheus::IntGauge,
+}
+
+impl ConnSlot {
+    /// Takes a place; the caller checked `max_connections`.
+    pub fn new(open: Arc<AtomicUsize>, gauge: prometheus::IntGauge) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        gauge.inc();
+        Self { open, gauge }
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.dec();
+    }
+}
+
+// === impl Rehome for Shared ===
+
+impl Rehome for Shared {
+    fn links(&self) -> &Links {
+        &self.links
+    }
+
+    fn rehome_grace(&self) -> Option<Duration> {
+        self.config.long_links.rehome_grace
+    }
+
+    /// The live rules, then the guard and pool health, as for a new request (without the
+    /// guard's probe share).
+    fn pool_now(&self, hs: &Handshake) -> Option<usize> {
+        let live = self.live.load();
+        match self.decide(
+            &live,
+            hs.listener,
+            hs.host.as_deref(),
+            &hs.path,
+            &hs.headers,
+            &hs.markers,
+        ) {
+            Outcome::Routed {
+                service,
+                pool,
+                fallback,
+                ..
+            } if service == hs.service => Some(self.effective_pool(service, pool, fallback).0),
+            _ => None,
+        }
+    }
+
+    fn rehomed(&self, hs: &Handshake, to: usize) {
+        let svc = &self.config.services[hs.service];
+        tracing::info!(
+            service = %svc.name,
+            from = %svc.pools[hs.pool].name,
+            to = %svc.pools[to].name,
+            "closing long link so it reconnects into its new pool"
+        );
+        self.metrics.service(hs.service).rehomed(hs.pool, to).inc();
+    }
+}
