@@ -66,7 +66,7 @@ impl FallbackReason {
 /// Whose fault a refusal is: it decides what a failure may count against. A client's
 /// fault never feeds passive ejection, the guard or `upstream_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// The client sent something graylane cannot serve, or stopped sending.
     Client,
     /// The upstream side failed or has nothing to offer.
@@ -80,7 +80,7 @@ pub enum Fault {
 /// Not here: answers hyper's server makes on its own before a request reaches
 /// graylane (`400` for a malformed head, `431` for a head over `max_header_bytes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// No service matches host and path.
     NoService,
     /// The chosen pool has no endpoint up and may not fall back (`on_unavailable: fail`).
@@ -99,7 +99,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// The status of the answer. Exhaustive on purpose: a new refusal must decide here.
-    pub fn status(self) -> http::StatusCode {
+    pub(crate) fn status(self) -> http::StatusCode {
         use http::StatusCode as S;
         match self {
             Refusal::NoService => S::NOT_FOUND,
@@ -116,7 +116,7 @@ impl Refusal {
 
     /// The plain-text body: one line naming graylane, so a user can tell a proxy answer
     /// from an application's.
-    pub fn body(self) -> &'static str {
+    pub(crate) fn body(self) -> &'static str {
         match self {
             Refusal::NoService => "graylane: no service for this request\n",
             Refusal::PoolUnavailable => "graylane: no healthy endpoint in the chosen pool\n",
@@ -136,7 +136,7 @@ impl Refusal {
     }
 
     /// Whose fault it is.
-    pub fn fault(self) -> Fault {
+    pub(crate) fn fault(self) -> Fault {
         match self {
             Refusal::NoService | Refusal::BodyCutOff | Refusal::HeadTimeout => Fault::Client,
             Refusal::PoolUnavailable
@@ -148,7 +148,7 @@ impl Refusal {
 
     /// The answer as HTTP/1.1 bytes that close the connection, for the places that write
     /// to a socket without hyper (the `408` of a head that timed out).
-    pub fn to_http1_close(self) -> Vec<u8> {
+    pub(crate) fn to_http1_close(self) -> Vec<u8> {
         let status = self.status();
         let body = self.body();
         format!(

@@ -55,17 +55,17 @@ use crate::config::Guard;
 
 /// Buckets in the sliding window: ten keeps the window's edge within 10 % of `window`
 /// while the whole window is still read with ten loads.
-pub const BUCKETS: u64 = 10;
+pub(crate) const BUCKETS: u64 = 10;
 
 /// In HalfOpen, one gray-routed request in this many is a probe (5 %): small enough that a
 /// still-broken gray hurts few users, large enough to decide within seconds at modest load.
 /// The first request after the cooldown is always a probe, so a quiet service gets one too.
-pub const PROBE_EVERY: u64 = 20;
+pub(crate) const PROBE_EVERY: u64 = 20;
 
 /// Most probe outcomes a half-open round waits for. Twenty makes a 5 % bound meaningful
 /// (one failure in twenty passes, two do not); a service with a smaller `min_requests`
 /// decides after that many, as its operator asked for decisions on that little traffic.
-pub const MAX_PROBES: u64 = 20;
+pub(crate) const MAX_PROBES: u64 = 20;
 
 // === packed words ===
 //

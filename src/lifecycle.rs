@@ -55,18 +55,25 @@ pub struct Graylane {
     reloader: Arc<Reloader>,
     server: Server,
     admin: Admin,
+    /// Re-reads certificates on SIGHUP; aborted at exit.
+    tls_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Graylane {
-    /// Binds the traffic listeners and the admin listener.
+    /// Binds the traffic listeners and the admin listener, and arms the reload triggers
+    /// (file watcher, SIGHUP): a change made once `bind` returned is not missed.
     pub async fn bind(shared: Arc<Shared>) -> Result<Self, StartError> {
         let server = Server::bind(shared.clone())?;
         let admin = Admin::bind(shared.config.admin.bind).await?;
+        let reloader = Reloader::new(shared.clone());
+        reloader.start();
+        let tls_task = server.tls_reloader().on_sighup();
         Ok(Self {
-            reloader: Reloader::new(shared.clone()),
+            reloader,
             shared,
             server,
             admin,
+            tls_task,
         })
     }
 
@@ -103,9 +110,8 @@ impl Graylane {
             reloader,
             server,
             admin,
+            tls_task,
         } = self;
-        reloader.start();
-        let tls_task = server.tls_reloader().on_sighup();
         let upstream_tasks = shared.upstreams.spawn_tasks(&shared.config);
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
         let admin_task = tokio::spawn(admin.serve(shared.clone(), reloader.clone(), admin_stop_rx));

@@ -24,11 +24,8 @@ use crate::config::{Config, PoolId, STABLE};
 use crate::error::{FallbackReason, UpstreamErrorKind};
 use crate::markers::MarkerKind;
 
-/// The `Content-Type` of [`Metrics::encode`]'s output, for the admin `/metrics` answer.
-pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
-
 /// Label value of `service` and `pool` for requests no service matched (SPEC §3).
-pub const UNROUTED: &str = "-";
+pub(crate) const UNROUTED: &str = "-";
 
 /// Latency buckets in seconds: sub-millisecond for a local proxy hop up to the 30 s
 /// default `upstream_response` timeout, roughly ×2–2.5 apart so p50/p99 stay readable.
@@ -660,7 +657,7 @@ impl Metrics {
         }
     }
 
-    /// The registry in Prometheus text exposition format ([`CONTENT_TYPE`]).
+    /// The registry in Prometheus text exposition format 0.0.4.
     pub fn encode(&self) -> String {
         let mut buf = String::new();
         if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut buf) {

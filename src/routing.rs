@@ -45,7 +45,7 @@ impl Router {
 }
 
 /// `h` without its port (`host:port`, `[v6]:port`): service hosts match without it.
-pub fn strip_port(h: &str) -> &str {
+pub(crate) fn strip_port(h: &str) -> &str {
     if h.starts_with('[') {
         // [v6]:port
         return h.split(']').next().map(|s| &s[1..]).unwrap_or(h);
@@ -60,7 +60,7 @@ pub fn strip_port(h: &str) -> &str {
 ///
 /// `/chat` matches `/chat`, `/chat/x` and `/chat?q`, not `/chatroom`; a prefix ending in
 /// `/` matches every path that starts with it, so `/` matches every path.
-pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
     if !path.starts_with(prefix) {
         return false;
     }

@@ -248,7 +248,7 @@ impl Shared {
 }
 
 /// Seconds since the Unix epoch, for `rules_loaded_timestamp_seconds`.
-pub fn unix_secs(t: SystemTime) -> f64 {
+pub(crate) fn unix_secs(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
@@ -274,7 +274,7 @@ pub enum Outcome {
 
 /// Per-connection facts, computed once at accept.
 #[derive(Debug, Clone)]
-pub struct ConnCtx {
+pub(crate) struct ConnCtx {
     /// Listener index.
     pub listener: usize,
     /// The client's address.
@@ -292,7 +292,7 @@ pub struct ConnCtx {
 /// connection task, and must keep counting until the tunnel closes. Dropping the last
 /// holder decrements, however it ends (including abort at the end of the drain).
 #[derive(Debug)]
-pub struct ConnSlot {
+pub(crate) struct ConnSlot {
     /// Open connections of the listener, shared by its workers.
     open: Arc<AtomicUsize>,
     /// `graylane_connections{listener}`.
@@ -301,7 +301,7 @@ pub struct ConnSlot {
 
 impl ConnSlot {
     /// Takes a place; the caller checked `max_connections`.
-    pub fn new(open: Arc<AtomicUsize>, gauge: prometheus::IntGauge) -> Self {
+    pub(crate) fn new(open: Arc<AtomicUsize>, gauge: prometheus::IntGauge) -> Self {
         open.fetch_add(1, Ordering::Relaxed);
         gauge.inc();
         Self { open, gauge }

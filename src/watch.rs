@@ -57,7 +57,7 @@ const POLL: Duration = Duration::from_millis(500);
 /// errors: they are logged and covered by polling, because a file that does not exist yet
 /// must not stop the proxy.
 #[derive(Debug, thiserror::Error)]
-pub enum WatchError {
+pub(crate) enum WatchError {
     /// The OS refused to start the watch thread (thread or memory limits).
     #[error("cannot start the file watch thread: {0}")]
     Spawn(#[source] io::Error),
@@ -70,7 +70,7 @@ pub enum WatchError {
 /// no other is queued, so a capacity-1 channel is enough. A notification means "read the
 /// files again", not "the bytes differ": the receiver decides whether anything changed.
 #[derive(Debug)]
-pub struct FileWatcher {
+pub(crate) struct FileWatcher {
     /// Commands to the watch thread. notify's callback holds another sender, so dropping
     /// this one does not disconnect the channel: [`Drop`] sends [`Msg::Stop`] instead.
     ctl: std_mpsc::Sender<Msg>,
@@ -89,7 +89,7 @@ impl FileWatcher {
     /// Paths may be relative (to the current directory), symlinks, or not exist yet. If the
     /// OS has no file-system notifications to give, this logs a warning and watches by
     /// polling alone, which still meets the 1 s target.
-    pub fn start(
+    pub(crate) fn start(
         paths: Vec<PathBuf>,
         tx: tokio::sync::mpsc::Sender<()>,
     ) -> Result<FileWatcher, WatchError> {
@@ -132,7 +132,7 @@ impl FileWatcher {
     /// Files that were watched before keep their old baseline, so a change to them that the
     /// watch thread has not seen yet is still reported. New files get their baseline here,
     /// before this returns.
-    pub fn set_paths(&self, paths: Vec<PathBuf>) {
+    pub(crate) fn set_paths(&self, paths: Vec<PathBuf>) {
         if self.ctl.send(Msg::SetPaths(snapshot(paths))).is_err() {
             warn!("the file watch thread has stopped; the new rules file list is not watched");
         }

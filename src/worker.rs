@@ -17,17 +17,17 @@ thread_local! {
 }
 
 /// Marks the current thread as worker `id`.
-pub fn set_id(id: usize) {
+pub(crate) fn set_id(id: usize) {
     WORKER.with(|w| w.set(id));
 }
 
 /// The worker the current thread serves.
-pub fn id() -> usize {
+pub(crate) fn id() -> usize {
     WORKER.with(Cell::get)
 }
 
 /// The next number of this thread's xorshift64* sequence.
-pub fn random() -> u64 {
+pub(crate) fn random() -> u64 {
     RANDOM.with(|s| {
         let mut x = s.get();
         x ^= x >> 12;

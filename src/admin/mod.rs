@@ -32,13 +32,13 @@ use explain::explain_params;
 
 /// The admin listener, bound; bound apart from the traffic listeners because it outlives
 /// their drain (it closes last).
-pub struct Admin {
+pub(crate) struct Admin {
     listener: TcpListener,
 }
 
 impl Admin {
     /// Binds `admin.bind`.
-    pub async fn bind(addr: SocketAddr) -> Result<Self, ServerError> {
+    pub(crate) async fn bind(addr: SocketAddr) -> Result<Self, ServerError> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind {
@@ -50,12 +50,12 @@ impl Admin {
     }
 
     /// The bound address.
-    pub fn local_addr(&self) -> Option<SocketAddr> {
+    pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.local_addr().ok()
     }
 
     /// Serves the admin API until `stop` flips.
-    pub async fn serve(
+    pub(crate) async fn serve(
         self,
         shared: Arc<Shared>,
         reloader: Arc<Reloader>,
@@ -222,7 +222,7 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
 }
 
 /// The `/rules` body.
-pub fn rules_json(shared: &Shared) -> Value {
+pub(crate) fn rules_json(shared: &Shared) -> Value {
     let live = shared.live.load();
     let last_error = shared.last_error.load();
     json!({

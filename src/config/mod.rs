@@ -4,7 +4,7 @@
 
 mod raw;
 mod validate;
-pub mod yamlpos;
+pub(crate) mod yamlpos;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -18,16 +18,14 @@ use raw::RawConfig;
 use validate::Validator;
 use yamlpos::{LocatedError, Pos, PosIndex};
 
-pub use raw::parse_duration;
-
 /// Index into [`Config::pool_names`]: pools are named globally so that a rule's `route`
 /// resolves once, at load, to a number every service can look up in a table.
-pub type PoolId = usize;
+pub(crate) type PoolId = usize;
 
 /// The pool every service must have and every fallback goes to.
-pub const STABLE: PoolId = 0;
+pub(crate) const STABLE: PoolId = 0;
 /// Always a valid `route`, even before any service defines it.
-pub const GRAY: PoolId = 1;
+pub(crate) const GRAY: PoolId = 1;
 
 // === validated types ===
 
@@ -367,6 +365,7 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use super::raw::parse_duration;
     use super::*;
     use crate::markers::MarkerKind;
 

@@ -65,16 +65,16 @@ impl LocatedError {
 
 /// A path into a YAML document: mapping keys and sequence indices.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct YamlPath(String);
+pub(crate) struct YamlPath(String);
 
 impl YamlPath {
     /// The document root.
-    pub fn root() -> Self {
+    pub(crate) fn root() -> Self {
         Self(String::new())
     }
 
     /// The path of a mapping key below this one.
-    pub fn key(&self, k: &str) -> Self {
+    pub(crate) fn key(&self, k: &str) -> Self {
         if self.0.is_empty() {
             Self(k.to_owned())
         } else {
@@ -83,12 +83,12 @@ impl YamlPath {
     }
 
     /// The path of a sequence item below this one.
-    pub fn index(&self, i: usize) -> Self {
+    pub(crate) fn index(&self, i: usize) -> Self {
         self.key(&i.to_string())
     }
 
     /// The path as text, `rules.3.when`; empty for the root.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -105,7 +105,7 @@ impl fmt::Display for YamlPath {
 
 /// Where each key and value of a document starts.
 #[derive(Debug, Default)]
-pub struct PosIndex {
+pub(crate) struct PosIndex {
     keys: HashMap<String, Pos>,
     values: HashMap<String, Pos>,
 }
@@ -113,7 +113,7 @@ pub struct PosIndex {
 impl PosIndex {
     /// Indexes `src`. A document that does not parse yields an empty index: serde_yaml
     /// reports that error with its own position before anyone asks us.
-    pub fn new(src: &str) -> Self {
+    pub(crate) fn new(src: &str) -> Self {
         let mut b = Builder::default();
         let mut parser = Parser::new_from_str(src);
         if parser.load(&mut b, false).is_err() {
@@ -124,7 +124,7 @@ impl PosIndex {
 
     /// Where the key naming `path` starts; for sequence items (which have no key) and the
     /// root, where the value starts.
-    pub fn key(&self, path: &YamlPath) -> Pos {
+    pub(crate) fn key(&self, path: &YamlPath) -> Pos {
         self.keys
             .get(path.as_str())
             .or_else(|| self.values.get(path.as_str()))
@@ -133,7 +133,7 @@ impl PosIndex {
     }
 
     /// Where the value at `path` starts; the key's position when the value is absent.
-    pub fn value(&self, path: &YamlPath) -> Pos {
+    pub(crate) fn value(&self, path: &YamlPath) -> Pos {
         self.values
             .get(path.as_str())
             .or_else(|| self.keys.get(path.as_str()))

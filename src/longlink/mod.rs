@@ -12,7 +12,7 @@
 
 mod relay;
 
-pub use relay::open;
+pub(crate) use relay::open;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,7 +65,7 @@ struct Registry {
 
 /// What re-homing needs from the rest of the proxy. `state::Shared` implements it, so
 /// this module decides nothing itself and depends on no routing code.
-pub trait Rehome: Send + Sync + 'static {
+pub(crate) trait Rehome: Send + Sync + 'static {
     /// The registry of open links.
     fn links(&self) -> &Links;
     /// How long a link whose decision changed stays open (`None`: never re-homed).
@@ -171,7 +171,7 @@ impl Links {
 }
 
 /// After a reload: schedule a re-home for every link whose decision changed.
-pub fn on_reload<S: Rehome>(shared: &Arc<S>) {
+pub(crate) fn on_reload<S: Rehome>(shared: &Arc<S>) {
     let Some(grace) = shared.rehome_grace() else {
         return;
     };

@@ -24,7 +24,7 @@ const RELAY_BUF: usize = 2048;
 /// Starts relaying once both sides have switched protocols. The link is registered
 /// before the 101 reaches the client, so a reload right after it already sees the link.
 /// `keep` (the connection's place under `max_connections`) lives as long as the link.
-pub fn open(
+pub(crate) fn open(
     links: &Links,
     client: OnUpgrade,
     upstream: Tunnel,

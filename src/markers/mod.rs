@@ -11,9 +11,10 @@
 mod read;
 mod value;
 
-pub use read::{cookie, MarkerReader};
+pub(crate) use read::cookie;
+pub use read::MarkerReader;
 pub(crate) use value::parse_u64;
-pub use value::{Device, GidList, Version};
+pub(crate) use value::{Device, GidList, Version};
 
 use value::{is_visible_ascii, trim_ows};
 

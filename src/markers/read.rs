@@ -209,7 +209,7 @@ fn add_name(list: &mut Vec<(Box<[u8]>, u8)>, name: &str, kind: MarkerKind) {
 /// The first value of cookie `name` across all `Cookie` headers, surrounding double
 /// quotes stripped; `rules` uses it for `cookie:` conditions. `None` when absent or when
 /// that first value is not UTF-8 (it could not equal a configured value anyway).
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     cookie_pairs(headers)
         .find(|(n, _)| *n == name.as_bytes())
         .and_then(|(_, v)| std::str::from_utf8(v).ok())

@@ -15,7 +15,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::config::{OnUnavailable, Protocol, Service};
-use crate::error::{FallbackReason, Refusal, UpstreamErrorKind};
+use crate::error::{FallbackReason, Fault, Refusal, UpstreamErrorKind};
 use crate::guard::GuardState;
 use crate::metrics::ServiceMetrics;
 use crate::state::Shared;
@@ -97,8 +97,8 @@ enum Next {
     Retry,
     /// The pool's tries are used up on repeatable failures: stable takes the request.
     ToStable,
-    /// Nothing more to try.
-    Answer(Response<DownBody>),
+    /// Nothing more to try: graylane answers.
+    Refuse(Refusal),
 }
 
 /// One request's way through its attempts.
@@ -171,9 +171,9 @@ impl<'a> Forward<'a> {
         loop {
             let Some(ep) = self.pick() else {
                 match self.nothing_to_pick() {
-                    Next::ToStable => self.to_stable(),
+                    Next::ToStable => self.fall_back_to_stable(),
                     Next::Retry => {}
-                    Next::Answer(resp) => return (resp, self.pool),
+                    Next::Refuse(r) => return (local(r), self.pool),
                 }
                 continue;
             };
@@ -184,8 +184,8 @@ impl<'a> Forward<'a> {
                 Ok(resp) => return (resp, self.pool),
                 Err(error) => match self.after(ep, error) {
                     Next::Retry => {}
-                    Next::ToStable => self.to_stable(),
-                    Next::Answer(resp) => return (resp, self.pool),
+                    Next::ToStable => self.fall_back_to_stable(),
+                    Next::Refuse(r) => return (local(r), self.pool),
                 },
             }
         }
@@ -231,10 +231,10 @@ impl<'a> Forward<'a> {
             None if self.pool != self.stable() => Refusal::PoolUnavailable,
             None => Refusal::NoEndpoint,
         };
-        Next::Answer(local(refusal))
+        Next::Refuse(refusal)
     }
 
-    fn to_stable(&mut self) {
+    fn fall_back_to_stable(&mut self) {
         self.metrics
             .fallback(self.svc.pools[self.pool].id, FallbackReason::PoolUnhealthy)
             .inc();
@@ -367,7 +367,9 @@ impl<'a> Forward<'a> {
 
     /// Records a failed attempt where it belongs and decides what comes next.
     fn after(&mut self, ep: Arc<Endpoint>, error: AttemptError) -> Next {
-        if let AttemptError::Upstream(kind) = error {
+        // A client's failure says nothing about the upstream: no counter, no endpoint
+        // health, no guard outcome hears of it.
+        if let (AttemptError::Upstream(kind), Fault::Upstream) = (error, error.refusal().fault()) {
             self.metrics.upstream_error(self.pool, kind).inc();
             ep.report(if kind == UpstreamErrorKind::Connect {
                 EndpointOutcome::ConnectFailure
@@ -401,7 +403,7 @@ impl<'a> Forward<'a> {
         if retry && self.may_fall_back() {
             return Next::ToStable;
         }
-        Next::Answer(local(error.refusal()))
+        Next::Refuse(error.refusal())
     }
 }
 

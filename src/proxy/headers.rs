@@ -13,7 +13,7 @@ use crate::state::{ConnCtx, Shared};
 /// the client sent none (HTTP/2), the peer appended to `x-forwarded-for`,
 /// `x-forwarded-proto` and the rule header set. The pool header is set per attempt: a
 /// fallback changes the pool.
-pub fn prepare_request(
+pub(crate) fn prepare_request(
     parts: &mut Parts,
     shared: &Shared,
     conn: &ConnCtx,
@@ -41,7 +41,7 @@ pub fn prepare_request(
 /// Removes hop-by-hop fields (RFC 9110 §7.6.1): `Connection` and every field it names,
 /// and the fixed list of SPEC §3. `keep_upgrade` keeps `Upgrade` (and a `Connection:
 /// upgrade`) for WebSocket handshakes.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // One pass over the (few) names first: a request rarely has any of these fields and
     // a response usually only `Connection`, and each removal is a hash lookup.
     let mut found = 0u8;
@@ -115,9 +115,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// `x-forwarded-for`; a constant so that inserting it allocates nothing (a `&str` name
 /// outside the standard set is copied into a fresh `HeaderName` on every insert).
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `x-forwarded-proto`, a constant for the same reason.
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// Every field [`strip_hop_by_hop`] may remove or rewrite by its own name; `Connection`
 /// and `Upgrade` first (a WebSocket handshake keeps them).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -142,12 +142,12 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// The client address as an `x-forwarded-for` value, built once per connection: every
 /// request on it then sets the field by a reference-count clone.
-pub fn peer_value(peer: IpAddr) -> HeaderValue {
+pub(crate) fn peer_value(peer: IpAddr) -> HeaderValue {
     HeaderValue::from_str(&peer.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 /// Appends the peer to `x-forwarded-for` (joining earlier values into one field).
-pub fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
+pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
     let mut joined: Vec<u8> = Vec::new();
     for v in headers.get_all(&X_FORWARDED_FOR) {
         // Only visible ASCII is carried on: an address list has no use for anything else,

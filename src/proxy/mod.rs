@@ -5,7 +5,7 @@
 //! - `forward`: the attempts: retries within the pool, the per-request fallback to stable.
 
 mod forward;
-pub mod headers;
+pub(crate) mod headers;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,7 +25,7 @@ use crate::upstream::DownBody;
 use forward::{Forward, Replay};
 
 /// Handles one request end to end. Never fails: every error becomes a response.
-pub async fn handle(
+pub(crate) async fn handle(
     mut req: Request<Incoming>,
     shared: &Arc<Shared>,
     conn: &ConnCtx,

@@ -20,7 +20,7 @@ mod raw;
 mod version;
 
 pub use compile::{compile, load, Compiled};
-pub use percent::percent_bucket;
+pub(crate) use percent::percent_bucket;
 
 use std::fmt;
 
@@ -35,7 +35,7 @@ use version::CmpOp;
 
 /// The rule label of a request no rule matched, in metrics and the propagate header; no
 /// rule may take this name, so the label is never ambiguous.
-pub const DEFAULT_RULE: &str = "default";
+pub(crate) const DEFAULT_RULE: &str = "default";
 
 // === compiled types ===
 

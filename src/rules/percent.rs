@@ -50,7 +50,7 @@ impl Percent {
 /// The bucket of `"{seed}:{key}"` (SPEC §2 `percent`): every graylane instance and every
 /// offline tool must agree on it, so it is spelled out here as the reference that the
 /// allocation-free path in `decide()` is tested against.
-pub fn percent_bucket(seed: &str, key: &str) -> u32 {
+pub(crate) fn percent_bucket(seed: &str, key: &str) -> u32 {
     let h = xxh3_64(format!("{seed}:{key}").as_bytes());
     (h % BUCKETS) as u32
 }

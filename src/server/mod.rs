@@ -15,7 +15,7 @@
 
 mod conn;
 mod sockio;
-pub mod tls;
+pub(crate) mod tls;
 
 use std::future::Future;
 use std::io;
@@ -72,7 +72,7 @@ struct Serving {
 
 /// The traffic listeners with every socket bound, ready to run. Binding first lets
 /// callers (tests, `demo`) learn the real addresses of `:0` binds before serving.
-pub struct Server {
+pub(crate) struct Server {
     shared: Arc<Shared>,
     tls: Arc<[Option<TlsTerminator>]>,
     /// Worker 0's listeners, registered with the caller's runtime.
@@ -93,7 +93,7 @@ fn bind_std(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 
 /// Loads every TLS listener's certificate and key; `run` and `check` refuse a config
 /// whose files cannot be used.
-pub fn load_tls(cfg: &Config) -> Result<Vec<Option<TlsTerminator>>, ServerError> {
+pub(crate) fn load_tls(cfg: &Config) -> Result<Vec<Option<TlsTerminator>>, ServerError> {
     cfg.listeners
         .iter()
         .map(|l| {
@@ -111,7 +111,7 @@ pub fn load_tls(cfg: &Config) -> Result<Vec<Option<TlsTerminator>>, ServerError>
 
 impl Server {
     /// Loads the certificates and binds every traffic listener (once per worker).
-    pub fn bind(shared: Arc<Shared>) -> Result<Self, ServerError> {
+    pub(crate) fn bind(shared: Arc<Shared>) -> Result<Self, ServerError> {
         let tls: Arc<[Option<TlsTerminator>]> = load_tls(&shared.config)?.into();
         let workers = shared.config.workers.max(1);
         let mut listeners = Vec::with_capacity(shared.config.listeners.len());
@@ -137,7 +137,7 @@ impl Server {
     }
 
     /// The bound address of each traffic listener, in config order.
-    pub fn listener_addrs(&self) -> Vec<SocketAddr> {
+    pub(crate) fn listener_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
             .filter_map(|l| l.local_addr().ok())
@@ -146,14 +146,14 @@ impl Server {
 
     /// Re-reads every listener's certificate and key (SIGHUP). A bad file keeps the old
     /// certificate serving and is logged with the reason.
-    pub fn tls_reloader(&self) -> tls::Reloader {
+    pub(crate) fn tls_reloader(&self) -> tls::Reloader {
         tls::Reloader::new(self.shared.clone(), self.tls.clone())
     }
 
     /// Serves until `shutdown` resolves, then drains (SPEC §8): `/readyz` turns 503, the
     /// listeners close, connections finish within `timeouts.drain`, long links close
     /// last. Returns `true` when every in-flight request finished in time.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> bool {
+    pub(crate) async fn run(self, shutdown: impl Future<Output = ()>) -> bool {
         let Server {
             shared,
             tls,

@@ -21,7 +21,7 @@ const COALESCE_MAX: usize = 2048;
 /// Writes `bufs` as [`AsyncWrite::poll_write_vectored`] would, with one `poll_write` when
 /// at most one piece is non-empty or the pieces are small together. Returns how many
 /// bytes of the concatenation were written, as a vectored write does.
-pub fn poll_write_coalesced<S: AsyncWrite + Unpin>(
+pub(super) fn poll_write_coalesced<S: AsyncWrite + Unpin>(
     s: &mut S,
     cx: &mut Context<'_>,
     bufs: &[IoSlice<'_>],

@@ -44,7 +44,7 @@ pub enum TlsError {
 
 /// One TLS listener's acceptor, swappable so a SIGHUP can bring in a renewed
 /// certificate while connections already open keep theirs.
-pub struct TlsTerminator {
+pub(crate) struct TlsTerminator {
     files: Tls,
     acceptor: ArcSwap<TlsAcceptor>,
 }
@@ -59,7 +59,7 @@ impl std::fmt::Debug for TlsTerminator {
 
 impl TlsTerminator {
     /// Loads the certificate and key.
-    pub fn load(files: &Tls) -> Result<Self, TlsError> {
+    pub(crate) fn load(files: &Tls) -> Result<Self, TlsError> {
         let cfg = server_config(&files.cert, &files.key)?;
         Ok(Self {
             files: files.clone(),
@@ -68,12 +68,12 @@ impl TlsTerminator {
     }
 
     /// The acceptor for a new connection.
-    pub fn acceptor(&self) -> Arc<TlsAcceptor> {
+    pub(crate) fn acceptor(&self) -> Arc<TlsAcceptor> {
         self.acceptor.load_full()
     }
 
     /// Re-reads the files; on error the old certificate stays and the error is returned.
-    pub fn reload(&self) -> Result<(), TlsError> {
+    pub(crate) fn reload(&self) -> Result<(), TlsError> {
         let cfg = server_config(&self.files.cert, &self.files.key)?;
         self.acceptor
             .store(Arc::new(TlsAcceptor::from(Arc::new(cfg))));

@@ -144,7 +144,7 @@ impl Body for UpBody {
 /// The response body sent to the client: the upstream's, streamed, or a short local one.
 /// `guard` lives as long as the body so the connection knows a response is in flight.
 #[derive(Debug)]
-pub struct DownBody<G = ()> {
+pub(crate) struct DownBody<G = ()> {
     inner: DownInner,
     _guard: Option<G>,
 }
@@ -163,7 +163,7 @@ enum DownInner {
 
 /// Why streaming an upstream's body to the client stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum DownBodyError {
+pub(crate) enum DownBodyError {
     /// The HTTP/1.1 upstream connection failed or sent a bad body.
     #[error(transparent)]
     H1(#[from] H1Error),
@@ -174,7 +174,7 @@ pub enum DownBodyError {
 
 impl DownBody<()> {
     /// A complete body held in memory (error pages, admin answers).
-    pub fn full(b: impl Into<Bytes>) -> Self {
+    pub(crate) fn full(b: impl Into<Bytes>) -> Self {
         Self {
             inner: DownInner::Full(Some(b.into())),
             _guard: None,
@@ -182,7 +182,7 @@ impl DownBody<()> {
     }
 
     /// An HTTP/2 upstream's body, streamed.
-    pub fn h2(b: Incoming) -> Self {
+    pub(crate) fn h2(b: Incoming) -> Self {
         Self {
             inner: DownInner::H2(b),
             _guard: None,
@@ -190,7 +190,7 @@ impl DownBody<()> {
     }
 
     /// An HTTP/1.1 upstream's body, streamed.
-    pub fn h1(b: H1Body) -> Self {
+    pub(crate) fn h1(b: H1Body) -> Self {
         Self {
             inner: DownInner::H1(b),
             _guard: None,
@@ -198,7 +198,7 @@ impl DownBody<()> {
     }
 
     /// The upstream connection of a `101` answer, leaving an empty body in its place.
-    pub fn take_tunnel(&mut self) -> Option<Tunnel> {
+    pub(crate) fn take_tunnel(&mut self) -> Option<Tunnel> {
         match std::mem::replace(&mut self.inner, DownInner::Full(None)) {
             DownInner::H1(b) => b.into_tunnel(),
             other => {
@@ -209,7 +209,7 @@ impl DownBody<()> {
     }
 
     /// Attaches a value dropped when the body is done or abandoned.
-    pub fn with_guard<G>(self, guard: G) -> DownBody<G> {
+    pub(crate) fn with_guard<G>(self, guard: G) -> DownBody<G> {
         DownBody {
             inner: self.inner,
             _guard: Some(guard),

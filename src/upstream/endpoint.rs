@@ -24,15 +24,15 @@ use crate::metrics::EndpointGauges;
 
 /// Consecutive connect failures that eject an endpoint. Low, because a refused or timed-out
 /// connect is unambiguous (nothing was sent) and each one costs a client a retry.
-pub const CONNECT_FAILURES_TO_EJECT: u32 = 3;
+pub(super) const CONNECT_FAILURES_TO_EJECT: u32 = 3;
 /// Consecutive failures of any kind (connect, reset, timeout, protocol, 5xx) that eject an
 /// endpoint. Higher than for connects, like Envoy's `consecutive_5xx`, because a 5xx can be
 /// one bad request rather than a bad endpoint.
-pub const FAILURES_TO_EJECT: u32 = 5;
+pub(super) const FAILURES_TO_EJECT: u32 = 5;
 /// First ejection time; doubles with each consecutive ejection.
-pub const EJECT_BASE: Duration = Duration::from_secs(1);
+pub(super) const EJECT_BASE: Duration = Duration::from_secs(1);
 /// Ejection time never grows past this, so a recovered endpoint is retried within it.
-pub const EJECT_MAX: Duration = Duration::from_secs(30);
+pub(super) const EJECT_MAX: Duration = Duration::from_secs(30);
 
 // === clock ===
 

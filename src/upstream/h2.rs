@@ -15,10 +15,10 @@ use crate::config::Config;
 use crate::error::UpstreamErrorKind;
 
 /// One worker's HTTP/2 client.
-pub type H2Client = Client<HttpConnector, UpBody>;
+pub(crate) type H2Client = Client<HttpConnector, UpBody>;
 
 /// A client per worker: pooled HTTP/2 connections stay on the thread that made them.
-pub fn clients(cfg: &Config) -> Vec<H2Client> {
+pub(super) fn clients(cfg: &Config) -> Vec<H2Client> {
     let mut conn = HttpConnector::new();
     conn.set_nodelay(true);
     conn.set_connect_timeout(Some(cfg.timeouts.connect));
@@ -36,7 +36,7 @@ pub fn clients(cfg: &Config) -> Vec<H2Client> {
 }
 
 /// The URI for `path_and_query` on an endpoint.
-pub fn endpoint_uri(
+pub(crate) fn endpoint_uri(
     ep: &Endpoint,
     path_and_query: Option<&http::uri::PathAndQuery>,
 ) -> Option<Uri> {
@@ -63,7 +63,7 @@ fn hyper_error_kind(e: &hyper::Error) -> UpstreamErrorKind {
 }
 
 /// Classifies an HTTP/2 client error into the SPEC §3 kinds.
-pub fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
+pub(crate) fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
     use std::error::Error as _;
     let mut src: Option<&(dyn std::error::Error + 'static)> = err.source();
     let mut timed_out = false;

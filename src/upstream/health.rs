@@ -26,7 +26,7 @@ pub(super) const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// all endpoints concurrently so one slow endpoint delays no other's verdict); and a sweep
 /// that republishes `endpoint_up` once a second. Returns the handles so shutdown can abort
 /// them.
-pub fn spawn_tasks(pool: Arc<PoolEndpoints>, health: Option<Health>) -> Vec<JoinHandle<()>> {
+pub(super) fn spawn_tasks(pool: Arc<PoolEndpoints>, health: Option<Health>) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::with_capacity(3);
     if pool.has_names() {
         let pool = Arc::clone(&pool);

@@ -10,20 +10,20 @@
 //! - `h1`: graylane's own HTTP/1.1 client and its per-worker connection pool.
 //! - `h2`: hyper-util's client for `protocol: h2` pools.
 
-pub mod body;
+pub(crate) mod body;
 mod endpoint;
-pub mod h1;
+pub(crate) mod h1;
 mod h2;
 mod health;
 mod pick;
 mod pool;
 mod resolve;
 
-pub use body::{DownBody, ReclaimableBody, UpBody};
-pub use endpoint::{Endpoint, Outcome};
-pub use h2::{classify, endpoint_uri, H2Client};
-pub use pool::PoolEndpoints;
-pub use resolve::ResolveError;
+pub(crate) use body::{DownBody, ReclaimableBody, UpBody};
+pub(crate) use endpoint::{Endpoint, Outcome};
+pub(crate) use h2::{classify, endpoint_uri, H2Client};
+pub(crate) use pool::PoolEndpoints;
+pub(crate) use resolve::ResolveError;
 
 use std::sync::Arc;
 

@@ -17,7 +17,7 @@ use super::H1Error;
 
 /// An upstream response body, read from the connection as the client side polls it.
 #[derive(Debug)]
-pub struct H1Body {
+pub(crate) struct H1Body {
     pub(super) conn: Option<Conn>,
     pub(super) addr: SocketAddr,
     pub(super) framing: Framing,
@@ -29,7 +29,7 @@ pub struct H1Body {
 impl H1Body {
     /// The connection of a `101` response, with any bytes the upstream sent after the
     /// head; `None` for every other response.
-    pub fn into_tunnel(mut self) -> Option<Tunnel> {
+    pub(crate) fn into_tunnel(mut self) -> Option<Tunnel> {
         if self.framing != Framing::Upgrade {
             return None;
         }
@@ -166,7 +166,7 @@ impl Body for H1Body {
 /// An upstream connection after `101 Switching Protocols`: the bytes already read after
 /// the head come first.
 #[derive(Debug)]
-pub struct Tunnel {
+pub(crate) struct Tunnel {
     pub(super) io: TcpStream,
     pub(super) pending: Bytes,
 }

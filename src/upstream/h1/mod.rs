@@ -25,8 +25,8 @@ mod codec;
 mod exchange;
 mod idle;
 
-pub use body::{H1Body, Tunnel};
-pub use idle::sweep_idle;
+pub(crate) use body::{H1Body, Tunnel};
+pub(crate) use idle::sweep_idle;
 
 use std::io;
 use std::net::SocketAddr;
@@ -52,7 +52,7 @@ const READ_CHUNK: usize = 8 * 1024;
 
 /// Why an exchange failed, with the cause.
 #[derive(Debug, thiserror::Error)]
-pub enum H1Error {
+pub(crate) enum H1Error {
     /// The TCP connect failed: nothing was sent.
     #[error("connect: {0}")]
     Connect(#[source] io::Error),
@@ -75,7 +75,7 @@ pub enum H1Error {
 
 impl H1Error {
     /// The SPEC §3 kind.
-    pub fn kind(&self) -> UpstreamErrorKind {
+    pub(crate) fn kind(&self) -> UpstreamErrorKind {
         match self {
             // Only a connect that timed out is a timeout; an established connection
             // that the kernel gave up on (retransmits) was reset, as far as a retry cares.
@@ -93,7 +93,7 @@ impl H1Error {
 /// A failed exchange, with the request handed back: its head is unchanged (the body may
 /// be partly sent), so a further attempt reuses it instead of a copy made in advance.
 #[derive(Debug)]
-pub struct SendFailure {
+pub(crate) struct SendFailure {
     /// What went wrong.
     pub error: H1Error,
     /// The request as it was given.
@@ -104,7 +104,7 @@ pub struct SendFailure {
 /// worker, or a new one. The response body reads the rest from the connection and puts
 /// it back into the pool when it ends; a `101` hands it over through
 /// [`H1Body::into_tunnel`].
-pub async fn send(
+pub(crate) async fn send(
     addr: SocketAddr,
     req: Request<UpBody>,
     connect_timeout: Duration,

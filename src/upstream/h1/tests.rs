@@ -1,5 +1,5 @@
 use std::cell::Cell;
-use std::hash::{BuildHasher, BuildHasherDefault};
+use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
