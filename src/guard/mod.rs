@@ -55,6 +55,10 @@ use crate::config::Guard;
 
 /// Buckets in the sliding window: ten keeps the window's edge within 10 % of `window`
 /// while the whole window is still read with ten loads.
+mod word;
+
+use word::*;
+
 pub(crate) const BUCKETS: u64 = 10;
 
 /// In HalfOpen, one gray-routed request in this many is a probe (5 %): small enough that a
@@ -66,112 +70,6 @@ pub(crate) const PROBE_EVERY: u64 = 20;
 /// (one failure in twenty passes, two do not); a service with a smaller `min_requests`
 /// decides after that many, as its operator asked for decisions on that little traffic.
 pub(crate) const MAX_PROBES: u64 = 20;
-
-// === packed words ===
-//
-// Each piece of shared state that must change as a whole lives in one `AtomicU64`.
-
-/// State word: mode in the low 2 bits, round generation in the next 20, and for Open the
-/// time it opens until (milliseconds since the guard's origin) in the top 42 (139 years).
-const MODE_BITS: u32 = 2;
-const GEN_BITS: u32 = 20;
-const GEN_MASK: u64 = (1 << GEN_BITS) - 1;
-const TIME_MAX: u64 = (1 << (64 - MODE_BITS - GEN_BITS)) - 1;
-const MODE_CLOSED: u64 = 0;
-const MODE_OPEN: u64 = 1;
-const MODE_HALF_OPEN: u64 = 2;
-
-/// Bucket word: truncated bucket number in the top 28 bits, requests and failures in 18
-/// bits each. A bucket that fills up is halved, which keeps its failure share.
-const COUNT_BITS: u32 = 18;
-const COUNT_MAX: u64 = (1 << COUNT_BITS) - 1;
-const STAMP_BITS: u32 = 64 - 2 * COUNT_BITS;
-const STAMP_MASK: u64 = (1 << STAMP_BITS) - 1;
-
-/// Half-open tickets word: generation in the top 20 bits, requests seen in the rest.
-const TICKET_BITS: u32 = 64 - GEN_BITS;
-const TICKET_MASK: u64 = (1 << TICKET_BITS) - 1;
-
-/// Probe outcomes word: generation in the top 20 bits, outcomes and failures in 22 each.
-const PROBE_BITS: u32 = (64 - GEN_BITS) / 2;
-const PROBE_MAX: u64 = (1 << PROBE_BITS) - 1;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Closed,
-    /// Until this many milliseconds after the origin.
-    Open(u64),
-    HalfOpen,
-}
-
-/// The breaker's state. `gen` names a half-open round: the probe counters carry the
-/// generation they count for, so a new round needs no separate reset step that could race
-/// with the round's first outcomes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct State {
-    mode: Mode,
-    gen: u64,
-}
-
-impl State {
-    fn pack(self) -> u64 {
-        let (mode, time) = match self.mode {
-            Mode::Closed => (MODE_CLOSED, 0),
-            Mode::Open(until) => (MODE_OPEN, until.min(TIME_MAX)),
-            Mode::HalfOpen => (MODE_HALF_OPEN, 0),
-        };
-        (time << (MODE_BITS + GEN_BITS)) | ((self.gen & GEN_MASK) << MODE_BITS) | mode
-    }
-
-    fn unpack(w: u64) -> State {
-        let gen = (w >> MODE_BITS) & GEN_MASK;
-        let mode = match w & ((1 << MODE_BITS) - 1) {
-            MODE_OPEN => Mode::Open(w >> (MODE_BITS + GEN_BITS)),
-            MODE_HALF_OPEN => Mode::HalfOpen,
-            _ => Mode::Closed,
-        };
-        State { mode, gen }
-    }
-
-    fn tripped(self) -> bool {
-        self.mode != Mode::Closed
-    }
-}
-
-fn next_gen(gen: u64) -> u64 {
-    gen.wrapping_add(1) & GEN_MASK
-}
-
-/// How `ours` relates to a generation found in a counter word: the same, newer (the word
-/// is from an earlier round: start afresh) or older (this thread's view is stale).
-fn gen_order(ours: u64, found: u64) -> std::cmp::Ordering {
-    let d = ours.wrapping_sub(found) & GEN_MASK;
-    if d == 0 {
-        std::cmp::Ordering::Equal
-    } else if d < (1 << (GEN_BITS - 1)) {
-        std::cmp::Ordering::Greater
-    } else {
-        std::cmp::Ordering::Less
-    }
-}
-
-fn pack_bucket(stamp: u64, requests: u64, failures: u64) -> u64 {
-    ((stamp & STAMP_MASK) << (2 * COUNT_BITS)) | (requests << COUNT_BITS) | failures
-}
-
-fn unpack_bucket(w: u64) -> (u64, u64, u64) {
-    (
-        w >> (2 * COUNT_BITS),
-        (w >> COUNT_BITS) & COUNT_MAX,
-        w & COUNT_MAX,
-    )
-}
-
-/// Keeps a hot word off the cache line of its neighbours: the state word is read by every
-/// gray-routed request and must not bounce with the bucket being counted into.
-#[repr(align(64))]
-#[derive(Default)]
-struct Padded<T>(T);
 
 // === impl GuardState ===
 

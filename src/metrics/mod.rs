@@ -9,200 +9,31 @@
 //! Lookups never panic. Indices come from the validated config; an index outside it
 //! (a bug elsewhere) lands on an unregistered "sink" child rather than taking the
 //! process down or polluting a real series.
+//!
+//! - `families`: the registered families of SPEC §6.
+//! - `children`: what one request touches, resolved per (listener, service, pool).
+
+mod children;
+mod families;
+
+pub(crate) use children::{ListenerMetrics, ReloadResult, RouteMetrics, ServiceMetrics};
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use prometheus::core::Collector;
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+    TextEncoder,
 };
 
-use crate::config::{Config, PoolId, STABLE};
+use crate::config::{Config, STABLE};
 use crate::error::{FallbackReason, UpstreamErrorKind};
 use crate::markers::MarkerKind;
+use children::CODE_CLASSES;
+use families::{table, Families, DURATION_BUCKETS};
 
 /// Label value of `service` and `pool` for requests no service matched (SPEC §3).
 pub(crate) const UNROUTED: &str = "-";
-
-/// Latency buckets in seconds: sub-millisecond for a local proxy hop up to the 30 s
-/// default `upstream_response` timeout, roughly ×2–2.5 apart so p50/p99 stay readable.
-const DURATION_BUCKETS: [f64; 15] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
-
-/// `code` label values of `requests_total`, indexed by [`code_index`].
-const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-
-/// How a rules reload ended; the `result` label of `rules_reloads_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ReloadResult {
-    /// A new ruleset was compiled and stored.
-    Ok,
-    /// The files hash to the live ruleset's sha256; nothing was swapped.
-    Unchanged,
-    /// The files did not compile; the previous ruleset stays live.
-    Error,
-}
-
-impl ReloadResult {
-    /// Every result, in label order.
-    pub const ALL: [ReloadResult; 3] = [
-        ReloadResult::Ok,
-        ReloadResult::Unchanged,
-        ReloadResult::Error,
-    ];
-
-    /// The metric label.
-    pub fn label(self) -> &'static str {
-        match self {
-            ReloadResult::Ok => "ok",
-            ReloadResult::Unchanged => "unchanged",
-            ReloadResult::Error => "error",
-        }
-    }
-
-    fn index(self) -> usize {
-        match self {
-            ReloadResult::Ok => 0,
-            ReloadResult::Unchanged => 1,
-            ReloadResult::Error => 2,
-        }
-    }
-}
-
-fn reason_index(r: FallbackReason) -> usize {
-    match r {
-        FallbackReason::PoolMissing => 0,
-        FallbackReason::PoolUnhealthy => 1,
-        FallbackReason::GuardTripped => 2,
-    }
-}
-
-fn kind_index(k: UpstreamErrorKind) -> usize {
-    match k {
-        UpstreamErrorKind::Connect => 0,
-        UpstreamErrorKind::Timeout => 1,
-        UpstreamErrorKind::Reset => 2,
-        UpstreamErrorKind::Protocol => 3,
-    }
-}
-
-/// Status classes outside 1xx–5xx (hyper allows up to 999) count with their nearest
-/// class, so every answer is counted exactly once.
-fn code_index(status: u16) -> usize {
-    match status {
-        0..=199 => 0,
-        200..=299 => 1,
-        300..=399 => 2,
-        400..=499 => 3,
-        _ => 4,
-    }
-}
-
-// === RouteMetrics ===
-
-/// The children of one (listener, service, pool): what a finished request touches.
-#[derive(Debug, Clone)]
-pub struct RouteMetrics {
-    /// `requests_total` per status class, indexed by [`code_index`].
-    codes: [IntCounter; 5],
-    /// `request_duration_seconds`.
-    duration: Histogram,
-    /// `websocket_connections`; a sink for unrouted requests, which never open a tunnel.
-    websockets: IntGauge,
-}
-
-impl RouteMetrics {
-    /// Counts one answered request (or WebSocket handshake, `101` → `1xx`) and its
-    /// latency; two atomic adds and a bucket search, nothing else.
-    pub fn observe(&self, status: u16, elapsed: Duration) {
-        if let Some(c) = self.codes.get(code_index(status)) {
-            c.inc();
-        }
-        self.duration.observe(elapsed.as_secs_f64());
-    }
-
-    /// Open long links on this route: `inc()` when the tunnel opens, `dec()` when it
-    /// closes, so the gauge is exact even when links outlive a reload.
-    pub fn websockets(&self) -> &IntGauge {
-        &self.websockets
-    }
-}
-
-// === ListenerMetrics ===
-
-/// Connection-level gauges of one listener, kept by the accept loop.
-#[derive(Debug, Clone)]
-pub struct ListenerMetrics {
-    /// `connections{listener}`: open client connections, to compare with `max_connections`.
-    pub connections: IntGauge,
-    /// `connections_rejected_total{listener}`: closed at once for being over the limit.
-    pub rejected: IntCounter,
-}
-
-// === ServiceMetrics ===
-
-/// Per-service children; pools are indexed within `service.pools` unless said otherwise.
-#[derive(Debug, Clone)]
-pub struct ServiceMetrics {
-    /// `fallbacks_total`, indexed by global [`PoolId`] then [`reason_index`]; the stable
-    /// row is the sink, since stable never falls back.
-    fallbacks: Vec<[IntCounter; 3]>,
-    /// `upstream_errors_total`, indexed by pool then [`kind_index`].
-    upstream_errors: Vec<[IntCounter; 4]>,
-    /// `upstream_retries_total`, indexed by pool.
-    retries: Vec<IntCounter>,
-    /// `long_links_rehomed_total`, indexed `[from][to]`; the diagonal is the sink.
-    rehomed: Vec<Vec<IntCounter>>,
-    /// `gray_tripped{service}`.
-    gray_tripped: IntGauge,
-    /// Where out-of-range indices land.
-    sink: IntCounter,
-}
-
-impl ServiceMetrics {
-    /// `fallbacks_total{service,from,to="stable",reason}`.
-    ///
-    /// `from` is the **global** [`PoolId`] the rules chose (an index into
-    /// `Config::pool_names`), not an index into `service.pools`: with `pool_missing` the
-    /// chosen pool is by definition not among the service's pools.
-    pub fn fallback(&self, from: PoolId, reason: FallbackReason) -> &IntCounter {
-        self.fallbacks
-            .get(from)
-            .and_then(|r| r.get(reason_index(reason)))
-            .unwrap_or(&self.sink)
-    }
-
-    /// `upstream_errors_total{service,pool,kind}`; feeds error-rate alerts per pool.
-    pub fn upstream_error(&self, pool: usize, kind: UpstreamErrorKind) -> &IntCounter {
-        self.upstream_errors
-            .get(pool)
-            .and_then(|r| r.get(kind_index(kind)))
-            .unwrap_or(&self.sink)
-    }
-
-    /// `upstream_retries_total{service,pool}`: one per retry attempt, not per request.
-    pub fn retries(&self, pool: usize) -> &IntCounter {
-        self.retries.get(pool).unwrap_or(&self.sink)
-    }
-
-    /// `gray_tripped{service}`: set to 1 while the guard keeps gray's traffic on stable.
-    pub fn gray_tripped(&self) -> &IntGauge {
-        &self.gray_tripped
-    }
-
-    /// `long_links_rehomed_total{service,from,to}`; `from == to` is never a re-home and
-    /// counts nowhere.
-    pub fn rehomed(&self, from: usize, to: usize) -> &IntCounter {
-        self.rehomed
-            .get(from)
-            .and_then(|r| r.get(to))
-            .unwrap_or(&self.sink)
-    }
-}
 
 // === Metrics ===
 
@@ -284,139 +115,6 @@ impl Sink {
         })
     }
 }
-
-/// The registered metric families, before children are resolved.
-struct Families {
-    requests: IntCounterVec,
-    duration: HistogramVec,
-    websockets: IntGaugeVec,
-    connections: IntGaugeVec,
-    rejected: IntCounterVec,
-    fallbacks: IntCounterVec,
-    upstream_errors: IntCounterVec,
-    retries: IntCounterVec,
-    gray_tripped: IntGaugeVec,
-    rehomed: IntCounterVec,
-    endpoint_up: IntGaugeVec,
-    marker_invalid: IntCounterVec,
-    reloads: IntCounterVec,
-    rule_hits: IntCounterVec,
-    rules_info: IntGaugeVec,
-    rules_loaded: Gauge,
-}
-
-impl Families {
-    fn register(r: &Registry) -> prometheus::Result<Families> {
-        const ROUTE: &[&str] = &["listener", "service", "pool"];
-        let counters = |name: &str, help: &str, labels: &[&str]| {
-            reg(r, IntCounterVec::new(Opts::new(name, help), labels)?)
-        };
-        let gauges = |name: &str, help: &str, labels: &[&str]| {
-            reg(r, IntGaugeVec::new(Opts::new(name, help), labels)?)
-        };
-        let duration = HistogramOpts::new(
-            "graylane_request_duration_seconds",
-            "Time from request head to response head.",
-        )
-        .buckets(DURATION_BUCKETS.to_vec());
-        Ok(Families {
-            requests: counters(
-                "graylane_requests_total",
-                "Answered requests by status class; WebSocket handshakes count as 1xx.",
-                &["listener", "service", "pool", "code"],
-            )?,
-            duration: reg(r, HistogramVec::new(duration, ROUTE)?)?,
-            websockets: gauges("graylane_websocket_connections", "Open long links.", ROUTE)?,
-            connections: gauges(
-                "graylane_connections",
-                "Open client connections.",
-                &["listener"],
-            )?,
-            rejected: counters(
-                "graylane_connections_rejected_total",
-                "Connections closed at accept for exceeding max_connections.",
-                &["listener"],
-            )?,
-            fallbacks: counters(
-                "graylane_fallbacks_total",
-                "Requests sent to stable instead of the pool their rule chose.",
-                &["service", "from", "to", "reason"],
-            )?,
-            upstream_errors: counters(
-                "graylane_upstream_errors_total",
-                "Failed upstream exchanges by kind.",
-                &["service", "pool", "kind"],
-            )?,
-            retries: counters(
-                "graylane_upstream_retries_total",
-                "Retries on another endpoint of the same pool.",
-                &["service", "pool"],
-            )?,
-            gray_tripped: gauges(
-                "graylane_gray_tripped",
-                "1 while the guard sends the service's gray traffic to stable.",
-                &["service"],
-            )?,
-            rehomed: counters(
-                "graylane_long_links_rehomed_total",
-                "Long links closed after a reload changed their pool.",
-                &["service", "from", "to"],
-            )?,
-            endpoint_up: gauges(
-                "graylane_endpoint_up",
-                "1 while the endpoint may take traffic.",
-                &["service", "pool", "endpoint"],
-            )?,
-            marker_invalid: counters(
-                "graylane_marker_invalid_total",
-                "Marker values present but unparseable, treated as absent.",
-                &["marker"],
-            )?,
-            reloads: counters(
-                "graylane_rules_reloads_total",
-                "Rules reload attempts by outcome.",
-                &["result"],
-            )?,
-            rule_hits: counters(
-                "graylane_rule_hits_total",
-                "Decisions by the rule that matched; rule=\"default\" when none did.",
-                &["rule"],
-            )?,
-            rules_info: gauges(
-                "graylane_rules_info",
-                "The live ruleset: always 1, identified by its labels.",
-                &["version", "sha256"],
-            )?,
-            rules_loaded: reg(
-                r,
-                Gauge::new(
-                    "graylane_rules_loaded_timestamp_seconds",
-                    "Unix time the live ruleset was loaded.",
-                )?,
-            )?,
-        })
-    }
-}
-
-/// Registers `c` and hands it back, so families are built in one expression each.
-fn reg<C: Collector + Clone + 'static>(r: &Registry, c: C) -> prometheus::Result<C> {
-    r.register(Box::new(c.clone()))?;
-    Ok(c)
-}
-
-/// Builds a fixed-size table of children, one per label in `labels`.
-fn table<L: Copy, T, const N: usize>(
-    labels: [L; N],
-    mut f: impl FnMut(L) -> prometheus::Result<T>,
-) -> prometheus::Result<[T; N]> {
-    let v = labels
-        .into_iter()
-        .map(&mut f)
-        .collect::<prometheus::Result<Vec<T>>>()?;
-    v.try_into()
-        .map_err(|_| prometheus::Error::Msg("metric table length mismatch".into()))
-}
-
 impl Metrics {
     /// Builds the registry and every child the config implies. An error means a metric
     /// definition in this file is invalid (a bad name, a label count that does not
@@ -689,8 +387,10 @@ impl fmt::Debug for EndpointGauges {
 
 #[cfg(test)]
 mod tests {
+    use super::children::{code_index, kind_index, reason_index};
     use super::*;
     use std::path::Path;
+    use std::time::Duration;
 
     const YAML: &str = "\
 listeners:
