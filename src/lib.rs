@@ -43,6 +43,8 @@ pub(crate) mod routing;
 pub(crate) mod rules;
 pub(crate) mod server;
 pub(crate) mod state;
+#[cfg(test)]
+mod testing;
 pub(crate) mod upstream;
 pub(crate) mod watch;
 pub(crate) mod worker;

@@ -369,18 +369,7 @@ mod tests {
     use super::*;
     use crate::markers::MarkerKind;
 
-    const MIN: &str = "\
-listeners:
-  - name: im
-    bind: \"127.0.0.1:0\"
-rules_file: rules.yaml
-services:
-  - name: chat
-    match: { path_prefix: /chat }
-    pools:
-      stable: { endpoints: [\"127.0.0.1:1\"] }
-      gray: { endpoints: [\"127.0.0.1:2\"] }
-";
+    const MIN: &str = crate::testing::MIN_CONFIG;
 
     fn load(src: &str) -> Result<Config, String> {
         Config::from_str(src, "g.yaml", Path::new("/etc/gl")).map_err(|e| e.to_string())

@@ -14,6 +14,45 @@ use super::yamlpos::{LocatedError, PosIndex, YamlPath};
 use super::*;
 use crate::markers::{MarkerKind, MarkerNames};
 
+/// The keywords a key accepts; the first is the default.
+struct Choices<T: 'static> {
+    /// What the error calls the value.
+    what: &'static str,
+    /// What the error says is expected.
+    expected: &'static str,
+    list: &'static [(&'static str, T)],
+}
+
+const PROTOCOLS: Choices<Protocol> = Choices {
+    what: "protocol",
+    expected: "expected http1 or h2",
+    list: &[
+        ("http1", Protocol::Http1),
+        ("http/1.1", Protocol::Http1),
+        ("h2", Protocol::H2),
+    ],
+};
+
+const ON_UNAVAILABLE: Choices<OnUnavailable> = Choices {
+    what: "value",
+    expected: "expected fallback or fail",
+    list: &[
+        ("fallback", OnUnavailable::Fallback),
+        ("fail", OnUnavailable::Fail),
+    ],
+};
+
+const LB_POLICIES: Choices<LbPolicy> = Choices {
+    what: "lb",
+    expected: "expected round_robin, least_request or hash_uid",
+    list: &[
+        ("round_robin", LbPolicy::RoundRobin),
+        ("least_request", LbPolicy::LeastRequest),
+        ("hash_uid", LbPolicy::HashUid),
+        ("hash: uid", LbPolicy::HashUid),
+    ],
+};
+
 pub(super) struct Validator<'a> {
     pub(super) file: &'a str,
     pub(super) pos: &'a PosIndex,
@@ -317,39 +356,13 @@ impl Validator<'_> {
                 ));
             }
         }
-        let protocol = match rp.protocol.as_deref() {
-            None | Some("http1") | Some("http/1.1") => Protocol::Http1,
-            Some("h2") => Protocol::H2,
-            Some(other) => {
-                return Err(self.err_at(
-                    &p.key("protocol"),
-                    format!("unknown protocol {other:?} (expected http1 or h2)"),
-                ))
-            }
-        };
-        let on_unavailable = match rp.on_unavailable.as_deref() {
-            None | Some("fallback") => OnUnavailable::Fallback,
-            Some("fail") => OnUnavailable::Fail,
-            Some(other) => {
-                return Err(self.err_at(
-                    &p.key("on_unavailable"),
-                    format!("unknown value {other:?} (expected fallback or fail)"),
-                ))
-            }
-        };
-        let lb = match rp.lb.as_deref() {
-            None | Some("round_robin") => LbPolicy::RoundRobin,
-            Some("least_request") => LbPolicy::LeastRequest,
-            Some("hash_uid") | Some("hash: uid") => LbPolicy::HashUid,
-            Some(other) => {
-                return Err(self.err_at(
-                    &p.key("lb"),
-                    format!(
-                        "unknown lb {other:?} (expected round_robin, least_request or hash_uid)"
-                    ),
-                ))
-            }
-        };
+        let protocol = self.one_of(&p.key("protocol"), rp.protocol.as_deref(), &PROTOCOLS)?;
+        let on_unavailable = self.one_of(
+            &p.key("on_unavailable"),
+            rp.on_unavailable.as_deref(),
+            &ON_UNAVAILABLE,
+        )?;
+        let lb = self.one_of(&p.key("lb"), rp.lb.as_deref(), &LB_POLICIES)?;
         Ok(Pool {
             name,
             id,
@@ -364,6 +377,19 @@ impl Validator<'_> {
                 .filter(|d| !d.is_zero())
                 .unwrap_or(Duration::from_secs(30)),
         })
+    }
+
+    /// A keyword value: absent is the first choice (the default), anything else must be
+    /// one of the choices.
+    fn one_of<T: Copy>(&self, p: &YamlPath, value: Option<&str>, c: &Choices<T>) -> VResult<T> {
+        let Some(v) = value else {
+            return Ok(c.list[0].1);
+        };
+        c.list
+            .iter()
+            .find(|(name, _)| *name == v)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| self.err_at(p, format!("unknown {} {v:?} ({})", c.what, c.expected)))
     }
 
     fn socket_addr(&self, p: &YamlPath, s: &str) -> VResult<SocketAddr> {

@@ -388,11 +388,7 @@ impl GuardState {
         {
             return;
         }
-        let next = State {
-            mode: Mode::Open(self.ms(now).saturating_add(self.cooldown_ms)),
-            gen: st.gen,
-        };
-        if !self.cas_state(st, next) {
+        if !self.transition(st, self.open_until(now)) {
             return; // another failure tripped it, or an operator acted
         }
         let rate = failures as f64 / requests as f64;
@@ -409,7 +405,21 @@ impl GuardState {
             self.cfg.max_error_rate,
             humantime::format_duration(self.cfg.cooldown),
         );
-        self.sync_gauge();
+    }
+
+    /// Open for a cooldown from `now`.
+    fn open_until(&self, now: Instant) -> Mode {
+        Mode::Open(self.ms(now).saturating_add(self.cooldown_ms))
+    }
+
+    /// Moves from `st` to `mode` in the same round unless another thread (or an
+    /// operator) moved first; the gauge follows. `true` when this call moved it.
+    fn transition(&self, st: State, mode: Mode) -> bool {
+        let moved = self.cas_state(st, State { mode, gen: st.gen });
+        if moved {
+            self.sync_gauge();
+        }
+        moved
     }
 
     /// Takes a half-open ticket for round `gen`: `true` for the probe share.
@@ -444,11 +454,7 @@ impl GuardState {
         let needed = self.probes_needed;
         if failures as f64 > self.cfg.max_error_rate * needed as f64 {
             // Even if every outstanding probe succeeds, the share ends above the bound.
-            let next = State {
-                mode: Mode::Open(self.ms(now).saturating_add(self.cooldown_ms)),
-                gen: st.gen,
-            };
-            if self.cas_state(st, next) {
+            if self.transition(st, self.open_until(now)) {
                 tracing::error!(
                     service = %self.service,
                     probes = outcomes,
@@ -461,17 +467,12 @@ impl GuardState {
                     self.cfg.max_error_rate,
                     humantime::format_duration(self.cfg.cooldown),
                 );
-                self.sync_gauge();
             }
         } else if outcomes >= needed {
             // Clear first: outcomes counted under the old numbering by requests that see
             // Closed before the shift would otherwise mix with what led to the trip.
             self.clear_window();
-            let next = State {
-                mode: Mode::Closed,
-                gen: st.gen,
-            };
-            if self.cas_state(st, next) {
+            if self.transition(st, Mode::Closed) {
                 tracing::info!(
                     service = %self.service,
                     probes = outcomes,
@@ -481,7 +482,6 @@ impl GuardState {
                     self.service,
                     self.cfg.max_error_rate,
                 );
-                self.sync_gauge();
             }
         }
     }

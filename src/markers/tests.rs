@@ -1,23 +1,13 @@
 use std::borrow::Cow;
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 
 use super::read::form_decode;
 use super::*;
-
-fn hm(pairs: &[(&str, &str)]) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    for (k, v) in pairs {
-        h.append(
-            HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            HeaderValue::from_str(v).unwrap(),
-        );
-    }
-    h
-}
+use crate::testing::headers;
 
 fn read(pairs: &[(&str, &str)], query: Option<&str>) -> (Markers, InvalidSet) {
-    MarkerReader::default().read(&hm(pairs), query)
+    MarkerReader::default().read(&headers(pairs), query)
 }
 
 fn v(s: &str) -> Version {
@@ -242,7 +232,7 @@ fn agent_gid_skips_junk_tokens_and_counts_once() {
 
 #[test]
 fn cookies_are_parsed_leniently() {
-    let h = hm(&[
+    let h = headers(&[
         ("cookie", "a=1;b=2 ;  xdw-kefu-uid = \"42\" ; c"),
         (
             "cookie",
@@ -266,7 +256,7 @@ fn cookies_are_parsed_leniently() {
     assert_eq!(cookie(&h, "A"), None, "names are case-sensitive");
     assert_eq!(cookie(&h, "missing"), None);
 
-    let h = hm(&[("cookie", "x=\"a,b; \"; y=\"\"; z=\"; w= v w ")]);
+    let h = headers(&[("cookie", "x=\"a,b; \"; y=\"\"; z=\"; w= v w ")]);
     assert_eq!(cookie(&h, "x"), Some("\"a,b"));
     assert_eq!(cookie(&h, "y"), Some(""));
     assert_eq!(cookie(&h, "z"), Some("\""));
@@ -296,7 +286,7 @@ fn ten_thousand_cookies() {
         s.push_str(&format!("c{i}=v{i}; "));
     }
     s.push_str("xdw-kefu-uid=99; xdw-kefu-entryid=5");
-    let h = hm(&[("cookie", &s)]);
+    let h = headers(&[("cookie", &s)]);
     let (m, inv) = MarkerReader::default().read(&h, None);
     assert_eq!(m.uid, Some(99));
     assert_eq!(m.entry_id, Some(5));
@@ -377,7 +367,7 @@ fn configured_names_and_disabled_sources() {
         query: None,
     };
     let r = MarkerReader::new(&names);
-    let h = hm(&[
+    let h = headers(&[
         ("xdw-kefu-uid", "1"),
         ("cookie", "xdw-kefu-uid=2; id=8"),
         ("X-User", ""),
@@ -386,14 +376,14 @@ fn configured_names_and_disabled_sources() {
     assert_eq!(m.uid, Some(3), "header empty, cookie off, query decides");
     assert_eq!(m.staff_uid, Some(8));
     assert_eq!(m.entry_id, Some(8));
-    let (m, _) = r.read(&hm(&[("x-user", "4")]), Some("u=3"));
+    let (m, _) = r.read(&headers(&[("x-user", "4")]), Some("u=3"));
     assert_eq!(m.uid, Some(4));
     assert_eq!(m.staff_uid, Some(3));
 }
 
 #[test]
 fn marker_headers_are_removed_for_untrusted_peers() {
-    let mut h = hm(&[
+    let mut h = headers(&[
         ("xdw-kefu-uid", "1"),
         ("xdw-kefu-uid", "2"),
         ("xdw-device-id", "ios"),

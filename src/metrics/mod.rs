@@ -392,29 +392,16 @@ mod tests {
     use std::path::Path;
     use std::time::Duration;
 
-    const YAML: &str = "\
-listeners:
-  - name: im
-    bind: \"127.0.0.1:18080\"
-  - name: console
-    bind: \"127.0.0.1:18081\"
-rules_file: rules.yaml
-services:
-  - name: chat
-    match: { path_prefix: /chat }
-    pools:
-      stable: { endpoints: [\"10.1.0.11:8000\", \"10.1.0.12:8000\"] }
-      gray: { endpoints: [\"10.2.0.11:8000\"] }
-    guard: { max_error_rate: 0.05 }
-  - name: static
-    match: { path_prefix: / }
-    pools:
-      stable: { endpoints: [\"static-stable.kefu.svc:80\"] }
-      canary: { endpoints: [\"static-canary.kefu.svc:80\"] }
-";
+    /// Listeners `im` and `console`; `chat` (stable, gray) and `static` (stable, canary).
+    fn yaml() -> String {
+        crate::testing::MIN_CONFIG.replace(
+            "rules_file:",
+            "  - name: console\n    bind: \"127.0.0.1:0\"\nrules_file:",
+        ) + "  - name: static\n    match: { path_prefix: / }\n    pools:\n      stable: { endpoints: [\"static-stable.kefu.svc:80\"] }\n      canary: { endpoints: [\"static-canary.kefu.svc:80\"] }\n"
+    }
 
     fn setup() -> (Config, Metrics) {
-        let cfg = Config::from_str(YAML, "g.yaml", Path::new(".")).unwrap();
+        let cfg = Config::from_str(&yaml(), "g.yaml", Path::new(".")).unwrap();
         let m = Metrics::try_new(&cfg).unwrap();
         (cfg, m)
     }
@@ -427,11 +414,13 @@ services:
             .unwrap()
     }
 
-    fn has(out: &str, line: &str) {
-        assert!(
-            out.lines().any(|l| l == line),
-            "missing line {line:?} in:\n{out}"
-        );
+    fn has(out: &str, lines: &[&str]) {
+        for line in lines {
+            assert!(
+                out.lines().any(|l| l == *line),
+                "missing line {line:?} in:\n{out}"
+            );
+        }
     }
 
     fn lacks(out: &str, needle: &str) {
@@ -457,34 +446,18 @@ services:
         let out = m.encode();
         has(
             &out,
-            r#"graylane_requests_total{code="2xx",listener="im",pool="gray",service="chat"} 1"#,
+            &[
+                r#"graylane_requests_total{code="2xx",listener="im",pool="gray",service="chat"} 1"#,
+                r#"graylane_requests_total{code="1xx",listener="im",pool="gray",service="chat"} 1"#,
+                r#"graylane_requests_total{code="5xx",listener="im",pool="gray",service="chat"} 2"#,
+                // every known route starts at zero
+                r#"graylane_requests_total{code="2xx",listener="console",pool="canary",service="static"} 0"#,
+                r#"graylane_requests_total{code="4xx",listener="console",pool="-",service="-"} 1"#,
+                r#"graylane_request_duration_seconds_bucket{listener="im",pool="gray",service="chat",le="0.005"} 2"#,
+                r#"graylane_request_duration_seconds_count{listener="im",pool="gray",service="chat"} 4"#,
+                "# TYPE graylane_request_duration_seconds histogram",
+            ],
         );
-        has(
-            &out,
-            r#"graylane_requests_total{code="1xx",listener="im",pool="gray",service="chat"} 1"#,
-        );
-        has(
-            &out,
-            r#"graylane_requests_total{code="5xx",listener="im",pool="gray",service="chat"} 2"#,
-        );
-        // every known route starts at zero
-        has(
-            &out,
-            r#"graylane_requests_total{code="2xx",listener="console",pool="canary",service="static"} 0"#,
-        );
-        has(
-            &out,
-            r#"graylane_requests_total{code="4xx",listener="console",pool="-",service="-"} 1"#,
-        );
-        has(
-            &out,
-            r#"graylane_request_duration_seconds_bucket{listener="im",pool="gray",service="chat",le="0.005"} 2"#,
-        );
-        has(
-            &out,
-            r#"graylane_request_duration_seconds_count{listener="im",pool="gray",service="chat"} 4"#,
-        );
-        has(&out, "# TYPE graylane_request_duration_seconds histogram");
         // unrouted requests never open a tunnel: no websocket series for "-"
         lacks(
             &out,
@@ -538,7 +511,7 @@ services:
             r#"graylane_endpoint_up{endpoint="10.1.0.12:8000",pool="stable",service="chat"} 0"#,
             r#"graylane_endpoint_up{endpoint="10.3.0.1:80",pool="canary",service="static"} 1"#,
         ] {
-            has(&out, line);
+            has(&out, &[line]);
         }
         // stable never falls back and a pool never re-homes into itself
         lacks(&out, r#"from="stable",reason="#);
@@ -581,7 +554,7 @@ services:
         let out = m.encode();
         has(
             &out,
-            r#"graylane_marker_invalid_total{marker="app_version"} 1"#,
+            &[r#"graylane_marker_invalid_total{marker="app_version"} 1"#],
         );
         for k in MarkerKind::ALL {
             assert!(
@@ -593,11 +566,13 @@ services:
                 k.name()
             );
         }
-        has(&out, r#"graylane_rules_reloads_total{result="ok"} 2"#);
-        has(&out, r#"graylane_rules_reloads_total{result="error"} 1"#);
         has(
             &out,
-            r#"graylane_rules_reloads_total{result="unchanged"} 0"#,
+            &[
+                r#"graylane_rules_reloads_total{result="ok"} 2"#,
+                r#"graylane_rules_reloads_total{result="error"} 1"#,
+                r#"graylane_rules_reloads_total{result="unchanged"} 0"#,
+            ],
         );
     }
 
@@ -612,9 +587,14 @@ services:
         let again = m.rule_hits(&["vip"]);
         again[0].inc();
         let out = m.encode();
-        has(&out, r#"graylane_rule_hits_total{rule="vip"} 2"#);
-        has(&out, r#"graylane_rule_hits_total{rule="beta-staff"} 0"#);
-        has(&out, r#"graylane_rule_hits_total{rule="default"} 5"#);
+        has(
+            &out,
+            &[
+                r#"graylane_rule_hits_total{rule="vip"} 2"#,
+                r#"graylane_rule_hits_total{rule="beta-staff"} 0"#,
+                r#"graylane_rule_hits_total{rule="default"} 5"#,
+            ],
+        );
     }
 
     #[test]
@@ -627,14 +607,22 @@ services:
         let out = m.encode();
         has(
             &out,
-            r#"graylane_rules_info{sha256="aaaa",version="2024-05-01"} 1"#,
+            &[
+                r#"graylane_rules_info{sha256="aaaa",version="2024-05-01"} 1"#,
+                "graylane_rules_loaded_timestamp_seconds 1700000001",
+            ],
         );
-        has(&out, "graylane_rules_loaded_timestamp_seconds 1700000001");
         m.set_rules_info(None, "bbbb", 1_700_000_100.5);
         let out = m.encode();
-        has(&out, r#"graylane_rules_info{sha256="bbbb",version=""} 1"#);
+        has(
+            &out,
+            &[r#"graylane_rules_info{sha256="bbbb",version=""} 1"#],
+        );
         lacks(&out, "aaaa");
-        has(&out, "graylane_rules_loaded_timestamp_seconds 1700000100.5");
+        has(
+            &out,
+            &["graylane_rules_loaded_timestamp_seconds 1700000100.5"],
+        );
         assert_eq!(out.matches("graylane_rules_info{").count(), 1);
     }
 

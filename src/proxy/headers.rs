@@ -172,21 +172,11 @@ pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use crate::testing::headers;
 
     #[test]
     fn hop_by_hop_fields_go() {
-        let mut h = map(&[
+        let mut h = headers(&[
             ("connection", "keep-alive, x-secret"),
             ("x-secret", "1"),
             ("keep-alive", "timeout=5"),
@@ -205,7 +195,7 @@ mod tests {
 
     #[test]
     fn connection_tokens_match_any_case_and_every_value() {
-        let mut h = map(&[
+        let mut h = headers(&[
             ("connection", "X-Secret"),
             ("connection", "close"),
             ("connection", "x-other"),
@@ -228,7 +218,7 @@ mod tests {
 
     #[test]
     fn websocket_keeps_upgrade() {
-        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        let mut h = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
@@ -236,13 +226,13 @@ mod tests {
 
     #[test]
     fn forwarded_for_appends() {
-        let mut h = map(&[
+        let mut h = headers(&[
             ("x-forwarded-for", "1.2.3.4"),
             ("x-forwarded-for", "5.6.7.8"),
         ]);
         append_forwarded_for(&mut h, &peer_value("127.0.0.1".parse().unwrap()));
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 127.0.0.1");
-        let mut h = map(&[("x-forwarded-for", "1.2.3.4")]);
+        let mut h = headers(&[("x-forwarded-for", "1.2.3.4")]);
         h.append(
             "x-forwarded-for",
             HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),

@@ -13,6 +13,7 @@ use std::time::Instant;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 
 use crate::config::GRAY;
 use crate::error::{FallbackReason, Refusal};
@@ -20,7 +21,9 @@ use crate::guard::GuardState;
 use crate::longlink::{self, Handshake};
 use crate::markers::Markers;
 use crate::routing::strip_port;
-use crate::state::{ConnCtx, Outcome, Shared};
+use crate::rules::Decision;
+use crate::state::{ConnCtx, Live, Outcome, Shared};
+use crate::upstream::h1::Tunnel;
 use crate::upstream::DownBody;
 use forward::{Forward, Replay};
 
@@ -58,18 +61,8 @@ pub(crate) async fn handle(
             .observe(resp.status().as_u16(), elapsed);
         return resp;
     };
-    let hit = decision.rule.unwrap_or(live.hits.len() - 1);
-    if let Some(c) = live.hits.get(hit) {
-        c.inc();
-    }
+    let hit = count_decision(shared, &live, service, &decision, fallback);
     let svc = &shared.config.services[service];
-    if let Some(reason) = fallback {
-        shared
-            .metrics
-            .service(service)
-            .fallback(decision.pool, reason)
-            .inc();
-    }
     // A long link remembers its handshake so a reload can decide it again.
     let handshake = client_upgrade.as_ref().map(|_| Handshake {
         listener: conn.listener,
@@ -112,17 +105,11 @@ pub(crate) async fn handle(
 
     // === respond: open the tunnel of a 101, count, log ===
     let tunnel = match (client_upgrade, handshake) {
-        (Some(client_up), Some(mut hs)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            // The link lives in (and is counted and re-homed from) the pool actually used.
-            hs.pool = final_pool;
-            resp.body_mut()
-                .take_tunnel()
-                .map(|upstream| (client_up, upstream, hs))
-        }
+        (Some(client), Some(hs)) => take_tunnel(&mut resp, client, hs, final_pool),
         _ => None,
     };
     headers::strip_hop_by_hop(resp.headers_mut(), tunnel.is_some());
-    if let Some((client_up, upstream, hs)) = tunnel {
+    if let Some((client, upstream, hs)) = tunnel {
         let gauge = shared
             .metrics
             .route(hs.listener, hs.service, hs.pool)
@@ -131,7 +118,7 @@ pub(crate) async fn handle(
         let idle = shared.config.timeouts.long_link_idle;
         longlink::open(
             &shared.links,
-            client_up,
+            client,
             upstream,
             hs,
             gauge,
@@ -145,22 +132,88 @@ pub(crate) async fn handle(
         .route(conn.listener, service, final_pool)
         .observe(resp.status().as_u16(), elapsed);
     if shared.sample_access() {
-        // Path only: query strings may carry an accessToken, and headers and cookies
-        // never go to logs.
-        tracing::info!(
-            target: "graylane::access",
-            listener = %shared.config.listeners[conn.listener].name,
-            peer = %conn.peer.ip(),
-            method = %parts.method,
-            path = parts.uri.path(),
-            service = %svc.name,
-            pool = %svc.pools[final_pool].name,
-            rule = rule_value.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("default"),
-            status = resp.status().as_u16(),
-            ms = elapsed.as_secs_f64() * 1000.0,
+        let rule = rule_value.as_ref().and_then(|v| v.to_str().ok());
+        let pool = &svc.pools[final_pool].name;
+        log_access(
+            shared,
+            conn,
+            &parts,
+            &svc.name,
+            pool,
+            rule,
+            resp.status(),
+            elapsed,
         );
     }
     resp
+}
+
+/// The client and upstream sides of a `101` answer to a WebSocket handshake, with the
+/// handshake moved to the pool that answered (where the link is counted and re-homed
+/// from); `None` for any other answer, which is relayed as a normal response.
+fn take_tunnel(
+    resp: &mut Response<DownBody>,
+    client: OnUpgrade,
+    mut hs: Handshake,
+    pool: usize,
+) -> Option<(OnUpgrade, Tunnel, Handshake)> {
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return None;
+    }
+    hs.pool = pool;
+    resp.body_mut()
+        .take_tunnel()
+        .map(|upstream| (client, upstream, hs))
+}
+
+/// One sampled access-log line. Path only: query strings may carry an accessToken, and
+/// headers and cookies never go to logs.
+#[allow(clippy::too_many_arguments)]
+fn log_access(
+    shared: &Shared,
+    conn: &ConnCtx,
+    parts: &http::request::Parts,
+    service: &str,
+    pool: &str,
+    rule: Option<&str>,
+    status: StatusCode,
+    elapsed: std::time::Duration,
+) {
+    tracing::info!(
+        target: "graylane::access",
+        listener = %shared.config.listeners[conn.listener].name,
+        peer = %conn.peer.ip(),
+        method = %parts.method,
+        path = parts.uri.path(),
+        service,
+        pool,
+        rule = rule.unwrap_or("default"),
+        status = status.as_u16(),
+        ms = elapsed.as_secs_f64() * 1000.0,
+    );
+}
+
+/// Counts the rule that matched (`default` when none did) and a fallback the rules'
+/// choice needed; returns the rule's index into the live tables.
+fn count_decision(
+    shared: &Shared,
+    live: &Live,
+    service: usize,
+    decision: &Decision,
+    fallback: Option<FallbackReason>,
+) -> usize {
+    let hit = decision.rule.unwrap_or(live.hits.len() - 1);
+    if let Some(c) = live.hits.get(hit) {
+        c.inc();
+    }
+    if let Some(reason) = fallback {
+        shared
+            .metrics
+            .service(service)
+            .fallback(decision.pool, reason)
+            .inc();
+    }
+    hit
 }
 
 /// The request's markers, counting invalid ones. An untrusted peer's marker headers are

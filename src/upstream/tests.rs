@@ -24,6 +24,12 @@ use crate::config::OnUnavailable;
 
 // --- helpers ---
 
+const EVERY_LB: [LbPolicy; 3] = [
+    LbPolicy::RoundRobin,
+    LbPolicy::LeastRequest,
+    LbPolicy::HashUid,
+];
+
 /// A fresh round-robin pool of one endpoint (10.0.0.1:80) reporting to `g`, and it.
 fn single_endpoint(g: &Gauges) -> (PoolEndpoints, Arc<Endpoint>) {
     let p = PoolEndpoints::new(
@@ -224,11 +230,7 @@ fn hash_walks_past_an_unavailable_endpoint_and_only_its_keys_move() {
 
 #[test]
 fn pick_skips_exclude_for_every_policy() {
-    for lb in [
-        LbPolicy::RoundRobin,
-        LbPolicy::LeastRequest,
-        LbPolicy::HashUid,
-    ] {
+    for lb in EVERY_LB {
         let p = pool_of(&["10.0.0.1:80", "10.0.0.2:80"], lb);
         let eps = p.endpoints();
         for k in 0..200u64 {
@@ -250,11 +252,7 @@ fn pick_skips_exclude_for_every_policy() {
 
 #[test]
 fn all_ejected_pick_none_but_pick_any_returns_one() {
-    for lb in [
-        LbPolicy::RoundRobin,
-        LbPolicy::LeastRequest,
-        LbPolicy::HashUid,
-    ] {
+    for lb in EVERY_LB {
         let p = pool_of(&["10.0.0.1:80", "10.0.0.2:80"], lb);
         let eps = p.endpoints();
         let now = clock_ms();

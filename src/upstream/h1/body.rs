@@ -177,13 +177,13 @@ impl AsyncRead for Tunnel {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.pending.is_empty() {
-            let n = this.pending.len().min(buf.remaining());
-            buf.put_slice(&this.pending.split_to(n));
-            return Poll::Ready(Ok(()));
+        let Tunnel { io, pending } = self.get_mut();
+        if pending.is_empty() {
+            return Pin::new(io).poll_read(cx, buf);
         }
-        Pin::new(&mut this.io).poll_read(cx, buf)
+        let n = pending.len().min(buf.remaining());
+        buf.put_slice(&pending.split_to(n));
+        Poll::Ready(Ok(()))
     }
 }
 

@@ -1,0 +1,30 @@
+//! Fixtures the unit tests of several modules share.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// A header map with `pairs` appended in order (repeated names stay repeated).
+pub(crate) fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            HeaderName::from_bytes(k.as_bytes()).expect("test header name"),
+            HeaderValue::from_str(v).expect("test header value"),
+        );
+    }
+    h
+}
+
+/// The smallest valid `graylane.yaml`: listener `im`, rules in `rules.yaml`, service
+/// `chat` on `/chat` with stable and gray pools.
+pub(crate) const MIN_CONFIG: &str = "\
+listeners:
+  - name: im
+    bind: \"127.0.0.1:0\"
+rules_file: rules.yaml
+services:
+  - name: chat
+    match: { path_prefix: /chat }
+    pools:
+      stable: { endpoints: [\"127.0.0.1:1\"] }
+      gray: { endpoints: [\"127.0.0.1:2\"] }
+";
