@@ -31,14 +31,6 @@ rules:
     route: canary
 ";
 
-async fn setup(extra: &str) -> (Upstream, Upstream, Proxy) {
-    proxy_with_upstreams(|s, g| two_services(s, g, "/chat", extra), RULES).await
-}
-
-fn json(body: &str) -> Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
-}
-
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
@@ -58,26 +50,11 @@ fn routed(service: &str, pool: &str, rule: Option<&str>, fallback: Option<&str>)
     serde_json::json!({ "service": service, "pool": pool, "rule": rule, "fallback": fallback })
 }
 
-/// Splits `FILE:LINE:COLUMN: message`.
-fn located(err: &str) -> (String, u32, u32, String) {
-    let (head, message) = err
-        .split_once(": ")
-        .unwrap_or_else(|| panic!("no `: ` in {err:?}"));
-    let mut parts = head.rsplitn(3, ':');
-    let col = parts.next().and_then(|c| c.parse().ok());
-    let line = parts.next().and_then(|l| l.parse().ok());
-    let file = parts.next();
-    match (file, line, col) {
-        (Some(f), Some(l), Some(c)) => (f.to_owned(), l, c, message.to_owned()),
-        _ => panic!("not FILE:LINE:COLUMN: message: {err:?}"),
-    }
-}
-
 // === /metrics, /healthz, /readyz ===
 
 #[tokio::test]
 async fn metrics_exports_every_family_in_prometheus_text() {
-    let (_s, _g, p) = setup("").await;
+    let (_s, _g, p) = setup_two("/chat", "", RULES).await;
     // Some traffic first, so labelled series exist wherever the exporter needs them.
     let (st, _, _) = get(&client(), &p.url("/chat/x"), &[("xdw-kefu-uid", "42")]).await;
     assert_eq!(st.as_u16(), 200);
@@ -140,7 +117,7 @@ async fn metrics_exports_every_family_in_prometheus_text() {
 
 #[tokio::test]
 async fn healthz_and_readyz_are_200() {
-    let (_s, _g, p) = setup("").await;
+    let (_s, _g, p) = setup_two("/chat", "", RULES).await;
     assert_eq!(admin_get(&p, "/healthz").await.0.as_u16(), 200);
     assert_eq!(admin_get(&p, "/readyz").await.0.as_u16(), 200);
     p.stop().await;
@@ -150,7 +127,7 @@ async fn healthz_and_readyz_are_200() {
 
 #[tokio::test]
 async fn rules_describes_the_live_ruleset() {
-    let (_s, _g, p) = setup("").await;
+    let (_s, _g, p) = setup_two("/chat", "", RULES).await;
     let (st, body) = admin_get(&p, "/rules").await;
     assert_eq!(st.as_u16(), 200);
     let v = json(&body);
@@ -215,7 +192,7 @@ rules:
 
 #[tokio::test]
 async fn post_reload_answers_rules_body_or_422_with_position() {
-    let (_s, _g, p) = setup("").await;
+    let (_s, _g, p) = setup_two("/chat", "", RULES).await;
     // A version-less ruleset: 200 with the /rules body, version null.
     let next = "rules:\n  - name: only\n    when: { uid: { in: [7] } }\n    route: gray\n";
     std::fs::write(p.rules_path(), next).unwrap();
@@ -259,7 +236,7 @@ async fn post_reload_answers_rules_body_or_422_with_position() {
 
 #[tokio::test]
 async fn explain_names_service_pool_rule_and_fallback() {
-    let (_s, _g, p) = setup("").await;
+    let (_s, _g, p) = setup_two("/chat", "", RULES).await;
     let chat = "listener=im&path=/chat/x";
     assert_eq!(
         explain(&p, &format!("{chat}&uid=42")).await,
@@ -388,7 +365,7 @@ async fn token_file_guards_post_endpoints_only() {
 
 #[tokio::test]
 async fn guard_switches_404_for_unknown_or_unguarded_services() {
-    let (_s, _g, p) = setup("").await;
+    let (_s, _g, p) = setup_two("/chat", "", RULES).await;
     for path in [
         "/guard/trip?service=unknown",
         "/guard/reset?service=unknown",
@@ -502,7 +479,7 @@ const CONNECTIONS: &str = "graylane_connections{listener=\"im\"}";
 
 #[tokio::test]
 async fn connections_gauge_follows_open_connections() {
-    let (_s, _g, p) = setup("").await;
+    let (_s, _g, p) = setup_two("/chat", "", RULES).await;
     assert_eq!(metric(&p, CONNECTIONS).await, 0.0);
     let a = open_served(&p).await;
     let b = TcpStream::connect(p.addr()).await.unwrap();
@@ -537,7 +514,7 @@ async fn connections_gauge_follows_open_connections() {
 
 #[tokio::test]
 async fn over_max_connections_is_closed_at_once_and_counted() {
-    let (_s, _g, p) = setup("limits: { max_connections: 1 }\n").await;
+    let (_s, _g, p) = setup_two("/chat", "limits: { max_connections: 1 }\n", RULES).await;
     let rejected = "graylane_connections_rejected_total{listener=\"im\"}";
     assert_eq!(metric(&p, rejected).await, 0.0);
     let held = open_served(&p).await;

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
@@ -19,13 +18,6 @@ rules:
     route: gray
 ";
 
-/// Generous bound for anything that should take about a second.
-const PATIENCE: Duration = Duration::from_secs(8);
-
-async fn setup(extra: &str) -> (Upstream, Upstream, Proxy) {
-    proxy_with_upstreams(|s, g| simple_config(s, g, extra), RULES).await
-}
-
 /// A normal request on a fresh connection still works, and the marker still routes.
 async fn assert_still_serves(p: &Proxy) {
     let c = client();
@@ -35,122 +27,11 @@ async fn assert_still_serves(p: &Proxy) {
     assert_eq!((st.as_u16(), body.as_str()), (200, "gray"));
 }
 
-/// How reading a connection ended.
-#[derive(Debug, PartialEq, Eq)]
-enum End {
-    /// The peer closed (FIN).
-    Eof,
-    /// The peer reset the connection.
-    Reset,
-    /// Still open when the deadline passed.
-    Open,
-}
-
-/// Reads until the peer closes or `within` passes; returns the bytes and how it ended.
-async fn read_to_close(s: &mut TcpStream, within: Duration) -> (Vec<u8>, End) {
-    let deadline = Instant::now() + within;
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Err(_) => return (out, End::Open),
-            Ok(Ok(0)) => return (out, End::Eof),
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Ok(Err(_)) => return (out, End::Reset),
-        }
-    }
-}
-
-/// Reads one HTTP/1.1 response (head + `content-length` body) and leaves the
-/// connection open. Returns the status and the body.
-async fn read_one_response(s: &mut TcpStream) -> (u16, Vec<u8>) {
-    let deadline = Instant::now() + PATIENCE;
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(end) = find(&out, b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map(|v| v.trim().parse().expect("content-length"))
-                .expect("response has content-length");
-            if out.len() >= end + 4 + len {
-                let status = status_of(&out).expect("status line");
-                return (status, out[end + 4..end + 4 + len].to_vec());
-            }
-        }
-        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
-            .await
-            .expect("response within the deadline")
-            .expect("read");
-        assert!(
-            n > 0,
-            "closed mid-response: {:?}",
-            String::from_utf8_lossy(&out)
-        );
-        out.extend_from_slice(&buf[..n]);
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// The status code of an HTTP/1.x response, if the bytes start with one.
-fn status_of(resp: &[u8]) -> Option<u16> {
-    let s = std::str::from_utf8(resp.get(..12)?).ok()?;
-    let rest = s.strip_prefix("HTTP/1.")?;
-    rest.get(2..5)?.parse().ok()
-}
-
-/// Sends `req` on a new connection (write errors ignored: the proxy may close early)
-/// and reads what comes back until the proxy closes.
-async fn exchange(addr: SocketAddr, req: Vec<u8>) -> (Vec<u8>, End) {
-    let s = TcpStream::connect(addr).await.expect("connect");
-    let (mut rd, mut wr) = s.into_split();
-    let writer = tokio::spawn(async move {
-        let _ = wr.write_all(&req).await;
-        // Keep the write half open: a half-close could be taken as end of request.
-        tokio::time::sleep(PATIENCE).await;
-        drop(wr);
-    });
-    let deadline = Instant::now() + PATIENCE;
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    let end = loop {
-        match tokio::time::timeout_at(deadline, rd.read(&mut buf)).await {
-            Err(_) => break End::Open,
-            Ok(Ok(0)) => break End::Eof,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Ok(Err(_)) => break End::Reset,
-        }
-    };
-    writer.abort();
-    (out, end)
-}
-
-fn show(b: &[u8]) -> String {
-    String::from_utf8_lossy(&b[..b.len().min(300)]).into_owned()
-}
-
-/// Deterministic pseudo-random bytes (xorshift64*).
-fn garbage(n: usize, mut seed: u64) -> Vec<u8> {
-    (0..n)
-        .map(|_| {
-            seed ^= seed >> 12;
-            seed ^= seed << 25;
-            seed ^= seed >> 27;
-            (seed.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
-        })
-        .collect()
-}
-
 // === malformed requests ===
 
 #[tokio::test]
 async fn garbage_bytes_get_400_or_close() {
-    let (_s, _g, p) = setup("").await;
+    let (_s, _g, p) = setup_simple("", RULES).await;
     for seed in [1u64, 7, 0x5eed, 0xdead_beef] {
         let bytes = garbage(4096, seed);
         let (resp, end) = exchange(p.addr(), bytes).await;
@@ -165,7 +46,7 @@ async fn garbage_bytes_get_400_or_close() {
 
 #[tokio::test]
 async fn invalid_request_lines_get_400_and_close() {
-    let (stable, gray, p) = setup("").await;
+    let (stable, gray, p) = setup_simple("", RULES).await;
     let cases: &[&[u8]] = &[
         b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
         b"GET / HTTP/1.1 trailing\r\nHost: x\r\n\r\n",
@@ -199,12 +80,12 @@ async fn invalid_request_lines_get_400_and_close() {
 /// proxied as nginx and Envoy do, not rejected; the point is that nothing breaks.
 #[tokio::test]
 async fn an_unknown_method_token_is_proxied() {
-    let (stable, _g, p) = setup("").await;
+    let (stable, _g, p) = setup_simple("", RULES).await;
     let mut s = TcpStream::connect(p.addr()).await.unwrap();
     s.write_all(b"GARBAGE / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    let (status, body) = read_one_response(&mut s).await;
+    let RawResponse { status, body, .. } = read_one_response(&mut s).await;
     assert_eq!((status, body.as_slice()), (200, &b"stable"[..]));
     assert_eq!(stable.last().method, "GARBAGE");
     assert_still_serves(&p).await;
@@ -213,7 +94,7 @@ async fn an_unknown_method_token_is_proxied() {
 
 #[tokio::test]
 async fn non_utf8_marker_values_route_stable_and_count_invalid() {
-    let (_s, _g, p) = setup("").await;
+    let (_s, _g, p) = setup_simple("", RULES).await;
     let cases: &[&[u8]] = &[
         b"GET /x HTTP/1.1\r\nHost: x\r\nxdw-kefu-uid: \xff\xfe\r\n\r\n",
         b"GET /x HTTP/1.1\r\nHost: x\r\nxdw-kefu-uid: 4\xff2\r\n\r\n",
@@ -223,7 +104,7 @@ async fn non_utf8_marker_values_route_stable_and_count_invalid() {
     for req in cases {
         let mut s = TcpStream::connect(p.addr()).await.unwrap();
         s.write_all(req).await.unwrap();
-        let (status, body) = read_one_response(&mut s).await;
+        let RawResponse { status, body, .. } = read_one_response(&mut s).await;
         // Answered, and routed as if the invalid marker were absent: to stable.
         assert!(
             status == 200 && body == b"stable",
@@ -245,7 +126,7 @@ async fn non_utf8_marker_values_route_stable_and_count_invalid() {
 
 #[tokio::test]
 async fn ten_thousand_cookies_over_the_limit_get_431() {
-    let (stable, gray, p) = setup("").await;
+    let (stable, gray, p) = setup_simple("", RULES).await;
     let cookie: String = (0..10_000)
         .map(|i| format!("cookie{i:05}=v{i:05}"))
         .collect::<Vec<_>>()
@@ -262,7 +143,7 @@ async fn ten_thousand_cookies_over_the_limit_get_431() {
 
 #[tokio::test]
 async fn five_thousand_cookies_under_the_limit_are_routed_by_the_marker_cookie() {
-    let (_s, gray, p) = setup("").await;
+    let (_s, gray, p) = setup_simple("", RULES).await;
     let mut cookies: Vec<String> = (0..5_000).map(|i| format!("c{i}=1")).collect();
     cookies.insert(2_500, "xdw-kefu-uid=42".into());
     let cookie = cookies.join("; ");
@@ -280,7 +161,7 @@ async fn five_thousand_cookies_under_the_limit_are_routed_by_the_marker_cookie()
 
 #[tokio::test]
 async fn request_heads_over_max_header_bytes_get_431_and_under_it_pass() {
-    let (_s, _g, p) = setup("").await;
+    let (_s, _g, p) = setup_simple("", RULES).await;
     let value = "v".repeat(2_000);
     // 40 headers of ~2 kB: ~80 kB, over 65536, and well under any header-count limit.
     let mut req = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
@@ -308,7 +189,7 @@ async fn request_heads_over_max_header_bytes_get_431_and_under_it_pass() {
 
 #[tokio::test]
 async fn a_smaller_max_header_bytes_is_enforced() {
-    let (_s, _g, p) = setup("limits: { max_header_bytes: 16384 }").await;
+    let (_s, _g, p) = setup_simple("limits: { max_header_bytes: 16384 }", RULES).await;
     let big = "b".repeat(20_000);
     let req = format!("GET / HTTP/1.1\r\nHost: x\r\nx-big: {big}\r\n\r\n");
     let (resp, end) = exchange(p.addr(), req.into_bytes()).await;
@@ -325,7 +206,7 @@ async fn a_smaller_max_header_bytes_is_enforced() {
 
 #[tokio::test]
 async fn a_head_dribbled_past_request_header_gets_408_and_close() {
-    let (stable, _g, p) = setup("timeouts: { request_header: 1s }").await;
+    let (stable, _g, p) = setup_simple("timeouts: { request_header: 1s }", RULES).await;
     let s = TcpStream::connect(p.addr()).await.unwrap();
     let (mut rd, mut wr) = s.into_split();
     let started = Instant::now();
@@ -366,7 +247,7 @@ async fn a_head_dribbled_past_request_header_gets_408_and_close() {
 
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed_after_request_header() {
-    let (_s, _g, p) = setup("timeouts: { request_header: 1s }").await;
+    let (_s, _g, p) = setup_simple("timeouts: { request_header: 1s }", RULES).await;
     let mut s = TcpStream::connect(p.addr()).await.unwrap();
     let started = Instant::now();
     let (resp, end) = read_to_close(&mut s, PATIENCE).await;
@@ -384,18 +265,18 @@ async fn a_connection_that_sends_nothing_is_closed_after_request_header() {
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_idle() {
-    let (_s, _g, p) = setup("timeouts: { idle: 1s }").await;
+    let (_s, _g, p) = setup_simple("timeouts: { idle: 1s }", RULES).await;
     let mut s = TcpStream::connect(p.addr()).await.unwrap();
     s.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    let (status, body) = read_one_response(&mut s).await;
+    let RawResponse { status, body, .. } = read_one_response(&mut s).await;
     assert_eq!((status, body.as_slice()), (200, &b"stable"[..]));
     // Keep-alive: a second request on the same connection works.
     s.write_all(b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    let (status, _) = read_one_response(&mut s).await;
+    let status = read_one_response(&mut s).await.status;
     assert_eq!(status, 200);
     let started = Instant::now();
     let (rest, end) = read_to_close(&mut s, PATIENCE).await;
@@ -410,12 +291,12 @@ async fn an_idle_keep_alive_connection_is_closed_after_idle() {
 /// connection, not only the first; a long `idle` must not stretch it.
 #[tokio::test]
 async fn a_stalled_second_head_on_keep_alive_gets_408_within_request_header() {
-    let (stable, _g, p) = setup("timeouts: { request_header: 1s, idle: 30s }").await;
+    let (stable, _g, p) = setup_simple("timeouts: { request_header: 1s, idle: 30s }", RULES).await;
     let mut s = TcpStream::connect(p.addr()).await.unwrap();
     s.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    let (status, _) = read_one_response(&mut s).await;
+    let status = read_one_response(&mut s).await.status;
     assert_eq!(status, 200);
     // Past the first request's head deadline, start a second head and stall.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -433,7 +314,7 @@ async fn a_stalled_second_head_on_keep_alive_gets_408_within_request_header() {
 /// The 408 graylane writes itself must be a valid HTTP/1.1 message.
 #[tokio::test]
 async fn the_408_answer_is_well_formed() {
-    let (_s, _g, p) = setup("timeouts: { request_header: 1s }").await;
+    let (_s, _g, p) = setup_simple("timeouts: { request_header: 1s }", RULES).await;
     let mut s = TcpStream::connect(p.addr()).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
     let (resp, end) = read_to_close(&mut s, PATIENCE).await;
@@ -452,25 +333,6 @@ async fn the_408_answer_is_well_formed() {
 }
 
 // === broken rules and config ===
-
-/// Parses `FILE:LINE:COLUMN: message`.
-fn located(msg: &str) -> (String, u32, u32, String) {
-    // FILE could contain ':' in theory; the paths in these tests do not.
-    let mut parts = msg.splitn(4, ':');
-    let file = parts.next().unwrap_or_default().to_owned();
-    let line = parts.next().and_then(|l| l.parse().ok());
-    let col = parts.next().and_then(|c| c.parse().ok());
-    let rest = parts.next().unwrap_or_default();
-    match (line, col, rest.strip_prefix(' ')) {
-        (Some(l), Some(c), Some(m)) => (file, l, c, m.to_owned()),
-        _ => panic!("not FILE:LINE:COLUMN: message: {msg:?}"),
-    }
-}
-
-/// The rules file itself (`rules.yaml` or a path ending in it), not an `in_file`.
-fn is_rules_yaml(file: &str) -> bool {
-    file == "rules.yaml" || file.ends_with("/rules.yaml")
-}
 
 /// Broken rulesets, the position of the offending key or value, and a word of the message.
 const BROKEN_RULES: &[(&str, &str, u32, u32, &str)] = &[
@@ -573,7 +435,7 @@ async fn an_unknown_config_key_at_start_is_refused_with_its_position() {
 
 #[tokio::test]
 async fn broken_rules_at_reload_get_422_and_the_old_rules_keep_serving() {
-    let (_s, _g, p) = setup("").await;
+    let (_s, _g, p) = setup_simple("", RULES).await;
     let c = client();
     for (what, rules, line, col, word) in BROKEN_RULES {
         write_atomic(&p.rules_path(), rules);

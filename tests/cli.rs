@@ -69,23 +69,12 @@ fn chat_only_config() -> String {
 fn located_error(o: &Output) -> (String, u32, u32, String) {
     assert_eq!(o.status.code(), Some(1), "stderr: {}", stderr(o));
     let err = stderr(o);
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "exactly one line on stderr: {err:?}");
-    let line = lines[0].strip_prefix("error: ").unwrap_or(lines[0]);
-    let mut parts = line.splitn(4, ':');
-    let file = parts.next().unwrap_or_default().to_owned();
-    let l = parts.next().and_then(|v| v.parse().ok());
-    let c = parts.next().and_then(|v| v.parse().ok());
-    let msg = parts.next().and_then(|m| m.strip_prefix(' '));
-    match (l, c, msg) {
-        (Some(l), Some(c), Some(m)) => (file, l, c, m.to_owned()),
-        _ => panic!("not FILE:LINE:COLUMN: message: {err:?}"),
-    }
-}
-
-/// The rules file itself (as configured, or joined with the config's directory).
-fn is_rules_yaml(file: &str) -> bool {
-    file == "rules.yaml" || file.ends_with("/rules.yaml")
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "exactly one line on stderr: {err:?}"
+    );
+    located(&err)
 }
 
 // === check ===

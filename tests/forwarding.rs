@@ -19,13 +19,9 @@ rules:
     route: canary
 ";
 
-async fn setup(extra: &str) -> (Upstream, Upstream, Proxy) {
-    proxy_with_upstreams(|s, g| two_services(s, g, "/", extra), RULES).await
-}
-
 #[tokio::test]
 async fn markers_from_header_cookie_and_query_pick_the_pool() {
-    let (_s, _g, p) = setup("").await;
+    let (_s, _g, p) = setup_two("/", "", RULES).await;
     let c = client();
     let (st, h, body) = get(&c, &p.url("/a"), &[("xdw-kefu-uid", "42")]).await;
     assert_eq!((st.as_u16(), body.as_str()), (200, "gray"));
@@ -57,7 +53,7 @@ async fn markers_from_header_cookie_and_query_pick_the_pool() {
 
 #[tokio::test]
 async fn invalid_marker_routes_stable_and_counts() {
-    let (_s, _g, p) = setup("").await;
+    let (_s, _g, p) = setup_two("/", "", RULES).await;
     let c = client();
     let (st, _, body) = get(&c, &p.url("/a"), &[("xdw-kefu-uid", "42abc")]).await;
     assert_eq!((st.as_u16(), body.as_str()), (200, "stable"));
@@ -71,7 +67,7 @@ async fn invalid_marker_routes_stable_and_counts() {
 
 #[tokio::test]
 async fn forwarded_headers_are_rewritten() {
-    let (stable, gray, p) = setup("").await;
+    let (stable, gray, p) = setup_two("/", "", RULES).await;
     let c = client();
     let (_, _, body) = get(
         &c,
@@ -112,7 +108,7 @@ async fn forwarded_headers_are_rewritten() {
 
 #[tokio::test]
 async fn untrusted_peers_are_routed_without_markers() {
-    let (stable, _g, p) = setup("").await;
+    let (stable, _g, p) = setup_two("/", "", RULES).await;
     // Rebuild with a listener that trusts nobody.
     p.stop().await;
     let gray = spawn_upstream("gray").await;
@@ -138,7 +134,7 @@ async fn untrusted_peers_are_routed_without_markers() {
 
 #[tokio::test]
 async fn missing_pool_falls_back_to_stable() {
-    let (_s, _g, p) = setup("").await;
+    let (_s, _g, p) = setup_two("/", "", RULES).await;
     let (_, h, body) = get(&client(), &p.url("/"), &[("xdw-kefu-uid", "99")]).await;
     assert_eq!(body, "stable");
     assert_eq!(h["x-upstream"], "stable");
@@ -209,7 +205,7 @@ async fn round_robin_over_endpoints() {
 
 #[tokio::test]
 async fn h2c_clients_are_routed_per_stream() {
-    let (_s, _g, p) = setup("").await;
+    let (_s, _g, p) = setup_two("/", "", RULES).await;
     let c = h2c_client();
     let mut tasks = Vec::new();
     for i in 0..20 {
@@ -286,7 +282,7 @@ async fn dead_upstream_is_502_and_slow_one_504() {
 
 #[tokio::test]
 async fn requests_and_rule_hits_are_counted() {
-    let (_s, _g, p) = setup("").await;
+    let (_s, _g, p) = setup_two("/", "", RULES).await;
     let c = client();
     get(&c, &p.url("/"), &[("xdw-kefu-uid", "42")]).await;
     get(&c, &p.url("/"), &[]).await;

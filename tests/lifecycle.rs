@@ -18,10 +18,6 @@ use tokio::time::Instant;
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
-async fn setup(extra: &str) -> (Upstream, Upstream, Proxy) {
-    proxy_with_upstreams(|s, g| simple_config(s, g, extra), "rules: []\n").await
-}
-
 /// A GET that reports failure instead of panicking: `Err` when the connection broke.
 fn spawn_get(url: String) -> JoinHandle<Result<(u16, String), String>> {
     tokio::spawn(async move {
@@ -68,7 +64,7 @@ fn run_handle(p: &mut Proxy) -> JoinHandle<bool> {
 
 #[tokio::test]
 async fn in_flight_request_completes_while_readyz_says_503() {
-    let (stable, _g, mut p) = setup("").await;
+    let (stable, _g, mut p) = setup_simple("", "rules: []\n").await;
     assert_eq!(readyz(&p).await, 200);
     let slow = spawn_get(p.url("/slow?ms=2500"));
     upstream_saw(&stable, "/slow").await;
@@ -107,7 +103,7 @@ async fn in_flight_request_completes_while_readyz_says_503() {
 
 #[tokio::test]
 async fn in_flight_h2_request_completes_during_the_drain() {
-    let (stable, _g, mut p) = setup("").await;
+    let (stable, _g, mut p) = setup_simple("", "rules: []\n").await;
     let c = h2c_client();
     let url = p.url("/slow?ms=1500");
     let slow = tokio::spawn(async move { get(&c, &url, &[]).await });
@@ -125,7 +121,7 @@ async fn in_flight_h2_request_completes_during_the_drain() {
 
 #[tokio::test]
 async fn drain_time_running_out_returns_false_without_waiting_for_the_request() {
-    let (stable, _g, mut p) = setup("timeouts: { drain: 300ms }").await;
+    let (stable, _g, mut p) = setup_simple("timeouts: { drain: 300ms }", "rules: []\n").await;
     let slow = spawn_get(p.url("/slow?ms=5000"));
     upstream_saw(&stable, "/slow").await;
     let started = Instant::now();
@@ -150,14 +146,17 @@ async fn drain_time_running_out_returns_false_without_waiting_for_the_request() 
 
 #[tokio::test]
 async fn idle_keep_alive_connection_is_closed_when_the_drain_begins() {
-    let (_s, _g, mut p) = setup("").await;
+    let (_s, _g, mut p) = setup_simple("", "rules: []\n").await;
     let mut s = TcpStream::connect(p.addr()).await.unwrap();
     s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    let resp = read_response(&mut s).await;
-    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    assert!(resp.ends_with("stable"), "{resp}");
+    let resp = read_one_response(&mut s).await;
+    assert_eq!(
+        (resp.status, resp.body.as_slice()),
+        (200, &b"stable"[..]),
+        "{resp:?}"
+    );
 
     let started = Instant::now();
     p.begin_stop();
@@ -181,16 +180,19 @@ async fn idle_keep_alive_connection_is_closed_when_the_drain_begins() {
 
 #[tokio::test]
 async fn busy_keep_alive_connection_closes_after_its_current_response() {
-    let (stable, _g, mut p) = setup("").await;
+    let (stable, _g, mut p) = setup_simple("", "rules: []\n").await;
     let mut s = TcpStream::connect(p.addr()).await.unwrap();
     s.write_all(b"GET /slow?ms=1500 HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
     upstream_saw(&stable, "/slow").await;
     p.begin_stop();
-    let resp = read_response(&mut s).await;
-    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    assert!(resp.ends_with("stable"), "{resp}");
+    let resp = read_one_response(&mut s).await;
+    assert_eq!(
+        (resp.status, resp.body.as_slice()),
+        (200, &b"stable"[..]),
+        "{resp:?}"
+    );
     // Then the connection closes instead of waiting for another request.
     let mut buf = [0u8; 256];
     let r = tokio::time::timeout(PATIENCE, s.read(&mut buf))
@@ -206,7 +208,7 @@ async fn busy_keep_alive_connection_closes_after_its_current_response() {
 
 #[tokio::test]
 async fn stop_without_traffic_is_clean_and_quick() {
-    let (_s, _g, mut p) = setup("").await;
+    let (_s, _g, mut p) = setup_simple("", "rules: []\n").await;
     let (st, _, _) = get(&client(), &p.url("/"), &[]).await;
     assert_eq!(st.as_u16(), 200);
     let started = Instant::now();
@@ -218,37 +220,4 @@ async fn stop_without_traffic_is_clean_and_quick() {
     assert!(clean);
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(TcpStream::connect(p.addr()).await.is_err());
-}
-
-/// Reads one response with a `content-length` body; returns head and body as text.
-async fn read_response(s: &mut TcpStream) -> String {
-    let deadline = Instant::now() + PATIENCE;
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let text = String::from_utf8_lossy(&out).into_owned();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let len: usize = text[..end]
-                .to_ascii_lowercase()
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .expect("content-length");
-            if out.len() >= end + 4 + len {
-                return text;
-            }
-        }
-        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
-            .await
-            .expect("response in time")
-            .expect("read");
-        assert!(
-            n > 0,
-            "closed mid-response: {:?}",
-            String::from_utf8_lossy(&out)
-        );
-        out.extend_from_slice(&buf[..n]);
-    }
 }

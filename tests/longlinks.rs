@@ -13,36 +13,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// A WebSocket echo upstream that prefixes every answer with its name.
-async fn ws_upstream(name: &'static str) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
-                    return;
-                };
-                while let Some(Ok(m)) = ws.next().await {
-                    match m {
-                        Message::Text(t)
-                            if ws.send(Message::text(format!("{name}:{t}"))).await.is_err() =>
-                        {
-                            return;
-                        }
-                        Message::Close(_) => return,
-                        _ => {}
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 async fn connect(p: &Proxy, path: &str, headers: &[(&str, &str)]) -> Ws {
@@ -90,15 +60,9 @@ rules:
     route: gray
 ";
 
-async fn setup(extra: &str) -> Proxy {
-    let stable = ws_upstream("stable").await;
-    let gray = ws_upstream("gray").await;
-    spawn_proxy(&simple_config(stable, gray, extra), RULES).await
-}
-
 #[tokio::test]
 async fn websocket_is_routed_on_handshake_markers_and_relayed() {
-    let p = setup("").await;
+    let p = setup_ws("", RULES).await;
     let mut g = connect(&p, "/im", &[("xdw-kefu-uid", "1")]).await;
     let mut s = connect(&p, "/im", &[("xdw-kefu-uid", "9")]).await;
     // Browsers cannot set headers on a handshake: cookie and query parameter work too.
@@ -157,7 +121,7 @@ async fn websocket_is_routed_on_handshake_markers_and_relayed() {
 
 #[tokio::test]
 async fn idle_long_links_outlive_the_http_idle_timeout() {
-    let p = setup("timeouts: { idle: 300ms }\n").await;
+    let p = setup_ws("timeouts: { idle: 300ms }\n", RULES).await;
     let mut ws = connect(&p, "/im", &[("xdw-kefu-uid", "1")]).await;
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert_eq!(
@@ -169,7 +133,7 @@ async fn idle_long_links_outlive_the_http_idle_timeout() {
 
 #[tokio::test]
 async fn long_link_idle_closes_quiet_links() {
-    let p = setup("timeouts: { long_link_idle: 400ms }\n").await;
+    let p = setup_ws("timeouts: { long_link_idle: 400ms }\n", RULES).await;
     let mut ws = connect(&p, "/im", &[("xdw-kefu-uid", "1")]).await;
     assert_eq!(roundtrip(&mut ws, "a").await.as_deref(), Some("gray:a"));
     assert!(
@@ -181,7 +145,7 @@ async fn long_link_idle_closes_quiet_links() {
 
 #[tokio::test]
 async fn reload_rehomes_only_the_moved_user() {
-    let p = setup("long_links: { rehome_grace: 200ms }\n").await;
+    let p = setup_ws("long_links: { rehome_grace: 200ms }\n", RULES).await;
     let mut moved = connect(&p, "/im", &[("xdw-kefu-uid", "1")]).await;
     let mut kept = connect(&p, "/im", &[("xdw-kefu-uid", "2")]).await;
     let mut stable = connect(&p, "/im", &[("xdw-kefu-uid", "3")]).await;
@@ -217,7 +181,7 @@ async fn reload_rehomes_only_the_moved_user() {
 
 #[tokio::test]
 async fn rehome_grace_zero_never_closes() {
-    let p = setup("long_links: { rehome_grace: 0 }\n").await;
+    let p = setup_ws("long_links: { rehome_grace: 0 }\n", RULES).await;
     let mut ws = connect(&p, "/im", &[("xdw-kefu-uid", "1")]).await;
     std::fs::write(p.rules_path(), "rules: []\n").unwrap();
     let (st, _) = admin_post(&p, "/reload", &[]).await;
@@ -256,7 +220,10 @@ async fn non_101_answers_are_relayed_as_responses() {
 
 #[tokio::test]
 async fn drain_closes_long_links_last() {
-    let (ws_stable, ws_gray) = (ws_upstream("stable").await, ws_upstream("gray").await);
+    let (ws_stable, ws_gray) = (
+        spawn_ws_upstream("stable").await,
+        spawn_ws_upstream("gray").await,
+    );
     let http = spawn_upstream("http").await;
     let cfg = config_yaml(
         &format!(
@@ -364,7 +331,7 @@ async fn half_close_propagates_both_ways() {
 /// `max_connections` for its whole life, not only until hyper hands it to the tunnel.
 #[tokio::test]
 async fn open_links_count_against_max_connections() {
-    let p = setup("limits: { max_connections: 2 }\n").await;
+    let p = setup_ws("limits: { max_connections: 2 }\n", RULES).await;
     let gauge = "graylane_connections{listener=\"im\"}";
     let rejected = "graylane_connections_rejected_total{listener=\"im\"}";
     let mut a = connect(&p, "/chat", &[]).await;

@@ -44,10 +44,6 @@ rules:
     route: gray
 ";
 
-async fn setup(rules: &str) -> (Upstream, Upstream, Proxy) {
-    proxy_with_upstreams(|s, g| simple_config(s, g, ""), rules).await
-}
-
 /// The pool (the upstream's name) a request with this uid lands on.
 async fn pool_of(c: &HttpClient, p: &Proxy, uid: u64) -> String {
     let (st, _, body) = get(c, &p.url("/"), &[("xdw-kefu-uid", &uid.to_string())]).await;
@@ -136,7 +132,7 @@ impl std::io::Write for LogWriter {
 #[tokio::test]
 async fn editor_rename_over_is_live_within_a_second_every_time() {
     let _sig = SIGNALS.read().await;
-    let (_s, _g, p) = setup("rules: []\n").await;
+    let (_s, _g, p) = setup_simple("", "rules: []\n").await;
     let c = client();
     assert_eq!(pool_of(&c, &p, 42).await, "stable");
 
@@ -297,7 +293,7 @@ rules:
 async fn broken_file_keeps_old_rules_and_reports_where() {
     let _sig = SIGNALS.read().await;
     logs(); // capture from here on
-    let (_s, _g, p) = setup(GRAY_42).await;
+    let (_s, _g, p) = setup_simple("", GRAY_42).await;
     let c = client();
     let good = rules_json(&p).await;
     assert_eq!(good["last_error"], Value::Null);
@@ -364,7 +360,7 @@ rules:
 #[tokio::test]
 async fn deleted_rules_file_is_an_error_and_old_rules_keep_serving() {
     let _sig = SIGNALS.read().await;
-    let (_s, _g, p) = setup(GRAY_42).await;
+    let (_s, _g, p) = setup_simple("", GRAY_42).await;
     let c = client();
     std::fs::remove_file(p.rules_path()).unwrap();
     assert!(
@@ -391,7 +387,7 @@ async fn deleted_rules_file_is_an_error_and_old_rules_keep_serving() {
 #[tokio::test]
 async fn same_bytes_reload_as_unchanged() {
     let _sig = SIGNALS.read().await;
-    let (_s, _g, p) = setup(GRAY_42).await;
+    let (_s, _g, p) = setup_simple("", GRAY_42).await;
     let before = rules_json(&p).await;
     let loaded_ts = metric(&p, "graylane_rules_loaded_timestamp_seconds").await;
     assert!(loaded_ts > 0.0);
@@ -425,7 +421,7 @@ async fn same_bytes_reload_as_unchanged() {
 #[tokio::test]
 async fn rules_info_shows_only_the_live_ruleset() {
     let _sig = SIGNALS.read().await;
-    let (_s, _g, p) = setup(GRAY_42).await;
+    let (_s, _g, p) = setup_simple("", GRAY_42).await;
     let sha42 = sha256_hex(&[GRAY_42.as_bytes()]);
     assert_eq!(rules_json(&p).await["sha256"], sha42.as_str());
     assert_eq!(
@@ -471,7 +467,7 @@ async fn rules_info_shows_only_the_live_ruleset() {
 async fn sighup_reloads() {
     // Exclusive: every proxy in this binary receives the signal.
     let _sig = SIGNALS.write().await;
-    let (_s, _g, p) = setup(GRAY_42).await;
+    let (_s, _g, p) = setup_simple("", GRAY_42).await;
     let c = client();
     assert_eq!(reloads(&p, "unchanged").await, 0.0);
     let hup = || {
@@ -553,7 +549,7 @@ struct Answer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_flips_under_load_fail_nothing_and_never_mix() {
     let _sig = SIGNALS.read().await;
-    let (stable, gray, p) = setup(FLIP_A).await;
+    let (stable, gray, p) = setup_simple("", FLIP_A).await;
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let failures: Arc<Mutex<Vec<String>>> = Arc::default();

@@ -1,6 +1,11 @@
 //! Test harness: a real graylane and real upstream HTTP servers on 127.0.0.1, port 0.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod raw;
+
+#[allow(unused_imports)]
+pub use raw::*;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -242,6 +247,84 @@ pub fn simple_config(stable: SocketAddr, gray: SocketAddr, extra: &str) -> Strin
         ),
         extra,
     )
+}
+
+/// Stable and gray upstreams behind service `chat` on `/` ([`simple_config`]).
+pub async fn setup_simple(extra: &str, rules: &str) -> (Upstream, Upstream, Proxy) {
+    proxy_with_upstreams(|s, g| simple_config(s, g, extra), rules).await
+}
+
+/// Stable and gray upstreams behind `chat` on `chat_prefix` and `reports`
+/// ([`two_services`]).
+pub async fn setup_two(chat_prefix: &str, extra: &str, rules: &str) -> (Upstream, Upstream, Proxy) {
+    proxy_with_upstreams(|s, g| two_services(s, g, chat_prefix, extra), rules).await
+}
+
+/// WebSocket echo upstreams `stable` and `gray` ([`spawn_ws_upstream`]) behind service
+/// `chat` on `/`.
+pub async fn setup_ws(extra: &str, rules: &str) -> Proxy {
+    let stable = spawn_ws_upstream("stable").await;
+    let gray = spawn_ws_upstream("gray").await;
+    spawn_proxy(&simple_config(stable, gray, extra), rules).await
+}
+
+/// A WebSocket echo upstream that prefixes every answer with its name.
+pub async fn spawn_ws_upstream(name: &'static str) -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    match m {
+                        Message::Text(t)
+                            if ws.send(Message::text(format!("{name}:{t}"))).await.is_err() =>
+                        {
+                            return;
+                        }
+                        Message::Close(_) => return,
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Parses `FILE:LINE:COLUMN: message` (an `error: ` prefix is allowed, so positions are
+/// checked even where a test documents that prefix separately).
+pub fn located(msg: &str) -> (String, u32, u32, String) {
+    let msg = msg.trim_end();
+    let line = msg.strip_prefix("error: ").unwrap_or(msg);
+    // FILE could contain ':' in theory; the paths in these tests do not.
+    let mut parts = line.splitn(4, ':');
+    let file = parts.next().unwrap_or_default().to_owned();
+    let l = parts.next().and_then(|v| v.parse().ok());
+    let c = parts.next().and_then(|v| v.parse().ok());
+    match (l, c, parts.next().and_then(|m| m.strip_prefix(' '))) {
+        (Some(l), Some(c), Some(m)) => (file, l, c, m.to_owned()),
+        _ => panic!("not FILE:LINE:COLUMN: message: {msg:?}"),
+    }
+}
+
+/// The rules file itself (as configured, or joined with the config's directory), not an
+/// `in_file`.
+pub fn is_rules_yaml(file: &str) -> bool {
+    file == "rules.yaml" || file.ends_with("/rules.yaml")
+}
+
+/// Parses a JSON answer, naming the text when it is not JSON.
+pub fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
 pub async fn spawn_proxy(config: &str, rules: &str) -> Proxy {
