@@ -311,7 +311,7 @@ pub struct Topology {
     pub listeners: Vec<String>,
     /// Service names in config order (index = service id).
     pub services: Vec<String>,
-    /// Global pool names (index = [`PoolId`]).
+    /// Global pool names (index = `PoolId`).
     pub pools: Vec<String>,
 }
 

@@ -89,7 +89,7 @@ pub struct MarkerSource {
     pub query: Option<String>,
 }
 
-/// Sources of every marker, indexed by [`MarkerKind`] as usize.
+/// Sources of every marker, indexed by `MarkerKind` as usize.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MarkerNames {
     /// One entry per marker kind.

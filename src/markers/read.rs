@@ -78,7 +78,7 @@ impl MarkerReader {
 
     /// Reads the markers of one request (SPEC §1): per marker, the first present source
     /// among header, cookie and query decides; an invalid value makes the marker absent
-    /// and lands in the returned [`InvalidSet`]. `query` is the raw query string without
+    /// and lands in the returned `InvalidSet`. `query` is the raw query string without
     /// `?`. Allocates nothing unless a matching query value is percent-encoded or a
     /// request carries more than eight group ids.
     pub fn read(&self, headers: &HeaderMap, query: Option<&str>) -> (Markers, InvalidSet) {

@@ -29,7 +29,7 @@ pub struct Compiled {
     /// hash is `unchanged`.
     pub sha256: String,
     /// Files the watcher must watch: from [`load`], the rules file first, then every
-    /// distinct `in_file` (resolved); from [`compile`], only the `in_file`s (it has no
+    /// distinct `in_file` (resolved); from [`compile()`], only the `in_file`s (it has no
     /// rules file path).
     pub files: Vec<PathBuf>,
 }

@@ -171,7 +171,7 @@ impl RuleSet {
         self.rules.is_empty()
     }
 
-    /// The name of rule `idx` for labels; [`DEFAULT_RULE`] for an index this ruleset
+    /// The name of rule `idx` for labels; `DEFAULT_RULE` for an index this ruleset
     /// does not have, so a stale index can never panic a request.
     pub fn rule_name(&self, idx: usize) -> &str {
         self.rules.get(idx).map_or(DEFAULT_RULE, |r| &r.name)
