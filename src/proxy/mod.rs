@@ -88,7 +88,7 @@ pub(crate) async fn handle(
     );
     drop(live);
     let head = std::mem::take(&mut parts.headers);
-    let (mut resp, final_pool) = Forward::new(
+    let mut forward = Forward::new(
         shared,
         service,
         pool,
@@ -99,9 +99,8 @@ pub(crate) async fn handle(
         &parts.uri,
         head,
         Replay::new(body),
-    )
-    .run()
-    .await;
+    );
+    let (mut resp, final_pool) = forward.run().await;
 
     // === respond: open the tunnel of a 101, count, log ===
     let tunnel = match (client_upgrade, handshake) {
