@@ -4,6 +4,7 @@
 //! - `explain`: `/explain` and `graylane explain`: a decision described without traffic.
 
 mod explain;
+mod guard;
 
 pub use explain::{explain, ExplainRequest};
 
@@ -175,7 +176,10 @@ async fn handle(
                     json_response(StatusCode::UNPROCESSABLE_ENTITY, &json!({ "error": msg }))
                 }
             },
-            "/guard/trip" | "/guard/reset" => guard(shared, &path, &query),
+            "/guard/trip" | "/guard/reset" => match guard::find(shared, &query) {
+                Ok((name, g)) => json_response(StatusCode::OK, &guard::switch(name, g, &path)),
+                Err(e) => json_response(StatusCode::NOT_FOUND, &e),
+            },
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         };
     }
@@ -200,6 +204,10 @@ async fn handle(
             }
         }
         "/rules" => json_response(StatusCode::OK, &rules_json(shared)),
+        "/guard" => match guard::find(shared, &query) {
+            Ok((name, g)) => json_response(StatusCode::OK, &guard::status(name, g)),
+            Err(e) => json_response(StatusCode::NOT_FOUND, &e),
+        },
         "/explain" => {
             let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
                 .into_owned()
@@ -232,34 +240,4 @@ pub(crate) fn rules_json(shared: &Shared) -> Value {
         "rules": live.rules.len(),
         "last_error": last_error.as_deref().map(|s| s.as_str()),
     })
-}
-
-/// `POST /guard/trip|reset?service=S`: an SRE's hand on the breaker.
-fn guard(shared: &Shared, path: &str, query: &str) -> Response<DownBody> {
-    let service = form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "service")
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default();
-    let guard = shared
-        .config
-        .services
-        .iter()
-        .position(|s| s.name == service)
-        .and_then(|i| shared.guards.get(i))
-        .and_then(Option::as_ref);
-    let Some(g) = guard else {
-        return json_response(
-            StatusCode::NOT_FOUND,
-            &json!({ "error": format!("no service {service:?} with a guard") }),
-        );
-    };
-    let tripped = if path == "/guard/trip" {
-        g.trip()
-    } else {
-        g.reset()
-    };
-    json_response(
-        StatusCode::OK,
-        &json!({ "service": service, "tripped": tripped }),
-    )
 }

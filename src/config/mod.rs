@@ -260,6 +260,14 @@ pub struct Guard {
     pub window: Duration,
     /// Time tripped before probing.
     pub cooldown: Duration,
+    /// Trip only when gray fails significantly more than stable over the same window.
+    pub compare_to_stable: bool,
+    /// One-sided confidence of the comparison, in (0.5, 1).
+    pub confidence: f64,
+    /// Gray also trips when its p95 exceeds this many times stable's; `None` = off.
+    pub max_latency_ratio: Option<f64>,
+    /// ... and exceeds this, so that a fast service's noise never trips it.
+    pub min_latency: Duration,
 }
 
 /// Header names propagated upstream.
@@ -415,6 +423,10 @@ services:
       min_requests: 50                   # bad: lots
       window: 30s                        # bad: soon
       cooldown: 120s                     # bad: 1d
+      compare_to_stable: true            # bad: maybe
+      confidence: 0.99                   # bad: 1.5
+      max_latency_ratio: 5               # bad: 0.5
+      min_latency: 50ms                  # bad: soon
 propagate:
   pool_header: x-graylane-pool           # bad: bad header
   rule_header: x-graylane-rule           # bad: bad header

@@ -142,8 +142,25 @@ pub(super) struct RawGuard {
     pub(super) window: Dur,
     #[serde(default = "d120s")]
     pub(super) cooldown: Dur,
+    #[serde(default = "yes")]
+    pub(super) compare_to_stable: bool,
+    #[serde(default = "ninety_nine_percent")]
+    pub(super) confidence: f64,
+    #[serde(default)]
+    pub(super) max_latency_ratio: Option<f64>,
+    #[serde(default = "d50ms")]
+    pub(super) min_latency: Dur,
 }
 
+pub(super) fn d50ms() -> Dur {
+    Dur(Some(Duration::from_millis(50)))
+}
+pub(super) fn yes() -> bool {
+    true
+}
+pub(super) fn ninety_nine_percent() -> f64 {
+    0.99
+}
 pub(super) fn d1s() -> Dur {
     Dur(Some(Duration::from_secs(1)))
 }

@@ -322,11 +322,26 @@ impl Validator<'_> {
                 if !(g.max_error_rate > 0.0 && g.max_error_rate <= 1.0) {
                     return Err(self.err_at(&gp.key("max_error_rate"), "must be in (0, 1]"));
                 }
+                if !(g.confidence > 0.5 && g.confidence < 1.0) {
+                    return Err(self.err_at(&gp.key("confidence"), "must be in (0.5, 1)"));
+                }
+                if g.max_latency_ratio
+                    .is_some_and(|r| !(r.is_finite() && r >= 1.0))
+                {
+                    return Err(self.err_at(
+                        &gp.key("max_latency_ratio"),
+                        "must be at least 1 (null turns the latency guard off)",
+                    ));
+                }
                 Some(Guard {
                     max_error_rate: g.max_error_rate,
                     min_requests: g.min_requests.max(1),
                     window: self.required_dur(&gp.key("window"), g.window)?,
                     cooldown: self.required_dur(&gp.key("cooldown"), g.cooldown)?,
+                    compare_to_stable: g.compare_to_stable,
+                    confidence: g.confidence,
+                    max_latency_ratio: g.max_latency_ratio,
+                    min_latency: self.required_dur(&gp.key("min_latency"), g.min_latency)?,
                 })
             }
         };

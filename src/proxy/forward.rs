@@ -14,7 +14,7 @@ use http::{Method, Request, Response, Uri};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
-use crate::config::{OnUnavailable, Protocol, Service};
+use crate::config::{OnUnavailable, Protocol, Service, GRAY};
 use crate::error::{FallbackReason, Fault, Refusal, UpstreamErrorKind};
 use crate::guard::GuardState;
 use crate::metrics::ServiceMetrics;
@@ -109,9 +109,13 @@ pub(super) struct Forward<'a> {
     pub(super) service: usize,
     /// The pool of the current attempt.
     pub(super) pool: usize,
-    /// The guard that counts this request's outcome: set only for gray traffic it
-    /// admitted.
-    pub(super) guarded: Option<&'a GuardState>,
+    /// The service's guard: it hears of every gray outcome it admitted and every stable
+    /// outcome (its baseline).
+    pub(super) guard: Option<&'a GuardState>,
+    /// The guard admitted this request to gray (a fallback to stable clears it).
+    pub(super) gray_admitted: bool,
+    /// When the request arrived, for the latency the guard compares.
+    pub(super) start: std::time::Instant,
     /// `hash_uid`'s affinity key.
     pub(super) hash_key: Option<u64>,
     /// A WebSocket handshake: always HTTP/1.1 upstream (RFC 6455 Upgrade).
@@ -138,7 +142,8 @@ impl<'a> Forward<'a> {
         shared: &'a Shared,
         service: usize,
         pool: usize,
-        guarded: Option<&'a GuardState>,
+        gray_admitted: bool,
+        start: std::time::Instant,
         hash_key: Option<u64>,
         websocket: bool,
         method: &'a Method,
@@ -152,7 +157,9 @@ impl<'a> Forward<'a> {
             metrics: shared.metrics.service(service),
             service,
             pool,
-            guarded,
+            guard: shared.guards.get(service).and_then(Option::as_ref),
+            gray_admitted,
+            start,
             hash_key,
             websocket,
             method,
@@ -198,7 +205,7 @@ impl<'a> Forward<'a> {
             drop(in_flight);
             match self.conclude(&ep, result) {
                 Ok(resp) => return (resp, self.pool),
-                Err(error) => match self.after(ep, error) {
+                Err((error, connect)) => match self.after(ep, error, connect) {
                     Next::Retry => {}
                     Next::ToStable => self.fall_back_to_stable(),
                     Next::Refuse(r) => return (local(r), self.pool),
@@ -255,7 +262,7 @@ impl<'a> Forward<'a> {
             .fallback(self.svc.pools[self.pool].id, FallbackReason::PoolUnhealthy)
             .inc();
         self.pool = self.stable();
-        self.guarded = None;
+        self.gray_admitted = false;
         self.exclude = None;
         self.last_error = None;
         self.retries_left = self.upstream().retries;
@@ -316,34 +323,34 @@ impl<'a> Forward<'a> {
         &mut self,
         ep: &Endpoint,
         result: Option<Result<Response<DownBody>, Failed>>,
-    ) -> Result<Response<DownBody>, AttemptError> {
-        let (error, message) = match result {
+    ) -> Result<Response<DownBody>, (AttemptError, bool)> {
+        let (error, message, connect) = match result {
             Some(Ok(resp)) => {
-                let failed = resp.status().is_server_error();
-                ep.report(if failed {
-                    EndpointOutcome::Failure
-                } else {
-                    EndpointOutcome::Success
-                });
-                if let Some(g) = self.guarded {
-                    g.record(failed);
-                }
+                ep.report(EndpointOutcome::Connected);
+                self.tell_guard(resp.status().is_server_error(), true);
                 return Ok(resp);
             }
             Some(Err(Failed {
                 error,
                 message,
                 head,
+                connected,
             })) => {
                 if head.is_some() {
                     self.head = head;
                 }
-                (error, message)
+                if connected {
+                    ep.report(EndpointOutcome::Connected);
+                }
+                (error, message, !connected)
             }
             None => {
                 let timeout = self.shared.config.timeouts.upstream_response;
                 tracing::warn!(service = %self.svc.name, pool = %self.svc.pools[self.pool].name, endpoint = %ep.label(), "no upstream response within {timeout:?}");
-                return Err(AttemptError::Upstream(UpstreamErrorKind::Timeout));
+                // The exchange was cut at the deadline; whether it had connected is not
+                // known here, and an endpoint that never answers a connect within the
+                // response timeout is caught by the connect timeout first.
+                return Err((AttemptError::Upstream(UpstreamErrorKind::Timeout), false));
             }
         };
         match error {
@@ -354,23 +361,39 @@ impl<'a> Forward<'a> {
                 tracing::warn!(service = %self.svc.name, pool = %self.svc.pools[self.pool].name, endpoint = %ep.label(), kind = kind.label(), error = %message, "upstream request failed");
             }
         }
-        Err(error)
+        Err((error, connect))
+    }
+
+    /// Tells the service's guard how this attempt went: gray outcomes it admitted, and
+    /// every stable outcome as the baseline. `answered`: a response head arrived (its
+    /// latency counts).
+    fn tell_guard(&self, failed: bool, answered: bool) {
+        let Some(g) = self.guard else {
+            return;
+        };
+        let gray = self.gray_admitted && self.svc.pools[self.pool].id == GRAY;
+        if !gray && self.pool != self.stable() {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let latency = answered.then(|| now.into_std().saturating_duration_since(self.start));
+        if gray {
+            g.record_gray(failed, latency, now);
+        } else {
+            g.record_stable(failed, latency, now);
+        }
     }
 
     /// Records a failed attempt where it belongs and decides what comes next.
-    fn after(&mut self, ep: Arc<Endpoint>, error: AttemptError) -> Next {
+    fn after(&mut self, ep: Arc<Endpoint>, error: AttemptError, connect: bool) -> Next {
         // A client's failure says nothing about the upstream: no counter, no endpoint
         // health, no guard outcome hears of it.
         if let (AttemptError::Upstream(kind), Fault::Upstream) = (error, error.refusal().fault()) {
             self.metrics.upstream_error(self.pool, kind).inc();
-            ep.report(if kind == UpstreamErrorKind::Connect {
-                EndpointOutcome::ConnectFailure
-            } else {
-                EndpointOutcome::Failure
-            });
-            if let Some(g) = self.guarded {
-                g.record(true);
+            if connect {
+                ep.report(EndpointOutcome::ConnectFailure);
             }
+            self.tell_guard(true, false);
         }
         let idempotent = matches!(
             *self.method,
@@ -405,6 +428,9 @@ struct Failed {
     error: AttemptError,
     message: String,
     head: Option<HeaderMap>,
+    /// A connection was made before it failed (passive ejection counts connect failures
+    /// only).
+    connected: bool,
 }
 
 /// One exchange with `ep` over the pool's protocol.
@@ -426,10 +452,12 @@ async fn exchange(
                         error: AttemptError::ClientBodyCut,
                         message,
                         head: None,
+                        connected: true,
                     },
                     e => Failed {
                         error: AttemptError::Upstream(e.kind()),
                         message,
+                        connected: !e.at_connect(),
                         head: Some(f.request.into_parts().0.headers),
                     },
                 }
@@ -444,6 +472,7 @@ async fn exchange(
                 error: AttemptError::Upstream(upstream::classify(&e)),
                 message: e.to_string(),
                 head: None,
+                connected: !e.is_connect(),
             }),
     }
 }

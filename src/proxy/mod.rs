@@ -17,7 +17,6 @@ use hyper::upgrade::OnUpgrade;
 
 use crate::config::GRAY;
 use crate::error::{FallbackReason, Refusal};
-use crate::guard::GuardState;
 use crate::longlink::{self, Handshake};
 use crate::markers::Markers;
 use crate::routing::strip_port;
@@ -75,7 +74,7 @@ pub(crate) async fn handle(
     });
 
     // === admit: a tripped guard sends gray traffic to stable ===
-    let (pool, guarded) = admit(shared, service, pool);
+    let (pool, gray_admitted) = admit(shared, service, pool);
 
     // === forward: the upstream head, then the attempts ===
     let rule_value = live.rule_values.get(hit).cloned();
@@ -92,7 +91,8 @@ pub(crate) async fn handle(
         shared,
         service,
         pool,
-        guarded,
+        gray_admitted,
+        start,
         markers.uid,
         client_upgrade.is_some(),
         &parts.method,
@@ -235,25 +235,25 @@ fn read_markers(
 }
 
 /// Gray traffic passes the service's guard, which may send it to stable (tripped) or let
-/// it through as a probe (half-open). Returns the pool to use and the guard that counts
-/// the request's outcome.
-fn admit(shared: &Shared, service: usize, pool: usize) -> (usize, Option<&GuardState>) {
+/// it through as a probe (half-open). Returns the pool to use and whether the guard
+/// admitted the request to gray (and so counts its outcome).
+fn admit(shared: &Shared, service: usize, pool: usize) -> (usize, bool) {
     let svc = &shared.config.services[service];
     if svc.pools[pool].id != GRAY {
-        return (pool, None);
+        return (pool, false);
     }
     let Some(g) = shared.guards.get(service).and_then(Option::as_ref) else {
-        return (pool, None);
+        return (pool, false);
     };
     if g.admit() {
-        return (pool, Some(g));
+        return (pool, true);
     }
     shared
         .metrics
         .service(service)
         .fallback(GRAY, FallbackReason::GuardTripped)
         .inc();
-    (svc.stable_index(), None)
+    (svc.stable_index(), false)
 }
 
 /// The host a request addresses, without port: the URI authority (HTTP/2, absolute

@@ -3,10 +3,11 @@
 //! Health is the conjunction of two independent views:
 //! - active checks (`health:` of the service, run by `health`): down after `unhealthy`
 //!   consecutive failed checks, up again after `healthy` consecutive successes;
-//! - passive ejection, from the outcomes of real requests: [`CONNECT_FAILURES_TO_EJECT`]
-//!   consecutive connect failures, or [`FAILURES_TO_EJECT`] consecutive failures of any
-//!   kind, eject the endpoint for a backoff that doubles with each consecutive ejection
-//!   ([`EJECT_BASE`] … [`EJECT_MAX`]) and resets after a success.
+//! - passive ejection, from real requests: [`CONNECT_FAILURES_TO_EJECT`] consecutive
+//!   connect failures eject the endpoint for a backoff that doubles with each consecutive
+//!   ejection ([`EJECT_BASE`] … [`EJECT_MAX`]) and resets once a connection is made.
+//!   Answers (5xx included), resets and response timeouts never eject: they say how the
+//!   version behaves, which is the guard's business, not whether the endpoint is there.
 //!
 //! The request path calls [`Endpoint::report`] and [`Endpoint::available`]: atomics only.
 
@@ -23,12 +24,10 @@ use super::resolve::ResolveError;
 use crate::metrics::EndpointGauges;
 
 /// Consecutive connect failures that eject an endpoint. Low, because a refused or timed-out
-/// connect is unambiguous (nothing was sent) and each one costs a client a retry.
+/// connect is unambiguous (nothing was sent) and each one costs a client a retry. Only
+/// connect failures eject (SPEC §3): 5xx answers, resets and timeouts are the guard's
+/// signal about the version, never an endpoint's reachability.
 pub(super) const CONNECT_FAILURES_TO_EJECT: u32 = 3;
-/// Consecutive failures of any kind (connect, reset, timeout, protocol, 5xx) that eject an
-/// endpoint. Higher than for connects, like Envoy's `consecutive_5xx`, because a 5xx can be
-/// one bad request rather than a bad endpoint.
-pub(super) const FAILURES_TO_EJECT: u32 = 5;
 /// First ejection time; doubles with each consecutive ejection.
 pub(super) const EJECT_BASE: Duration = Duration::from_secs(1);
 /// Ejection time never grows past this, so a recovered endpoint is retried within it.
@@ -81,8 +80,6 @@ pub struct Endpoint {
     /// Consecutive check results that disagree with `check_down`; reaching the threshold
     /// flips it.
     pub(super) check_streak: AtomicU32,
-    /// Consecutive failed requests of any kind.
-    pub(super) failures: AtomicU32,
     /// Consecutive connect failures.
     pub(super) connect_failures: AtomicU32,
     /// Consecutive ejections without a success in between: the backoff exponent.
@@ -94,18 +91,15 @@ pub struct Endpoint {
     pub(super) up: IntGauge,
 }
 
-/// What one request taught about its endpoint, for passive ejection.
+/// What one request taught about its endpoint's reachability, for passive ejection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// A response head arrived that is not a 5xx (a 4xx is the client's fault, not the
-    /// endpoint's). Resets the failure counts and the ejection backoff.
-    Success,
+    /// A connection was made (whatever the answer, or none): resets the connect failure
+    /// count and the ejection backoff.
+    Connected,
     /// The connection could not be made (refused, unreachable, connect timeout): nothing was
     /// sent, and the endpoint is very likely gone.
     ConnectFailure,
-    /// The endpoint was reached but failed the request: reset, response timeout, a response
-    /// that does not parse, or a 5xx answer.
-    Failure,
 }
 
 impl Endpoint {
@@ -132,7 +126,6 @@ impl Endpoint {
             in_flight: AtomicUsize::new(0),
             check_down: AtomicBool::new(false),
             check_streak: AtomicU32::new(0),
-            failures: AtomicU32::new(0),
             connect_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
@@ -198,10 +191,10 @@ impl Endpoint {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Records the passive outcome of one request. An endpoint is ejected after
-    /// [`CONNECT_FAILURES_TO_EJECT`] consecutive connect failures or [`FAILURES_TO_EJECT`]
-    /// consecutive failures of any kind, for [`EJECT_BASE`] doubled per consecutive
-    /// ejection up to [`EJECT_MAX`]; a success resets both counts and the backoff. Outcomes
+    /// Records whether one request could connect. An endpoint is ejected after
+    /// [`CONNECT_FAILURES_TO_EJECT`] consecutive connect failures, for [`EJECT_BASE`]
+    /// doubled per consecutive ejection up to [`EJECT_MAX`]; a connection made resets the
+    /// count and the backoff. Outcomes
     /// reported while ejected are ignored: they come from requests sent before the ejection
     /// and say nothing new (and would otherwise grow the backoff on their own).
     pub fn report(&self, outcome: Outcome) {
@@ -214,9 +207,9 @@ impl Endpoint {
             return;
         }
         match outcome {
-            Outcome::Success => {
-                // Load first: stores on every success would bounce the cache line.
-                for c in [&self.failures, &self.connect_failures, &self.ejections] {
+            Outcome::Connected => {
+                // Load first: stores on every request would bounce the cache line.
+                for c in [&self.connect_failures, &self.ejections] {
                     if c.load(Ordering::Relaxed) != 0 {
                         c.store(0, Ordering::Relaxed);
                     }
@@ -224,14 +217,7 @@ impl Endpoint {
             }
             Outcome::ConnectFailure => {
                 let c = self.connect_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                let f = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-                if c >= CONNECT_FAILURES_TO_EJECT || f >= FAILURES_TO_EJECT {
-                    self.eject(until, now);
-                }
-            }
-            Outcome::Failure => {
-                let f = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-                if f >= FAILURES_TO_EJECT {
+                if c >= CONNECT_FAILURES_TO_EJECT {
                     self.eject(until, now);
                 }
             }
@@ -254,13 +240,12 @@ impl Endpoint {
             return;
         }
         self.ejections.store(n.saturating_add(1), Ordering::Relaxed);
-        self.failures.store(0, Ordering::Relaxed);
         self.connect_failures.store(0, Ordering::Relaxed);
         tracing::warn!(
             pool = %self.pool,
             endpoint = %self.label,
             backoff_ms = backoff.as_millis() as u64,
-            "endpoint ejected after consecutive failures"
+            "endpoint ejected after consecutive connect failures"
         );
         self.publish();
     }

@@ -283,9 +283,9 @@ fn connect_failures_eject_with_growing_backoff_reset_by_success() {
     assert!(!e.usable(&mut at(t)));
     assert_eq!(g.value("10.0.0.1:80"), 0);
     assert!(p.pick_at(None, None, true, &mut at(t + 999)).is_none());
-    // Failures of requests already in flight do not extend the ejection.
+    // Connect failures of requests already in flight do not extend the ejection.
     for _ in 0..10 {
-        e.report_at(Outcome::Failure, &mut at(t + 500));
+        e.report_at(Outcome::ConnectFailure, &mut at(t + 500));
     }
     assert!(p.pick_at(None, None, true, &mut at(t + 1000)).is_some());
     assert_eq!(
@@ -304,31 +304,37 @@ fn connect_failures_eject_with_growing_backoff_reset_by_success() {
     eject(&e, t);
     assert!(!e.usable(&mut at(t + 3999)));
     assert!(e.usable(&mut at(t + 4000)));
-    // A success resets the backoff to 1 s.
+    // A connection made resets the backoff to 1 s.
     let t = t + 4000;
-    e.report_at(Outcome::Success, &mut at(t));
+    e.report_at(Outcome::Connected, &mut at(t));
     eject(&e, t);
     assert!(!e.usable(&mut at(t + 999)));
     assert!(e.usable(&mut at(t + 1000)));
 }
 
+/// SPEC §3: only connect failures eject. Whatever the answers (5xx, resets, timeouts are
+/// all reported as `Connected` once the connection was made), the endpoint stays.
 #[test]
-fn other_failures_eject_after_five_consecutive() {
+fn only_connect_failures_eject_and_a_connection_breaks_the_streak() {
     let p = pool_of(&["10.0.0.1:80"], LbPolicy::RoundRobin);
     let e = Arc::clone(&p.endpoints()[0]);
     let t = 5_000;
-    for _ in 0..FAILURES_TO_EJECT - 1 {
-        e.report_at(Outcome::Failure, &mut at(t));
+    for _ in 0..1000 {
+        e.report_at(Outcome::Connected, &mut at(t));
     }
-    e.report_at(Outcome::Success, &mut at(t));
-    for _ in 0..FAILURES_TO_EJECT - 1 {
-        e.report_at(Outcome::Failure, &mut at(t));
+    assert!(e.usable(&mut at(t)));
+    for _ in 0..CONNECT_FAILURES_TO_EJECT - 1 {
+        e.report_at(Outcome::ConnectFailure, &mut at(t));
+    }
+    e.report_at(Outcome::Connected, &mut at(t));
+    for _ in 0..CONNECT_FAILURES_TO_EJECT - 1 {
+        e.report_at(Outcome::ConnectFailure, &mut at(t));
     }
     assert!(
         e.usable(&mut at(t)),
-        "a success in between breaks the streak"
+        "a connection in between breaks the streak"
     );
-    e.report_at(Outcome::Failure, &mut at(t));
+    e.report_at(Outcome::ConnectFailure, &mut at(t));
     assert!(!e.usable(&mut at(t)));
     assert!(e.usable(&mut at(t + 1000)));
 }

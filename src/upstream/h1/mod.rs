@@ -74,6 +74,11 @@ pub(crate) enum H1Error {
 }
 
 impl H1Error {
+    /// Whether it failed before a connection was made (passive ejection counts these).
+    pub(crate) fn at_connect(&self) -> bool {
+        matches!(self, H1Error::Connect(_) | H1Error::ConnectTimeout)
+    }
+
     /// The SPEC §3 kind.
     pub(crate) fn kind(&self) -> UpstreamErrorKind {
         match self {
