@@ -67,6 +67,8 @@ impl Graylane {
         let admin = Admin::bind(shared.config.admin.bind).await?;
         let reloader = Reloader::new(shared.clone());
         reloader.start();
+        shared.refresh_rule_states();
+        shared.warn_expired();
         let tls_task = server.tls_reloader().on_sighup();
         Ok(Self {
             reloader,
@@ -113,6 +115,18 @@ impl Graylane {
             tls_task,
         } = self;
         let upstream_tasks = shared.upstreams.spawn_tasks(&shared.config);
+        // Ramps step and rules expire with the clock alone: their gauges follow it.
+        let ticker = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    shared.refresh_rule_states();
+                }
+            })
+        };
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
         let admin_task = tokio::spawn(admin.serve(shared.clone(), reloader.clone(), admin_stop_rx));
 
@@ -122,6 +136,7 @@ impl Graylane {
         if let Some(t) = tls_task {
             t.abort();
         }
+        ticker.abort();
         for t in upstream_tasks {
             t.abort();
         }

@@ -205,6 +205,10 @@ fn check(config: &Path) -> anyhow::Result<()> {
         rules.sha256,
         rules.files.len()
     );
+    // Expired rules still route: a warning, not an error (exit 0).
+    for line in rules.rules.expiry_warnings(std::time::SystemTime::now()) {
+        eprintln!("warning: {line}");
+    }
     Ok(())
 }
 

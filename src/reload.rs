@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use crate::metrics::ReloadResult;
-use crate::state::{unix_secs, Live, Shared};
+use crate::state::{unix_secs, HistoryEntry, Live, Shared};
 use crate::watch::FileWatcher;
 
 /// What a successful reload did.
@@ -91,6 +91,9 @@ impl Reloader {
                     "rules reload rejected, keeping the live rules: {msg}"
                 );
                 metrics.reload_result(ReloadResult::Error);
+                self.shared
+                    .history
+                    .push(HistoryEntry::rejected(trigger, msg.clone()));
                 self.shared.last_error.store(Some(Arc::new(msg.clone())));
                 return Err(msg);
             }
@@ -99,23 +102,40 @@ impl Reloader {
         if compiled.sha256 == live.sha256 {
             tracing::debug!(trigger, "rules unchanged");
             metrics.reload_result(ReloadResult::Unchanged);
+            self.shared.history.push(HistoryEntry::outcome(
+                trigger,
+                ReloadResult::Unchanged,
+                &live,
+            ));
             self.shared.last_error.store(None);
             return Ok(ReloadOutcome::Unchanged);
         }
         let files_changed = compiled.files != live.files;
         let new = Live::new(compiled, metrics);
+        let entry = HistoryEntry::loaded(trigger, Some(&live.rules), &new);
         tracing::info!(
             trigger,
             version = new.rules.version().unwrap_or("-"),
             sha256 = %new.sha256,
             rules = new.rules.len(),
-            "rules reloaded"
+            added = ?entry.added,
+            removed = ?entry.removed,
+            changed = ?entry.changed,
+            "rules reloaded: version {}, {} rule(s); added {:?}, removed {:?}, changed {:?}",
+            new.rules.version().unwrap_or("-"),
+            new.rules.len(),
+            entry.added,
+            entry.removed,
+            entry.changed,
         );
         metrics.set_rules_info(new.rules.version(), &new.sha256, unix_secs(new.loaded_at));
         let files = new.files.clone();
         self.shared.live.store(Arc::new(new));
         crate::longlink::on_reload(&self.shared);
         metrics.reload_result(ReloadResult::Ok);
+        self.shared.history.push(entry);
+        self.shared.refresh_rule_states();
+        self.shared.warn_expired();
         self.shared.last_error.store(None);
         if files_changed {
             if let Ok(w) = self.watcher.lock() {

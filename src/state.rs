@@ -86,6 +86,8 @@ pub struct Shared {
     pub last_error: ArcSwapOption<String>,
     /// Set on SIGTERM: `/readyz` answers 503.
     pub draining: AtomicBool,
+    /// The last reload outcomes, for `GET /rules/history`; written by reloads only.
+    pub history: RuleHistory,
     /// Open long links, for re-homing on reload and closing last in a drain.
     pub links: Links,
     /// The automatic rollback guard per service (`None` without `guard:`).
@@ -141,6 +143,8 @@ impl Shared {
             .iter()
             .map(|l| HeaderValue::from_static(l.scheme()))
             .collect();
+        let history = RuleHistory::default();
+        history.push(HistoryEntry::loaded("start", None, &live));
         Ok(Self {
             reader: MarkerReader::new(&config.markers),
             router: Router::new(&config),
@@ -148,6 +152,7 @@ impl Shared {
             upstreams,
             live: ArcSwap::from_pointee(live),
             last_error: ArcSwapOption::empty(),
+            history,
             draining: AtomicBool::new(false),
             links: Links::default(),
             guards,
@@ -212,6 +217,18 @@ impl Shared {
         }
     }
 
+    /// The Unix ms a ramp of `service` reads its step at: now, or while the service's guard
+    /// holds gray back, the moment it tripped (SPEC §9.2: the ramp does not advance on
+    /// this instance until the guard closes, then it jumps to the clock's step).
+    pub fn ramp_clock(&self, service: usize) -> u64 {
+        let held = self
+            .guards
+            .get(service)
+            .and_then(Option::as_ref)
+            .and_then(GuardState::held_since);
+        unix_ms(held.unwrap_or_else(SystemTime::now))
+    }
+
     /// Routes and decides without forwarding: the request path and `/explain` share it,
     /// so what `explain` prints is what traffic does.
     pub fn decide(
@@ -226,12 +243,18 @@ impl Shared {
         let Some(service) = self.router.route(host, path) else {
             return Outcome::NoService;
         };
+        let now_ms = if live.rules.has_ramps() {
+            self.ramp_clock(service)
+        } else {
+            0
+        };
         let decision = live.rules.decide(&RequestInfo {
             markers,
             listener,
             service,
             path,
             headers,
+            now_ms,
         });
         let svc = &self.config.services[service];
         let (pool, fallback) = match svc.pool_by_id.get(decision.pool).copied().flatten() {
@@ -245,6 +268,156 @@ impl Shared {
             fallback,
         }
     }
+}
+
+// === rule states and history ===
+
+impl Shared {
+    /// Sets `graylane_rule_percent` and `graylane_rule_expired` from the live rules at the
+    /// clock: after every reload, and every second (ramps step and rules expire with time
+    /// alone).
+    pub(crate) fn refresh_rule_states(&self) {
+        let live = self.live.load();
+        let now = unix_ms(SystemTime::now());
+        let percents: Vec<(&str, f64)> = live
+            .rules
+            .percents()
+            .map(|p| (p.rule, p.share.percent_at(now).0))
+            .collect();
+        let expiring: Vec<(&str, bool)> = live
+            .rules
+            .expiring(now)
+            .map(|(r, expired)| (r.rule, expired))
+            .collect();
+        self.metrics.set_rule_states(&percents, &expiring);
+    }
+
+    /// One WARN line per expired rule of the live ruleset (at start and each reload):
+    /// an expired rule keeps routing, so someone has to be told.
+    pub(crate) fn warn_expired(&self) {
+        for line in self.live.load().rules.expiry_warnings(SystemTime::now()) {
+            tracing::warn!("{line}");
+        }
+    }
+}
+
+/// How many reload outcomes `/rules/history` keeps.
+const HISTORY: usize = 20;
+
+/// One reload outcome.
+#[derive(Debug, Clone)]
+pub struct HistoryEntry {
+    /// When it happened.
+    pub at: SystemTime,
+    /// What asked for it (`start`, `file change`, `SIGHUP`, `POST /reload`, `retry`).
+    pub trigger: &'static str,
+    /// `ok`, `unchanged` or `error`.
+    pub result: crate::metrics::ReloadResult,
+    /// The hash of what is live after it (`None` after an error: what failed has none).
+    pub sha256: Option<String>,
+    /// The `version:` label of what went live.
+    pub version: Option<String>,
+    /// Rules by name that the reload added, removed, and changed (same name, different
+    /// conditions, route, owner, expiry or `in_file` contents).
+    pub added: Vec<String>,
+    /// See `added`.
+    pub removed: Vec<String>,
+    /// See `added`.
+    pub changed: Vec<String>,
+    /// Why it was rejected.
+    pub error: Option<String>,
+}
+
+impl HistoryEntry {
+    /// The outcome of replacing `old` by `new` (`None`: the first load).
+    pub fn loaded(trigger: &'static str, old: Option<&RuleSet>, new: &Live) -> Self {
+        let old: Vec<(&str, u64)> = old.map(|o| o.fingerprints().collect()).unwrap_or_default();
+        let new_fp: Vec<(&str, u64)> = new.rules.fingerprints().collect();
+        let find = |list: &[(&str, u64)], n: &str| list.iter().find(|(m, _)| *m == n).map(|x| x.1);
+        let mut e = Self::outcome(trigger, crate::metrics::ReloadResult::Ok, new);
+        for (name, fp) in &new_fp {
+            match find(&old, name) {
+                None => e.added.push((*name).to_owned()),
+                Some(f) if f != *fp => e.changed.push((*name).to_owned()),
+                Some(_) => {}
+            }
+        }
+        e.removed = old
+            .iter()
+            .filter(|(n, _)| find(&new_fp, n).is_none())
+            .map(|(n, _)| (*n).to_owned())
+            .collect();
+        e
+    }
+
+    /// An outcome that left `live` serving (`unchanged`, or `ok` before the diff).
+    pub fn outcome(
+        trigger: &'static str,
+        result: crate::metrics::ReloadResult,
+        live: &Live,
+    ) -> Self {
+        Self {
+            at: SystemTime::now(),
+            trigger,
+            result,
+            sha256: Some(live.sha256.clone()),
+            version: live.rules.version().map(str::to_owned),
+            added: Vec::new(),
+            removed: Vec::new(),
+            changed: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// A rejected reload.
+    pub fn rejected(trigger: &'static str, error: String) -> Self {
+        Self {
+            at: SystemTime::now(),
+            trigger,
+            result: crate::metrics::ReloadResult::Error,
+            sha256: None,
+            version: None,
+            added: Vec::new(),
+            removed: Vec::new(),
+            changed: Vec::new(),
+            error: Some(error),
+        }
+    }
+}
+
+/// The last [`HISTORY`] reload outcomes, newest last. A lock, but never on the request
+/// path: reloads write it, `/rules/history` reads it.
+#[derive(Debug, Default)]
+pub struct RuleHistory(std::sync::Mutex<std::collections::VecDeque<HistoryEntry>>);
+
+impl RuleHistory {
+    /// Adds an outcome, forgetting the oldest beyond [`HISTORY`].
+    pub fn push(&self, e: HistoryEntry) {
+        let mut h = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if h.len() == HISTORY {
+            h.pop_front();
+        }
+        h.push_back(e);
+    }
+
+    /// The outcomes, newest first.
+    pub fn newest_first(&self) -> Vec<HistoryEntry> {
+        let h = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        h.iter().rev().cloned().collect()
+    }
+}
+
+/// A Unix ms as RFC 3339 (UTC, seconds).
+pub(crate) fn rfc3339_ms(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+        .to_string()
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(crate::millis)
+        .unwrap_or(0)
 }
 
 /// Seconds since the Unix epoch, for `rules_loaded_timestamp_seconds`.

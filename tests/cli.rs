@@ -147,6 +147,32 @@ const BROKEN_RULES: &[(&str, &str, u32, u32, &str)] = &[
 ];
 
 #[test]
+fn check_warns_about_expired_rules_and_still_exits_0() {
+    let rules = "rules:\n  - name: old\n    owner: im-team\n    expires: 2001-02-03\n    route: gray\n  - name: new\n    expires: 2999-01-01\n    route: stable\n";
+    let (_dir, cfg) = write_dir(&chat_only_config(), rules);
+    let o = output(&["check", "--config", path_str(&cfg)]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let err = stderr(&o);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert_eq!(
+        warnings,
+        vec!["warning: rule old expired at 2001-02-04T00:00:00Z and still routes (owner: im-team); remove or renew it"],
+        "{err}"
+    );
+}
+
+#[test]
+fn check_rejects_a_ramp_that_goes_down() {
+    let rules = "rules:\n  - name: r\n    when: { percent: { of: uid, steps: [5, 1], every: 1m, start: \"2026-12-07T10:00:00Z\" } }\n    route: gray\n";
+    let (_dir, cfg) = write_dir(&chat_only_config(), rules);
+    let o = output(&["check", "--config", path_str(&cfg)]);
+    let (file, line, _, msg) = located_error(&o);
+    assert!(is_rules_yaml(&file), "{file}");
+    assert_eq!(line, 3);
+    assert!(msg.contains("must not go down"), "{msg}");
+}
+
+#[test]
 fn check_reports_broken_rules_with_file_line_and_column() {
     let cfg = chat_only_config();
     for (what, rules, line, col, word) in BROKEN_RULES {

@@ -5,6 +5,9 @@
 
 mod explain;
 mod guard;
+mod rules;
+
+pub(crate) use rules::rules_json;
 
 pub use explain::{explain, ExplainRequest};
 
@@ -204,6 +207,7 @@ async fn handle(
             }
         }
         "/rules" => json_response(StatusCode::OK, &rules_json(shared)),
+        "/rules/history" => json_response(StatusCode::OK, &rules::history_json(shared)),
         "/guard" => match guard::find(shared, &query) {
             Ok((name, g)) => json_response(StatusCode::OK, &guard::status(name, g)),
             Err(e) => json_response(StatusCode::NOT_FOUND, &e),
@@ -227,17 +231,4 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
-}
-
-/// The `/rules` body.
-pub(crate) fn rules_json(shared: &Shared) -> Value {
-    let live = shared.live.load();
-    let last_error = shared.last_error.load();
-    json!({
-        "version": live.rules.version(),
-        "sha256": live.sha256,
-        "loaded_at": humantime::format_rfc3339_seconds(live.loaded_at).to_string(),
-        "rules": live.rules.len(),
-        "last_error": last_error.as_deref().map(|s| s.as_str()),
-    })
 }

@@ -14,6 +14,7 @@ use http::HeaderName;
 use ipnet::IpNet;
 
 use crate::markers::MarkerNames;
+pub(crate) use raw::parse_duration;
 use raw::RawConfig;
 use validate::Validator;
 use yamlpos::{LocatedError, Pos, PosIndex};

@@ -373,7 +373,7 @@ impl<'de> Deserialize<'de> for Dur {
 }
 
 /// Parses `250ms`, `1s`, `2m`, `1h` (and `0`).
-pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s == "0" {
         return Ok(Duration::ZERO);

@@ -2,7 +2,9 @@
 //! `Metrics::try_new`.
 
 use prometheus::core::Collector;
-use prometheus::{Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
 
 /// Latency buckets in seconds: sub-millisecond for a local proxy hop up to the 30 s
 /// default `upstream_response` timeout, roughly ×2–2.5 apart so p50/p99 stay readable.
@@ -27,6 +29,8 @@ pub(super) struct Families {
     pub(super) reloads: IntCounterVec,
     pub(super) rule_hits: IntCounterVec,
     pub(super) rules_info: IntGaugeVec,
+    pub(super) rule_percent: GaugeVec,
+    pub(super) rule_expired: IntGaugeVec,
     pub(super) rules_loaded: Gauge,
 }
 
@@ -111,6 +115,21 @@ impl Families {
                 "graylane_rules_info",
                 "The live ruleset: always 1, identified by its labels.",
                 &["version", "sha256"],
+            )?,
+            rule_percent: reg(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "graylane_rule_percent",
+                        "The share in force of each percent rule, ramps by the clock.",
+                    ),
+                    &["rule"],
+                )?,
+            )?,
+            rule_expired: gauges(
+                "graylane_rule_expired",
+                "1 for a rule whose expires: has passed (it still routes), else 0.",
+                &["rule"],
             )?,
             rules_loaded: reg(
                 r,

@@ -65,6 +65,13 @@ pub struct Metrics {
     /// Label values of the live `rules_info` series, so the next reload can remove it.
     /// Taken only by reloads, never by requests.
     rules_info_live: Mutex<Option<[String; 2]>>,
+    /// `rule_percent{rule}` and `rule_expired{rule}`, set every second from the live
+    /// ruleset.
+    rule_percent: prometheus::GaugeVec,
+    rule_expired: IntGaugeVec,
+    /// The rules those two families have series for, so rules that left the ruleset
+    /// lose theirs. Taken by the once-a-second update only.
+    rule_state_names: Mutex<Vec<String>>,
     /// `rules_loaded_timestamp_seconds`.
     rules_loaded: Gauge,
     /// Unregistered children that out-of-range lookups return.
@@ -228,6 +235,9 @@ impl Metrics {
             rule_hits: f.rule_hits,
             rules_info: f.rules_info,
             rules_info_live: Mutex::new(None),
+            rule_percent: f.rule_percent,
+            rule_expired: f.rule_expired,
+            rule_state_names: Mutex::new(Vec::new()),
             rules_loaded: f.rules_loaded,
             sink,
         })
@@ -328,6 +338,42 @@ impl Metrics {
         }
         *live = Some(new);
         self.rules_loaded.set(loaded_at_unix_secs);
+    }
+
+    /// Sets `rule_percent{rule}` (the share in force, 0–100) and `rule_expired{rule}`
+    /// for the live rules, and removes the series of rules no longer in them. New values
+    /// are set before stale series go, so a scrape never sees a rule without its series.
+    pub(crate) fn set_rule_states(&self, percents: &[(&str, f64)], expiring: &[(&str, bool)]) {
+        for (rule, p) in percents {
+            match self.rule_percent.get_metric_with_label_values(&[rule]) {
+                Ok(g) => g.set(*p),
+                Err(e) => tracing::error!(rule, error = %e, "rule_percent child"),
+            }
+        }
+        for (rule, expired) in expiring {
+            match self.rule_expired.get_metric_with_label_values(&[rule]) {
+                Ok(g) => g.set(i64::from(*expired)),
+                Err(e) => tracing::error!(rule, error = %e, "rule_expired child"),
+            }
+        }
+        let mut names = self
+            .rule_state_names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for old in names.iter() {
+            if !percents.iter().any(|(r, _)| r == old) {
+                let _ = self.rule_percent.remove_label_values(&[old]);
+            }
+            if !expiring.iter().any(|(r, _)| r == old) {
+                let _ = self.rule_expired.remove_label_values(&[old]);
+            }
+        }
+        *names = percents
+            .iter()
+            .map(|(r, _)| *r)
+            .chain(expiring.iter().map(|(r, _)| *r))
+            .map(str::to_owned)
+            .collect();
     }
 
     /// Makes and removes `endpoint_up{service,pool,endpoint}` gauges for one pool, as

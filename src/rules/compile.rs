@@ -7,10 +7,12 @@ use std::rc::Rc;
 
 use http::HeaderName;
 use sha2::{Digest, Sha256};
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use super::ids::{parse_range, read_in_file, IdSet, InFile};
 use super::percent::percent;
 use super::raw::*;
+use super::time::parse_expiry;
 use super::version::parse_version_req;
 use super::*;
 use crate::config::yamlpos::{LocatedError, Pos, PosIndex, YamlPath};
@@ -82,6 +84,7 @@ pub fn compile(
         topo,
         files: HashMap::new(),
         mentions: Vec::new(),
+        rule_files: 0,
     };
     let rules = match c.rules(raw) {
         Ok(r) => r,
@@ -170,6 +173,9 @@ struct Compiler<'a> {
     files: HashMap<PathBuf, Result<Rc<InFile>, String>>,
     /// Every `in_file:` value's path in the document, with the file it names.
     mentions: Vec<(YamlPath, PathBuf)>,
+    /// The contents of the `in_file`s the rule being compiled reads, hashed into its
+    /// fingerprint.
+    rule_files: u64,
 }
 
 impl Compiler<'_> {
@@ -177,6 +183,7 @@ impl Compiler<'_> {
         let root = YamlPath::root();
         let mut names: HashSet<String> = HashSet::new();
         let mut rules = Vec::with_capacity(raw.rules.len());
+        let mut ramps = false;
         for (i, r) in raw.rules.into_iter().enumerate() {
             let p = root.key("rules").index(i);
             check_rule_name(&r.name).map_err(|m| VErr::value(&p.key("name"), m))?;
@@ -187,20 +194,35 @@ impl Compiler<'_> {
                 ));
             }
             let route = self.pool(&p.key("route"), &r.route)?;
+            let expires = r
+                .expires
+                .as_deref()
+                .map(|e| parse_expiry(e).map_err(|m| VErr::value(&p.key("expires"), m)))
+                .transpose()?;
+            let written =
+                xxh3_64(format!("{:?}", (&r.when, &r.route, &r.owner, &r.expires)).as_bytes());
+            self.rule_files = 0;
             let mut conds = match r.when {
                 None => Vec::new(),
                 Some(w) => self.when(&p.key("when"), w, &r.name)?,
             };
             conds.sort_by_key(Cond::cost);
+            ramps |= conds
+                .iter()
+                .any(|c| matches!(c, Cond::Percent(p) if matches!(p.share(), Share::Ramp(_))));
             rules.push(Rule {
                 name: r.name.into(),
                 route,
                 conds: conds.into_boxed_slice(),
+                owner: r.owner.map(Into::into),
+                expires,
+                fingerprint: xxh3_64_with_seed(&written.to_le_bytes(), self.rule_files),
             });
         }
         Ok(RuleSet {
             version: raw.version,
             rules: rules.into_boxed_slice(),
+            ramps,
         })
     }
 
@@ -430,7 +452,9 @@ impl Compiler<'_> {
             .files
             .entry(path.clone())
             .or_insert_with(|| read_in_file(&path, name));
-        entry.clone().map_err(|m| VErr::value(p, m))
+        let file = entry.clone().map_err(|m| VErr::value(p, m))?;
+        self.rule_files = xxh3_64_with_seed(&file.bytes, self.rule_files);
+        Ok(file)
     }
 }
 

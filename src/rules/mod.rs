@@ -17,10 +17,11 @@ mod compile;
 mod ids;
 mod percent;
 mod raw;
+mod time;
 mod version;
 
 pub use compile::{compile, load, Compiled};
-pub(crate) use percent::percent_bucket;
+pub(crate) use percent::{percent_bucket, Share};
 
 use std::fmt;
 
@@ -45,6 +46,8 @@ pub struct RuleSet {
     version: Option<String>,
     /// In file order: the first match wins.
     rules: Box<[Rule]>,
+    /// Some rule ramps (`percent` with `steps`): deciding needs the clock.
+    ramps: bool,
 }
 
 struct Rule {
@@ -52,6 +55,29 @@ struct Rule {
     route: PoolId,
     /// ANDed, cheapest first (the order does not change the result: conditions are pure).
     conds: Box<[Cond]>,
+    /// `owner:`, shown where the rule is listed.
+    owner: Option<Box<str>>,
+    /// `expires:` as Unix ms: past it the rule still routes, but is reported.
+    expires: Option<u64>,
+    /// What the rule says, hashed (its YAML and the bytes of its `in_file`s), so a
+    /// reload can name the rules it changed.
+    fingerprint: u64,
+}
+
+/// A rule's `percent` share, for `/rules` and `graylane_rule_percent`.
+#[derive(Debug, Clone)]
+pub(crate) struct PercentRule<'a> {
+    pub(crate) rule: &'a str,
+    pub(crate) share: &'a Share,
+}
+
+/// A rule whose `expires:` has passed.
+#[derive(Debug, Clone)]
+pub(crate) struct ExpiredRule<'a> {
+    pub(crate) rule: &'a str,
+    pub(crate) owner: Option<&'a str>,
+    /// Unix ms.
+    pub(crate) expires: u64,
 }
 
 /// One compiled condition.
@@ -117,6 +143,9 @@ pub struct RequestInfo<'a> {
     pub path: &'a str,
     /// Its headers, for `header:` and `cookie:` conditions.
     pub headers: &'a HeaderMap,
+    /// The Unix ms a ramp reads its step at (see [`RuleSet::has_ramps`]; 0 is fine
+    /// without ramps).
+    pub now_ms: u64,
 }
 
 /// Where a request goes and why, so metrics and the propagate header can name the rule.
@@ -135,6 +164,7 @@ impl RuleSet {
         RuleSet {
             version: None,
             rules: Box::new([]),
+            ramps: false,
         }
     }
 
@@ -175,6 +205,60 @@ impl RuleSet {
     /// does not have, so a stale index can never panic a request.
     pub fn rule_name(&self, idx: usize) -> &str {
         self.rules.get(idx).map_or(DEFAULT_RULE, |r| &r.name)
+    }
+
+    /// Whether some rule ramps, so that a caller reads the clock for `now_ms` only then.
+    pub fn has_ramps(&self) -> bool {
+        self.ramps
+    }
+
+    /// Every rule with a `percent` condition, in order.
+    pub(crate) fn percents(&self) -> impl Iterator<Item = PercentRule<'_>> {
+        self.rules.iter().filter_map(|r| {
+            r.conds.iter().find_map(|c| match c {
+                Cond::Percent(p) => Some(PercentRule {
+                    rule: &r.name,
+                    share: p.share(),
+                }),
+                _ => None,
+            })
+        })
+    }
+
+    /// Rules with an `expires:`, with whether it has passed at Unix ms `now`.
+    pub(crate) fn expiring(&self, now: u64) -> impl Iterator<Item = (ExpiredRule<'_>, bool)> {
+        self.rules.iter().filter_map(move |r| {
+            let expires = r.expires?;
+            let rule = ExpiredRule {
+                rule: &r.name,
+                owner: r.owner.as_deref(),
+                expires,
+            };
+            Some((rule, now >= expires))
+        })
+    }
+
+    /// One line per rule whose `expires:` has passed at `now`, for `graylane check` and
+    /// the reload log: it still routes, and someone has to remove or renew it.
+    pub fn expiry_warnings(&self, now: std::time::SystemTime) -> Vec<String> {
+        let now = crate::state::unix_ms(now);
+        self.expiring(now)
+            .filter(|(_, expired)| *expired)
+            .map(|(r, _)| {
+                format!(
+                    "rule {} expired at {} and still routes (owner: {}); remove or renew it",
+                    r.rule,
+                    crate::state::rfc3339_ms(r.expires),
+                    r.owner.unwrap_or("-")
+                )
+            })
+            .collect()
+    }
+
+    /// Each rule's name and fingerprint, to tell a reload's added, removed and changed
+    /// rules.
+    pub(crate) fn fingerprints(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.rules.iter().map(|r| (&*r.name, r.fingerprint))
     }
 
     /// Every rule name in order, so metrics can pre-resolve `rule_hits_total` children.
@@ -236,7 +320,7 @@ impl Cond {
                 markers::cookie(req.headers, &f.name)
                     .is_some_and(|v| f.values.binary_search_by(|x| (**x).cmp(v)).is_ok())
             }),
-            Cond::Percent(p) => p.holds(m),
+            Cond::Percent(p) => p.holds(m, req.now_ms),
         }
     }
 }

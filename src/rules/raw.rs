@@ -26,6 +26,10 @@ pub(super) struct RawRule {
     #[serde(default)]
     pub(super) when: Option<RawWhen>,
     pub(super) route: String,
+    #[serde(default)]
+    pub(super) owner: Option<String>,
+    #[serde(default)]
+    pub(super) expires: Option<String>,
 }
 
 /// Every condition rejects `null` (`uid:` with nothing after it): silently dropping the
@@ -107,11 +111,18 @@ pub(super) struct RawIn {
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping like { of: uid, value: 20, seed: name }"
+    expecting = "a mapping like { of: uid, value: 20 } or { of: uid, steps: [1, 20, 100], every: 15m, start: TIME }"
 )]
 pub(super) struct RawPercent {
     pub(super) of: String,
-    pub(super) value: f64,
+    #[serde(default)]
+    pub(super) value: Option<f64>,
+    #[serde(default)]
+    pub(super) steps: Option<Vec<f64>>,
+    #[serde(default)]
+    pub(super) every: Option<String>,
+    #[serde(default)]
+    pub(super) start: Option<String>,
     #[serde(default)]
     pub(super) seed: Option<String>,
 }

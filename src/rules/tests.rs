@@ -64,6 +64,7 @@ struct Req {
     service: usize,
     path: String,
     headers: HeaderMap,
+    now_ms: u64,
 }
 
 impl Req {
@@ -74,7 +75,13 @@ impl Req {
             service: 0,
             path: "/chat/x".into(),
             headers: HeaderMap::new(),
+            now_ms: 0,
         }
+    }
+    fn at(mut self, rfc3339: &str) -> Self {
+        let t = humantime::parse_rfc3339(rfc3339).unwrap();
+        self.now_ms = crate::state::unix_ms(t);
+        self
     }
     fn uid(mut self, id: u64) -> Self {
         self.markers.uid = Some(id);
@@ -95,6 +102,7 @@ impl Req {
             service: self.service,
             path: &self.path,
             headers: &self.headers,
+            now_ms: self.now_ms,
         })
     }
     /// Whether the single rule of `rs` matched.
@@ -1023,4 +1031,156 @@ fn cheap_conditions_run_first() {
     let mut sorted = costs.clone();
     sorted.sort();
     assert_eq!(costs, sorted);
+}
+
+const RAMP: &str =
+    "percent: { of: uid, steps: [1, 5, 20, 50, 100], every: 15m, start: \"2026-12-07T10:00:00Z\" }";
+
+/// The share of 20,000 uids a ruleset sends to gray at `time`, in percent.
+fn gray_share(rs: &RuleSet, time: &str) -> f64 {
+    let gray = (0..20_000u64)
+        .filter(|&u| Req::new().uid(u).at(time).decide(rs).pool == GRAY)
+        .count();
+    gray as f64 / 200.0
+}
+
+#[test]
+fn a_ramp_is_at_the_clocks_step() {
+    let rs = ok(&one(RAMP));
+    assert!(rs.has_ramps());
+    assert!(!ok(&one("percent: { of: uid, value: 20 }")).has_ramps());
+    for (time, want) in [
+        ("2026-12-07T09:59:59Z", 0.0),
+        ("2026-12-07T10:00:00Z", 1.0),
+        ("2026-12-07T10:14:59Z", 1.0),
+        ("2026-12-07T10:15:00Z", 5.0),
+        ("2026-12-07T10:30:00Z", 20.0),
+        ("2026-12-07T10:45:00Z", 50.0),
+        ("2026-12-07T11:00:00Z", 100.0),
+        ("2027-06-01T00:00:00Z", 100.0),
+    ] {
+        let got = gray_share(&rs, time);
+        assert!(
+            (got - want).abs() <= want * 0.15 + 0.1,
+            "{time}: {got}% want {want}%"
+        );
+    }
+    // Widening only ever adds users: everyone in at 5 % is still in at 20 %.
+    let at = |t| {
+        (0..20_000u64)
+            .filter(|&u| Req::new().uid(u).at(t).decide(&rs).pool == GRAY)
+            .collect::<Vec<_>>()
+    };
+    let (five, twenty) = (at("2026-12-07T10:15:00Z"), at("2026-12-07T10:30:00Z"));
+    assert!(five.iter().all(|u| twenty.contains(u)));
+    // The share in force and the next step, as /rules shows them.
+    let p = rs.percents().next().unwrap();
+    let t = crate::state::unix_ms(humantime::parse_rfc3339("2026-12-07T10:20:00Z").unwrap());
+    let (now, next) = p.share.percent_at(t);
+    assert_eq!(now, 5.0);
+    assert_eq!(
+        next.map(crate::state::rfc3339_ms).as_deref(),
+        Some("2026-12-07T10:30:00Z")
+    );
+    let end = crate::state::unix_ms(humantime::parse_rfc3339("2026-12-08T00:00:00Z").unwrap());
+    assert_eq!(p.share.percent_at(end), (100.0, None));
+}
+
+#[test]
+fn check_rejects_bad_ramps() {
+    assert_err(
+        &one("percent: { of: uid, value: 5, steps: [1, 2], every: 1m, start: \"2026-12-07T10:00:00Z\" }"),
+        4,
+        44,
+        "value or steps, not both",
+    );
+    assert_err(
+        &one("percent: { of: uid, steps: [5, 1], every: 1m, start: \"2026-12-07T10:00:00Z\" }"),
+        4,
+        38,
+        "must not go down",
+    );
+    assert_err(
+        &one("percent: { of: uid, steps: [1, 101], every: 1m, start: \"2026-12-07T10:00:00Z\" }"),
+        4,
+        38,
+        "[0, 100]",
+    );
+    assert_err(
+        &one("percent: { of: uid, steps: [1, -1], every: 1m, start: \"2026-12-07T10:00:00Z\" }"),
+        4,
+        38,
+        "[0, 100]",
+    );
+    assert_err(
+        &one("percent: { of: uid, steps: [1], start: \"2026-12-07T10:00:00Z\" }"),
+        4,
+        18,
+        "needs every",
+    );
+    assert_err(
+        &one("percent: { of: uid, steps: [1], every: 1m }"),
+        4,
+        18,
+        "needs start",
+    );
+    assert_err(
+        &one("percent: { of: uid, steps: [1], every: 0, start: \"2026-12-07T10:00:00Z\" }"),
+        4,
+        46,
+        "above 0",
+    );
+    assert_err(
+        &one("percent: { of: uid, steps: [1], every: 1m, start: tomorrow }"),
+        4,
+        57,
+        "RFC 3339",
+    );
+    assert_err(
+        &one("percent: { of: uid, value: 5, every: 1m }"),
+        4,
+        44,
+        "belongs to a ramp",
+    );
+    assert_err(&one("percent: { of: uid }"), 4, 18, "needs value");
+}
+
+#[test]
+fn expired_rules_still_route_and_are_listed() {
+    let rs = ok("rules:\n  - name: old-gray\n    owner: \"team im\"\n    expires: 2026-12-01\n    when: { uid: { in: [7] } }\n    route: gray\n  - name: later\n    expires: \"2027-01-01T00:00:00Z\"\n    route: stable\n");
+    assert_eq!(Req::new().uid(7).decide(&rs).pool, GRAY);
+    // A date keeps the rule for that whole day (UTC).
+    let now = humantime::parse_rfc3339("2026-12-01T23:59:59Z").unwrap();
+    assert!(rs.expiry_warnings(now).is_empty());
+    let now = humantime::parse_rfc3339("2026-12-02T00:00:00Z").unwrap();
+    let w = rs.expiry_warnings(now);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("rule old-gray expired at 2026-12-02T00:00:00Z")
+            && w[0].contains("owner: team im"),
+        "{w:?}"
+    );
+    assert_err(
+        "rules:\n  - name: r\n    expires: next week\n    route: gray\n",
+        3,
+        14,
+        "YYYY-MM-DD",
+    );
+}
+
+#[test]
+fn fingerprints_change_with_what_a_rule_says() {
+    let fp = |src: &str| {
+        ok(src)
+            .fingerprints()
+            .map(|(n, f)| (n.to_owned(), f))
+            .collect::<Vec<_>>()
+    };
+    let a = fp("rules:\n  - name: a\n    when: { uid: { in: [1] } }\n    route: gray\n  - name: b\n    route: stable\n");
+    let b = fp("rules:\n  - name: a\n    when: { uid: { in: [2] } }\n    route: gray\n  - name: b\n    route: stable\n");
+    assert_ne!(a[0].1, b[0].1, "a changed");
+    assert_eq!(a[1].1, b[1].1, "b did not");
+    // Formatting alone is no change.
+    let c = fp("rules:\n  - name: a\n    when:\n      uid: { in: [ 1 ] }\n    route: gray\n  - name: b\n    route: stable\n");
+    assert_eq!(a, c);
 }

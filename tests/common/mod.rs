@@ -43,7 +43,33 @@ pub struct Upstream {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     /// Connections accepted so far (keep-alive reuse shows as few connections).
     pub conns: Arc<std::sync::atomic::AtomicUsize>,
+    /// Faults to inject into every answer from now on.
+    pub faults: Arc<Faults>,
     task: JoinHandle<()>,
+}
+
+/// What an upstream does to every request, whatever its path: answer with this status
+/// (0: as the path says) after this delay.
+#[derive(Debug, Default)]
+pub struct Faults {
+    pub status: std::sync::atomic::AtomicU16,
+    pub delay_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Upstream {
+    /// Every answer from now on has `status` (0: back to normal).
+    pub fn fail_with(&self, status: u16) {
+        self.faults
+            .status
+            .store(status, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Every answer from now on waits `ms` first.
+    pub fn delay(&self, ms: u64) {
+        self.faults
+            .delay_ms
+            .store(ms, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Drop for Upstream {
@@ -75,6 +101,8 @@ pub async fn spawn_upstream(name: &str) -> Upstream {
     let seen2 = seen.clone();
     let conns: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
     let conns2 = conns.clone();
+    let faults: Arc<Faults> = Arc::default();
+    let faults2 = faults.clone();
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -83,11 +111,24 @@ pub async fn spawn_upstream(name: &str) -> Upstream {
             conns2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let name = name_s.clone();
             let seen = seen2.clone();
+            let faults = faults2.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let name = name.clone();
                     let seen = seen.clone();
-                    async move { Ok::<_, Infallible>(upstream_answer(req, &name, &seen).await) }
+                    let faults = faults.clone();
+                    async move {
+                        let delay = faults.delay_ms.load(std::sync::atomic::Ordering::SeqCst);
+                        if delay > 0 {
+                            tokio::time::sleep(Duration::from_millis(delay)).await;
+                        }
+                        let mut resp = upstream_answer(req, &name, &seen).await;
+                        let status = faults.status.load(std::sync::atomic::Ordering::SeqCst);
+                        if let Ok(s) = StatusCode::from_u16(status) {
+                            *resp.status_mut() = s;
+                        }
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -100,6 +141,7 @@ pub async fn spawn_upstream(name: &str) -> Upstream {
         addr,
         seen,
         conns,
+        faults,
         task,
     }
 }
@@ -320,6 +362,38 @@ pub fn located(msg: &str) -> (String, u32, u32, String) {
 /// `in_file`.
 pub fn is_rules_yaml(file: &str) -> bool {
     file == "rules.yaml" || file.ends_with("/rules.yaml")
+}
+
+/// Everything graylane logged in this test binary so far (a global subscriber, installed
+/// on first use, writing into memory).
+pub fn logs() -> String {
+    static LOGS: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    let buf = LOGS.get_or_init(|| {
+        let buf: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let w = buf.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || LogWriter(w.clone()))
+            .try_init();
+        buf
+    });
+    let bytes = buf.lock().map(|b| b.clone()).unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(b);
+        }
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Parses a JSON answer, naming the text when it is not JSON.
