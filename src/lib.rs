@@ -65,3 +65,18 @@ pub(crate) fn millis(d: std::time::Duration) -> u64 {
         .saturating_mul(1000)
         .saturating_add(u64::from(d.subsec_millis()))
 }
+
+/// A Unix ms as RFC 3339 (UTC, seconds).
+pub(crate) fn rfc3339_ms(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+    )
+    .to_string()
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub(crate) fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(millis)
+        .unwrap_or(0)
+}

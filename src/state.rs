@@ -21,6 +21,7 @@ use crate::markers::{MarkerReader, Markers};
 use crate::metrics::Metrics;
 use crate::routing::Router;
 use crate::rules::{Compiled, Decision, RequestInfo, RuleSet};
+use crate::unix_ms;
 use crate::upstream::Upstreams;
 
 /// The hot-reloaded part: everything a rules reload changes, swapped as one.
@@ -405,19 +406,6 @@ impl RuleHistory {
         let h = self.0.lock().unwrap_or_else(|p| p.into_inner());
         h.iter().rev().cloned().collect()
     }
-}
-
-/// A Unix ms as RFC 3339 (UTC, seconds).
-pub(crate) fn rfc3339_ms(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
-        .to_string()
-}
-
-/// Milliseconds since the Unix epoch (0 before it).
-pub(crate) fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(crate::millis)
-        .unwrap_or(0)
 }
 
 /// Seconds since the Unix epoch, for `rules_loaded_timestamp_seconds`.

@@ -6,7 +6,8 @@ use std::time::SystemTime;
 use serde_json::{json, Value};
 
 use crate::rules::Share;
-use crate::state::{rfc3339_ms, unix_ms, HistoryEntry, Shared};
+use crate::state::{HistoryEntry, Shared};
+use crate::{rfc3339_ms, unix_ms};
 
 /// The `/rules` body (also the answer to `POST /reload`).
 pub(crate) fn rules_json(shared: &Shared) -> Value {

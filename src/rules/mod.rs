@@ -241,14 +241,14 @@ impl RuleSet {
     /// One line per rule whose `expires:` has passed at `now`, for `graylane check` and
     /// the reload log: it still routes, and someone has to remove or renew it.
     pub fn expiry_warnings(&self, now: std::time::SystemTime) -> Vec<String> {
-        let now = crate::state::unix_ms(now);
+        let now = crate::unix_ms(now);
         self.expiring(now)
             .filter(|(_, expired)| *expired)
             .map(|(r, _)| {
                 format!(
                     "rule {} expired at {} and still routes (owner: {}); remove or renew it",
                     r.rule,
-                    crate::state::rfc3339_ms(r.expires),
+                    crate::rfc3339_ms(r.expires),
                     r.owner.unwrap_or("-")
                 )
             })

@@ -80,7 +80,7 @@ impl Req {
     }
     fn at(mut self, rfc3339: &str) -> Self {
         let t = humantime::parse_rfc3339(rfc3339).unwrap();
-        self.now_ms = crate::state::unix_ms(t);
+        self.now_ms = crate::unix_ms(t);
         self
     }
     fn uid(mut self, id: u64) -> Self {
@@ -1075,14 +1075,14 @@ fn a_ramp_is_at_the_clocks_step() {
     assert!(five.iter().all(|u| twenty.contains(u)));
     // The share in force and the next step, as /rules shows them.
     let p = rs.percents().next().unwrap();
-    let t = crate::state::unix_ms(humantime::parse_rfc3339("2026-12-07T10:20:00Z").unwrap());
+    let t = crate::unix_ms(humantime::parse_rfc3339("2026-12-07T10:20:00Z").unwrap());
     let (now, next) = p.share.percent_at(t);
     assert_eq!(now, 5.0);
     assert_eq!(
-        next.map(crate::state::rfc3339_ms).as_deref(),
+        next.map(crate::rfc3339_ms).as_deref(),
         Some("2026-12-07T10:30:00Z")
     );
-    let end = crate::state::unix_ms(humantime::parse_rfc3339("2026-12-08T00:00:00Z").unwrap());
+    let end = crate::unix_ms(humantime::parse_rfc3339("2026-12-08T00:00:00Z").unwrap());
     assert_eq!(p.share.percent_at(end), (100.0, None));
 }
 
