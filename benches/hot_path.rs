@@ -407,6 +407,7 @@ fn bench_decide(c: &mut Criterion) {
             service,
             path,
             headers,
+            now_ms: 0,
         };
         let d = rs.decide(&req);
         let got = d.rule.map_or("default", |i| rs.rule_name(i));
@@ -427,6 +428,7 @@ fn bench_decide(c: &mut Criterion) {
                 service: SERVICE_CHAT,
                 path: "/chat/send",
                 headers: &im,
+                now_ms: 0,
             })
         })
     });
@@ -439,6 +441,7 @@ fn bench_decide(c: &mut Criterion) {
                 service: SERVICE_CONSOLE_API,
                 path: "/api/session/list",
                 headers: &console,
+                now_ms: 0,
             })
         })
     });

@@ -11,16 +11,16 @@
 //! | `server` | listeners, accept loop, `max_connections`, drain; `conn`: timeouts (408, idle); `tls` | §3 limits, §8 |
 //! | `markers` | reads the `xdw-kefu-*` markers from headers, cookies, query ([`MarkerReader`]) | §1 |
 //! | `routing` | picks the service by host and longest path prefix | §3 services |
-//! | `rules` | `rules.yaml` → [`RuleSet`]; `decide()` is pure | §2 |
+//! | `rules` | `rules.yaml` → [`RuleSet`]; `decide()` is pure; ramps, owner/expires | §2, §9.2, §9.3 |
 //! | `state` | [`Shared`], the `Live` snapshot a reload swaps, what a connection knows | §2 reload |
 //! | `proxy` | `handle`: markers → decide → admit → forward → respond; `forward`: attempts, retries, fallback; `headers`: hop-by-hop, `x-forwarded-*` | §3 forwarding, retries, fallback |
-//! | `guard` | the automatic rollback breaker of a service's gray pool | §3 guard |
+//! | `guard` | the rollback breaker: gray judged against stable (errors, latency) | §3 guard, §9.1 |
 //! | `upstream` | endpoints, DNS, health and ejection, picking; `h1`: graylane's HTTP/1.1 client; `h2` | §3 endpoints, health |
 //! | `longlink` | WebSocket relays, re-homing after a reload, closing last in a drain | §4 |
 //! | `error` | every answer graylane makes itself, mapped exhaustively to a status | §3 failures |
 //! | `metrics` | the Prometheus registry, children resolved at load | §6 |
-//! | `reload`, `watch` | file watching, SIGHUP, `POST /reload` → one `ArcSwap` store | §2 reload |
-//! | `admin` | `/metrics`, `/healthz`, `/readyz`, `/rules`, `/explain`, `/reload`, `/guard/*` | §5 |
+//! | `reload`, `watch` | file watching, SIGHUP, `POST /reload` → one `ArcSwap` store; history | §2 reload, §9.6 |
+//! | `admin` | `/metrics`, `/healthz`, `/readyz`, `/rules`, `/rules/history`, `/explain`, `/reload`, `/guard` | §5, §9 |
 //! | `lifecycle` | [`Graylane`]: the server and the admin listener side by side, the order of a drain | §8 |
 //! | `worker` | what each worker thread keeps for itself | — |
 //! | [`demo`] | the built-in sample config with its demo upstreams | §7 `demo` |

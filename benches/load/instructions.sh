@@ -5,9 +5,11 @@
 # where CPU times move by ±15% between runs. Kernel work (the syscalls' TCP processing)
 # is not counted: run.sh measures the whole CPU time.
 #
-# Usage: benches/load/instructions.sh [--requests N] [--no-build] [BIN...]
+# Usage: benches/load/instructions.sh [--requests N] [--no-build] [--guard] [BIN...]
 #   BIN      graylane binaries to compare (default: this tree's release build)
 #   --requests N   measured requests (default 8000), after 200 warm-up requests
+#   --guard  also run each binary with a guard on the service (comparison with stable and
+#            the latency guard on), for its cost on the request path
 # Each binary runs under callgrind with the load benchmark's config (1 worker, metrics
 # and a 1% access log on) in front of the load benchmark's upstream nginx; one client
 # connection sends the requests one after another (seq_client.py, uids.lua's mix), so
@@ -18,12 +20,14 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 N=8000
+GUARD=0
 BINS=()
 while [[ $# -gt 0 ]]; do
     case $1 in
     --requests) N=$2; shift ;;
     --no-build) export NO_BUILD=1 ;;
-    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+    --guard) GUARD=1 ;;
+    -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
     -*) die "unknown argument $1 (see --help)" ;;
     *) BINS+=("$1") ;;
     esac
@@ -59,13 +63,26 @@ start_bg upstream "$NGINX_BIN" -p "$RUN_DIR" -c "$RUN_DIR/upstream-nginx.conf" \
 wait_http "http://127.0.0.1:$STABLE_PORT/" 15 "$BG_PID" || die "upstream nginx did not start"
 render "$LOAD_DIR/graylane.yaml" "$GRAYLANE_PORT" "$RUN_DIR/graylane.yaml"
 cp "$LOAD_DIR/rules.yaml" "$RUN_DIR/rules.yaml"
+# The same config with a guard on the service, every check on: gray and stable outcomes
+# and latencies both recorded on the request path.
+sed -e '/gray:   { endpoints/a\    guard: { max_error_rate: 0.05, min_requests: 50, window: 30s, compare_to_stable: true, max_latency_ratio: 3 }' \
+    "$RUN_DIR/graylane.yaml" >"$RUN_DIR/graylane-guard.yaml"
+grep -q 'guard:' "$RUN_DIR/graylane-guard.yaml" || die "could not add the guard to the config"
 
-printf '| binary | instructions per request |\n|---|---|\n'
+RUNS=()
 for bin in "${BINS[@]}"; do
+    RUNS+=("$bin|graylane.yaml")
+    [[ $GUARD == 1 ]] && RUNS+=("$bin|graylane-guard.yaml")
+done
+
+printf '| binary | config | instructions per request |\n|---|---|---|\n'
+for run in "${RUNS[@]}"; do
+    bin=${run%%|*}
+    cfg=${run#*|}
     [[ -x $bin ]] || die "no binary at $bin"
     out="$RUN_DIR/callgrind.out"
     RUST_LOG=warn,graylane::access=info start_bg callgrind valgrind --tool=callgrind \
-        --callgrind-out-file="$out" "$bin" run --config "$RUN_DIR/graylane.yaml"
+        --callgrind-out-file="$out" "$bin" run --config "$RUN_DIR/$cfg"
     pid=$BG_PID
     wait_http "http://127.0.0.1:$GRAYLANE_PORT/" 60 "$pid" || die "$bin did not start under valgrind"
     python3 "$LOAD_DIR/seq_client.py" "$GRAYLANE_PORT" 200
@@ -76,5 +93,5 @@ for bin in "${BINS[@]}"; do
     [[ -n $ir ]] || die "no callgrind dump for $bin"
     stop_pid "$pid"
     rm -f "$out" "$out".*
-    printf '| %s | %s |\n' "$bin" "$((ir / N))"
+    printf '| %s | %s | %s |\n' "$bin" "$cfg" "$((ir / N))"
 done
