@@ -22,6 +22,7 @@
 //! | `reload`, `watch` | file watching, SIGHUP, `POST /reload` → one `ArcSwap` store; history | §2 reload, §9.6 |
 //! | `admin` | `/metrics`, `/healthz`, `/readyz`, `/rules`, `/rules/history`, `/explain`, `/reload`, `/guard` | §5, §9 |
 //! | `lifecycle` | [`Graylane`]: the server and the admin listener side by side, the order of a drain | §8 |
+//! | [`tools`] | offline release tools: `plan-ranges`, `replay` | §9.4 |
 //! | `worker` | what each worker thread keeps for itself | — |
 //! | [`demo`] | the built-in sample config with its demo upstreams | §7 `demo` |
 //!
@@ -43,6 +44,7 @@ pub(crate) mod routing;
 pub(crate) mod rules;
 pub(crate) mod server;
 pub(crate) mod state;
+pub mod tools;
 #[cfg(test)]
 mod testing;
 pub(crate) mod upstream;

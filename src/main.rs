@@ -63,6 +63,18 @@ enum Cmd {
     },
     /// Serve the built-in sample with demo upstreams.
     Demo,
+    /// Plan contiguous UID ranges holding at most a target share of the traffic.
+    PlanRanges {
+        /// CSV of `uid,requests` lines (e.g. 7-day inbound counts per user).
+        #[arg(long)]
+        volumes: PathBuf,
+        /// The share to stay at or under: `3%` or `0.03`.
+        #[arg(long)]
+        target: String,
+        /// At most this many ranges.
+        #[arg(long)]
+        max_ranges: Option<usize>,
+    },
 }
 
 /// mimalloc instead of glibc's malloc: the request path still allocates a few times per
@@ -95,6 +107,26 @@ fn main() -> ExitCode {
             json,
         } => explain_cmd(&config, listener, path, host, &headers, json),
         Cmd::Demo => demo(),
+        Cmd::PlanRanges {
+            volumes,
+            target,
+            max_ranges,
+        } => {
+            // Exit 1 with the tool's own message when nothing fits.
+            return match graylane::tools::plan_ranges::run(
+                &volumes,
+                &target,
+                max_ranges,
+                &mut std::io::stdout().lock(),
+            ) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
