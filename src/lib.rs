@@ -33,6 +33,8 @@ pub(crate) mod admin;
 pub(crate) mod config;
 pub mod demo;
 pub(crate) mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod guard;
 pub(crate) mod lifecycle;
 pub(crate) mod longlink;

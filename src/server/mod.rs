@@ -226,6 +226,30 @@ impl Server {
     }
 }
 
+/// Serves one client connection over any byte stream, as a plaintext listener `listener`
+/// would: the connection fuzz target drives it over memory.
+pub(crate) async fn serve_one<S>(shared: Arc<Shared>, listener: usize, stream: S, peer: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let serving = Serving {
+        builder: http_builder(&shared),
+        tls: Arc::from(Vec::new()),
+        open: vec![Arc::new(AtomicUsize::new(0))],
+        shared,
+    };
+    let lm = serving.shared.metrics.listener(listener);
+    let ctx = ConnCtx {
+        listener,
+        peer,
+        peer_value: peer_value(peer.ip()),
+        trusted: serving.shared.config.listeners[listener].trusts(peer.ip()),
+        slot: Arc::new(ConnSlot::new(serving.open[0].clone(), lm.connections.clone())),
+    };
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    conn::serve(stream, ctx, &serving, stop_rx, Instant::now()).await;
+}
+
 /// One extra worker: a current-thread runtime serving its share of every listener. It
 /// reports when its HTTP connections are drained, then keeps running (its long links
 /// live on this runtime) until told to finish.

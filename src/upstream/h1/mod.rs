@@ -161,5 +161,27 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, H1Error> {
     Ok(Conn::new(io))
 }
 
+/// Parses `data` as one upstream response (head, then a chunked body when it says so),
+/// as the client would: for the fuzz target, which must find no input that panics or
+/// loops.
+pub(crate) fn parse_response_for_fuzzing(data: &[u8]) {
+    use codec::{chunk_step, parse_head, ChunkStep, Framing};
+    let mut buf = bytes::BytesMut::from(data);
+    let Ok(Some(head)) = parse_head(&mut buf, &http::Method::GET) else {
+        return;
+    };
+    let Framing::Chunked(mut state) = head.framing else {
+        return;
+    };
+    while !buf.is_empty() {
+        match chunk_step(&mut buf, state) {
+            Ok(ChunkStep::Next(Some(next), _)) => state = next,
+            Ok(ChunkStep::More | ChunkStep::Next(None, _) | ChunkStep::Trailers(_)) | Err(_) => {
+                return
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;
