@@ -93,6 +93,8 @@ pub(crate) enum Refusal {
     Upstream(UpstreamErrorKind),
     /// The client cut its request body off mid-upload.
     BodyCutOff,
+    /// The client stopped sending its request body (and kept the connection).
+    BodyStalled,
     /// A request head took longer than `timeouts.request_header`.
     HeadTimeout,
 }
@@ -110,6 +112,7 @@ impl Refusal {
                 UpstreamErrorKind::Connect | UpstreamErrorKind::Reset | UpstreamErrorKind::Protocol,
             ) => S::BAD_GATEWAY,
             Refusal::BodyCutOff => S::BAD_REQUEST,
+            Refusal::BodyStalled => S::REQUEST_TIMEOUT,
             Refusal::HeadTimeout => S::REQUEST_TIMEOUT,
         }
     }
@@ -131,6 +134,7 @@ impl Refusal {
                 "graylane: upstream sent an invalid response\n"
             }
             Refusal::BodyCutOff => "graylane: the request body was cut off\n",
+            Refusal::BodyStalled => "graylane: the request body stopped arriving\n",
             Refusal::HeadTimeout => "graylane: request header timed out\n",
         }
     }
@@ -138,7 +142,10 @@ impl Refusal {
     /// Whose fault it is.
     pub(crate) fn fault(self) -> Fault {
         match self {
-            Refusal::NoService | Refusal::BodyCutOff | Refusal::HeadTimeout => Fault::Client,
+            Refusal::NoService
+            | Refusal::BodyCutOff
+            | Refusal::BodyStalled
+            | Refusal::HeadTimeout => Fault::Client,
             Refusal::PoolUnavailable
             | Refusal::NoEndpoint
             | Refusal::BadUpstreamAddress
@@ -194,6 +201,7 @@ mod tests {
                 Fault::Upstream,
             ),
             (Refusal::BodyCutOff, 400, Fault::Client),
+            (Refusal::BodyStalled, 408, Fault::Client),
             (Refusal::HeadTimeout, 408, Fault::Client),
         ];
         for (r, status, fault) in all {

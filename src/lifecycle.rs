@@ -115,6 +115,8 @@ impl Graylane {
             tls_task,
         } = self;
         let upstream_tasks = shared.upstreams.spawn_tasks(&shared.config);
+        // Worker 0 closes its idle upstream connections like every other worker.
+        let sweep = tokio::spawn(crate::upstream::h1::sweep_idle());
         // Ramps step and rules expire with the clock alone: their gauges follow it.
         let ticker = {
             let shared = shared.clone();
@@ -137,6 +139,7 @@ impl Graylane {
             t.abort();
         }
         ticker.abort();
+        sweep.abort();
         for t in upstream_tasks {
             t.abort();
         }

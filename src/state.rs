@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use http::header::{HeaderMap, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use prometheus::IntCounter;
 
 use crate::config::{Config, OnUnavailable, GRAY};
@@ -28,17 +28,17 @@ use crate::upstream::Upstreams;
 #[derive(Debug)]
 pub struct Live {
     /// The compiled rules.
-    pub rules: RuleSet,
+    pub(crate) rules: RuleSet,
     /// `rule_hits_total` children, one per rule, then `default`; resolved at load.
-    pub hits: Vec<IntCounter>,
+    pub(crate) hits: Vec<IntCounter>,
     /// `rule_header` values, one per rule, then `default`; built at load.
-    pub rule_values: Vec<HeaderValue>,
+    pub(crate) rule_values: Vec<HeaderValue>,
     /// Hash of the rules bytes and in_files (`/rules`, `rules_info`, `unchanged`).
-    pub sha256: String,
+    pub(crate) sha256: String,
     /// When this ruleset went live.
-    pub loaded_at: SystemTime,
+    pub(crate) loaded_at: SystemTime,
     /// The rules file and its in_files, for the watcher.
-    pub files: Vec<PathBuf>,
+    pub(crate) files: Vec<PathBuf>,
 }
 
 impl Live {
@@ -72,34 +72,37 @@ impl Live {
 #[derive(Debug)]
 pub struct Shared {
     /// The validated config (not reloaded).
-    pub config: Config,
+    pub(crate) config: Config,
     /// Marker extraction tables built from `markers:`.
-    pub reader: MarkerReader,
+    pub(crate) reader: MarkerReader,
     /// Pre-resolved metric children.
-    pub metrics: Metrics,
+    pub(crate) metrics: Metrics,
     /// Pools and clients.
-    pub upstreams: Upstreams,
+    pub(crate) upstreams: Upstreams,
     /// Service selection, most specific first.
-    pub router: Router,
+    pub(crate) router: Router,
     /// The live ruleset: one `load()` per request.
-    pub live: ArcSwap<Live>,
+    pub(crate) live: ArcSwap<Live>,
     /// The last reload error, for `/rules`; cleared by a good reload.
-    pub last_error: ArcSwapOption<String>,
+    pub(crate) last_error: ArcSwapOption<String>,
     /// Set on SIGTERM: `/readyz` answers 503.
-    pub draining: AtomicBool,
+    pub(crate) draining: AtomicBool,
     /// The last reload outcomes, for `GET /rules/history`; written by reloads only.
-    pub history: RuleHistory,
+    pub(crate) history: RuleHistory,
     /// Open long links, for re-homing on reload and closing last in a drain.
-    pub links: Links,
+    pub(crate) links: Links,
     /// The automatic rollback guard per service (`None` without `guard:`).
-    pub guards: Vec<Option<GuardState>>,
+    pub(crate) guards: Vec<Option<GuardState>>,
     /// `pool_header` values per global pool id, built once so a request clones a
     /// reference count instead of validating a header value.
-    pub pool_values: Vec<HeaderValue>,
+    pub(crate) pool_values: Vec<HeaderValue>,
     /// Requests seen, for access-log sampling (one relaxed increment per request).
     access_seq: AtomicU64,
     /// `x-forwarded-proto` per listener, built once for the same reason.
-    pub proto_values: Vec<HeaderValue>,
+    pub(crate) proto_values: Vec<HeaderValue>,
+    /// Fields a client's `Connection` list may not strip: those graylane sets (`Host`,
+    /// `x-forwarded-*`, the propagate headers) or routed on (the marker headers).
+    pub(crate) protected_headers: Vec<HeaderName>,
 }
 
 /// Why building the shared state failed.
@@ -144,6 +147,21 @@ impl Shared {
             .iter()
             .map(|l| HeaderValue::from_static(l.scheme()))
             .collect();
+        let mut protected_headers = vec![
+            http::header::HOST,
+            HeaderName::from_static("x-forwarded-for"),
+            HeaderName::from_static("x-forwarded-proto"),
+        ];
+        protected_headers.extend(config.propagate.pool_header.iter().cloned());
+        protected_headers.extend(config.propagate.rule_header.iter().cloned());
+        protected_headers.extend(
+            config
+                .markers
+                .sources
+                .iter()
+                .filter_map(|s| s.header.as_deref())
+                .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+        );
         let history = RuleHistory::default();
         history.push(HistoryEntry::loaded("start", None, &live));
         Ok(Self {
@@ -160,6 +178,7 @@ impl Shared {
             access_seq: AtomicU64::new(0),
             pool_values,
             proto_values,
+            protected_headers,
             config,
         })
     }
@@ -309,24 +328,24 @@ const HISTORY: usize = 20;
 #[derive(Debug, Clone)]
 pub struct HistoryEntry {
     /// When it happened.
-    pub at: SystemTime,
+    pub(crate) at: SystemTime,
     /// What asked for it (`start`, `file change`, `SIGHUP`, `POST /reload`, `retry`).
-    pub trigger: &'static str,
+    pub(crate) trigger: &'static str,
     /// `ok`, `unchanged` or `error`.
-    pub result: crate::metrics::ReloadResult,
+    pub(crate) result: crate::metrics::ReloadResult,
     /// The hash of what is live after it (`None` after an error: what failed has none).
-    pub sha256: Option<String>,
+    pub(crate) sha256: Option<String>,
     /// The `version:` label of what went live.
-    pub version: Option<String>,
+    pub(crate) version: Option<String>,
     /// Rules by name that the reload added, removed, and changed (same name, different
     /// conditions, route, owner, expiry or `in_file` contents).
-    pub added: Vec<String>,
+    pub(crate) added: Vec<String>,
     /// See `added`.
-    pub removed: Vec<String>,
+    pub(crate) removed: Vec<String>,
     /// See `added`.
-    pub changed: Vec<String>,
+    pub(crate) changed: Vec<String>,
     /// Why it was rejected.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 impl HistoryEntry {
@@ -437,15 +456,15 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub(crate) struct ConnCtx {
     /// Listener index.
-    pub listener: usize,
+    pub(crate) listener: usize,
     /// The client's address.
-    pub peer: SocketAddr,
+    pub(crate) peer: SocketAddr,
     /// `peer`'s IP as an `x-forwarded-for` value, built once for all its requests.
-    pub peer_value: HeaderValue,
+    pub(crate) peer_value: HeaderValue,
     /// Whether markers from this peer are trusted (`trusted_cidrs`).
-    pub trusted: bool,
+    pub(crate) trusted: bool,
     /// The connection's place under `max_connections`, also held by its long links.
-    pub slot: Arc<ConnSlot>,
+    pub(crate) slot: Arc<ConnSlot>,
 }
 
 /// One client connection counted against `max_connections` (and in `connections`). The
@@ -485,6 +504,10 @@ impl Rehome for Shared {
 
     fn rehome_grace(&self) -> Option<Duration> {
         self.config.long_links.rehome_grace
+    }
+
+    fn rehome_spread(&self) -> Duration {
+        self.config.long_links.rehome_spread
     }
 
     /// The live rules, then the guard and pool health, as for a new request (without the

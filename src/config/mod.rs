@@ -144,6 +144,10 @@ pub struct Service {
     pub health: Option<Health>,
     /// Automatic rollback guard.
     pub guard: Option<Guard>,
+    /// `Vary` added to every response of the service (`vary_markers: true`): `Cookie`
+    /// and the marker header names, so a browser cache never reuses an answer across a
+    /// pool switch.
+    pub vary: Option<http::HeaderValue>,
 }
 
 impl Service {
@@ -311,6 +315,9 @@ pub struct Limits {
 pub struct LongLinks {
     /// Delay before closing a link whose decision changed; `None` = never.
     pub rehome_grace: Option<Duration>,
+    /// The closes a reload causes are spread over this window after the grace, so that a
+    /// large staff group does not reconnect at once.
+    pub rehome_spread: Duration,
 }
 
 /// Names the rules compiler resolves `listener`, `service` and `route` against.
@@ -419,6 +426,7 @@ services:
       timeout: 1s                        # bad: 5
       healthy: 2                         # bad: -1
       unhealthy: 3                       # bad: lots
+    vary_markers: false                  # bad: sometimes
     guard:
       max_error_rate: 0.05               # bad: 2.5
       min_requests: 50                   # bad: lots
@@ -448,6 +456,7 @@ limits:
   max_connections: 10000                 # bad: lots
 long_links:
   rehome_grace: 30s                      # bad: soon
+  rehome_spread: 10s                     # bad: soon
 workers: 1                               # bad: lots
 access_log:
   sample: 0.01                           # bad: 2

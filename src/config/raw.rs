@@ -89,6 +89,8 @@ pub(super) struct RawService {
     pub(super) health: Option<RawHealth>,
     #[serde(default)]
     pub(super) guard: Option<RawGuard>,
+    #[serde(default)]
+    pub(super) vary_markers: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -303,12 +305,15 @@ impl Default for RawLimits {
 pub(super) struct RawLongLinks {
     #[serde(default = "d30s")]
     pub(super) rehome_grace: Dur,
+    #[serde(default = "d10s")]
+    pub(super) rehome_spread: Dur,
 }
 
 impl Default for RawLongLinks {
     fn default() -> Self {
         Self {
             rehome_grace: d30s(),
+            rehome_spread: d10s(),
         }
     }
 }

@@ -187,6 +187,21 @@ impl Validator<'_> {
                 .map(|n| n.get())
                 .unwrap_or(1),
         };
+        // `vary_markers`: Cookie (when any marker is read from a cookie) and every marker
+        // header, the inputs a response's pool depends on.
+        let mut vary: Vec<&str> = Vec::new();
+        if markers.sources.iter().any(|s| s.cookie.is_some()) {
+            vary.push("Cookie");
+        }
+        for h in markers.sources.iter().filter_map(|s| s.header.as_deref()) {
+            if !vary.contains(&h) {
+                vary.push(h);
+            }
+        }
+        let vary = http::HeaderValue::from_str(&vary.join(", ")).ok();
+        for s in services.iter_mut().filter(|s| s.vary.is_some()) {
+            s.vary = vary.clone();
+        }
         let admin = Admin {
             bind: self.socket_addr(&root.key("admin").key("bind"), &raw.admin.bind)?,
             token_file: raw.admin.token_file.map(|f| self.resolve(&f)),
@@ -208,6 +223,7 @@ impl Validator<'_> {
             },
             long_links: LongLinks {
                 rehome_grace: raw.long_links.rehome_grace.0.filter(|d| !d.is_zero()),
+                rehome_spread: raw.long_links.rehome_spread.0.unwrap_or(Duration::ZERO),
             },
             workers,
             access_log_every: {
@@ -353,6 +369,8 @@ impl Validator<'_> {
             pool_by_id,
             health,
             guard,
+            // Filled in once the marker names are known (see `config`).
+            vary: s.vary_markers.then(|| http::HeaderValue::from_static("Cookie")),
         })
     }
 

@@ -10,6 +10,7 @@
 //! - this file: the registry of open links, and re-homing after a reload;
 //! - `relay`: the tunnel itself, from the upstream's `101` to the close.
 
+mod frames;
 mod relay;
 
 pub(crate) use relay::open;
@@ -24,6 +25,38 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::markers::Markers;
+
+/// The WebSocket close code of a re-home: "service restart", reconnect (RFC 6455 §7.4,
+/// IANA registry): the client should come back, into its new pool.
+pub(crate) const SERVICE_RESTART: u16 = 1012;
+/// The close code of a drain or an idle link: "going away".
+pub(crate) const GOING_AWAY: u16 = 1001;
+
+/// How a relay is told to close, and with which code.
+#[derive(Debug, Default)]
+pub(crate) struct Closer {
+    code: std::sync::atomic::AtomicU16,
+    notify: Notify,
+}
+
+impl Closer {
+    /// Asks the relay to close with `code` (the first request wins).
+    fn close(&self, code: u16) {
+        let _ = self.code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        self.notify.notify_one();
+    }
+
+    /// Resolves with the code once a close is asked for.
+    pub(crate) async fn closed(&self) -> u16 {
+        loop {
+            let notified = self.notify.notified();
+            match self.code.load(Ordering::Acquire) {
+                0 => notified.await,
+                code => return code,
+            }
+        }
+    }
+}
 
 /// What re-deciding a link's handshake needs.
 #[derive(Debug)]
@@ -46,7 +79,7 @@ pub struct Handshake {
 
 struct Entry {
     handshake: Arc<Handshake>,
-    close: Arc<Notify>,
+    close: Arc<Closer>,
     /// A re-home is scheduled; set so a second reload does not schedule another.
     rehoming: bool,
 }
@@ -70,6 +103,8 @@ pub(crate) trait Rehome: Send + Sync + 'static {
     fn links(&self) -> &Links;
     /// How long a link whose decision changed stays open (`None`: never re-homed).
     fn rehome_grace(&self) -> Option<Duration>;
+    /// The window after the grace over which the closes of one reload are spread.
+    fn rehome_spread(&self) -> Duration;
     /// The pool a handshake would get now; `None` when it no longer reaches its service.
     fn pool_now(&self, hs: &Handshake) -> Option<usize>;
     /// Counts (and logs) a link closed to move from `hs.pool` to `to`.
@@ -121,10 +156,10 @@ impl Links {
 
     /// Registers an open link counted in `gauge`; the returned guard and notifier belong
     /// to its relay.
-    pub fn register(&self, hs: Handshake, gauge: prometheus::IntGauge) -> (LinkGuard, Arc<Notify>) {
+    pub fn register(&self, hs: Handshake, gauge: prometheus::IntGauge) -> (LinkGuard, Arc<Closer>) {
         let links = &self.0;
         let id = links.next.fetch_add(1, Ordering::Relaxed);
-        let close = Arc::new(Notify::new());
+        let close = Arc::new(Closer::default());
         gauge.inc();
         if let Ok(mut m) = links.open.lock() {
             m.insert(
@@ -150,7 +185,7 @@ impl Links {
     pub fn close_all(&self) {
         if let Ok(m) = self.0.open.lock() {
             for e in m.values() {
-                e.close.notify_one();
+                e.close.close(GOING_AWAY);
             }
         }
     }
@@ -201,10 +236,18 @@ pub(crate) fn on_reload<S: Rehome>(shared: &Arc<S>) {
             }
         }
     }
+    // Spread over `rehome_spread` after the grace, so a large staff group moved by one
+    // edit does not reconnect in the same millisecond.
+    let spread = crate::millis(shared.rehome_spread());
     for id in due {
         let shared = shared.clone();
+        let jitter = if spread == 0 {
+            0
+        } else {
+            crate::worker::random() % spread
+        };
         tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
+            tokio::time::sleep(grace + Duration::from_millis(jitter)).await;
             rehome(&*shared, id);
         });
     }
@@ -224,7 +267,7 @@ fn rehome<S: Rehome>(shared: &S, id: u64) {
     match shared.pool_now(&hs) {
         Some(to) if to != hs.pool => {
             shared.rehomed(&hs, to);
-            e.close.notify_one();
+            e.close.close(SERVICE_RESTART);
         }
         _ => {}
     }

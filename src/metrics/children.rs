@@ -116,6 +116,8 @@ pub struct ListenerMetrics {
     pub connections: IntGauge,
     /// `connections_rejected_total{listener}`: closed at once for being over the limit.
     pub rejected: IntCounter,
+    /// `send_timeouts_total{listener}`: closed because the client stopped reading.
+    pub send_timeouts: IntCounter,
 }
 
 // === ServiceMetrics ===

@@ -19,6 +19,7 @@ pub(super) struct Families {
     pub(super) websockets: IntGaugeVec,
     pub(super) connections: IntGaugeVec,
     pub(super) rejected: IntCounterVec,
+    pub(super) send_timeouts: IntCounterVec,
     pub(super) fallbacks: IntCounterVec,
     pub(super) upstream_errors: IntCounterVec,
     pub(super) retries: IntCounterVec,
@@ -64,6 +65,11 @@ impl Families {
             rejected: counters(
                 "graylane_connections_rejected_total",
                 "Connections closed at accept for exceeding max_connections.",
+                &["listener"],
+            )?,
+            send_timeouts: counters(
+                "graylane_send_timeouts_total",
+                "Connections closed because the client read nothing of a response for timeouts.idle.",
                 &["listener"],
             )?,
             fallbacks: counters(

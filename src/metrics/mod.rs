@@ -104,6 +104,7 @@ impl Sink {
         let listener = ListenerMetrics {
             connections: gauge.clone(),
             rejected: counter.clone(),
+            send_timeouts: counter.clone(),
         };
         let service = ServiceMetrics {
             fallbacks: Vec::new(),
@@ -168,6 +169,7 @@ impl Metrics {
             listeners.push(ListenerMetrics {
                 connections: f.connections.get_metric_with_label_values(&[l])?,
                 rejected: f.rejected.get_metric_with_label_values(&[l])?,
+                send_timeouts: f.send_timeouts.get_metric_with_label_values(&[l])?,
             });
         }
 

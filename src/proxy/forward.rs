@@ -64,6 +64,8 @@ enum AttemptError {
     Upstream(UpstreamErrorKind),
     /// The client went away mid-upload: nothing says the upstream failed.
     ClientBodyCut,
+    /// The client stopped sending its body: its fault, not the upstream's.
+    ClientBodyStalled,
 }
 
 impl AttemptError {
@@ -79,7 +81,7 @@ impl AttemptError {
             AttemptError::Upstream(UpstreamErrorKind::Timeout | UpstreamErrorKind::Protocol) => {
                 false
             }
-            AttemptError::ClientBodyCut => false,
+            AttemptError::ClientBodyCut | AttemptError::ClientBodyStalled => false,
         }
     }
 
@@ -87,6 +89,7 @@ impl AttemptError {
         match self {
             AttemptError::Upstream(kind) => Refusal::Upstream(kind),
             AttemptError::ClientBodyCut => Refusal::BodyCutOff,
+            AttemptError::ClientBodyStalled => Refusal::BodyStalled,
         }
     }
 }
@@ -199,8 +202,8 @@ impl<'a> Forward<'a> {
             let timeout = self.shared.config.timeouts.upstream_response;
             let in_flight = ep.start();
             let result = tokio::select! {
-                r = exchange(self.shared, protocol, &ep, req) => Some(r),
-                _ = response_deadline(&self.body, timeout) => None,
+                r = exchange(self.shared, protocol, &ep, req) => Ok(r),
+                waited = response_deadline(&self.body, timeout) => Err(waited),
             };
             drop(in_flight);
             match self.conclude(&ep, result) {
@@ -317,20 +320,27 @@ impl<'a> Forward<'a> {
         Ok((protocol, req))
     }
 
-    /// Counts a response head where it belongs, or turns a failed exchange (`None`: no
-    /// head within `upstream_response`) into its error, taking back the head it returns.
+    /// Counts a response head where it belongs, or turns a failed exchange (or a deadline
+    /// that passed first) into its error, taking back the head it returns.
     fn conclude(
         &mut self,
         ep: &Endpoint,
-        result: Option<Result<Response<DownBody>, Failed>>,
+        result: Result<Result<Response<DownBody>, Failed>, Deadline>,
     ) -> Result<Response<DownBody>, (AttemptError, bool)> {
         let (error, message, connect) = match result {
-            Some(Ok(resp)) => {
+            // RFC 9110 §15.2.2: a server must not switch protocols unasked. Passing the
+            // 101 on would hand the client a connection in an unknown protocol.
+            Ok(Ok(resp)) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS && !self.websocket => {
+                ep.report(EndpointOutcome::Connected);
+                tracing::warn!(service = %self.svc.name, pool = %self.svc.pools[self.pool].name, endpoint = %ep.label(), "upstream switched protocols without being asked; answering 502");
+                return Err((AttemptError::Upstream(UpstreamErrorKind::Protocol), false));
+            }
+            Ok(Ok(resp)) => {
                 ep.report(EndpointOutcome::Connected);
                 self.tell_guard(resp.status().is_server_error(), true);
                 return Ok(resp);
             }
-            Some(Err(Failed {
+            Ok(Err(Failed {
                 error,
                 message,
                 head,
@@ -344,7 +354,11 @@ impl<'a> Forward<'a> {
                 }
                 (error, message, !connected)
             }
-            None => {
+            Err(Deadline::ClientStalled) => {
+                tracing::debug!(service = %self.svc.name, pool = %self.svc.pools[self.pool].name, "the client stopped sending its request body");
+                return Err((AttemptError::ClientBodyStalled, false));
+            }
+            Err(Deadline::NoHead) => {
                 let timeout = self.shared.config.timeouts.upstream_response;
                 tracing::warn!(service = %self.svc.name, pool = %self.svc.pools[self.pool].name, endpoint = %ep.label(), "no upstream response within {timeout:?}");
                 // The exchange was cut at the deadline; whether it had connected is not
@@ -354,7 +368,7 @@ impl<'a> Forward<'a> {
             }
         };
         match error {
-            AttemptError::ClientBodyCut => {
+            AttemptError::ClientBodyCut | AttemptError::ClientBodyStalled => {
                 tracing::debug!(service = %self.svc.name, pool = %self.svc.pools[self.pool].name, error = %message, "request body cut off by the client");
             }
             AttemptError::Upstream(kind) => {
@@ -477,10 +491,20 @@ async fn exchange(
     }
 }
 
-/// Resolves when the attempt has waited too long for its response head.
-/// `upstream_response` counts from the last request byte, not through an upload; during
-/// the upload it cuts only an upload that stops moving for that long.
-async fn response_deadline(body: &Replay, timeout: Duration) {
+/// Why an attempt stopped waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deadline {
+    /// No response head within `upstream_response` after the request was sent.
+    NoHead,
+    /// The upload stopped moving for `upstream_response` while waiting on the client.
+    ClientStalled,
+}
+
+/// Resolves when the attempt has waited too long. `upstream_response` counts from the
+/// last request byte, not through an upload; during the upload it cuts only an upload
+/// that stops moving for that long, and whose fault that is depends on which side it
+/// was waiting for.
+async fn response_deadline(body: &Replay, timeout: Duration) -> Deadline {
     if let Replay::Body(b) = body {
         loop {
             let before = b.progress();
@@ -488,11 +512,16 @@ async fn response_deadline(body: &Replay, timeout: Duration) {
                 _ = b.sent() => break,
                 _ = tokio::time::sleep(timeout) => {
                     if b.progress() == before {
-                        return;
+                        return if b.waiting_on_client() {
+                            Deadline::ClientStalled
+                        } else {
+                            Deadline::NoHead
+                        };
                     }
                 }
             }
         }
     }
     tokio::time::sleep(timeout).await;
+    Deadline::NoHead
 }

@@ -9,10 +9,10 @@ use http::request::Parts;
 use crate::state::{ConnCtx, Shared};
 
 /// Turns the client's head into the upstream head every attempt sends: hop-by-hop fields
-/// out (but `Upgrade` on a WebSocket handshake), `Host` from the target's authority when
-/// the client sent none (HTTP/2), the peer appended to `x-forwarded-for`,
-/// `x-forwarded-proto` and the rule header set. The pool header is set per attempt: a
-/// fallback changes the pool.
+/// out (but `Upgrade` on a WebSocket handshake, and never a field graylane sets or routed
+/// on), `Host` from the target's authority when it has one, HTTP/2 cookie fields joined,
+/// the peer appended to `x-forwarded-for`, `x-forwarded-proto` and the rule header set.
+/// The pool header is set per attempt: a fallback changes the pool.
 pub(crate) fn prepare_request(
     parts: &mut Parts,
     shared: &Shared,
@@ -20,13 +20,23 @@ pub(crate) fn prepare_request(
     rule_value: Option<&HeaderValue>,
     websocket: bool,
 ) {
-    strip_hop_by_hop(&mut parts.headers, websocket);
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(a) = parts.uri.authority() {
-            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                parts.headers.insert(header::HOST, v);
-            }
+    strip_hop_by_hop(&mut parts.headers, websocket, &shared.protected_headers);
+    // The authority routed on is the one forwarded: an absolute-form target's (RFC 9112
+    // §3.2.2: its Host field is replaced) or HTTP/2's `:authority` (RFC 9113 §8.3.1), so
+    // a `Host` that says otherwise cannot send the upstream somewhere routing did not.
+    if let Some(a) = parts.uri.authority() {
+        let host = match a.as_str().rsplit_once('@') {
+            Some((_, host)) => host,
+            None => a.as_str(),
+        };
+        if let Ok(v) = HeaderValue::from_str(host) {
+            parts.headers.insert(header::HOST, v);
         }
+    }
+    // RFC 9113 §8.2.3: HTTP/2 may carry each cookie as its own field (browsers do);
+    // an HTTP/1.1 upstream must receive them as one, joined with "; ".
+    if parts.version == http::Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
     }
     append_forwarded_for(&mut parts.headers, &conn.peer_value);
     parts.headers.insert(
@@ -38,10 +48,32 @@ pub(crate) fn prepare_request(
     }
 }
 
+/// Joins several `cookie` fields into one, in order.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// Removes hop-by-hop fields (RFC 9110 §7.6.1): `Connection` and every field it names,
 /// and the fixed list of SPEC §3. `keep_upgrade` keeps `Upgrade` (and a `Connection:
-/// upgrade`) for WebSocket handshakes.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+/// upgrade`) for WebSocket handshakes. A `Connection` token naming one of `protected`
+/// (the fields graylane sets or routes on) is ignored: a client must not be able to strip
+/// `Host` or `x-forwarded-for` from what the upstream receives.
+pub(crate) fn strip_hop_by_hop(
+    headers: &mut HeaderMap,
+    keep_upgrade: bool,
+    protected: &[HeaderName],
+) {
     // One pass over the (few) names first: a request rarely has any of these fields and
     // a response usually only `Connection`, and each removal is a hash lookup.
     let mut found = 0u8;
@@ -74,7 +106,12 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             let Ok(s) = v.to_str() else { continue };
             for tok in s.split(',') {
                 let tok = tok.trim();
-                if tok.is_empty() || (keep_upgrade && tok.eq_ignore_ascii_case("upgrade")) {
+                if tok.is_empty()
+                    || (keep_upgrade && tok.eq_ignore_ascii_case("upgrade"))
+                    || protected
+                        .iter()
+                        .any(|p| p.as_str().eq_ignore_ascii_case(tok))
+                {
                     continue;
                 }
                 headers.remove(tok);
@@ -187,7 +224,7 @@ mod tests {
             ("proxy-authorization", "Basic x"),
             ("x-kept", "yes"),
         ]);
-        strip_hop_by_hop(&mut h, false);
+        strip_hop_by_hop(&mut h, false, &[]);
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["te", "x-kept"]);
         assert_eq!(h["te"], "trailers");
@@ -203,7 +240,7 @@ mod tests {
             ("x-other", "2"),
             ("x-kept", "yes"),
         ]);
-        strip_hop_by_hop(&mut h, false);
+        strip_hop_by_hop(&mut h, false, &[]);
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-kept"]);
     }
@@ -219,7 +256,7 @@ mod tests {
     #[test]
     fn websocket_keeps_upgrade() {
         let mut h = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
-        strip_hop_by_hop(&mut h, true);
+        strip_hop_by_hop(&mut h, true, &[]);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
     }

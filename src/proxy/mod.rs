@@ -107,7 +107,11 @@ pub(crate) async fn handle(
         (Some(client), Some(hs)) => take_tunnel(&mut resp, client, hs, final_pool),
         _ => None,
     };
-    headers::strip_hop_by_hop(resp.headers_mut(), tunnel.is_some());
+    headers::strip_hop_by_hop(resp.headers_mut(), tunnel.is_some(), &[]);
+    if let Some(v) = &svc.vary {
+        // Appended as a field of its own: Vary is a list, so an upstream's stays.
+        resp.headers_mut().append(http::header::VARY, v.clone());
+    }
     if let Some((client, upstream, hs)) = tunnel {
         let gauge = shared
             .metrics

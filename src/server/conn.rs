@@ -41,6 +41,9 @@ struct ConnState {
     h2: AtomicBool,
     /// Set by the watchdog: the IO wrapper answers 408 and fails the read.
     timed_out: AtomicBool,
+    /// Since when a write to the client has been waiting for room (ms since `base`), or
+    /// `NONE`: a client that stops reading is cut after `idle` (a send timeout).
+    write_stalled: AtomicU64,
 }
 
 impl ConnState {
@@ -55,6 +58,7 @@ impl ConnState {
             last_activity: AtomicU64::new(0),
             h2: AtomicBool::new(false),
             timed_out: AtomicBool::new(false),
+            write_stalled: AtomicU64::new(NONE),
         }
     }
 
@@ -156,13 +160,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<S> {
     }
 }
 
+impl<S> ConnIo<S> {
+    /// Notes whether a write went through or waits for the client to read.
+    fn note_write<T>(&self, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        let s = &self.state;
+        if r.is_pending() {
+            if s.write_stalled.load(Ordering::Relaxed) == NONE {
+                s.write_stalled.store(s.now_ms(), Ordering::Relaxed);
+            }
+        } else if s.write_stalled.load(Ordering::Relaxed) != NONE {
+            s.write_stalled.store(NONE, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.note_write(r)
     }
 
     fn poll_write_vectored(
@@ -170,7 +191,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        super::sockio::poll_write_coalesced(&mut self.get_mut().stream, cx, bufs)
+        let this = self.get_mut();
+        let r = super::sockio::poll_write_coalesced(&mut this.stream, cx, bufs);
+        this.note_write(r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -178,6 +201,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Not noted: a socket's flush is always ready and would hide a stalled write.
         Pin::new(&mut self.get_mut().stream).poll_flush(cx)
     }
 
@@ -194,12 +218,25 @@ enum Watch {
     HeadTimeout,
     /// Idle too long: close.
     Idle,
+    /// A response made no progress toward the client for `idle`: close.
+    SendTimeout,
 }
 
 fn watch(state: &ConnState, shared: &Shared) -> Watch {
     let t = &shared.config.timeouts;
     let now = state.now_ms();
     if state.in_flight.load(Ordering::Relaxed) > 0 {
+        // A request in flight may take as long as the upstream needs; only a client that
+        // stopped reading what it is sent is cut.
+        let stalled = state.write_stalled.load(Ordering::Relaxed);
+        if stalled != NONE {
+            let due = stalled + crate::millis(t.idle);
+            return if now >= due {
+                Watch::SendTimeout
+            } else {
+                Watch::Until(state.at(due))
+            };
+        }
         return Watch::Until(state.at(now) + t.idle);
     }
     let h2 = state.h2.load(Ordering::Relaxed);
@@ -238,6 +275,7 @@ pub(super) async fn serve<S>(
     };
     let shared = &serving.shared;
     let peer = ctx.peer;
+    let listener = ctx.listener;
     let ctx = Arc::new(ctx);
     let svc_shared = shared.clone();
     let svc_state = state.clone();
@@ -274,6 +312,11 @@ pub(super) async fn serve<S>(
                 state.timed_out.store(true, Ordering::Relaxed);
                 // Let hyper poll the read once more: ConnIo answers 408 and fails it.
                 let _ = tokio::time::timeout(Duration::from_millis(100), conn.as_mut()).await;
+                return;
+            }
+            Watch::SendTimeout => {
+                tracing::debug!(%peer, "client read nothing for the idle timeout; closing");
+                shared.metrics.listener(listener).send_timeouts.inc();
                 return;
             }
             Watch::Idle => {

@@ -36,6 +36,10 @@ struct BodySlot {
     sent: AtomicBool,
     /// Frames handed upstream so far: an upload that stops moving still times out.
     progress: std::sync::atomic::AtomicU64,
+    /// The last poll of the client's body found nothing: an upload that stops moving in
+    /// this state waits on the client, not on the upstream (which would stop reading
+    /// first, and then the body would not be polled at all).
+    waiting_on_client: AtomicBool,
     sent_notify: tokio::sync::Notify,
 }
 
@@ -47,6 +51,7 @@ impl ReclaimableBody {
             body: Mutex::new(Some(b)),
             sent: AtomicBool::new(false),
             progress: std::sync::atomic::AtomicU64::new(0),
+            waiting_on_client: AtomicBool::new(false),
             sent_notify: tokio::sync::Notify::new(),
         }))
     }
@@ -66,6 +71,12 @@ impl ReclaimableBody {
             return;
         }
         notified.await;
+    }
+
+    /// Whether the upload is waiting for the client to send more (rather than for the
+    /// upstream to take what it has).
+    pub fn waiting_on_client(&self) -> bool {
+        self.0.waiting_on_client.load(Ordering::Relaxed)
     }
 
     /// Whether any byte may have been sent (a frame was taken from the body).
@@ -92,6 +103,8 @@ impl Body for UpBody {
                     },
                     Err(_) => Poll::Ready(None),
                 };
+                r.0.waiting_on_client
+                    .store(polled.is_pending(), Ordering::Relaxed);
                 // Taken once a frame came out: a poll that found nothing yet leaves the
                 // body replayable.
                 if matches!(polled, Poll::Ready(Some(_))) {

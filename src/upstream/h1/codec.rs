@@ -60,6 +60,10 @@ pub(super) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<H
             buf,
             &mut fields,
         ) {
+            // The limit holds for a head that arrived whole in one read, too.
+            Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => {
+                return Err(H1Error::Parse("response head too large"))
+            }
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
                 return Err(H1Error::Parse("response head too large"))
