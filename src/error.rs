@@ -83,6 +83,8 @@ pub(crate) enum Fault {
 pub(crate) enum Refusal {
     /// No service matches host and path.
     NoService,
+    /// An HTTP/1.1 request without `Host`, or one with several or an invalid one.
+    BadHost,
     /// The chosen pool has no endpoint up and may not fall back (`on_unavailable: fail`).
     PoolUnavailable,
     /// Stable has no endpoint at all to try.
@@ -105,6 +107,7 @@ impl Refusal {
         use http::StatusCode as S;
         match self {
             Refusal::NoService => S::NOT_FOUND,
+            Refusal::BadHost => S::BAD_REQUEST,
             Refusal::PoolUnavailable => S::SERVICE_UNAVAILABLE,
             Refusal::NoEndpoint | Refusal::BadUpstreamAddress => S::BAD_GATEWAY,
             Refusal::Upstream(UpstreamErrorKind::Timeout) => S::GATEWAY_TIMEOUT,
@@ -122,6 +125,7 @@ impl Refusal {
     pub(crate) fn body(self) -> &'static str {
         match self {
             Refusal::NoService => "graylane: no service for this request\n",
+            Refusal::BadHost => "graylane: missing, repeated or invalid Host\n",
             Refusal::PoolUnavailable => "graylane: no healthy endpoint in the chosen pool\n",
             Refusal::NoEndpoint => "graylane: no upstream endpoint\n",
             Refusal::BadUpstreamAddress => "graylane: bad upstream address\n",
@@ -143,6 +147,7 @@ impl Refusal {
     pub(crate) fn fault(self) -> Fault {
         match self {
             Refusal::NoService
+            | Refusal::BadHost
             | Refusal::BodyCutOff
             | Refusal::BodyStalled
             | Refusal::HeadTimeout => Fault::Client,
@@ -177,6 +182,7 @@ mod tests {
     fn refusal_statuses_are_pinned() {
         let all = [
             (Refusal::NoService, 404, Fault::Client),
+            (Refusal::BadHost, 400, Fault::Client),
             (Refusal::PoolUnavailable, 503, Fault::Upstream),
             (Refusal::NoEndpoint, 502, Fault::Upstream),
             (Refusal::BadUpstreamAddress, 502, Fault::Upstream),

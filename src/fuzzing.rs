@@ -72,8 +72,19 @@ pub struct Connection {
 impl Connection {
     /// The proxy state for the sample config, with a ruleset that reads every marker.
     pub fn new() -> Option<Self> {
-        let cfg = Config::from_str(CONNECTION_CONFIG, "graylane.yaml", Path::new("/nonexistent")).ok()?;
-        let rules = crate::rules::compile(CONNECTION_RULES, "rules.yaml", Path::new("/nonexistent"), &cfg.topology()).ok()?;
+        let cfg = Config::from_str(
+            CONNECTION_CONFIG,
+            "graylane.yaml",
+            Path::new("/nonexistent"),
+        )
+        .ok()?;
+        let rules = crate::rules::compile(
+            CONNECTION_RULES,
+            "rules.yaml",
+            Path::new("/nonexistent"),
+            &cfg.topology(),
+        )
+        .ok()?;
         let shared = Arc::new(Shared::new(cfg, rules).ok()?);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -46,9 +46,9 @@ pub(crate) mod routing;
 pub(crate) mod rules;
 pub(crate) mod server;
 pub(crate) mod state;
-pub mod tools;
 #[cfg(test)]
 mod testing;
+pub mod tools;
 pub(crate) mod upstream;
 pub(crate) mod watch;
 pub(crate) mod worker;

@@ -4,7 +4,7 @@ use crate::config::{Config, HostMatch};
 
 /// Services ordered most specific first, so routing is the first match of a short scan.
 #[derive(Debug, Clone)]
-pub struct Router {
+pub(crate) struct Router {
     /// (service index, host match, path prefix), sorted by specificity.
     order: Vec<(usize, Option<HostMatch>, Option<String>)>,
 }
@@ -12,7 +12,7 @@ pub struct Router {
 impl Router {
     /// Orders the services: an exact host beats a wildcard host (longer suffix first)
     /// beats no host; then the longest path prefix; then config order.
-    pub fn new(cfg: &Config) -> Self {
+    pub(crate) fn new(cfg: &Config) -> Self {
         let mut order: Vec<_> = cfg
             .services
             .iter()
@@ -32,7 +32,7 @@ impl Router {
     }
 
     /// The service for a request, or `None` (404). `host` has its port removed.
-    pub fn route(&self, host: Option<&str>, path: &str) -> Option<usize> {
+    pub(crate) fn route(&self, host: Option<&str>, path: &str) -> Option<usize> {
         self.order.iter().find_map(|(i, h, p)| {
             let host_ok = match h {
                 None => true,

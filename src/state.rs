@@ -326,7 +326,7 @@ const HISTORY: usize = 20;
 
 /// One reload outcome.
 #[derive(Debug, Clone)]
-pub struct HistoryEntry {
+pub(crate) struct HistoryEntry {
     /// When it happened.
     pub(crate) at: SystemTime,
     /// What asked for it (`start`, `file change`, `SIGHUP`, `POST /reload`, `retry`).
@@ -350,7 +350,7 @@ pub struct HistoryEntry {
 
 impl HistoryEntry {
     /// The outcome of replacing `old` by `new` (`None`: the first load).
-    pub fn loaded(trigger: &'static str, old: Option<&RuleSet>, new: &Live) -> Self {
+    pub(crate) fn loaded(trigger: &'static str, old: Option<&RuleSet>, new: &Live) -> Self {
         let old: Vec<(&str, u64)> = old.map(|o| o.fingerprints().collect()).unwrap_or_default();
         let new_fp: Vec<(&str, u64)> = new.rules.fingerprints().collect();
         let find = |list: &[(&str, u64)], n: &str| list.iter().find(|(m, _)| *m == n).map(|x| x.1);
@@ -371,7 +371,7 @@ impl HistoryEntry {
     }
 
     /// An outcome that left `live` serving (`unchanged`, or `ok` before the diff).
-    pub fn outcome(
+    pub(crate) fn outcome(
         trigger: &'static str,
         result: crate::metrics::ReloadResult,
         live: &Live,
@@ -390,7 +390,7 @@ impl HistoryEntry {
     }
 
     /// A rejected reload.
-    pub fn rejected(trigger: &'static str, error: String) -> Self {
+    pub(crate) fn rejected(trigger: &'static str, error: String) -> Self {
         Self {
             at: SystemTime::now(),
             trigger,
@@ -408,11 +408,11 @@ impl HistoryEntry {
 /// The last [`HISTORY`] reload outcomes, newest last. A lock, but never on the request
 /// path: reloads write it, `/rules/history` reads it.
 #[derive(Debug, Default)]
-pub struct RuleHistory(std::sync::Mutex<std::collections::VecDeque<HistoryEntry>>);
+pub(crate) struct RuleHistory(std::sync::Mutex<std::collections::VecDeque<HistoryEntry>>);
 
 impl RuleHistory {
     /// Adds an outcome, forgetting the oldest beyond [`HISTORY`].
-    pub fn push(&self, e: HistoryEntry) {
+    pub(crate) fn push(&self, e: HistoryEntry) {
         let mut h = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if h.len() == HISTORY {
             h.pop_front();
@@ -421,7 +421,7 @@ impl RuleHistory {
     }
 
     /// The outcomes, newest first.
-    pub fn newest_first(&self) -> Vec<HistoryEntry> {
+    pub(crate) fn newest_first(&self) -> Vec<HistoryEntry> {
         let h = self.0.lock().unwrap_or_else(|p| p.into_inner());
         h.iter().rev().cloned().collect()
     }

@@ -370,7 +370,9 @@ impl Validator<'_> {
             health,
             guard,
             // Filled in once the marker names are known (see `config`).
-            vary: s.vary_markers.then(|| http::HeaderValue::from_static("Cookie")),
+            vary: s
+                .vary_markers
+                .then(|| http::HeaderValue::from_static("Cookie")),
         })
     }
 

@@ -114,7 +114,7 @@ pub(crate) struct Status {
 ///
 /// Built once per service with a `guard:` block; lives as long as the config (rule
 /// reloads do not touch it, so a trip survives them).
-pub struct GuardState {
+pub(crate) struct GuardState {
     /// Names the service in log lines.
     service: String,
     /// The configured bounds, kept for the log lines.
@@ -168,7 +168,7 @@ fn millis(d: Duration) -> u64 {
 impl GuardState {
     /// Starts Closed with empty windows and sets `tripped_gauge` (the service's
     /// `graylane_gray_tripped` child) to 0, so the series reads 0 rather than a stale value.
-    pub fn new(service: String, cfg: Guard, tripped_gauge: IntGauge) -> Self {
+    pub(crate) fn new(service: String, cfg: Guard, tripped_gauge: IntGauge) -> Self {
         Self::with_origin(service, cfg, tripped_gauge, Instant::now())
     }
 
@@ -213,7 +213,7 @@ impl GuardState {
     /// Should this gray-routed request go to gray? `false` sends it to stable with reason
     /// `guard_tripped`. Closed: always `true`, at the cost of one atomic load (no clock
     /// read). HalfOpen: `true` for the probe share.
-    pub fn admit(&self) -> bool {
+    pub(crate) fn admit(&self) -> bool {
         if self.load_state().mode == Mode::Closed {
             return true;
         }
@@ -222,7 +222,7 @@ impl GuardState {
 
     /// [`admit`](Self::admit) at a given instant, for tests and for callers that already
     /// read the clock for this request.
-    pub fn admit_at(&self, now: Instant) -> bool {
+    pub(crate) fn admit_at(&self, now: Instant) -> bool {
         loop {
             let st = self.load_state();
             match st.mode {
@@ -255,7 +255,7 @@ impl GuardState {
     /// (connect, timeout, reset, protocol); `latency` until its response head, for an
     /// answered request. Outcomes that arrive while Open (requests admitted before the
     /// trip) are dropped.
-    pub fn record_gray(&self, failed: bool, latency: Option<Duration>, now: Instant) {
+    pub(crate) fn record_gray(&self, failed: bool, latency: Option<Duration>, now: Instant) {
         let st = self.load_state();
         match st.mode {
             Mode::Open(_) => {}
@@ -283,19 +283,19 @@ impl GuardState {
 
     /// Outcome of a request that went to the service's stable pool: the baseline gray is
     /// compared with. It never trips anything by itself.
-    pub fn record_stable(&self, failed: bool, latency: Option<Duration>, now: Instant) {
+    pub(crate) fn record_stable(&self, failed: bool, latency: Option<Duration>, now: Instant) {
         let v = self.stable.0.number(self.slot(now));
         self.stable.0.record(v, failed, micros(latency));
     }
 
     /// Trips gray by hand (`POST /guard/trip`): Open for one cooldown, then the usual
     /// half-open probing. Returns the new tripped state, always `true`.
-    pub fn trip(&self) -> bool {
+    pub(crate) fn trip(&self) -> bool {
         self.trip_at(Instant::now())
     }
 
     /// [`trip`](Self::trip) at a given instant, for tests.
-    pub fn trip_at(&self, now: Instant) -> bool {
+    pub(crate) fn trip_at(&self, now: Instant) -> bool {
         let until = self.ms(now).saturating_add(self.cooldown_ms);
         let evidence = self.evidence(Reason::Manual, now, None);
         self.update_state(|st| State {
@@ -315,7 +315,7 @@ impl GuardState {
     /// Closes the guard by hand (`POST /guard/reset`) with an empty window, so failures
     /// from before the reset cannot trip it again at once. Returns the new tripped state,
     /// always `false`.
-    pub fn reset(&self) -> bool {
+    pub(crate) fn reset(&self) -> bool {
         self.gray.0.clear();
         self.update_state(|st| State {
             mode: Mode::Closed,
@@ -333,13 +333,13 @@ impl GuardState {
     /// Whether gray is held back (Open or HalfOpen), for the admin answer and `/explain`.
     /// Does not move the state: an Open guard whose cooldown is over reads as tripped until
     /// the next gray-routed request starts the probes.
-    pub fn is_tripped(&self) -> bool {
+    pub(crate) fn is_tripped(&self) -> bool {
         self.load_state().tripped()
     }
 
     /// When gray last left Closed, while it is held back: the instant a ramp of this
     /// service stays at until the guard closes. `None` while Closed.
-    pub fn held_since(&self) -> Option<SystemTime> {
+    pub(crate) fn held_since(&self) -> Option<SystemTime> {
         match self.held_ms.load(Ordering::Acquire) {
             0 => None,
             ms => Some(self.origin_wall + Duration::from_millis(ms - 1)),

@@ -81,7 +81,10 @@ pub(super) fn close_frame(code: u16, mask: Option<[u8; 4]>) -> ([u8; 8], usize) 
     let [hi, lo] = code.to_be_bytes();
     match mask {
         None => ([0x88, 0x02, hi, lo, 0, 0, 0, 0], 4),
-        Some(m) => ([0x88, 0x82, m[0], m[1], m[2], m[3], hi ^ m[0], lo ^ m[1]], 8),
+        Some(m) => (
+            [0x88, 0x82, m[0], m[1], m[2], m[3], hi ^ m[0], lo ^ m[1]],
+            8,
+        ),
     }
 }
 
@@ -113,7 +116,13 @@ mod tests {
 
     #[test]
     fn boundaries_of_every_length_form() {
-        for (len, masked) in [(0, false), (5, true), (125, false), (126, true), (70_000, false)] {
+        for (len, masked) in [
+            (0, false),
+            (5, true),
+            (125, false),
+            (126, true),
+            (70_000, false),
+        ] {
             let f = frame(len, masked);
             let mut t = Frames::default();
             assert!(t.at_boundary());

@@ -42,7 +42,9 @@ pub(crate) struct Closer {
 impl Closer {
     /// Asks the relay to close with `code` (the first request wins).
     fn close(&self, code: u16) {
-        let _ = self.code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        let _ = self
+            .code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
         self.notify.notify_one();
     }
 
@@ -60,7 +62,7 @@ impl Closer {
 
 /// What re-deciding a link's handshake needs.
 #[derive(Debug)]
-pub struct Handshake {
+pub(crate) struct Handshake {
     /// Listener index.
     pub listener: usize,
     /// Host without port, as routed.
@@ -86,7 +88,7 @@ struct Entry {
 
 /// The open long links. Cloning shares the registry: every relay's guard holds one.
 #[derive(Default, Clone)]
-pub struct Links(Arc<Registry>);
+pub(crate) struct Links(Arc<Registry>);
 
 #[derive(Default)]
 struct Registry {
@@ -120,7 +122,7 @@ impl std::fmt::Debug for Links {
 }
 
 /// Unregisters a link when its relay ends, however it ends.
-pub struct LinkGuard {
+pub(crate) struct LinkGuard {
     links: Links,
     id: u64,
     gauge: prometheus::IntGauge,
@@ -145,18 +147,22 @@ impl Drop for LinkGuard {
 
 impl Links {
     /// Number of open links.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.0.open.lock().map(|m| m.len()).unwrap_or(0)
     }
 
     /// Whether no link is open.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Registers an open link counted in `gauge`; the returned guard and notifier belong
     /// to its relay.
-    pub fn register(&self, hs: Handshake, gauge: prometheus::IntGauge) -> (LinkGuard, Arc<Closer>) {
+    pub(crate) fn register(
+        &self,
+        hs: Handshake,
+        gauge: prometheus::IntGauge,
+    ) -> (LinkGuard, Arc<Closer>) {
         let links = &self.0;
         let id = links.next.fetch_add(1, Ordering::Relaxed);
         let close = Arc::new(Closer::default());
@@ -182,7 +188,7 @@ impl Links {
     }
 
     /// Closes every open link now (the end of a drain).
-    pub fn close_all(&self) {
+    pub(crate) fn close_all(&self) {
         if let Ok(m) = self.0.open.lock() {
             for e in m.values() {
                 e.close.close(GOING_AWAY);
@@ -191,7 +197,7 @@ impl Links {
     }
 
     /// Waits until no link is open, at most `within`.
-    pub async fn wait_empty(&self, within: Duration) -> bool {
+    pub(crate) async fn wait_empty(&self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         loop {
             let notified = self.0.empty.notified();

@@ -85,7 +85,13 @@ async fn relay(
     };
     let code = {
         let pumping = poll_fn(|cx| {
-            pump_both(cx, &mut to_upstream, &mut to_client, &mut client, &mut upstream)
+            pump_both(
+                cx,
+                &mut to_upstream,
+                &mut to_client,
+                &mut client,
+                &mut upstream,
+            )
         });
         tokio::select! {
             r = pumping => {
@@ -104,9 +110,18 @@ async fn relay(
     // Close on a frame boundary with a Close frame each way, within a bound.
     let mask = crate::worker::random().to_le_bytes();
     to_client.close_with(close_frame(code, None));
-    to_upstream.close_with(close_frame(code, Some([mask[0], mask[1], mask[2], mask[3]])));
+    to_upstream.close_with(close_frame(
+        code,
+        Some([mask[0], mask[1], mask[2], mask[3]]),
+    ));
     let closing = poll_fn(|cx| {
-        pump_both(cx, &mut to_upstream, &mut to_client, &mut client, &mut upstream)
+        pump_both(
+            cx,
+            &mut to_upstream,
+            &mut to_client,
+            &mut client,
+            &mut upstream,
+        )
     });
     if tokio::time::timeout(CLOSE_WITHIN, closing).await.is_err() {
         tracing::debug!("long link did not reach a frame boundary in time; cut");

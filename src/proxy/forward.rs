@@ -330,7 +330,9 @@ impl<'a> Forward<'a> {
         let (error, message, connect) = match result {
             // RFC 9110 §15.2.2: a server must not switch protocols unasked. Passing the
             // 101 on would hand the client a connection in an unknown protocol.
-            Ok(Ok(resp)) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS && !self.websocket => {
+            Ok(Ok(resp))
+                if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS && !self.websocket =>
+            {
                 ep.report(EndpointOutcome::Connected);
                 tracing::warn!(service = %self.svc.name, pool = %self.svc.pools[self.pool].name, endpoint = %ep.label(), "upstream switched protocols without being asked; answering 502");
                 return Err((AttemptError::Upstream(UpstreamErrorKind::Protocol), false));

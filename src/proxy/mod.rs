@@ -35,6 +35,9 @@ pub(crate) async fn handle(
     let start = Instant::now();
     let client_upgrade = is_websocket(&req).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    if let Some(refusal) = host_problem(&parts) {
+        return refuse_unrouted(shared, conn, start, refusal);
+    }
 
     // === markers: from trusted peers only ===
     let markers = read_markers(shared, conn, &mut parts.headers, parts.uri.query());
@@ -52,13 +55,7 @@ pub(crate) async fn handle(
     } = outcome
     else {
         // No service, no rules evaluated: not a `default` rule hit.
-        let resp = local(Refusal::NoService);
-        let elapsed = start.elapsed();
-        shared
-            .metrics
-            .unrouted(conn.listener)
-            .observe(resp.status().as_u16(), elapsed);
-        return resp;
+        return refuse_unrouted(shared, conn, start, Refusal::NoService);
     };
     let hit = count_decision(shared, &live, service, &decision, fallback);
     let svc = &shared.config.services[service];
@@ -258,6 +255,37 @@ fn admit(shared: &Shared, service: usize, pool: usize) -> (usize, bool) {
         .fallback(GRAY, FallbackReason::GuardTripped)
         .inc();
     (svc.stable_index(), false)
+}
+
+/// graylane's answer to a request refused before a service was chosen, counted with
+/// `service="-"`.
+fn refuse_unrouted(
+    shared: &Shared,
+    conn: &ConnCtx,
+    start: Instant,
+    refusal: Refusal,
+) -> Response<DownBody> {
+    let resp = local(refusal);
+    shared
+        .metrics
+        .unrouted(conn.listener)
+        .observe(resp.status().as_u16(), start.elapsed());
+    resp
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request must carry exactly one valid `Host` (any version:
+/// at most one, and valid). Routing reads it, so a request that gets it wrong is refused
+/// before anything is decided on it.
+fn host_problem(parts: &http::request::Parts) -> Option<Refusal> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if parts.version == http::Version::HTTP_11 => Some(Refusal::BadHost),
+        (None, _) => None,
+        (Some(_), Some(_)) => Some(Refusal::BadHost),
+        (Some(h), None) => http::uri::Authority::try_from(h.as_bytes())
+            .is_err()
+            .then_some(Refusal::BadHost),
+    }
 }
 
 /// The host a request addresses, without port: the URI authority (HTTP/2, absolute

@@ -244,7 +244,10 @@ where
         peer,
         peer_value: peer_value(peer.ip()),
         trusted: serving.shared.config.listeners[listener].trusts(peer.ip()),
-        slot: Arc::new(ConnSlot::new(serving.open[0].clone(), lm.connections.clone())),
+        slot: Arc::new(ConnSlot::new(
+            serving.open[0].clone(),
+            lm.connections.clone(),
+        )),
     };
     let (_stop_tx, stop_rx) = watch::channel(false);
     conn::serve(stream, ctx, &serving, stop_rx, Instant::now()).await;

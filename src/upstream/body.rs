@@ -15,7 +15,7 @@ use super::h1::{H1Body, H1Error, Tunnel};
 /// The request body sent upstream. An enum rather than a boxed trait object: no
 /// allocation per request, and a body-less request can be replayed on retry.
 #[derive(Debug)]
-pub enum UpBody {
+pub(crate) enum UpBody {
     /// No body (health checks, replayed body-less requests).
     Empty,
     /// The client's body, reclaimable until the first byte is read from it: when the
@@ -26,7 +26,7 @@ pub enum UpBody {
 /// A body shared between attempts of one request. Streaming takes an uncontended lock
 /// per frame.
 #[derive(Debug, Clone)]
-pub struct ReclaimableBody(Arc<BodySlot>);
+pub(crate) struct ReclaimableBody(Arc<BodySlot>);
 
 #[derive(Debug)]
 struct BodySlot {
@@ -45,7 +45,7 @@ struct BodySlot {
 
 impl ReclaimableBody {
     /// Wraps a client body.
-    pub fn new(b: Incoming) -> Self {
+    pub(crate) fn new(b: Incoming) -> Self {
         Self(Arc::new(BodySlot {
             touched: AtomicBool::new(false),
             body: Mutex::new(Some(b)),
@@ -57,13 +57,13 @@ impl ReclaimableBody {
     }
 
     /// Frames handed upstream so far.
-    pub fn progress(&self) -> u64 {
+    pub(crate) fn progress(&self) -> u64 {
         self.0.progress.load(Ordering::Relaxed)
     }
 
     /// Resolves once the whole body has been handed upstream (or failed), so that
     /// `upstream_response` times the wait for the response head, not a slow upload.
-    pub async fn sent(&self) {
+    pub(crate) async fn sent(&self) {
         let notified = self.0.sent_notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
@@ -75,12 +75,12 @@ impl ReclaimableBody {
 
     /// Whether the upload is waiting for the client to send more (rather than for the
     /// upstream to take what it has).
-    pub fn waiting_on_client(&self) -> bool {
+    pub(crate) fn waiting_on_client(&self) -> bool {
         self.0.waiting_on_client.load(Ordering::Relaxed)
     }
 
     /// Whether any byte may have been sent (a frame was taken from the body).
-    pub fn touched(&self) -> bool {
+    pub(crate) fn touched(&self) -> bool {
         self.0.touched.load(Ordering::Relaxed)
     }
 }

@@ -61,7 +61,7 @@ impl Now {
 /// One resolved upstream address, with the health state that decides whether it gets
 /// traffic. Shared by `Arc` between the pool's snapshot, in-flight requests and the health
 /// task; it keeps its identity (and state) across DNS re-resolutions that still return it.
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// Where connections go.
     pub(super) addr: SocketAddr,
     /// `ip:port`, parsed once so that a request URI costs no parsing.
@@ -93,7 +93,7 @@ pub struct Endpoint {
 
 /// What one request taught about its endpoint's reachability, for passive ejection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// A connection was made (whatever the answer, or none): resets the connect failure
     /// count and the ejection backoff.
     Connected,
@@ -134,25 +134,25 @@ impl Endpoint {
     }
 
     /// The address connections go to (the connector dials it without DNS).
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// `ip:port` for the authority of upstream request URIs, pre-parsed so that building a
     /// URI is a cheap clone.
-    pub fn authority(&self) -> &Authority {
+    pub(crate) fn authority(&self) -> &Authority {
         &self.authority
     }
 
     /// `ip:port`, the `endpoint` label of metrics and logs: one name can expand to many pods.
-    pub fn label(&self) -> &str {
+    pub(crate) fn label(&self) -> &str {
         &self.label
     }
 
     /// Whether the endpoint may take traffic now: not down by active checks and not ejected.
     /// Noticing an expired ejection here republishes `endpoint_up`, so the gauge follows
     /// without a timer per endpoint.
-    pub fn available(&self) -> bool {
+    pub(crate) fn available(&self) -> bool {
         self.usable(&mut Now::lazy())
     }
 
@@ -181,13 +181,13 @@ impl Endpoint {
 
     /// Counts a request for `least_request` until the guard drops, however the request ends
     /// (including a cancelled future).
-    pub fn start(self: &Arc<Self>) -> InFlightGuard {
+    pub(crate) fn start(self: &Arc<Self>) -> InFlightGuard {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlightGuard(Arc::clone(self))
     }
 
     /// Requests in flight now.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
 
@@ -197,7 +197,7 @@ impl Endpoint {
     /// count and the backoff. Outcomes
     /// reported while ejected are ignored: they come from requests sent before the ejection
     /// and say nothing new (and would otherwise grow the backoff on their own).
-    pub fn report(&self, outcome: Outcome) {
+    pub(crate) fn report(&self, outcome: Outcome) {
         self.report_at(outcome, &mut Now::lazy());
     }
 
@@ -303,14 +303,7 @@ impl fmt::Debug for Endpoint {
 
 /// Keeps a request counted in its endpoint's `in_flight` while it lives.
 #[derive(Debug)]
-pub struct InFlightGuard(Arc<Endpoint>);
-
-impl InFlightGuard {
-    /// The endpoint the request went to, so the caller can report its outcome.
-    pub fn endpoint(&self) -> &Arc<Endpoint> {
-        &self.0
-    }
-}
+pub(crate) struct InFlightGuard(pub(super) Arc<Endpoint>);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {

@@ -34,7 +34,7 @@ use crate::worker;
 /// One pool of one service: its endpoints (with health, balancing and DNS) and the
 /// settings the forwarding loop needs.
 #[derive(Debug)]
-pub struct PoolUpstream {
+pub(crate) struct PoolUpstream {
     /// Endpoints, swapped whole on DNS re-resolution.
     pub endpoints: Arc<PoolEndpoints>,
     /// Which client speaks to this pool.
@@ -47,7 +47,7 @@ pub struct PoolUpstream {
 
 /// Every service's pools, indexed like `Config::services[s].pools[p]`.
 #[derive(Debug)]
-pub struct Upstreams {
+pub(crate) struct Upstreams {
     /// `services[s][p]`.
     pub services: Vec<Vec<PoolUpstream>>,
     /// HTTP/2 (prior knowledge) clients for `protocol: h2` pools, one per worker.
@@ -57,7 +57,7 @@ pub struct Upstreams {
 
 impl Upstreams {
     /// Builds pools (resolving endpoint names once) and clients from the config.
-    pub fn new(cfg: &Config, metrics: &Metrics) -> Result<Self, ResolveError> {
+    pub(crate) fn new(cfg: &Config, metrics: &Metrics) -> Result<Self, ResolveError> {
         let mut services = Vec::with_capacity(cfg.services.len());
         for s in &cfg.services {
             let mut pools = Vec::with_capacity(s.pools.len());
@@ -78,7 +78,7 @@ impl Upstreams {
 
     /// Starts DNS re-resolution and health checks for every pool; the handles are
     /// aborted at shutdown.
-    pub fn spawn_tasks(&self, cfg: &Config) -> Vec<tokio::task::JoinHandle<()>> {
+    pub(crate) fn spawn_tasks(&self, cfg: &Config) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = Vec::new();
         for (s, pools) in cfg.services.iter().zip(&self.services) {
             for p in pools {
@@ -89,7 +89,7 @@ impl Upstreams {
     }
 
     /// This worker's HTTP/2 client (for `protocol: h2` pools).
-    pub fn h2_client(&self) -> &H2Client {
+    pub(crate) fn h2_client(&self) -> &H2Client {
         let w = worker::id();
         // `workers` (≥ 1) entries; a thread outside the workers uses 0.
         &self.h2[w.min(self.h2.len() - 1)]

@@ -40,7 +40,7 @@ impl Snapshot {
 
 /// A pool's endpoints: the configured `host:port` list expanded by DNS (a Kubernetes
 /// headless service is one name and many pods), swapped whole on re-resolution.
-pub struct PoolEndpoints {
+pub(crate) struct PoolEndpoints {
     /// Pool name, for logs.
     pub(super) name: Arc<str>,
     pub(super) lb: LbPolicy,
@@ -62,7 +62,7 @@ impl PoolEndpoints {
     /// Resolves every endpoint once, blocking: this runs at start, before anything is
     /// served, and a name that does not resolve must fail the start synchronously (a pool
     /// that starts empty would silently send its traffic to stable). IP literals need no DNS.
-    pub fn new(pool: &Pool, gauges: EndpointGauges) -> Result<PoolEndpoints, ResolveError> {
+    pub(crate) fn new(pool: &Pool, gauges: EndpointGauges) -> Result<PoolEndpoints, ResolveError> {
         Self::with_resolver(pool, gauges, system_resolver())
     }
 
@@ -121,14 +121,18 @@ impl PoolEndpoints {
     /// affinity key of `hash_uid` (the uid itself is fine: it is mixed here); without it a
     /// hashing pool falls back to round robin. `None` when no endpoint is available: the
     /// caller falls back to stable, or panic-routes with [`pick_any`](Self::pick_any).
-    pub fn pick(&self, hash_key: Option<u64>, exclude: Option<&Endpoint>) -> Option<Arc<Endpoint>> {
+    pub(crate) fn pick(
+        &self,
+        hash_key: Option<u64>,
+        exclude: Option<&Endpoint>,
+    ) -> Option<Arc<Endpoint>> {
         self.pick_at(hash_key, exclude, true, &mut Now::lazy())
     }
 
     /// Panic routing: like [`pick`](Self::pick) but ignores health, because a health view
     /// can be wrong and stable must still be tried. Still avoids `exclude` when there is any
     /// other endpoint.
-    pub fn pick_any(
+    pub(crate) fn pick_any(
         &self,
         hash_key: Option<u64>,
         exclude: Option<&Endpoint>,
@@ -163,12 +167,12 @@ impl PoolEndpoints {
 
     /// Whether any endpoint may take traffic: `false` makes the pool unhealthy
     /// (`pool_unhealthy` fallback to stable).
-    pub fn has_available(&self) -> bool {
+    pub(crate) fn has_available(&self) -> bool {
         self.snapshot.load().endpoints.iter().any(|e| e.available())
     }
 
     /// The current endpoint set, for the health task, the admin view and tests.
-    pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
+    pub(crate) fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
         Arc::clone(&self.snapshot.load().endpoints)
     }
 
@@ -176,7 +180,7 @@ impl PoolEndpoints {
     /// name's last good addresses and logs a warning: a DNS outage must not empty a pool.
     /// Addresses still present keep their [`Endpoint`] (and its health state); addresses
     /// gone drop their `endpoint_up` series.
-    pub async fn refresh(&self) {
+    pub(crate) async fn refresh(&self) {
         let mut last_good = self.last_good.lock().await;
         for (i, t) in self.targets.iter().enumerate() {
             if t.literal.is_some() {

@@ -354,7 +354,7 @@ fn in_flight_guard_counts_until_dropped() {
     let g1 = e.start();
     let g2 = e.start();
     assert_eq!(e.in_flight(), 2);
-    assert_eq!(g1.endpoint().addr(), e.addr());
+    assert_eq!(g1.0.addr(), e.addr());
     drop(g1);
     drop(g2);
     assert_eq!(e.in_flight(), 0);
