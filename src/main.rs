@@ -63,6 +63,21 @@ enum Cmd {
     },
     /// Serve the built-in sample with demo upstreams.
     Demo,
+    /// What a candidate ruleset would do to logged traffic, against the live rules.
+    Replay {
+        /// Path to graylane.yaml (its rules_file holds the live rules).
+        #[arg(long)]
+        config: PathBuf,
+        /// The candidate rules file.
+        #[arg(long)]
+        rules: PathBuf,
+        /// graylane's JSON access log (`--log-format json`, target graylane::access).
+        #[arg(long)]
+        log: PathBuf,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Plan contiguous UID ranges holding at most a target share of the traffic.
     PlanRanges {
         /// CSV of `uid,requests` lines (e.g. 7-day inbound counts per user).
@@ -107,6 +122,15 @@ fn main() -> ExitCode {
             json,
         } => explain_cmd(&config, listener, path, host, &headers, json),
         Cmd::Demo => demo(),
+        Cmd::Replay {
+            config,
+            rules,
+            log,
+            json,
+        } => {
+            graylane::tools::replay::run(&config, &rules, &log, json, &mut std::io::stdout().lock())
+                .map_err(anyhow::Error::from)
+        }
         Cmd::PlanRanges {
             volumes,
             target,

@@ -46,6 +46,8 @@ pub(crate) async fn handle(
     let live = shared.live.load();
     let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let host = request_host(&parts.uri, &parts.headers);
+    // Sampled up front: the host is kept (copied) for the access log only then.
+    let sampled = shared.sample_access().then(|| host.map(str::to_owned));
     let outcome = shared.decide(&live, conn.listener, host, path, &parts.headers, &markers);
     let Outcome::Routed {
         service,
@@ -131,19 +133,15 @@ pub(crate) async fn handle(
         .metrics
         .route(conn.listener, service, final_pool)
         .observe(resp.status().as_u16(), elapsed);
-    if shared.sample_access() {
-        let rule = rule_value.as_ref().and_then(|v| v.to_str().ok());
-        let pool = &svc.pools[final_pool].name;
-        log_access(
-            shared,
-            conn,
-            &parts,
-            &svc.name,
-            pool,
-            rule,
-            resp.status(),
-            elapsed,
-        );
+    if let Some(host) = sampled {
+        let access = Access {
+            host: host.as_deref(),
+            service: &svc.name,
+            pool: &svc.pools[final_pool].name,
+            rule: rule_value.as_ref().and_then(|v| v.to_str().ok()),
+            markers: &markers,
+        };
+        log_access(shared, conn, &parts, &access, resp.status(), elapsed);
     }
     resp
 }
@@ -166,28 +164,52 @@ fn take_tunnel(
         .map(|upstream| (client, upstream, hs))
 }
 
-/// One sampled access-log line. Path only: query strings may carry an accessToken, and
-/// headers and cookies never go to logs.
-#[allow(clippy::too_many_arguments)]
+/// What a request's access-log line says about where it went.
+struct Access<'a> {
+    host: Option<&'a str>,
+    service: &'a str,
+    pool: &'a str,
+    rule: Option<&'a str>,
+    markers: &'a Markers,
+}
+
+/// One sampled access-log line (target `graylane::access`): listener, host, path, the
+/// request's parsed markers, and where it went, which is what `graylane replay` decides
+/// again. Path only, no query: query strings may carry an accessToken; headers and
+/// cookies never go to logs (the markers are the values graylane parsed, not the fields).
 fn log_access(
     shared: &Shared,
     conn: &ConnCtx,
     parts: &http::request::Parts,
-    service: &str,
-    pool: &str,
-    rule: Option<&str>,
+    a: &Access<'_>,
     status: StatusCode,
     elapsed: std::time::Duration,
 ) {
+    let m = a.markers;
+    let gids = (!m.agent_gid.is_empty()).then(|| {
+        m.agent_gid
+            .as_slice()
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    });
     tracing::info!(
         target: "graylane::access",
         listener = %shared.config.listeners[conn.listener].name,
         peer = %conn.peer.ip(),
         method = %parts.method,
+        host = a.host,
         path = parts.uri.path(),
-        service,
-        pool,
-        rule = rule.unwrap_or("default"),
+        uid = m.uid,
+        staff_uid = m.staff_uid,
+        agent_gid = gids.as_deref(),
+        entry_id = m.entry_id,
+        app_version = m.app_version.map(|v| v.to_string()).as_deref(),
+        device = m.device.as_ref().map(|d| d.as_str()),
+        service = a.service,
+        pool = a.pool,
+        rule = a.rule.unwrap_or("default"),
         status = status.as_u16(),
         ms = elapsed.as_secs_f64() * 1000.0,
     );

@@ -2,3 +2,4 @@
 //! compute, apart from any running proxy.
 
 pub mod plan_ranges;
+pub mod replay;
