@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use crate::metrics::ReloadResult;
-use crate::state::{unix_secs, HistoryEntry, Live, Shared};
+use crate::state::{unix_secs, HistoryEntry, Live, Shadow, Shared};
 use crate::watch::FileWatcher;
 
 /// What a successful reload did.
@@ -68,11 +68,18 @@ impl Reloader {
             cfg.rules_file_display.clone(),
             cfg.topology(),
         );
-        let compiled =
-            tokio::task::spawn_blocking(move || crate::rules::load(&path, &display, &topo))
-                .await
-                .map_err(|e| format!("rules compiler crashed: {e}"))
-                .and_then(|r| r.map_err(|e| e.to_string()));
+        let shadow_file = cfg.shadow_rules_file.clone();
+        let both = tokio::task::spawn_blocking(move || {
+            let live = crate::rules::load(&path, &display, &topo);
+            let shadow = shadow_file.map(|(p, d)| crate::rules::load(&p, &d, &topo));
+            (live, shadow)
+        })
+        .await
+        .map_err(|e| format!("rules compiler crashed: {e}"));
+        let (compiled, shadow) = match both {
+            Ok((live, shadow)) => (live.map_err(|e| e.to_string()), shadow),
+            Err(e) => (Err(e), None),
+        };
         let metrics = &self.shared.metrics;
         let compiled = match compiled {
             Ok(c) => c,
@@ -99,7 +106,14 @@ impl Reloader {
             }
         };
         let live = self.shared.live.load();
+        let (shadow, shadow_changed) = self.next_shadow(shadow, &live);
         if compiled.sha256 == live.sha256 {
+            if shadow_changed {
+                // Same rules, a new candidate: the pair is swapped all the same.
+                let mut new = Live::new(compiled, metrics);
+                new.shadow = shadow;
+                self.store(new, &live);
+            }
             tracing::debug!(trigger, "rules unchanged");
             metrics.reload_result(ReloadResult::Unchanged);
             self.shared.history.push(HistoryEntry::outcome(
@@ -110,8 +124,8 @@ impl Reloader {
             self.shared.last_error.store(None);
             return Ok(ReloadOutcome::Unchanged);
         }
-        let files_changed = compiled.files != live.files;
-        let new = Live::new(compiled, metrics);
+        let mut new = Live::new(compiled, metrics);
+        new.shadow = shadow;
         let entry = HistoryEntry::loaded(trigger, Some(&live.rules), &new);
         tracing::info!(
             trigger,
@@ -129,28 +143,72 @@ impl Reloader {
             entry.changed,
         );
         metrics.set_rules_info(new.rules.version(), &new.sha256, unix_secs(new.loaded_at));
-        let files = new.files.clone();
-        self.shared.live.store(Arc::new(new));
+        self.store(new, &live);
         crate::longlink::on_reload(&self.shared);
         metrics.reload_result(ReloadResult::Ok);
         self.shared.history.push(entry);
         self.shared.refresh_rule_states();
         self.shared.warn_expired();
         self.shared.last_error.store(None);
-        if files_changed {
+        Ok(ReloadOutcome::Loaded)
+    }
+
+    /// Publishes `new` with one store, and tells the watcher when the set of files to
+    /// watch changed.
+    fn store(&self, new: Live, old: &Live) {
+        let files = watched(&self.shared, &new);
+        let changed = files != watched(&self.shared, old);
+        self.shared.live.store(Arc::new(new));
+        if changed {
             if let Ok(w) = self.watcher.lock() {
                 if let Some(w) = w.as_ref() {
                     w.set_paths(files);
                 }
             }
         }
-        Ok(ReloadOutcome::Loaded)
+    }
+
+    /// The candidate to pair with the next live rules: the new one when it compiled
+    /// (the current one, counts and all, when its bytes did not change), else the
+    /// current one, with the error in `/shadow`. `true` when it is not the current one.
+    fn next_shadow(
+        &self,
+        result: Option<Result<crate::rules::Compiled, crate::config::yamlpos::LocatedError>>,
+        live: &Live,
+    ) -> (Option<Arc<Shadow>>, bool) {
+        let current = live.shadow.clone();
+        match result {
+            None => (current, false),
+            Some(Ok(c)) => {
+                self.shared.shadow_error.store(None);
+                if current.as_ref().is_some_and(|s| s.sha256 == c.sha256) {
+                    return (current, false);
+                }
+                let new = Shadow::new(c, &self.shared.metrics, &self.shared.config);
+                tracing::info!(sha256 = %new.sha256, rules = new.rules.len(), "shadow rules loaded; deciding beside the live rules, never routing");
+                (Some(Arc::new(new)), true)
+            }
+            Some(Err(e)) => {
+                let msg = e.to_string();
+                let repeat = self
+                    .shared
+                    .shadow_error
+                    .load()
+                    .as_deref()
+                    .is_some_and(|last| *last == msg);
+                if !repeat {
+                    tracing::warn!("shadow rules rejected, routing unaffected: {msg}");
+                    self.shared.shadow_error.store(Some(Arc::new(msg)));
+                }
+                (current, false)
+            }
+        }
     }
 
     /// Arms the file watcher and SIGHUP. Must run inside the tokio runtime.
     pub fn start(self: &Arc<Self>) {
         let (tx, mut rx) = mpsc::channel(1);
-        let files: Vec<PathBuf> = self.shared.live.load().files.clone();
+        let files: Vec<PathBuf> = watched(&self.shared, &self.shared.live.load());
         match FileWatcher::start(files, tx) {
             Ok(w) => {
                 if let Ok(mut slot) = self.watcher.lock() {
@@ -213,4 +271,19 @@ impl Reloader {
             }
         }
     }
+}
+
+/// The files a change of which must reload: the rules file and its `in_file`s, and the
+/// shadow rules file (even while it does not compile or exist) and its `in_file`s.
+fn watched(shared: &Shared, live: &Live) -> Vec<PathBuf> {
+    let mut files = live.files.clone();
+    if let Some((path, _)) = &shared.config.shadow_rules_file {
+        files.push(path.clone());
+    }
+    if let Some(s) = &live.shadow {
+        files.extend(s.files.iter().cloned());
+    }
+    files.sort();
+    files.dedup();
+    files
 }

@@ -39,6 +39,56 @@ pub struct Live {
     pub(crate) loaded_at: SystemTime,
     /// The rules file and its in_files, for the watcher.
     pub(crate) files: Vec<PathBuf>,
+    /// The candidate ruleset decided beside these rules (`shadow_rules_file`), in the same
+    /// snapshot so that one request sees one pair. Shared between snapshots while the
+    /// candidate does not change, so its counts run on across reloads of the live rules.
+    pub(crate) shadow: Option<Arc<Shadow>>,
+}
+
+/// A candidate ruleset: decided on every request, never routing (SPEC §9.4).
+#[derive(Debug)]
+pub(crate) struct Shadow {
+    pub(crate) rules: RuleSet,
+    /// `shadow_rule_hits_total` children, one per rule, then `default`.
+    pub(crate) hits: Vec<IntCounter>,
+    /// Each of `hits` when this candidate was loaded: `/shadow` counts from `since`.
+    pub(crate) hits_base: Vec<u64>,
+    /// `shadow_moves_total` per service, `[from][to]`, when this candidate was loaded.
+    pub(crate) moves_base: Vec<Vec<Vec<u64>>>,
+    pub(crate) sha256: String,
+    pub(crate) since: SystemTime,
+    /// The candidate file and its in_files, for the watcher.
+    pub(crate) files: Vec<PathBuf>,
+}
+
+impl Shadow {
+    /// Wraps a compiled candidate with its metric handles and the counts it starts from.
+    pub(crate) fn new(c: Compiled, metrics: &Metrics, config: &Config) -> Self {
+        let names: Vec<&str> = c.rules.rule_names().collect();
+        let hits = metrics.shadow_rule_hits(&names);
+        let hits_base = hits.iter().map(IntCounter::get).collect();
+        let moves_base = (0..config.services.len())
+            .map(|s| {
+                let pools = config.services[s].pools.len();
+                (0..pools)
+                    .map(|from| {
+                        (0..pools)
+                            .map(|to| metrics.service(s).shadow_move(from, to).get())
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
+        Self {
+            rules: c.rules,
+            hits,
+            hits_base,
+            moves_base,
+            sha256: c.sha256,
+            since: SystemTime::now(),
+            files: c.files,
+        }
+    }
 }
 
 impl Live {
@@ -59,6 +109,7 @@ impl Live {
             sha256: c.sha256,
             loaded_at: SystemTime::now(),
             files: c.files,
+            shadow: None,
         }
     }
 
@@ -83,6 +134,8 @@ pub struct Shared {
     pub(crate) router: Router,
     /// The live ruleset: one `load()` per request.
     pub(crate) live: ArcSwap<Live>,
+    /// The last shadow ruleset error, for `/shadow`; cleared by a good load of it.
+    pub(crate) shadow_error: ArcSwapOption<String>,
     /// The last reload error, for `/rules`; cleared by a good reload.
     pub(crate) last_error: ArcSwapOption<String>,
     /// Set on SIGTERM: `/readyz` answers 503.
@@ -120,7 +173,18 @@ impl Shared {
     /// Builds the shared state around a first ruleset.
     pub fn new(config: Config, rules: Compiled) -> Result<Self, BuildError> {
         let metrics = Metrics::try_new(&config).map_err(BuildError::Metrics)?;
-        let live = Live::new(rules, &metrics);
+        let mut live = Live::new(rules, &metrics);
+        // A candidate that does not load is no reason not to start: routing never reads it.
+        let shadow_error = ArcSwapOption::empty();
+        if let Some((path, display)) = &config.shadow_rules_file {
+            match crate::rules::load(path, display, &config.topology()) {
+                Ok(c) => live.shadow = Some(Arc::new(Shadow::new(c, &metrics, &config))),
+                Err(e) => {
+                    tracing::warn!("shadow rules rejected, routing unaffected: {e}");
+                    shadow_error.store(Some(Arc::new(e.to_string())));
+                }
+            }
+        }
         metrics.set_rules_info(
             live.rules.version(),
             &live.sha256,
@@ -171,6 +235,7 @@ impl Shared {
             upstreams,
             live: ArcSwap::from_pointee(live),
             last_error: ArcSwapOption::empty(),
+            shadow_error,
             history,
             draining: AtomicBool::new(false),
             links: Links::default(),
@@ -263,29 +328,38 @@ impl Shared {
         let Some(service) = self.router.route(host, path) else {
             return Outcome::NoService;
         };
-        let now_ms = if live.rules.has_ramps() {
+        let shadow = live.shadow.as_deref();
+        let now_ms = if live.rules.has_ramps() || shadow.is_some_and(|s| s.rules.has_ramps()) {
             self.ramp_clock(service)
         } else {
             0
         };
-        let decision = live.rules.decide(&RequestInfo {
+        let req = RequestInfo {
             markers,
             listener,
             service,
             path,
             headers,
             now_ms,
-        });
+        };
+        let decision = live.rules.decide(&req);
         let svc = &self.config.services[service];
-        let (pool, fallback) = match svc.pool_by_id.get(decision.pool).copied().flatten() {
+        let pool_of = |d: &Decision| svc.pool_by_id.get(d.pool).copied().flatten();
+        let (pool, fallback) = match pool_of(&decision) {
             Some(p) => (p, None),
             None => (svc.stable_index(), Some(FallbackReason::PoolMissing)),
         };
+        let shadow = shadow.map(|s| {
+            let d = s.rules.decide(&req);
+            let p = pool_of(&d).unwrap_or(svc.stable_index());
+            (d, p)
+        });
         Outcome::Routed {
             service,
             decision,
             pool,
             fallback,
+            shadow,
         }
     }
 }
@@ -449,6 +523,9 @@ pub enum Outcome {
         pool: usize,
         /// Set when `pool` is not the pool the rules chose.
         fallback: Option<FallbackReason>,
+        /// The shadow ruleset's decision and the pool it would use (after the same
+        /// `pool_missing` fallback), when there is one.
+        shadow: Option<(Decision, usize)>,
     },
 }
 

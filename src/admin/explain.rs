@@ -95,16 +95,24 @@ pub fn explain(shared: &Shared, req: &ExplainRequest) -> Result<Value, String> {
             decision,
             pool,
             fallback,
+            shadow,
         } => {
             let svc = &shared.config.services[service];
             // What the request path would do now: a tripped guard or an unhealthy pool
             // sends the request to stable.
             let (pool, fallback) = shared.effective_pool(service, pool, fallback);
+            let shadow = shadow.zip(live.shadow.as_deref()).map(|((d, p), sh)| {
+                json!({
+                    "pool": svc.pools[p].name,
+                    "rule": d.rule.map(|i| sh.rules.rule_name(i)),
+                })
+            });
             json!({
                 "service": svc.name,
                 "pool": svc.pools[pool].name,
                 "rule": live.rule_name(&decision),
                 "fallback": fallback.map(|f| f.label()),
+                "shadow": shadow,
             })
         }
     })

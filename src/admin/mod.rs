@@ -208,6 +208,13 @@ async fn handle(
         }
         "/rules" => json_response(StatusCode::OK, &rules_json(shared)),
         "/rules/history" => json_response(StatusCode::OK, &rules::history_json(shared)),
+        "/shadow" => match rules::shadow_json(shared) {
+            Some(v) => json_response(StatusCode::OK, &v),
+            None => json_response(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({ "error": "no shadow_rules_file configured" }),
+            ),
+        },
         "/guard" => match guard::find(shared, &query) {
             Ok((name, g)) => json_response(StatusCode::OK, &guard::status(name, g)),
             Err(e) => json_response(StatusCode::NOT_FOUND, &e),

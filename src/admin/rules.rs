@@ -68,3 +68,53 @@ fn entry(e: &HistoryEntry) -> Value {
         "error": e.error,
     })
 }
+
+/// The `/shadow` body: what the candidate decided since it was loaded, and the moves it
+/// would make; `None` without `shadow_rules_file`.
+pub(super) fn shadow_json(shared: &Shared) -> Option<Value> {
+    let (_, display) = shared.config.shadow_rules_file.as_ref()?;
+    let live = shared.live.load();
+    let last_error = shared.shadow_error.load();
+    let Some(sh) = live.shadow.as_deref() else {
+        return Some(json!({
+            "file": display, "sha256": null, "since": null, "requests": 0,
+            "rules": {}, "moves": [], "last_error": last_error.as_deref().map(|s| s.as_str()),
+        }));
+    };
+    let mut rules = serde_json::Map::new();
+    let mut requests = 0;
+    let names = sh.rules.rule_names().chain(std::iter::once("default"));
+    for ((name, c), base) in names.zip(&sh.hits).zip(&sh.hits_base) {
+        let n = c.get().saturating_sub(*base);
+        requests += n;
+        rules.insert(name.to_owned(), json!(n));
+    }
+    let mut moves = Vec::new();
+    for (s, svc) in shared.config.services.iter().enumerate() {
+        let m = shared.metrics.service(s);
+        for (from, fp) in svc.pools.iter().enumerate() {
+            for (to, tp) in svc.pools.iter().enumerate() {
+                let base = sh
+                    .moves_base
+                    .get(s)
+                    .and_then(|r| r.get(from))
+                    .and_then(|r| r.get(to))
+                    .copied()
+                    .unwrap_or(0);
+                let n = m.shadow_move(from, to).get().saturating_sub(base);
+                if from != to && n > 0 {
+                    moves.push(json!({ "service": svc.name, "from": fp.name, "to": tp.name, "requests": n }));
+                }
+            }
+        }
+    }
+    Some(json!({
+        "file": display,
+        "sha256": sh.sha256,
+        "since": humantime::format_rfc3339_seconds(sh.since).to_string(),
+        "requests": requests,
+        "rules": rules,
+        "moves": moves,
+        "last_error": last_error.as_deref().map(|s| s.as_str()),
+    }))
+}

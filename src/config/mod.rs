@@ -43,6 +43,9 @@ pub struct Config {
     pub rules_file: PathBuf,
     /// The rules file as written in the config, for `FILE:LINE:COLUMN` messages.
     pub rules_file_display: String,
+    /// A candidate ruleset decided beside the live one on every request, never routing
+    /// (SPEC §9.4): resolved path and the path as written.
+    pub shadow_rules_file: Option<(PathBuf, String)>,
     /// Services in file order; routing picks the most specific match.
     pub services: Vec<Service>,
     /// Global pool name table: `stable`, `gray`, then every other pool name sorted.
@@ -406,6 +409,7 @@ admin:
   bind: \"127.0.0.1:9901\"                 # bad: nope
   token_file: null                       # bad: [1]
 rules_file: rules.yaml                   # bad: [1]
+shadow_rules_file: rules.next.yaml       # bad: [1]
 services:
   - name: chat                           # bad: Bad Name
     match:

@@ -14,6 +14,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) admin: RawAdmin,
     pub(super) rules_file: String,
+    #[serde(default)]
+    pub(super) shadow_rules_file: Option<String>,
     pub(super) services: Vec<RawService>,
     #[serde(default)]
     pub(super) propagate: RawPropagate,

@@ -212,6 +212,10 @@ impl Validator<'_> {
             admin,
             rules_file: self.resolve(&raw.rules_file),
             rules_file_display: raw.rules_file.clone(),
+            shadow_rules_file: raw
+                .shadow_rules_file
+                .as_deref()
+                .map(|f| (self.resolve(f), f.to_owned())),
             services,
             pool_names,
             propagate,

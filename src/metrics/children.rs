@@ -134,6 +134,8 @@ pub struct ServiceMetrics {
     pub(super) retries: Vec<IntCounter>,
     /// `long_links_rehomed_total`, indexed `[from][to]`; the diagonal is the sink.
     pub(super) rehomed: Vec<Vec<IntCounter>>,
+    /// `shadow_moves_total`, indexed `[from][to]` like `rehomed`.
+    pub(super) shadow_moves: Vec<Vec<IntCounter>>,
     /// `gray_tripped{service}`.
     pub(super) gray_tripped: IntGauge,
     /// Where out-of-range indices land.
@@ -175,6 +177,15 @@ impl ServiceMetrics {
     /// counts nowhere.
     pub fn rehomed(&self, from: usize, to: usize) -> &IntCounter {
         self.rehomed
+            .get(from)
+            .and_then(|r| r.get(to))
+            .unwrap_or(&self.sink)
+    }
+
+    /// `shadow_moves_total{service,from,to}`: requests the candidate ruleset would send
+    /// to another pool; `from == to` is no move and counts nowhere.
+    pub fn shadow_move(&self, from: usize, to: usize) -> &IntCounter {
+        self.shadow_moves
             .get(from)
             .and_then(|r| r.get(to))
             .unwrap_or(&self.sink)

@@ -25,6 +25,8 @@ pub(super) struct Families {
     pub(super) retries: IntCounterVec,
     pub(super) gray_tripped: IntGaugeVec,
     pub(super) rehomed: IntCounterVec,
+    pub(super) shadow_moves: IntCounterVec,
+    pub(super) shadow_hits: IntCounterVec,
     pub(super) endpoint_up: IntGaugeVec,
     pub(super) marker_invalid: IntCounterVec,
     pub(super) reloads: IntCounterVec,
@@ -91,6 +93,16 @@ impl Families {
                 "graylane_gray_tripped",
                 "1 while the guard sends the service's gray traffic to stable.",
                 &["service"],
+            )?,
+            shadow_moves: counters(
+                "graylane_shadow_moves_total",
+                "Requests the shadow ruleset would send to another pool than the live one.",
+                &["service", "from", "to"],
+            )?,
+            shadow_hits: counters(
+                "graylane_shadow_rule_hits_total",
+                "Decisions of the shadow ruleset by the rule that matched; never routes.",
+                &["rule"],
             )?,
             rehomed: counters(
                 "graylane_long_links_rehomed_total",

@@ -60,6 +60,8 @@ pub struct Metrics {
     reloads: [IntCounter; 3],
     /// Rule names change with every reload, so children are made by [`Metrics::rule_hits`].
     rule_hits: IntCounterVec,
+    /// The shadow ruleset's `shadow_rule_hits_total{rule}`, made like `rule_hits`.
+    shadow_hits: IntCounterVec,
     /// `rules_info{version,sha256}`.
     rules_info: IntGaugeVec,
     /// Label values of the live `rules_info` series, so the next reload can remove it.
@@ -111,6 +113,7 @@ impl Sink {
             upstream_errors: Vec::new(),
             retries: Vec::new(),
             rehomed: Vec::new(),
+            shadow_moves: Vec::new(),
             gray_tripped: gauge.clone(),
             sink: counter.clone(),
         };
@@ -190,6 +193,7 @@ impl Metrics {
             let mut upstream_errors = Vec::with_capacity(s.pools.len());
             let mut retries = Vec::with_capacity(s.pools.len());
             let mut rehomed = Vec::with_capacity(s.pools.len());
+            let mut shadow_moves = Vec::with_capacity(s.pools.len());
             for (i, p) in s.pools.iter().enumerate() {
                 let pool = p.name.as_str();
                 upstream_errors.push(table(UpstreamErrorKind::ALL, |k| {
@@ -197,22 +201,28 @@ impl Metrics {
                         .get_metric_with_label_values(&[name, pool, k.label()])
                 })?);
                 retries.push(f.retries.get_metric_with_label_values(&[name, pool])?);
-                let mut to_row = Vec::with_capacity(s.pools.len());
-                for (j, to) in s.pools.iter().enumerate() {
-                    to_row.push(if i == j {
-                        sink.counter.clone()
-                    } else {
-                        f.rehomed
-                            .get_metric_with_label_values(&[name, pool, to.name.as_str()])?
-                    });
-                }
-                rehomed.push(to_row);
+                let pair_row = |family: &prometheus::IntCounterVec| {
+                    s.pools
+                        .iter()
+                        .enumerate()
+                        .map(|(j, to)| {
+                            if i == j {
+                                Ok(sink.counter.clone())
+                            } else {
+                                family.get_metric_with_label_values(&[name, pool, to.name.as_str()])
+                            }
+                        })
+                        .collect::<prometheus::Result<Vec<_>>>()
+                };
+                rehomed.push(pair_row(&f.rehomed)?);
+                shadow_moves.push(pair_row(&f.shadow_moves)?);
             }
             services.push(ServiceMetrics {
                 fallbacks,
                 upstream_errors,
                 retries,
                 rehomed,
+                shadow_moves,
                 gray_tripped: f.gray_tripped.get_metric_with_label_values(&[name])?,
                 sink: sink.counter.clone(),
             });
@@ -235,6 +245,7 @@ impl Metrics {
             marker_invalid,
             reloads,
             rule_hits: f.rule_hits,
+            shadow_hits: f.shadow_hits,
             rules_info: f.rules_info,
             rules_info_live: Mutex::new(None),
             rule_percent: f.rule_percent,
@@ -294,19 +305,27 @@ impl Metrics {
     /// until the new one is stored, and removing them here would silently stop counting
     /// if the reload then failed.
     pub fn rule_hits(&self, names: &[&str]) -> Vec<IntCounter> {
+        self.hits_of(&self.rule_hits, names)
+    }
+
+    /// Children of `shadow_rule_hits_total{rule}` for a candidate ruleset, as
+    /// [`Metrics::rule_hits`] makes them for the live one.
+    pub(crate) fn shadow_rule_hits(&self, names: &[&str]) -> Vec<IntCounter> {
+        self.hits_of(&self.shadow_hits, names)
+    }
+
+    fn hits_of(&self, family: &IntCounterVec, names: &[&str]) -> Vec<IntCounter> {
         names
             .iter()
             .copied()
             .chain(std::iter::once("default"))
-            .map(
-                |n| match self.rule_hits.get_metric_with_label_values(&[n]) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::error!(rule = n, error = %e, "rule_hits_total child");
-                        self.sink.counter.clone()
-                    }
-                },
-            )
+            .map(|n| match family.get_metric_with_label_values(&[n]) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(rule = n, error = %e, "rule hits child");
+                    self.sink.counter.clone()
+                }
+            })
             .collect()
     }
 

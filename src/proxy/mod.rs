@@ -21,7 +21,7 @@ use crate::longlink::{self, Handshake};
 use crate::markers::Markers;
 use crate::routing::strip_port;
 use crate::rules::Decision;
-use crate::state::{ConnCtx, Live, Outcome, Shared};
+use crate::state::{ConnCtx, Live, Outcome, Shadow, Shared};
 use crate::upstream::h1::Tunnel;
 use crate::upstream::DownBody;
 use forward::{Forward, Replay};
@@ -54,12 +54,16 @@ pub(crate) async fn handle(
         decision,
         pool,
         fallback,
+        shadow,
     } = outcome
     else {
         // No service, no rules evaluated: not a `default` rule hit.
         return refuse_unrouted(shared, conn, start, Refusal::NoService);
     };
     let hit = count_decision(shared, &live, service, &decision, fallback);
+    if let (Some(sh), Some((d, to))) = (live.shadow.as_deref(), shadow) {
+        count_shadow(shared, sh, service, pool, &d, to);
+    }
     let svc = &shared.config.services[service];
     // A long link remembers its handshake so a reload can decide it again.
     let handshake = client_upgrade.as_ref().map(|_| Handshake {
@@ -236,6 +240,25 @@ fn count_decision(
             .inc();
     }
     hit
+}
+
+/// Counts what the shadow ruleset decided: its rule, and a move when it would send the
+/// request to another pool than the live rules (`from`, before guard and health).
+fn count_shadow(
+    shared: &Shared,
+    sh: &Shadow,
+    service: usize,
+    from: usize,
+    d: &Decision,
+    to: usize,
+) {
+    let hit = d.rule.unwrap_or(sh.hits.len() - 1);
+    if let Some(c) = sh.hits.get(hit) {
+        c.inc();
+    }
+    if to != from {
+        shared.metrics.service(service).shadow_move(from, to).inc();
+    }
 }
 
 /// The request's markers, counting invalid ones. An untrusted peer's marker headers are

@@ -11,10 +11,10 @@
 //! - The budget is `floor(total × target)`, in integers, so "at or under the target" is
 //!   exact (a float `0.29 × 100` is `28.999…`).
 //! - One range: over the uid-sorted volumes, two pointers find the window with the
-//!   largest sum within the budget (ties: more users, then the lowest uids). Every window
-//!   ending at `r` is cut at the first uid whose addition would overflow, so the best
-//!   window is short of the budget by less than one user's volume: on real data one range
-//!   lands within a few requests of the target.
+//!   largest sum within the budget (ties: more users, then the lowest uids). The window
+//!   ending at each uid reaches back until one more user would break the budget, so the
+//!   best window is short of the budget by less than that one user's volume: on real data
+//!   one range lands within a few requests of the target.
 //! - More ranges (at most `--max-ranges`): accounts bigger than the whole budget (bots,
 //!   official accounts) can never be inside a range, so they split the uid line into
 //!   pieces; when every piece is smaller than the budget, one range falls short. The rest
@@ -202,10 +202,11 @@ fn read_volumes(path: &Path) -> Result<Vec<(u64, u64)>, PlanError> {
         source,
     };
     let file = File::open(path).map_err(read_err)?;
-    // A line is at least 4 bytes ("1,1\n"); real ones are ~16. Reserving for that up front
-    // avoids the copy-and-double of a growing Vec, whose old and new buffers would both be
-    // resident; an over-estimate is untouched address space, not memory.
-    let hint = file.metadata().map_or(0, |m| m.len() / 12);
+    // No file has more entries than a quarter of its bytes ("1,1\n"). Reserving that up
+    // front spares the copy-and-double of a growing Vec, whose old and new buffers would
+    // both be resident at the peak; the unused rest is address space that is never
+    // touched, not memory.
+    let hint = file.metadata().map_or(0, |m| m.len() / 4 + 1);
     let hint = usize::try_from(hint).unwrap_or(0);
     parse_volumes(BufReader::with_capacity(1 << 20, file), &name, hint)
 }
