@@ -134,6 +134,8 @@ pub struct Shared {
     pub(crate) router: Router,
     /// The live ruleset: one `load()` per request.
     pub(crate) live: ArcSwap<Live>,
+    /// Mirrored copies in flight per service, for `mirror.max_in_flight`.
+    pub(crate) mirror_in_flight: Vec<AtomicUsize>,
     /// The last shadow ruleset error, for `/shadow`; cleared by a good load of it.
     pub(crate) shadow_error: ArcSwapOption<String>,
     /// The last reload error, for `/rules`; cleared by a good reload.
@@ -236,6 +238,9 @@ impl Shared {
             live: ArcSwap::from_pointee(live),
             last_error: ArcSwapOption::empty(),
             shadow_error,
+            mirror_in_flight: (0..config.services.len())
+                .map(|_| AtomicUsize::new(0))
+                .collect(),
             history,
             draining: AtomicBool::new(false),
             links: Links::default(),

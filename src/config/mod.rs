@@ -147,6 +147,8 @@ pub struct Service {
     pub health: Option<Health>,
     /// Automatic rollback guard.
     pub guard: Option<Guard>,
+    /// Copies of a share of stable-routed requests sent to another pool (SPEC §9.5).
+    pub mirror: Option<Mirror>,
     /// `Vary` added to every response of the service (`vary_markers: true`): `Cookie`
     /// and the marker header names, so a browser cache never reuses an answer across a
     /// pool switch.
@@ -276,6 +278,19 @@ pub struct Guard {
     pub max_latency_ratio: Option<f64>,
     /// ... and exceeds this, so that a fast service's noise never trips it.
     pub min_latency: Duration,
+}
+
+/// `mirror:` of a service.
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    /// Index into the service's `pools` the copies go to.
+    pub to: usize,
+    /// `round(percent × 100)` of 10,000 buckets.
+    pub threshold: u32,
+    /// Only these methods are copied.
+    pub methods: Vec<http::Method>,
+    /// Copies in flight beyond this are dropped (and counted), never queued.
+    pub max_in_flight: usize,
 }
 
 /// Header names propagated upstream.
@@ -424,6 +439,7 @@ services:
         on_unavailable: fallback         # bad: explode
         lb: round_robin                  # bad: random
         resolve_interval: 30s            # bad: soon
+      gray: { endpoints: [\"127.0.0.1:2\"] }   # bad: [1]
     health:
       path: /healthz                     # bad: [1]
       interval: 2s                       # bad: soon
@@ -431,6 +447,12 @@ services:
       healthy: 2                         # bad: -1
       unhealthy: 3                       # bad: lots
     vary_markers: false                  # bad: sometimes
+    mirror:
+      to: gray                           # bad: blue
+      percent: 5                         # bad: 101
+      methods:
+        - GET                            # bad: \"G T\"
+      max_in_flight: 64                  # bad: -1
     guard:
       max_error_rate: 0.05               # bad: 2.5
       min_requests: 50                   # bad: lots

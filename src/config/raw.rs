@@ -93,6 +93,26 @@ pub(super) struct RawService {
     pub(super) guard: Option<RawGuard>,
     #[serde(default)]
     pub(super) vary_markers: bool,
+    #[serde(default)]
+    pub(super) mirror: Option<RawMirror>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMirror {
+    pub(super) to: String,
+    pub(super) percent: f64,
+    #[serde(default = "mirror_methods")]
+    pub(super) methods: Vec<String>,
+    #[serde(default = "sixty_four")]
+    pub(super) max_in_flight: usize,
+}
+
+pub(super) fn mirror_methods() -> Vec<String> {
+    vec!["GET".into(), "HEAD".into()]
+}
+pub(super) fn sixty_four() -> usize {
+    64
 }
 
 #[derive(Debug, Default, Deserialize)]

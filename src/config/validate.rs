@@ -365,7 +365,12 @@ impl Validator<'_> {
                 })
             }
         };
+        let mirror = match s.mirror {
+            None => None,
+            Some(m) => Some(self.mirror(&p.key("mirror"), m, &pools)?),
+        };
         Ok(Service {
+            mirror,
             name: s.name,
             host,
             path_prefix: s.matcher.path_prefix,
@@ -415,6 +420,38 @@ impl Validator<'_> {
                 .and_then(|d| d.0)
                 .filter(|d| !d.is_zero())
                 .unwrap_or(Duration::from_secs(30)),
+        })
+    }
+
+    fn mirror(&self, p: &YamlPath, m: RawMirror, pools: &[Pool]) -> VResult<Mirror> {
+        let to = pools.iter().position(|x| x.name == m.to).ok_or_else(|| {
+            self.err_at(&p.key("to"), format!("the service has no pool {:?}", m.to))
+        })?;
+        if pools[to].id == STABLE {
+            return Err(self.err_at(&p.key("to"), "copies go to another pool than stable"));
+        }
+        let h = m.percent * 100.0;
+        if !(0.0..=100.0).contains(&m.percent) || (h - h.round()).abs() > 1e-6 {
+            return Err(self.err_at(
+                &p.key("percent"),
+                "must be in [0, 100] with at most two decimals",
+            ));
+        }
+        let mut methods = Vec::with_capacity(m.methods.len());
+        for (i, name) in m.methods.iter().enumerate() {
+            let method = http::Method::from_bytes(name.trim().as_bytes()).map_err(|_| {
+                self.err_at(
+                    &p.key("methods").index(i),
+                    format!("invalid method {name:?}"),
+                )
+            })?;
+            methods.push(method);
+        }
+        Ok(Mirror {
+            to,
+            threshold: h.round() as u32,
+            methods,
+            max_in_flight: m.max_in_flight,
         })
     }
 

@@ -107,6 +107,37 @@ impl RouteMetrics {
     }
 }
 
+/// How a copy went; the `result` label of `mirror_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorResult {
+    /// Its status class equals the real answer's.
+    Match,
+    /// It does not.
+    Mismatch,
+    /// No answer: no endpoint, a connect or exchange failure, or no head in time.
+    Error,
+    /// Not sent: `max_in_flight` copies were already out.
+    Dropped,
+}
+
+impl MirrorResult {
+    pub const ALL: [MirrorResult; 4] = [
+        MirrorResult::Match,
+        MirrorResult::Mismatch,
+        MirrorResult::Error,
+        MirrorResult::Dropped,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            MirrorResult::Match => "match",
+            MirrorResult::Mismatch => "mismatch",
+            MirrorResult::Error => "error",
+            MirrorResult::Dropped => "dropped",
+        }
+    }
+}
+
 // === ListenerMetrics ===
 
 /// Connection-level gauges of one listener, kept by the accept loop.
@@ -136,6 +167,8 @@ pub struct ServiceMetrics {
     pub(super) rehomed: Vec<Vec<IntCounter>>,
     /// `shadow_moves_total`, indexed `[from][to]` like `rehomed`.
     pub(super) shadow_moves: Vec<Vec<IntCounter>>,
+    /// `mirror_requests_total`, indexed like [`MirrorResult::ALL`].
+    pub(super) mirror: [IntCounter; 4],
     /// `gray_tripped{service}`.
     pub(super) gray_tripped: IntGauge,
     /// Where out-of-range indices land.
@@ -180,6 +213,12 @@ impl ServiceMetrics {
             .get(from)
             .and_then(|r| r.get(to))
             .unwrap_or(&self.sink)
+    }
+
+    /// `mirror_requests_total{service,result}`.
+    pub fn mirror(&self, r: MirrorResult) -> &IntCounter {
+        let i = MirrorResult::ALL.iter().position(|x| *x == r).unwrap_or(0);
+        self.mirror.get(i).unwrap_or(&self.sink)
     }
 
     /// `shadow_moves_total{service,from,to}`: requests the candidate ruleset would send

@@ -27,6 +27,7 @@ pub(super) struct Families {
     pub(super) rehomed: IntCounterVec,
     pub(super) shadow_moves: IntCounterVec,
     pub(super) shadow_hits: IntCounterVec,
+    pub(super) mirror: IntCounterVec,
     pub(super) endpoint_up: IntGaugeVec,
     pub(super) marker_invalid: IntCounterVec,
     pub(super) reloads: IntCounterVec,
@@ -98,6 +99,11 @@ impl Families {
                 "graylane_shadow_moves_total",
                 "Requests the shadow ruleset would send to another pool than the live one.",
                 &["service", "from", "to"],
+            )?,
+            mirror: counters(
+                "graylane_mirror_requests_total",
+                "Mirrored copies by how their status class compared with the real answer's.",
+                &["service", "result"],
             )?,
             shadow_hits: counters(
                 "graylane_shadow_rule_hits_total",

@@ -16,7 +16,9 @@
 mod children;
 mod families;
 
-pub(crate) use children::{ListenerMetrics, ReloadResult, RouteMetrics, ServiceMetrics};
+pub(crate) use children::{
+    ListenerMetrics, MirrorResult, ReloadResult, RouteMetrics, ServiceMetrics,
+};
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -114,6 +116,7 @@ impl Sink {
             retries: Vec::new(),
             rehomed: Vec::new(),
             shadow_moves: Vec::new(),
+            mirror: std::array::from_fn(|_| counter.clone()),
             gray_tripped: gauge.clone(),
             sink: counter.clone(),
         };
@@ -223,6 +226,9 @@ impl Metrics {
                 retries,
                 rehomed,
                 shadow_moves,
+                mirror: table(MirrorResult::ALL, |r| {
+                    f.mirror.get_metric_with_label_values(&[name, r.label()])
+                })?,
                 gray_tripped: f.gray_tripped.get_metric_with_label_values(&[name])?,
                 sink: sink.counter.clone(),
             });

@@ -440,7 +440,7 @@ impl<'a> Forward<'a> {
 
 /// A failed exchange: why, the message to log, and the request head when the client
 /// hands it back (HTTP/1.1), so a further attempt need not have copied it.
-struct Failed {
+pub(super) struct Failed {
     error: AttemptError,
     message: String,
     head: Option<HeaderMap>,
@@ -450,7 +450,7 @@ struct Failed {
 }
 
 /// One exchange with `ep` over the pool's protocol.
-async fn exchange(
+pub(super) async fn exchange(
     shared: &Shared,
     protocol: Protocol,
     ep: &Endpoint,

@@ -6,16 +6,18 @@
 
 mod forward;
 pub(crate) mod headers;
+mod mirror;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
-use crate::config::GRAY;
+use crate::config::{GRAY, STABLE};
 use crate::error::{FallbackReason, Refusal};
 use crate::longlink::{self, Handshake};
 use crate::markers::Markers;
@@ -77,6 +79,7 @@ pub(crate) async fn handle(
     });
 
     // === admit: a tripped guard sends gray traffic to stable ===
+    let decided = pool;
     let (pool, gray_admitted) = admit(shared, service, pool);
 
     // === forward: the upstream head, then the attempts ===
@@ -89,6 +92,9 @@ pub(crate) async fn handle(
         client_upgrade.is_some(),
     );
     drop(live);
+    let copy = (client_upgrade.is_none() && svc.pools[decided].id == STABLE)
+        .then(|| mirror_head(svc, &parts, markers.uid, body.is_end_stream()))
+        .flatten();
     let head = std::mem::take(&mut parts.headers);
     let mut forward = Forward::new(
         shared,
@@ -104,6 +110,17 @@ pub(crate) async fn handle(
         Replay::new(body),
     );
     let (mut resp, final_pool) = forward.run().await;
+
+    if let Some(h) = copy {
+        mirror::send(
+            shared,
+            service,
+            parts.method.clone(),
+            &parts.uri,
+            h,
+            resp.status(),
+        );
+    }
 
     // === respond: open the tunnel of a 101, count, log ===
     let tunnel = match (client_upgrade, handshake) {
@@ -259,6 +276,18 @@ fn count_shadow(
     if to != from {
         shared.metrics.service(service).shadow_move(from, to).inc();
     }
+}
+
+/// A copy of the upstream head for the service's mirror, when this stable-routed request
+/// is one it copies.
+fn mirror_head(
+    svc: &crate::config::Service,
+    parts: &http::request::Parts,
+    uid: Option<u64>,
+    no_body: bool,
+) -> Option<HeaderMap> {
+    let m = svc.mirror.as_ref()?;
+    mirror::wanted(m, &svc.name, &parts.method, uid, !no_body).then(|| parts.headers.clone())
 }
 
 /// The request's markers, counting invalid ones. An untrusted peer's marker headers are
