@@ -28,3 +28,14 @@ services:
       stable: { endpoints: [\"127.0.0.1:1\"] }
       gray: { endpoints: [\"127.0.0.1:2\"] }
 ";
+
+/// The proxy state for [`MIN_CONFIG`] with `rules` compiled, for modules that read it
+/// (the status page, the admin bodies) without serving.
+pub(crate) fn shared_with_rules(rules: &str) -> std::sync::Arc<crate::state::Shared> {
+    let dir = std::path::Path::new("/nonexistent");
+    let cfg =
+        crate::config::Config::from_str(MIN_CONFIG, "graylane.yaml", dir).expect("test config");
+    let compiled =
+        crate::rules::compile(rules, "rules.yaml", dir, &cfg.topology()).expect("test rules");
+    std::sync::Arc::new(crate::state::Shared::new(cfg, compiled).expect("test state"))
+}

@@ -1,11 +1,16 @@
 //! The admin listener (SPEC §5): `/metrics`, `/healthz`, `/readyz`, `/rules`,
-//! `/explain`, `POST /reload`, and the guard switches.
+//! `/explain`, `POST /reload`, the guard switches, and the status page (SPEC §10).
 //!
 //! - `explain`: `/explain` and `graylane explain`: a decision described without traffic.
+//! - `guard`, `rules`: the `/guard`, `/rules`, `/rules/history` and `/shadow` bodies.
+//! - `status`: `/status` and the sampled history behind its charts.
+//! - `page`: `/`, the status page drawn from `/status`.
 
 mod explain;
 mod guard;
+mod page;
 mod rules;
+mod status;
 
 pub(crate) use rules::rules_json;
 
@@ -23,7 +28,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -86,6 +91,9 @@ async fn serve(
             }
         },
     };
+    let history = Arc::new(status::History::new());
+    history.sample(&shared);
+    let sampler = tokio::spawn(status::sampler(shared.clone(), history.clone()));
     let mut conns = JoinSet::new();
     loop {
         while conns.try_join_next().is_some() {}
@@ -100,17 +108,17 @@ async fn serve(
             },
             _ = stop.changed() => break,
         };
-        let shared = shared.clone();
-        let reloader = reloader.clone();
-        let token = token.clone();
+        let ctx = Ctx {
+            shared: shared.clone(),
+            reloader: reloader.clone(),
+            history: history.clone(),
+            token: token.clone(),
+        };
         conns.spawn(async move {
+            let ctx = Arc::new(ctx);
             let svc = service_fn(move |req| {
-                let shared = shared.clone();
-                let reloader = reloader.clone();
-                let token = token.clone();
-                async move {
-                    Ok::<_, Infallible>(handle(req, &shared, &reloader, token.as_deref()).await)
-                }
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -118,6 +126,15 @@ async fn serve(
         });
     }
     conns.abort_all();
+    sampler.abort();
+}
+
+/// What every admin request may need.
+struct Ctx {
+    shared: Arc<Shared>,
+    reloader: Arc<Reloader>,
+    history: Arc<status::History>,
+    token: Option<Arc<str>>,
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<DownBody> {
@@ -130,7 +147,7 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<DownBody> {
     r
 }
 
-fn json_response(status: StatusCode, v: &Value) -> Response<DownBody> {
+fn json_response(status: StatusCode, v: &impl serde::Serialize) -> Response<DownBody> {
     let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
     body.push(b'\n');
     let mut r = Response::new(DownBody::full(body));
@@ -142,12 +159,8 @@ fn json_response(status: StatusCode, v: &Value) -> Response<DownBody> {
     r
 }
 
-async fn handle(
-    req: Request<Incoming>,
-    shared: &Shared,
-    reloader: &Reloader,
-    token: Option<&str>,
-) -> Response<DownBody> {
+async fn handle(req: Request<Incoming>, ctx: &Ctx) -> Response<DownBody> {
+    let (shared, reloader, token) = (&*ctx.shared, &*ctx.reloader, ctx.token.as_deref());
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
     if req.method() == Method::POST {
@@ -197,6 +210,21 @@ async fn handle(
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
             r
+        }
+        "/" => {
+            let page = page::render(&status::status(shared, &ctx.history));
+            let mut r = text(StatusCode::OK, page);
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        "/status" => {
+            // Serialized from the typed document, so fields keep their order.
+            json_response(StatusCode::OK, &status::status(shared, &ctx.history))
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {

@@ -3,10 +3,13 @@
 
 use std::time::Duration;
 
+use prometheus::core::Metric as _;
 use prometheus::{Histogram, IntCounter, IntGauge};
 
 use crate::config::PoolId;
 use crate::error::{FallbackReason, UpstreamErrorKind};
+
+pub(crate) use super::families::DURATION_BUCKETS;
 
 /// `code` label values of `requests_total`, indexed by [`code_index`].
 pub(super) const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -105,6 +108,32 @@ impl RouteMetrics {
     pub fn websockets(&self) -> &IntGauge {
         &self.websockets
     }
+
+    /// Every count of this route at one moment, for the status page's history: read by
+    /// the admin sampler every few seconds, never by a request.
+    pub(crate) fn counts(&self) -> RouteCounts {
+        let proto = self.duration.metric();
+        let mut buckets = [0u64; DURATION_BUCKETS.len()];
+        for (b, pb) in buckets.iter_mut().zip(proto.get_histogram().get_bucket()) {
+            *b = pb.cumulative_count();
+        }
+        RouteCounts {
+            codes: std::array::from_fn(|i| self.codes[i].get()),
+            buckets,
+            websockets: self.websockets.get(),
+        }
+    }
+}
+
+/// A [`RouteMetrics`] read at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RouteCounts {
+    /// Answered requests per status class, indexed like `CODE_CLASSES`.
+    pub(crate) codes: [u64; 5],
+    /// Cumulative counts of `request_duration_seconds` at each of [`DURATION_BUCKETS`].
+    pub(crate) buckets: [u64; DURATION_BUCKETS.len()],
+    /// Open long links (a gauge).
+    pub(crate) websockets: i64,
 }
 
 /// How a copy went; the `result` label of `mirror_requests_total`.

@@ -8,7 +8,7 @@ use prometheus::{
 
 /// Latency buckets in seconds: sub-millisecond for a local proxy hop up to the 30 s
 /// default `upstream_response` timeout, roughly ×2–2.5 apart so p50/p99 stay readable.
-pub(super) const DURATION_BUCKETS: [f64; 15] = [
+pub(crate) const DURATION_BUCKETS: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 

@@ -17,7 +17,8 @@ mod children;
 mod families;
 
 pub(crate) use children::{
-    ListenerMetrics, MirrorResult, ReloadResult, RouteMetrics, ServiceMetrics,
+    ListenerMetrics, MirrorResult, ReloadResult, RouteCounts, RouteMetrics, ServiceMetrics,
+    DURATION_BUCKETS,
 };
 
 use std::fmt;
@@ -32,7 +33,7 @@ use crate::config::{Config, STABLE};
 use crate::error::{FallbackReason, UpstreamErrorKind};
 use crate::markers::MarkerKind;
 use children::CODE_CLASSES;
-use families::{table, Families, DURATION_BUCKETS};
+use families::{table, Families};
 
 /// Label value of `service` and `pool` for requests no service matched (SPEC §3).
 pub(crate) const UNROUTED: &str = "-";

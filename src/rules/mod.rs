@@ -261,6 +261,11 @@ impl RuleSet {
         self.rules.iter().map(|r| (&*r.name, r.fingerprint))
     }
 
+    /// Each rule's name and the pool it routes to, in order, for the status page.
+    pub(crate) fn routes(&self) -> impl Iterator<Item = (&str, PoolId)> {
+        self.rules.iter().map(|r| (&*r.name, r.route))
+    }
+
     /// Every rule name in order, so metrics can pre-resolve `rule_hits_total` children.
     pub fn rule_names(&self) -> impl Iterator<Item = &str> {
         self.rules.iter().map(|r| &*r.name)
