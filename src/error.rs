@@ -85,6 +85,8 @@ pub(crate) enum Refusal {
     NoService,
     /// An HTTP/1.1 request without `Host`, or one with several or an invalid one.
     BadHost,
+    /// `CONNECT`: a reverse proxy opens no tunnels to where a client names.
+    Connect,
     /// The chosen pool has no endpoint up and may not fall back (`on_unavailable: fail`).
     PoolUnavailable,
     /// Stable has no endpoint at all to try.
@@ -108,6 +110,7 @@ impl Refusal {
         match self {
             Refusal::NoService => S::NOT_FOUND,
             Refusal::BadHost => S::BAD_REQUEST,
+            Refusal::Connect => S::NOT_IMPLEMENTED,
             Refusal::PoolUnavailable => S::SERVICE_UNAVAILABLE,
             Refusal::NoEndpoint | Refusal::BadUpstreamAddress => S::BAD_GATEWAY,
             Refusal::Upstream(UpstreamErrorKind::Timeout) => S::GATEWAY_TIMEOUT,
@@ -126,6 +129,7 @@ impl Refusal {
         match self {
             Refusal::NoService => "graylane: no service for this request\n",
             Refusal::BadHost => "graylane: missing, repeated or invalid Host\n",
+            Refusal::Connect => "graylane: CONNECT is not supported\n",
             Refusal::PoolUnavailable => "graylane: no healthy endpoint in the chosen pool\n",
             Refusal::NoEndpoint => "graylane: no upstream endpoint\n",
             Refusal::BadUpstreamAddress => "graylane: bad upstream address\n",
@@ -148,6 +152,7 @@ impl Refusal {
         match self {
             Refusal::NoService
             | Refusal::BadHost
+            | Refusal::Connect
             | Refusal::BodyCutOff
             | Refusal::BodyStalled
             | Refusal::HeadTimeout => Fault::Client,

@@ -328,13 +328,15 @@ impl<'a> Forward<'a> {
         result: Result<Result<Response<DownBody>, Failed>, Deadline>,
     ) -> Result<Response<DownBody>, (AttemptError, bool)> {
         let (error, message, connect) = match result {
-            // RFC 9110 §15.2.2: a server must not switch protocols unasked. Passing the
-            // 101 on would hand the client a connection in an unknown protocol.
+            // RFC 9110 §7.8, §15.2.2: a server switches only to a protocol the client
+            // asked for, and graylane only ever asks for WebSocket. Passing another 101
+            // on would hand the client a connection in an unknown protocol.
             Ok(Ok(resp))
-                if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS && !self.websocket =>
+                if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                    && !(self.websocket && upgrades_to_websocket(resp.headers())) =>
             {
                 ep.report(EndpointOutcome::Connected);
-                tracing::warn!(service = %self.svc.name, pool = %self.svc.pools[self.pool].name, endpoint = %ep.label(), "upstream switched protocols without being asked; answering 502");
+                tracing::warn!(service = %self.svc.name, pool = %self.svc.pools[self.pool].name, endpoint = %ep.label(), "upstream switched to a protocol the client did not ask for; answering 502");
                 return Err((AttemptError::Upstream(UpstreamErrorKind::Protocol), false));
             }
             Ok(Ok(resp)) => {
@@ -526,4 +528,14 @@ async fn response_deadline(body: &Replay, timeout: Duration) -> Deadline {
     }
     tokio::time::sleep(timeout).await;
     Deadline::NoHead
+}
+
+/// Whether a 101 names WebSocket (RFC 6455 §4.1: `Upgrade: websocket`, case-insensitive)
+/// as what it switches to.
+fn upgrades_to_websocket(headers: &http::HeaderMap) -> bool {
+    let mut upgrades = headers.get_all(http::header::UPGRADE).iter();
+    match (upgrades.next(), upgrades.next()) {
+        (Some(v), None) => v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"),
+        _ => false,
+    }
 }

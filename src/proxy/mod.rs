@@ -37,6 +37,9 @@ pub(crate) async fn handle(
     let start = Instant::now();
     let client_upgrade = is_websocket(&req).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    if parts.method == http::Method::CONNECT {
+        return refuse_unrouted(shared, conn, start, Refusal::Connect);
+    }
     if let Some(refusal) = host_problem(&parts) {
         return refuse_unrouted(shared, conn, start, refusal);
     }
@@ -356,10 +359,66 @@ fn host_problem(parts: &http::request::Parts) -> Option<Refusal> {
         (None, _) if parts.version == http::Version::HTTP_11 => Some(Refusal::BadHost),
         (None, _) => None,
         (Some(_), Some(_)) => Some(Refusal::BadHost),
-        (Some(h), None) => http::uri::Authority::try_from(h.as_bytes())
-            .is_err()
-            .then_some(Refusal::BadHost),
+        (Some(h), None) => (!valid_host(h.as_bytes())).then_some(Refusal::BadHost),
     }
+}
+
+/// RFC 9110 §7.2 and RFC 3986 §3.2.2–3: `uri-host [ ":" port ]`, where the host is an IP
+/// literal in brackets or a reg-name (unreserved, percent-encoded or sub-delims bytes)
+/// and the port is digits. Stricter than `http::uri::Authority`, which takes userinfo
+/// (`evil@t`) and a port of letters: both would reach the upstream as they came, and a
+/// name-based virtual host behind it could read them otherwise than graylane routed.
+fn valid_host(h: &[u8]) -> bool {
+    let (host, port) = match h.first() {
+        Some(b'[') => match h.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let inside = &h[1..end];
+                let ip = !inside.is_empty()
+                    && inside
+                        .iter()
+                        .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'));
+                if !ip {
+                    return false;
+                }
+                (&h[..=end], &h[end + 1..])
+            }
+            None => return false,
+        },
+        _ => match h.iter().position(|&b| b == b':') {
+            Some(colon) => (&h[..colon], &h[colon..]),
+            None => (h, &h[h.len()..]),
+        },
+    };
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    port_ok && !host.is_empty() && (host[0] == b'[' || reg_name(host))
+}
+
+fn reg_name(h: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(&b) = h.get(i) {
+        let ok = match b {
+            b'%' => {
+                let hex = h.get(i + 1..i + 3);
+                if !hex.is_some_and(|x| x.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 2;
+                true
+            }
+            b'-' | b'.' | b'_' | b'~' => true,
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => true,
+            b => b.is_ascii_alphanumeric(),
+        };
+        if !ok {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// The host a request addresses, without port: the URI authority (HTTP/2, absolute
@@ -409,4 +468,33 @@ fn is_websocket<B>(req: &Request<B>) -> bool {
     req.version() == http::Version::HTTP_11
         && has_token(header::CONNECTION, "upgrade")
         && has_token(header::UPGRADE, "websocket")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_host;
+
+    #[test]
+    fn hosts_follow_rfc_3986() {
+        for ok in [
+            "t",
+            "t:80",
+            "t:",
+            "chat.example.com",
+            "127.0.0.1:8080",
+            "[::1]",
+            "[::1]:443",
+            "[2001:db8::1]",
+            "a%2Db",
+            "x_y~z",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok} refused");
+        }
+        for bad in [
+            "", "t:abc", "evil@t", "t:80:90", "[::1", "[]", "[::1]x", ":80", "a b", "a/b", "a%zz",
+            "a%2", "t\u{7f}", "é",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad} accepted");
+        }
+    }
 }
