@@ -10,6 +10,7 @@
 #   --requests N   measured requests (default 8000), after 200 warm-up requests
 #   --guard  also run each binary with a guard on the service (comparison with stable and
 #            the latency guard on), for its cost on the request path
+#   --shadow also run each binary with a shadow ruleset (a second decision per request)
 # Each binary runs under callgrind with the load benchmark's config (1 worker, metrics
 # and a 1% access log on) in front of the load benchmark's upstream nginx; one client
 # connection sends the requests one after another (seq_client.py, uids.lua's mix), so
@@ -21,13 +22,15 @@ source "$(dirname "$0")/lib.sh"
 
 N=8000
 GUARD=0
+SHADOW=0
 BINS=()
 while [[ $# -gt 0 ]]; do
     case $1 in
     --requests) N=$2; shift ;;
     --no-build) export NO_BUILD=1 ;;
     --guard) GUARD=1 ;;
-    -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+    --shadow) SHADOW=1 ;;
+    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
     -*) die "unknown argument $1 (see --help)" ;;
     *) BINS+=("$1") ;;
     esac
@@ -69,10 +72,15 @@ sed -e '/gray:   { endpoints/a\    guard: { max_error_rate: 0.05, min_requests: 
     "$RUN_DIR/graylane.yaml" >"$RUN_DIR/graylane-guard.yaml"
 grep -q 'guard:' "$RUN_DIR/graylane-guard.yaml" || die "could not add the guard to the config"
 
+# The same config with a shadow ruleset: the load's ruleset widened, decided beside it.
+{ cat "$RUN_DIR/graylane.yaml"; echo "shadow_rules_file: rules.next.yaml"; } >"$RUN_DIR/graylane-shadow.yaml"
+sed -e 's/10000000-10499999/10000000-10999999/' "$RUN_DIR/rules.yaml" >"$RUN_DIR/rules.next.yaml"
+
 RUNS=()
 for bin in "${BINS[@]}"; do
     RUNS+=("$bin|graylane.yaml")
     [[ $GUARD == 1 ]] && RUNS+=("$bin|graylane-guard.yaml")
+    [[ $SHADOW == 1 ]] && RUNS+=("$bin|graylane-shadow.yaml")
 done
 
 printf '| binary | config | instructions per request |\n|---|---|---|\n'
