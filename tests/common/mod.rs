@@ -1,6 +1,8 @@
 //! Test harness: a real graylane and real upstream HTTP servers on 127.0.0.1, port 0.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod cdp;
+pub mod hostile;
 pub mod raw;
 
 #[allow(unused_imports)]
