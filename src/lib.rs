@@ -12,17 +12,17 @@
 //! | `markers` | reads the `xdw-kefu-*` markers from headers, cookies, query ([`MarkerReader`]) | §1 |
 //! | `routing` | picks the service by host and longest path prefix | §3 services |
 //! | `rules` | `rules.yaml` → [`RuleSet`]; `decide()` is pure; ramps, owner/expires | §2, §9.2, §9.3 |
-//! | `state` | [`Shared`], the `Live` snapshot a reload swaps, what a connection knows | §2 reload |
-//! | `proxy` | `handle`: markers → decide → admit → forward → respond; `forward`: attempts, retries, fallback; `headers`: hop-by-hop, `x-forwarded-*` | §3 forwarding, retries, fallback |
+//! | `state` | [`Shared`], the `Live` snapshot a reload swaps (with the shadow candidate), what a connection knows; `history`: reload outcomes | §2 reload, §9.4, §9.6 |
+//! | `proxy` | `handle`: markers → decide → admit → forward → respond; `forward`: attempts, retries, fallback; `headers`: hop-by-hop, `x-forwarded-*`; `mirror` | §3 forwarding, retries, fallback, §9.5 |
 //! | `guard` | the rollback breaker: gray judged against stable (errors, latency) | §3 guard, §9.1 |
 //! | `upstream` | endpoints, DNS, health and ejection, picking; `h1`: graylane's HTTP/1.1 client; `h2` | §3 endpoints, health |
 //! | `longlink` | WebSocket relays, re-homing after a reload, closing last in a drain | §4 |
 //! | `error` | every answer graylane makes itself, mapped exhaustively to a status | §3 failures |
 //! | `metrics` | the Prometheus registry, children resolved at load | §6 |
 //! | `reload`, `watch` | file watching, SIGHUP, `POST /reload` → one `ArcSwap` store; history | §2 reload, §9.6 |
-//! | `admin` | `/metrics`, `/healthz`, `/readyz`, `/rules`, `/rules/history`, `/explain`, `/reload`, `/guard` | §5, §9 |
+//! | `admin` | `/metrics`, `/healthz`, `/readyz`, `/rules`, `/rules/history`, `/shadow`, `/explain`, `/reload`, `/guard`; `status`, `page`: `/status` and the status page `/` | §5, §9, §10 |
 //! | `lifecycle` | [`Graylane`]: the server and the admin listener side by side, the order of a drain | §8 |
-//! | [`tools`] | offline release tools: `plan-ranges`, `replay` | §9.4 |
+//! | [`tools`] | offline release tools `plan-ranges`, `replay`; `status` across replicas | §9.4, §11 |
 //! | `worker` | what each worker thread keeps for itself | — |
 //! | [`demo`] | the built-in sample config with its demo upstreams | §7 `demo` |
 //!

@@ -1,4 +1,5 @@
-//! graylane command line: `run`, `check`, `explain`, `demo` (SPEC §7).
+//! graylane command line: `run`, `check`, `explain`, `demo` (SPEC §7), the release tools
+//! `plan-ranges` and `replay` (SPEC §9.4), and `status` across replicas.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -78,6 +79,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// One table across running replicas (rules sha256 and version, guards, gray share);
+    /// exit 1 when they disagree or one does not answer.
+    Status {
+        /// A replica's admin listener, `http://host:port` (repeatable).
+        #[arg(long = "admin", required = true)]
+        admins: Vec<String>,
+        /// Print JSON: every replica's /status and the disagreements.
+        #[arg(long)]
+        json: bool,
+    },
     /// Plan contiguous UID ranges holding at most a target share of the traffic.
     PlanRanges {
         /// CSV of `uid,requests` lines (e.g. 7-day inbound counts per user).
@@ -131,6 +142,7 @@ fn main() -> ExitCode {
             graylane::tools::replay::run(&config, &rules, &log, json, &mut std::io::stdout().lock())
                 .map_err(anyhow::Error::from)
         }
+        Cmd::Status { admins, json } => return status_cmd(&admins, json),
         Cmd::PlanRanges {
             volumes,
             target,
@@ -156,6 +168,25 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `graylane status`: exit 0 when the replicas agree, 1 when not (or on a usage error).
+fn status_cmd(admins: &[String], json: bool) -> ExitCode {
+    use graylane::tools::status;
+    let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
+        let replicas = rt
+            .block_on(status::fetch_all(admins))
+            .map_err(|e| e.to_string())?;
+        status::print(&replicas, json, &mut std::io::stdout().lock()).map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }

@@ -130,36 +130,7 @@ impl Validator<'_> {
             )?,
         };
 
-        let mut markers = MarkerNames::default();
-        for (name, src) in raw.markers {
-            let p = root.key("markers").key(&name);
-            let Some(kind) = MarkerKind::from_name(&name) else {
-                return Err(LocatedError::new(
-                    self.file,
-                    self.pos.key(&p),
-                    format!(
-                        "markers: unknown marker {name:?} (expected uid, staff_uid, agent_gid, entry_id, app_version or device)"
-                    ),
-                ));
-            };
-            let slot = &mut markers.sources[kind as usize];
-            if let Some(h) = src.header {
-                slot.header = match h {
-                    Some(h) => Some(
-                        self.header_name(&p.key("header"), Some(h))?
-                            .map(|n| n.as_str().to_owned())
-                            .unwrap_or_default(),
-                    ),
-                    None => None,
-                };
-            }
-            if let Some(c) = src.cookie {
-                slot.cookie = self.nonempty(&p.key("cookie"), c)?;
-            }
-            if let Some(q) = src.query {
-                slot.query = self.nonempty(&p.key("query"), q)?;
-            }
-        }
+        let markers = self.markers(&root, raw.markers)?;
 
         let t = raw.timeouts;
         let tp = root.key("timeouts");
@@ -187,18 +158,7 @@ impl Validator<'_> {
                 .map(|n| n.get())
                 .unwrap_or(1),
         };
-        // `vary_markers`: Cookie (when any marker is read from a cookie) and every marker
-        // header, the inputs a response's pool depends on.
-        let mut vary: Vec<&str> = Vec::new();
-        if markers.sources.iter().any(|s| s.cookie.is_some()) {
-            vary.push("Cookie");
-        }
-        for h in markers.sources.iter().filter_map(|s| s.header.as_deref()) {
-            if !vary.contains(&h) {
-                vary.push(h);
-            }
-        }
-        let vary = http::HeaderValue::from_str(&vary.join(", ")).ok();
+        let vary = vary_value(&markers);
         for s in services.iter_mut().filter(|s| s.vary.is_some()) {
             s.vary = vary.clone();
         }
@@ -240,6 +200,45 @@ impl Validator<'_> {
                 }
             },
         })
+    }
+
+    /// `markers:` over the default names; a header name is checked like any header's.
+    fn markers(
+        &self,
+        root: &YamlPath,
+        raw: std::collections::BTreeMap<String, RawMarkerSource>,
+    ) -> VResult<MarkerNames> {
+        let mut markers = MarkerNames::default();
+        for (name, src) in raw {
+            let p = root.key("markers").key(&name);
+            let Some(kind) = MarkerKind::from_name(&name) else {
+                return Err(LocatedError::new(
+                    self.file,
+                    self.pos.key(&p),
+                    format!(
+                        "markers: unknown marker {name:?} (expected uid, staff_uid, agent_gid, entry_id, app_version or device)"
+                    ),
+                ));
+            };
+            let slot = &mut markers.sources[kind as usize];
+            if let Some(h) = src.header {
+                slot.header = match h {
+                    Some(h) => Some(
+                        self.header_name(&p.key("header"), Some(h))?
+                            .map(|n| n.as_str().to_owned())
+                            .unwrap_or_default(),
+                    ),
+                    None => None,
+                };
+            }
+            if let Some(c) = src.cookie {
+                slot.cookie = self.nonempty(&p.key("cookie"), c)?;
+            }
+            if let Some(q) = src.query {
+                slot.query = self.nonempty(&p.key("query"), q)?;
+            }
+        }
+        Ok(markers)
     }
 
     fn listener(&self, p: &YamlPath, l: RawListener) -> VResult<Listener> {
@@ -514,4 +513,19 @@ fn check_name(n: &str) -> Result<(), String> {
     } else {
         Err(format!("invalid name {n:?} (expected [a-z0-9_.-]{{1,64}})"))
     }
+}
+
+/// The `Vary` of `vary_markers` services: `Cookie` (when any marker is read from a cookie)
+/// and every marker header, the inputs a response's pool depends on.
+fn vary_value(markers: &MarkerNames) -> Option<http::HeaderValue> {
+    let mut vary: Vec<&str> = Vec::new();
+    if markers.sources.iter().any(|s| s.cookie.is_some()) {
+        vary.push("Cookie");
+    }
+    for h in markers.sources.iter().filter_map(|s| s.header.as_deref()) {
+        if !vary.contains(&h) {
+            vary.push(h);
+        }
+    }
+    http::HeaderValue::from_str(&vary.join(", ")).ok()
 }
