@@ -450,7 +450,8 @@ fn chart(
     }
     let _ = write!(h, "</svg><figcaption><b>{}</b>", esc(title));
     for l in lines {
-        let last = l.values.last().copied().flatten();
+        // The newest point with requests: a quiet last few seconds is not "no data".
+        let last = l.values.iter().rev().find_map(|v| *v);
         let _ = write!(
             h,
             " <span style=\"color:{}\">■</span> {} {}",

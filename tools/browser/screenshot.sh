@@ -4,7 +4,8 @@
 #   tools/browser/screenshot.sh [URL] [OUT.png]
 #
 # URL defaults to the admin status page, http://127.0.0.1:9901/; OUT to screenshot.png in
-# the current directory. Builds and starts `graylane demo` (which needs 127.0.0.1:8080,
+# the current directory; TRAFFIC=SECONDS sends demo requests first, WINDOW=W,H sizes the
+# shot. Builds and starts `graylane demo` (which needs 127.0.0.1:8080,
 # 8081 and 9901 free), waits until its admin listener answers, runs
 #   chromium --headless --screenshot=OUT --window-size=1280,900 URL
 # in a temporary profile, and stops the demo, however the script ends. Needs Debian's
@@ -31,9 +32,12 @@ fi
 command -v curl >/dev/null 2>&1 || die "curl is needed"
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in 8080 8081 9901; do
-    port_free "$port" || die "127.0.0.1:$port is taken; graylane demo needs 8080, 8081 and 9901"
-done
+ports_free() {
+    for port in 8080 8081 9901; do
+        port_free "$port" || die "127.0.0.1:$port is taken; graylane demo needs 8080, 8081 and 9901"
+    done
+}
+ports_free
 
 DEMO_PID=
 PROFILE=$(mktemp -d "${TMPDIR:-/tmp}/graylane-screenshot-XXXXXX")
@@ -61,6 +65,8 @@ trap 'exit 130' INT TERM
 
 log "building graylane (release)"
 (cd "$ROOT" && cargo build --release --locked --bin graylane >&2)
+# Again after the build, which can take minutes: the admin port must be the demo's.
+ports_free
 # The binary itself, not `cargo run`, so the pid stopped below is the demo's.
 "$ROOT/target/release/graylane" demo >"$DEMO_LOG" 2>&1 &
 DEMO_PID=$!
@@ -73,6 +79,26 @@ for _ in $(seq 100); do
 done
 curl -fsS -o /dev/null "$ADMIN/healthz" || die "the demo's admin listener did not answer within 20 s"
 
+# TRAFFIC=SECONDS: first send the demo's kinds of requests for that long (C-end users in and
+# out of the gray ranges and entry split, staff with the gray group cookie), so the status
+# page has numbers and chart points; one chart point is 10 s.
+TRAFFIC=${TRAFFIC:-0}
+if [[ $TRAFFIC -gt 0 ]]; then
+    log "sending demo traffic for ${TRAFFIC}s"
+    end=$((SECONDS + TRAFFIC))
+    i=0
+    while [[ $SECONDS -lt $end ]]; do
+        i=$((i + 1))
+        uid=$((10000000 + (i * 7919) % 1000000))
+        curl -s -o /dev/null http://127.0.0.1:8080/chat/send -H "xdw-kefu-uid: $uid" -H 'xdw-app-version: 5.3.0' || true
+        curl -s -o /dev/null http://127.0.0.1:8080/chat/send -H "xdw-kefu-entryid: 121338361121" -H "xdw-kefu-uid: $((30000000 + i))" || true
+        if ((i % 3 == 0)); then
+            curl -s -o /dev/null http://127.0.0.1:8081/api/tickets --cookie 'xdw-kefu-agent-gid=141338365001' || true
+            curl -s -o /dev/null http://127.0.0.1:8081/static/app.js --cookie "xdw-kefu-agent-gid=$((141338365000 + i % 4))" || true
+        fi
+    done
+fi
+
 STATUS=$(curl -s -o /dev/null -w '%{http_code}' "$URL" || true)
 log "$URL answers HTTP $STATUS"
 
@@ -82,7 +108,7 @@ rm -f "$OUT"
 timeout 60 "$CHROMIUM" --headless --no-sandbox --disable-gpu --no-first-run \
     --disable-background-networking --disable-component-update --disable-sync \
     --hide-scrollbars --user-data-dir="$PROFILE/profile" \
-    --screenshot="$OUT" --window-size=1280,900 "$URL" >"$PROFILE/chromium.log" 2>&1 || {
+    --screenshot="$OUT" --window-size="${WINDOW:-1280,900}" "$URL" >"$PROFILE/chromium.log" 2>&1 || {
     tail -n 20 "$PROFILE/chromium.log" >&2
     die "chromium failed"
 }
