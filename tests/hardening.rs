@@ -1414,20 +1414,9 @@ async fn rehome(n: usize, long_links: &str) -> (Vec<(Option<Duration>, String)>,
     let (up, upstream_closes) = ws_close_recorder().await;
     let rules = "rules:\n  - name: gray-users\n    when: { uid: { in: [1] } }\n    route: gray\n";
     let cfg = simple_config(up, up, &format!("{TIMEOUTS}\nlong_links: {long_links}"));
-    let p = match try_spawn_proxy(&cfg, rules).await {
-        Ok(p) => p,
-        // A build without `rehome_spread` still shows how it closes links.
-        Err(e) if e.contains("rehome_spread") && long_links.contains("rehome_spread: 0") => {
-            eprintln!("graylane refused rehome_spread ({e}); trying without it");
-            let cfg = simple_config(
-                up,
-                up,
-                &format!("{TIMEOUTS}\nlong_links: {{ rehome_grace: 1s }}"),
-            );
-            try_spawn_proxy(&cfg, rules).await.expect("proxy starts")
-        }
-        Err(e) => panic!("graylane refused long_links: {long_links}: {e}"),
-    };
+    let p = try_spawn_proxy(&cfg, rules)
+        .await
+        .unwrap_or_else(|e| panic!("graylane refused long_links: {long_links}: {e}"));
     let mut links = Vec::new();
     for _ in 0..n {
         let req = format!("ws://{}/im?xdw-kefu-uid=1", p.addr());

@@ -145,7 +145,11 @@ async fn long_link_idle_closes_quiet_links() {
 
 #[tokio::test]
 async fn reload_rehomes_only_the_moved_user() {
-    let p = setup_ws("long_links: { rehome_grace: 200ms }\n", RULES).await;
+    let p = setup_ws(
+        "long_links: { rehome_grace: 200ms, rehome_spread: 0 }\n",
+        RULES,
+    )
+    .await;
     let mut moved = connect(&p, "/im", &[("xdw-kefu-uid", "1")]).await;
     let mut kept = connect(&p, "/im", &[("xdw-kefu-uid", "2")]).await;
     let mut stable = connect(&p, "/im", &[("xdw-kefu-uid", "3")]).await;

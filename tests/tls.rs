@@ -81,8 +81,11 @@ async fn tls_connect(p: &Proxy, trust: &Cert, alpn: &[&[u8]]) -> (TlsIo, Option<
     (TokioIo::new(tls), proto)
 }
 
+/// Carries `Host` too: hyper's HTTP/1.1 client sends the absolute form without one, and
+/// an HTTP/1.1 request without `Host` is a 400 (RFC 9112 §3.2).
 fn req(uid: &str) -> http::Request<Empty<Bytes>> {
     http::Request::get("https://localhost/x")
+        .header("host", "localhost")
         .header("xdw-kefu-uid", uid)
         .body(Empty::new())
         .unwrap()

@@ -107,13 +107,18 @@ pub fn explain(shared: &Shared, req: &ExplainRequest) -> Result<Value, String> {
                     "rule": d.rule.map(|i| sh.rules.rule_name(i)),
                 })
             });
-            json!({
+            let mut answer = json!({
                 "service": svc.name,
                 "pool": svc.pools[pool].name,
                 "rule": live.rule_name(&decision),
                 "fallback": fallback.map(|f| f.label()),
-                "shadow": shadow,
-            })
+            });
+            // The key appears only while a candidate is loaded, so the contract's
+            // four-key answer is unchanged for everyone not shadowing.
+            if let (Some(shadow), Some(map)) = (shadow, answer.as_object_mut()) {
+                map.insert("shadow".into(), shadow);
+            }
+            answer
         }
     })
 }
