@@ -111,11 +111,12 @@ port_free() {
 }
 
 # wait_http URL [SECONDS] [PID] : waits until URL answers with any HTTP status; gives up
-# early when PID (the server expected to answer) has exited.
+# early when PID (the server expected to answer) has exited. https URLs are accepted with
+# any certificate (the benchmarks use a self-signed one).
 wait_http() {
     local url=$1 secs=${2:-15} pid=${3:-} i
     for i in $(seq 1 $((secs * 20))); do
-        if curl -s -o /dev/null --max-time 1 "$url"; then
+        if curl -s -k -o /dev/null --max-time 1 "$url"; then
             return 0
         fi
         [[ -z $pid ]] || kill -0 "$pid" 2>/dev/null || return 1
@@ -150,6 +151,21 @@ cpu_ticks() {
         total=$((total + t))
     done
     echo "$total"
+}
+
+# cpu_split PID... : "UTIME STIME" (user and kernel time) of all threads of these
+# processes, in clock ticks. /proc/PID/stat of a process sums all its threads, live and
+# exited, so one read per process covers a multi-threaded proxy.
+cpu_split() {
+    local p u=0 s=0 pu ps
+    for p in "$@"; do
+        [[ -r /proc/$p/stat ]] || continue
+        # Fields after "pid (comm) ": state is 1, utime 12, stime 13.
+        read -r pu ps < <(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12, $13}') || continue
+        u=$((u + pu))
+        s=$((s + ps))
+    done
+    echo "$u $s"
 }
 
 # rss_peak_kib PID... : sum of VmHWM (peak resident set) of these processes, in KiB.

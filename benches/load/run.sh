@@ -1,45 +1,78 @@
 #!/usr/bin/env bash
 # Side-by-side load benchmark: graylane vs nginx vs haproxy doing the same gray routing
-# (uid from the `xdw-kefu-uid` header, else cookie; uid in 10000000-10499999 -> gray),
-# plus a direct-to-upstream row (the load generator's and upstream's own ceiling).
+# (uid from the `xdw-kefu-uid` header, else cookie; uid in 10000000-10499999 -> gray).
+# Three modes, each with its own table:
+#   plain-h1  HTTP/1.1 keep-alive over plaintext, driven by wrk, plus a direct-to-upstream
+#             row (the load generator's and upstream's own ceiling)       (default)
+#   tls-h2    HTTP/2 over TLS (ALPN h2), driven by h2load                  (--tls)
+#   tls-h1    HTTP/1.1 over TLS (h2load --h1)                               (--tls)
+# Every row: req/s, p50, p99, and the proxy's CPU per request split into user and kernel
+# time (utime/stime of all its processes and threads, /proc/PID/stat).
 #
-# Usage: benches/load/run.sh [--quick] [--rounds N] [--duration SECONDS] [--warmup SECONDS]
-#                            [--connections N] [--workers "1 2"] [--no-build]
-#   --quick      1 round, 3 s per run, 1 s warm-up (under 60 s once built and installed)
-#   default      3 rounds, 10 s per run, 2 s warm-up
+# Usage: benches/load/run.sh [--tls | --all] [--quick] [--rounds N] [--no-build] [--out FILE]
+#          plain: [--duration SECONDS] [--warmup SECONDS] [--connections N] [--workers "1 2"]
+#          TLS:   [--requests N] [--tls-connections N] [--streams N] [--protos "h2 h1"]
+#   (none)       plain mode only; report to benches/load/results.md
+#   --tls        TLS modes only (1 worker each); report to benches/load/results-tls.md
+#   --all        plain and TLS modes, interleaved in each round; report to results.md
+#   --quick      1 round; plain 3 s per run after 1 s warm-up; TLS 40000 requests per run
+#   default      3 rounds; plain 10 s per run after 2 s warm-up, 64 connections, workers
+#                "1 2"; TLS 200000 requests per run after 20000 warm-up requests, h2load 1
+#                thread, 50 connections, 10 streams per connection for h2 (1 for h1)
 # Environment: PROXY_CPUS (default 1) and LOAD_CPUS (default 0) are `taskset -c` lists;
-# KEEP_RUN_DIR=1 keeps configs, logs and raw wrk output.
+# KEEP_RUN_DIR=1 keeps configs, logs and raw wrk/h2load output.
 #
-# Installs nginx, haproxy and wrk from Debian packages if missing (needs root), builds
-# graylane with `cargo build --release`, then for each round runs every (workers, proxy)
-# pair in a fixed interleaved order (direct, graylane, nginx, haproxy, direct, ...) so that
-# drift of the machine hits all of them alike. Each run starts the proxy fresh, checks its
-# routing with curl (fails loudly when a body is wrong), warms up, then measures with wrk.
-# Prints a markdown table and writes it to benches/load/results.md.
+# Installs nginx, haproxy, wrk (and for TLS nghttp2-client's h2load) from Debian packages
+# if missing (needs root), builds graylane with `cargo build --release`, then for each
+# round runs every (mode, workers, proxy) in a fixed interleaved order (direct, graylane,
+# nginx, haproxy, ...) so that drift of the machine hits all of them alike. Each run starts
+# the proxy fresh, checks its routing with curl over the same protocol (fails loudly when a
+# body is wrong), warms up, then measures. Prints markdown tables and writes them to the
+# report file; the raw rows are appended to results.tsv in the run directory.
 set -euo pipefail
 
 source "$(dirname "$0")/lib.sh"
 
-ARGS=$*
+ORIG_ARGS=("$@")
 ROUNDS=3
 DURATION=10
 WARMUP=2
 CONNS=64
 WORKERS_LIST="1 2"
+REQUESTS=200000
+TLS_CONNS=50
+STREAMS=10
+PROTOS="h2 h1"
+RUN_PLAIN=1
+RUN_TLS=0
+OUT=""
 while [[ $# -gt 0 ]]; do
     case $1 in
-    --quick) ROUNDS=1 DURATION=3 WARMUP=1 ;;
+    --quick) ROUNDS=1 DURATION=3 WARMUP=1 REQUESTS=40000 ;;
     --rounds) ROUNDS=$2; shift ;;
     --duration) DURATION=$2; shift ;;
     --warmup) WARMUP=$2; shift ;;
     --connections) CONNS=$2; shift ;;
     --workers) WORKERS_LIST=$2; shift ;;
+    --tls) RUN_PLAIN=0 RUN_TLS=1 ;;
+    --all) RUN_PLAIN=1 RUN_TLS=1 ;;
+    --requests) REQUESTS=$2; shift ;;
+    --tls-connections) TLS_CONNS=$2; shift ;;
+    --streams) STREAMS=$2; shift ;;
+    --protos) PROTOS=$2; shift ;;
+    --out) OUT=$2; shift ;;
     --no-build) export NO_BUILD=1 ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,33p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
     esac
     shift
 done
+for p in $PROTOS; do [[ $p == h2 || $p == h1 ]] || die "--protos takes h2 and/or h1, not '$p'"; done
+((REQUESTS >= TLS_CONNS)) || die "--requests must be at least --tls-connections"
+WARMUP_REQUESTS=$((REQUESTS / 10 > TLS_CONNS ? REQUESTS / 10 : TLS_CONNS))
+if [[ -z $OUT ]]; then
+    if [[ $RUN_PLAIN == 1 ]]; then OUT="$LOAD_DIR/results.md"; else OUT="$LOAD_DIR/results-tls.md"; fi
+fi
 
 PROXY_CPUS=${PROXY_CPUS:-1}
 LOAD_CPUS=${LOAD_CPUS:-0}
@@ -51,13 +84,27 @@ NGINX_PORT=18300
 HAPROXY_PORT=18400
 PATH_UNDER_TEST=/chat/send
 CLK_TCK=$(getconf CLK_TCK)
+# h2load sends the same headers on every request (it cannot vary them per request as
+# uids.lua does for wrk): a stable uid in the header, as 56% of wrk's requests carry.
+TLS_UID=52345678
+
+# The exact command, as it can be pasted again (environment that changes the placement
+# included).
+CMDLINE="bash benches/load/run.sh$(printf ' %q' "${ORIG_ARGS[@]+"${ORIG_ARGS[@]}"}")"
+[[ ${PROXY_CPUS} == 1 && ${LOAD_CPUS} == 0 ]] || CMDLINE="PROXY_CPUS=$PROXY_CPUS LOAD_CPUS=$LOAD_CPUS $CMDLINE"
+LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 trap cleanup EXIT
 make_run_dir
 RESULTS="$RUN_DIR/results.tsv"
 : >"$RESULTS"
+log "command: $CMDLINE"
+log "run directory: $RUN_DIR; load average at start: $LOADAVG_START"
 
-ensure_tools nginx:nginx haproxy:haproxy wrk:wrk curl:curl taskset:util-linux
+tools=(nginx:nginx haproxy:haproxy curl:curl taskset:util-linux)
+[[ $RUN_PLAIN == 1 ]] && tools+=(wrk:wrk)
+[[ $RUN_TLS == 1 ]] && tools+=(h2load:nghttp2-client openssl:openssl)
+ensure_tools "${tools[@]}"
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY_BIN=$(command -v haproxy || echo /usr/sbin/haproxy)
 build_graylane
@@ -66,11 +113,42 @@ for p in $STABLE_PORT $GRAY_PORT $GRAYLANE_PORT $ADMIN_PORT $NGINX_PORT $HAPROXY
     port_free "$p" || die "port $p on 127.0.0.1 is in use; stop whatever holds it"
 done
 
-# render TEMPLATE OUT WORKERS PORT : substitutes the @...@ placeholders.
+# === TLS material: one self-signed ECDSA P-256 certificate for all three proxies ===
+
+TLS_DIR="$RUN_DIR/tls"
+NGINX_LISTEN_TLS=" ssl http2"
+NGINX_HTTP2_ON=""
+if [[ $RUN_TLS == 1 ]]; then
+    mkdir -p "$TLS_DIR"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 \
+        -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" -subj /CN=localhost \
+        -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" >"$RUN_DIR/openssl.log" 2>&1 ||
+        die "openssl could not make the certificate: $(cat "$RUN_DIR/openssl.log")"
+    cat "$TLS_DIR/cert.pem" "$TLS_DIR/key.pem" >"$TLS_DIR/haproxy.pem" # haproxy: chain + key in one file
+    # `listen ... ssl http2` until nginx 1.25.1, which moved it to `http2 on;`.
+    nginx_ver=$("$NGINX_BIN" -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p')
+    if [[ $(printf '%s\n1.25.1\n' "$nginx_ver" | sort -V | head -1) == 1.25.1 ]]; then
+        NGINX_LISTEN_TLS=" ssl"
+        NGINX_HTTP2_ON=" http2 on;"
+    fi
+fi
+
+# render TEMPLATE OUT WORKERS PORT [TLS] : substitutes the @...@ placeholders; TLS=1
+# turns the proxy's listener into a TLS one (nginx, haproxy templates).
 render() {
+    local tls=${5:-0} listen_tls="" nginx_tls="" haproxy_tls="" scheme=http
+    if [[ $tls == 1 ]]; then
+        listen_tls=$NGINX_LISTEN_TLS
+        nginx_tls="ssl_certificate $TLS_DIR/cert.pem; ssl_certificate_key $TLS_DIR/key.pem;$NGINX_HTTP2_ON"
+        haproxy_tls=" ssl crt $TLS_DIR/haproxy.pem alpn h2,http/1.1"
+        scheme=https
+    fi
     sed -e "s|@RUN@|$RUN_DIR|g" -e "s|@WORKERS@|$3|g" -e "s|@PORT@|$4|g" \
         -e "s|@ADMIN_PORT@|$ADMIN_PORT|g" -e "s|@STABLE_PORT@|$STABLE_PORT|g" \
-        -e "s|@GRAY_PORT@|$GRAY_PORT|g" "$1" >"$2"
+        -e "s|@GRAY_PORT@|$GRAY_PORT|g" -e "s|@LISTEN_TLS@|$listen_tls|g" \
+        -e "s|@NGINX_TLS@|$nginx_tls|g" -e "s|@HAPROXY_TLS@|$haproxy_tls|g" \
+        -e "s|@SCHEME@|$scheme|g" "$1" >"$2"
+    ! grep -q '@[A-Z_]*@' "$2" || die "unsubstituted placeholder in $2: $(grep -o '@[A-Z_]*@' "$2" | head -1)"
 }
 
 # === upstreams ===
@@ -85,10 +163,13 @@ wait_http "http://127.0.0.1:$STABLE_PORT/" 15 "$UPSTREAM_PID" || die "upstream n
 
 # === proxies ===
 
-# start_proxy KIND WORKERS : starts one proxy pinned to PROXY_CPUS; sets PROXY_PID and
-# PROXY_PORT. KIND=direct starts nothing and points at the stable upstream.
+# start_proxy KIND WORKERS [TLS] : starts one proxy pinned to PROXY_CPUS; sets PROXY_PID
+# and PROXY_PORT. KIND=direct starts nothing and points at the stable upstream. TLS=1
+# gives the proxy a TLS listener (ALPN h2, http/1.1) with the run's certificate.
 start_proxy() {
-    local kind=$1 w=$2 dir="$RUN_DIR/$1-w$2"
+    local kind=$1 w=$2 tls=${3:-0} label="$1-w$2"
+    [[ $tls == 1 ]] && label="tls-$label"
+    local dir="$RUN_DIR/$label"
     mkdir -p "$dir"
     case $kind in
     direct)
@@ -99,56 +180,78 @@ start_proxy() {
     graylane)
         PROXY_PORT=$GRAYLANE_PORT
         render "$LOAD_DIR/graylane.yaml" "$dir/graylane.yaml" "$w" "$PROXY_PORT"
+        if [[ $tls == 1 ]]; then # README "TLS": `tls: { cert, key }` on the listener
+            sed -i "/^    bind: \"127.0.0.1:$PROXY_PORT\"/a\\    tls: { cert: \"$TLS_DIR/cert.pem\", key: \"$TLS_DIR/key.pem\" }" "$dir/graylane.yaml"
+            grep -q '^    tls: ' "$dir/graylane.yaml" || die "could not add tls: to $dir/graylane.yaml"
+        fi
         cp "$LOAD_DIR/rules.yaml" "$dir/rules.yaml"
-        RUST_LOG=warn,graylane::access=info start_bg "graylane-w$w" taskset -c "$PROXY_CPUS" "$GRAYLANE_BIN" run --config "$dir/graylane.yaml"
+        RUST_LOG=warn,graylane::access=info start_bg "$label" taskset -c "$PROXY_CPUS" "$GRAYLANE_BIN" run --config "$dir/graylane.yaml"
         ;;
     nginx)
         PROXY_PORT=$NGINX_PORT
-        render "$LOAD_DIR/nginx-proxy.conf" "$dir/nginx.conf" "$w" "$PROXY_PORT"
-        start_bg "nginx-w$w" taskset -c "$PROXY_CPUS" "$NGINX_BIN" -p "$dir" -c "$dir/nginx.conf" \
+        render "$LOAD_DIR/nginx-proxy.conf" "$dir/nginx.conf" "$w" "$PROXY_PORT" "$tls"
+        start_bg "$label" taskset -c "$PROXY_CPUS" "$NGINX_BIN" -p "$dir" -c "$dir/nginx.conf" \
             -e "$dir/error.log" -g 'daemon off;'
         ;;
     haproxy)
         PROXY_PORT=$HAPROXY_PORT
-        render "$LOAD_DIR/haproxy.cfg" "$dir/haproxy.cfg" "$w" "$PROXY_PORT"
-        start_bg "haproxy-w$w" taskset -c "$PROXY_CPUS" "$HAPROXY_BIN" -db -f "$dir/haproxy.cfg"
+        render "$LOAD_DIR/haproxy.cfg" "$dir/haproxy.cfg" "$w" "$PROXY_PORT" "$tls"
+        start_bg "$label" taskset -c "$PROXY_CPUS" "$HAPROXY_BIN" -db -f "$dir/haproxy.cfg"
         ;;
     esac
     PROXY_PID=$BG_PID
-    if ! wait_http "http://127.0.0.1:$PROXY_PORT/" 15 "$PROXY_PID"; then
-        cat "$RUN_DIR/$kind-w$w.log" >&2 || true
-        die "$kind (workers $w) did not start"
+    local scheme=http
+    [[ $tls == 1 ]] && scheme=https
+    if ! wait_http "$scheme://127.0.0.1:$PROXY_PORT/" 15 "$PROXY_PID"; then
+        cat "$RUN_DIR/$label.log" >&2 || true
+        die "$kind (workers $w$([[ $tls == 1 ]] && echo ", TLS")) did not start"
     fi
     if [[ $kind == graylane ]]; then
         wait_http "http://127.0.0.1:$ADMIN_PORT/readyz" || die "graylane admin did not come up"
     fi
 }
 
-# check_route PORT KIND EXPECTED DESCRIPTION CURL_ARGS... : fails loudly on a wrong body.
+# set_target PORT SCHEME PROTO : where and how check_route's curl talks (PROTO h1 or h2).
+set_target() {
+    BASE_URL="$2://127.0.0.1:$1"
+    case $2/$3 in
+    http/*) CURL_OPTS=(--http1.1) WANT_VERSION=1.1 ;;
+    https/h2) CURL_OPTS=(-k --http2) WANT_VERSION=2 ;;
+    https/h1) CURL_OPTS=(-k --http1.1) WANT_VERSION=1.1 ;;
+    esac
+    WANT_SCHEME=$2
+}
+
+# check_route KIND EXPECTED DESCRIPTION CURL_ARGS... : fails loudly on a wrong body.
 check_route() {
-    local port=$1 kind=$2 want=$3 what=$4 got
-    shift 4
-    got=$(curl -s --max-time 5 "$@" "http://127.0.0.1:$port$PATH_UNDER_TEST") || got="(curl failed)"
-    [[ $got == "$want" ]] || die "$kind routes $what to '$got', expected '$want'"
+    local kind=$1 want=$2 what=$3 got
+    shift 3
+    got=$(curl -s --max-time 5 "${CURL_OPTS[@]}" "$@" "$BASE_URL$PATH_UNDER_TEST") || got="(curl failed)"
+    [[ $got == "$want" ]] || die "$kind routes $what to '$got', expected '$want' ($BASE_URL, curl ${CURL_OPTS[*]})"
 }
 
 verify_routing() {
-    local port=$1 kind=$2
+    local kind=$1 got
     [[ $kind == direct ]] && return 0
-    check_route "$port" "$kind" gray "header uid 10200000" -H 'xdw-kefu-uid: 10200000'
-    check_route "$port" "$kind" gray "header uid 10000000 (range start)" -H 'xdw-kefu-uid: 10000000'
-    check_route "$port" "$kind" gray "header uid 10499999 (range end)" -H 'xdw-kefu-uid: 10499999'
-    check_route "$port" "$kind" gray "header uid 0010000000 (leading zeros)" -H 'xdw-kefu-uid: 0010000000'
-    check_route "$port" "$kind" stable "header uid 9999999" -H 'xdw-kefu-uid: 9999999'
-    check_route "$port" "$kind" stable "header uid 10500000" -H 'xdw-kefu-uid: 10500000'
-    check_route "$port" "$kind" stable "header uid 104999990" -H 'xdw-kefu-uid: 104999990'
-    check_route "$port" "$kind" gray "cookie uid 10200000" -H 'Cookie: lang=zh; xdw-kefu-uid=10200000; theme=dark'
-    check_route "$port" "$kind" stable "cookie uid 60000000" -H 'Cookie: lang=zh; xdw-kefu-uid=60000000'
-    check_route "$port" "$kind" stable "header 50000000 over cookie 10200000" \
+    got=$(curl -s -o /dev/null --max-time 5 -w '%{http_version}' "${CURL_OPTS[@]}" "$BASE_URL$PATH_UNDER_TEST") || got="(curl failed)"
+    [[ $got == "$WANT_VERSION" ]] || die "$kind answered over HTTP/$got, expected HTTP/$WANT_VERSION ($BASE_URL)"
+    got=$(curl -s --max-time 5 "${CURL_OPTS[@]}" "$BASE_URL/_xfp") || got="(curl failed)"
+    [[ $got == "$WANT_SCHEME" ]] || die "$kind sent X-Forwarded-Proto '$got' upstream, expected '$WANT_SCHEME'"
+    check_route "$kind" gray "header uid 10200000" -H 'xdw-kefu-uid: 10200000'
+    check_route "$kind" gray "header uid 10000000 (range start)" -H 'xdw-kefu-uid: 10000000'
+    check_route "$kind" gray "header uid 10499999 (range end)" -H 'xdw-kefu-uid: 10499999'
+    check_route "$kind" gray "header uid 0010000000 (leading zeros)" -H 'xdw-kefu-uid: 0010000000'
+    check_route "$kind" stable "header uid 9999999" -H 'xdw-kefu-uid: 9999999'
+    check_route "$kind" stable "header uid 10500000" -H 'xdw-kefu-uid: 10500000'
+    check_route "$kind" stable "header uid 104999990" -H 'xdw-kefu-uid: 104999990'
+    check_route "$kind" stable "header uid $TLS_UID (h2load's)" -H "xdw-kefu-uid: $TLS_UID"
+    check_route "$kind" gray "cookie uid 10200000" -H 'Cookie: lang=zh; xdw-kefu-uid=10200000; theme=dark'
+    check_route "$kind" stable "cookie uid 60000000" -H 'Cookie: lang=zh; xdw-kefu-uid=60000000'
+    check_route "$kind" stable "header 50000000 over cookie 10200000" \
         -H 'xdw-kefu-uid: 50000000' -H 'Cookie: xdw-kefu-uid=10200000'
-    check_route "$port" "$kind" stable "invalid header over gray cookie" \
+    check_route "$kind" stable "invalid header over gray cookie" \
         -H 'xdw-kefu-uid: abc' -H 'Cookie: xdw-kefu-uid=10200000'
-    check_route "$port" "$kind" stable "no uid"
+    check_route "$kind" stable "no uid"
 }
 
 # === measurement ===
@@ -163,9 +266,45 @@ to_us() {
         else printf "nan" }'
 }
 
+wrk_cmd() { # PORT SECONDS : the wrk command line
+    WRK_CMD=(taskset -c "$LOAD_CPUS" wrk -t1 -c"$CONNS" -d"$2s" --latency -s "$LOAD_DIR/uids.lua"
+        "http://127.0.0.1:$1$PATH_UNDER_TEST")
+}
+
 wrk_run() { # PORT SECONDS OUTFILE
-    taskset -c "$LOAD_CPUS" wrk -t1 -c"$CONNS" -d"$2s" --latency -s "$LOAD_DIR/uids.lua" \
-        "http://127.0.0.1:$1$PATH_UNDER_TEST" >"$3" 2>&1 || die "wrk failed: $(cat "$3")"
+    wrk_cmd "$1" "$2"
+    "${WRK_CMD[@]}" >"$3" 2>&1 || die "wrk failed: $(cat "$3")"
+}
+
+h2load_cmd() { # PORT PROTO REQUESTS [LOGFILE] : the h2load command line
+    H2LOAD_CMD=(taskset -c "$LOAD_CPUS" h2load -t1 -c"$TLS_CONNS" -n"$3")
+    if [[ $2 == h2 ]]; then
+        H2LOAD_CMD+=(-m"$STREAMS")
+    else
+        H2LOAD_CMD+=(--h1 -m1)
+    fi
+    H2LOAD_CMD+=(-H "user-agent: h2load-graylane-bench" -H "accept: */*"
+        -H "xdw-kefu-uid: $TLS_UID" -H "xdw-app-version: 5.3.1")
+    [[ -n ${4:-} ]] && H2LOAD_CMD+=(--log-file="$4")
+    H2LOAD_CMD+=("https://127.0.0.1:$1$PATH_UNDER_TEST")
+}
+
+h2load_run() { # PORT PROTO REQUESTS OUTFILE [LOGFILE]
+    h2load_cmd "$1" "$2" "$3" "${5:-}"
+    "${H2LOAD_CMD[@]}" >"$4" 2>&1 || die "h2load failed: $(tail -20 "$4")"
+    local alpn want=h2
+    [[ $2 == h1 ]] && want=http/1.1
+    alpn=$(awk '/^Application protocol:/ {print $3; exit}' "$4")
+    [[ $alpn == "$want" ]] || die "h2load negotiated '$alpn', expected '$want' (see $4)"
+}
+
+# latency_pct LOGFILE : "P50 P99" in µs from h2load's per-request log (nearest rank over
+# the requests that got a response).
+latency_pct() {
+    awk -F'\t' '$2 != -1 {print $3}' "$1" | sort -n | awk '
+        { v[NR] = $1 }
+        function rank(p,   i) { i = int(p * NR); if (i < p * NR) i++; if (i < 1) i = 1; return v[i] }
+        END { if (NR == 0) print "nan nan"; else printf "%.1f %.1f\n", rank(0.50), rank(0.99) }'
 }
 
 # gray_share : share of graylane's requests that went to gray, from its own metrics.
@@ -175,27 +314,56 @@ gray_share() {
         END { if (total > 0) printf "%.1f%%", 100 * gray / total; else print "?" }'
 }
 
-measure() { # KIND WORKERS ROUND
-    local kind=$1 w=$2 round=$3 out="$RUN_DIR/wrk-$1-w$2-r$3.txt"
-    start_proxy "$kind" "$w"
-    verify_routing "$PROXY_PORT" "$kind"
-    wrk_run "$PROXY_PORT" "$WARMUP" "$RUN_DIR/warmup.txt"
-    local pids=() t0 t1
+# sample_begin : snapshot of the proxy's CPU time (user, kernel ticks) before a measured run.
+sample_begin() {
+    SAMPLE_PIDS=()
     if [[ -n $PROXY_PID ]]; then
-        mapfile -t pids < <(proc_tree "$PROXY_PID")
+        mapfile -t SAMPLE_PIDS < <(proc_tree "$PROXY_PID")
     fi
-    t0=$(cpu_ticks "${pids[@]+"${pids[@]}"}")
-    wrk_run "$PROXY_PORT" "$DURATION" "$out"
-    t1=$(cpu_ticks "${pids[@]+"${pids[@]}"}")
-    local rss=0 share=""
+    CPU0=$(cpu_split "${SAMPLE_PIDS[@]+"${SAMPLE_PIDS[@]}"}")
+}
+
+# sample_end KIND : CPU time after the run (CPU1), peak RSS, graylane's gray share; stops
+# the proxy.
+sample_end() {
+    CPU1=$(cpu_split "${SAMPLE_PIDS[@]+"${SAMPLE_PIDS[@]}"}")
+    RSS=0 SHARE=""
     if [[ -n $PROXY_PID ]]; then
-        mapfile -t pids < <(proc_tree "$PROXY_PID")
-        rss=$(rss_peak_kib "${pids[@]}")
-        [[ $kind == graylane ]] && share=$(gray_share)
+        mapfile -t SAMPLE_PIDS < <(proc_tree "$PROXY_PID")
+        RSS=$(rss_peak_kib "${SAMPLE_PIDS[@]}")
+        [[ $1 == graylane ]] && SHARE=$(gray_share)
         stop_pid "$PROXY_PID"
     fi
+}
 
-    local reqs rps p50 p99 non2xx sockerr cpu_us
+# record MODE KIND WORKERS ROUND RPS P50 P99 REQUESTS ERRORS OUTFILE : CPU µs per request
+# (user, kernel, total) from CPU0/CPU1, one row appended to results.tsv, one log line.
+record() {
+    local mode=$1 kind=$2 w=$3 round=$4 rps=$5 p50=$6 p99=$7 reqs=$8 errors=$9 out=${10}
+    local user=nan kern=nan total=nan
+    if [[ -n $PROXY_PID ]] && ((reqs > 0)); then
+        read -r user kern total < <(awk -v a="$CPU0" -v b="$CPU1" -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN {
+            split(a, x, " "); split(b, y, " ")
+            u = (y[1] - x[1]) * 1e6 / hz / n; s = (y[2] - x[2]) * 1e6 / hz / n
+            printf "%.2f %.2f %.2f\n", u, s, u + s }')
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$kind" "$w" "$round" \
+        "$rps" "$p50" "$p99" "$user" "$kern" "$total" "$RSS" "$errors" "$SHARE" "$reqs" >>"$RESULTS"
+    log "round $round $mode $kind w$w: $rps req/s, p50 ${p50}us, p99 ${p99}us, cpu/req user ${user}us + kernel ${kern}us = ${total}us, peak rss ${RSS}KiB, errors $errors${SHARE:+, gray share $SHARE}"
+    [[ $errors == 0 ]] || log "WARNING: $mode $kind w$w had $errors failed requests (see $out)"
+}
+
+measure_plain() { # KIND WORKERS ROUND
+    local kind=$1 w=$2 round=$3 out="$RUN_DIR/wrk-$1-w$2-r$3.txt"
+    start_proxy "$kind" "$w"
+    set_target "$PROXY_PORT" http h1
+    verify_routing "$kind"
+    wrk_run "$PROXY_PORT" "$WARMUP" "$RUN_DIR/warmup.txt"
+    sample_begin
+    wrk_run "$PROXY_PORT" "$DURATION" "$out"
+    sample_end "$kind"
+
+    local reqs rps p50 p99 non2xx sockerr
     reqs=$(awk '/requests in/ {print $1}' "$out")
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
     p50=$(to_us "$(awk '$1 == "50%" {print $2}' "$out")")
@@ -203,136 +371,230 @@ measure() { # KIND WORKERS ROUND
     non2xx=$(awk '/Non-2xx/ {print $NF}' "$out")
     sockerr=$(awk '/Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$out")
     [[ -n $reqs && -n $rps ]] || die "cannot parse wrk output $out"
-    if [[ -n $PROXY_PID ]]; then
-        cpu_us=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN {printf "%.2f", d * 1e6 / hz / n}')
-    else
-        cpu_us=nan
-    fi
-    local errors=$((${non2xx:-0} + ${sockerr:-0}))
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$kind" "$w" "$round" "$rps" "$p50" "$p99" \
-        "$cpu_us" "$rss" "$errors" "$share" >>"$RESULTS"
-    log "round $round $kind w$w: $rps req/s, p50 ${p50}us, p99 ${p99}us, cpu ${cpu_us}us/req, peak rss ${rss}KiB, errors $errors${share:+, gray share $share}"
-    [[ $errors == 0 ]] || log "WARNING: $kind w$w had $errors failed requests (see $out)"
+    record plain-h1 "$kind" "$w" "$round" "$rps" "$p50" "$p99" "$reqs" $((${non2xx:-0} + ${sockerr:-0})) "$out"
 }
 
-log "rounds $ROUNDS, ${DURATION}s per run (+${WARMUP}s warm-up), $CONNS connections, workers: $WORKERS_LIST"
-log "proxy on cpu $PROXY_CPUS; wrk and upstream on cpu $LOAD_CPUS"
+measure_tls() { # KIND PROTO ROUND
+    local kind=$1 proto=$2 round=$3
+    local out="$RUN_DIR/h2load-$1-$2-r$3.txt" lat="$RUN_DIR/h2load-$1-$2-r$3.log"
+    start_proxy "$kind" 1 1
+    set_target "$PROXY_PORT" https "$proto"
+    verify_routing "$kind"
+    h2load_run "$PROXY_PORT" "$proto" "$WARMUP_REQUESTS" "$RUN_DIR/warmup.txt"
+    sample_begin
+    h2load_run "$PROXY_PORT" "$proto" "$REQUESTS" "$out" "$lat"
+    sample_end "$kind"
+
+    # finished in 3.03s, 16381.00 req/s, 1.08MB/s
+    # requests: 49179 total, 49625 started, 49179 done, 49143 succeeded, 36 failed, 36 errored, 0 timeout
+    # status codes: 49143 2xx, 0 3xx, 0 4xx, 0 5xx
+    local rps ndone failed bad p50 p99
+    rps=$(awk '/^finished in/ {print $4}' "$out")
+    ndone=$(awk '/^requests:/ {print $6}' "$out")
+    failed=$(awk '/^requests:/ {print $10}' "$out")
+    bad=$(awk '/^status codes:/ {print $5 + $7 + $9}' "$out")
+    [[ -n $rps && -n $ndone && -n $failed && -n $bad ]] || die "cannot parse h2load output $out"
+    read -r p50 p99 < <(latency_pct "$lat")
+    [[ $KEEP_RUN_DIR == 1 ]] || rm -f "$lat"
+    # What was negotiated (once per proxy and protocol, for the report).
+    local info="$RUN_DIR/tlsinfo-$proto-$kind"
+    [[ -e $info ]] || awk '/^TLS Protocol:/ {p = $3} /^Cipher:/ {c = $2} /^Server Temp Key:/ {k = $4}
+        END {printf "%s %s %s", p, c, k}' "$out" >"$info"
+    # Responses received = done - failed (h2load counts failed streams as done).
+    record "tls-$proto" "$kind" 1 "$round" "$rps" "$p50" "$p99" $((ndone - failed)) $((failed + bad)) "$out"
+}
+
+log "rounds $ROUNDS; plain: $([[ $RUN_PLAIN == 1 ]] && echo "${DURATION}s per run (+${WARMUP}s warm-up), $CONNS connections, workers: $WORKERS_LIST" || echo off);" \
+    "TLS: $([[ $RUN_TLS == 1 ]] && echo "$PROTOS, $REQUESTS requests per run (+$WARMUP_REQUESTS warm-up), $TLS_CONNS connections, $STREAMS streams/connection for h2, 1 worker" || echo off)"
+log "pinning: proxy on cpu $PROXY_CPUS; load generator and upstream nginx on cpu $LOAD_CPUS"
 for round in $(seq 1 "$ROUNDS"); do
-    for w in $WORKERS_LIST; do
-        for kind in direct graylane nginx haproxy; do
-            [[ $kind == direct && $w != "${WORKERS_LIST%% *}" ]] && continue # one direct row per round
-            measure "$kind" "$w" "$round"
+    if [[ $RUN_PLAIN == 1 ]]; then
+        for w in $WORKERS_LIST; do
+            for kind in direct graylane nginx haproxy; do
+                [[ $kind == direct && $w != "${WORKERS_LIST%% *}" ]] && continue # one direct row per round
+                measure_plain "$kind" "$w" "$round"
+            done
         done
-    done
+    fi
+    if [[ $RUN_TLS == 1 ]]; then
+        for proto in $PROTOS; do
+            for kind in graylane nginx haproxy; do
+                measure_tls "$kind" "$proto" "$round"
+            done
+        done
+    fi
 done
 
 # === report ===
+
+# The awk helpers shared by the table and the paired ratios.
+AWK_LIB='
+function median(list,   a, n, i, j, t) {
+    n = split(list, a, " ")
+    if (n == 0) return "nan"
+    for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
+    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+function spread(list,   a, n, i, lo, hi) {
+    n = split(list, a, " "); lo = a[1]; hi = a[1]
+    for (i = 2; i <= n; i++) { if (a[i] + 0 < lo + 0) lo = a[i]; if (a[i] + 0 > hi + 0) hi = a[i] }
+    return n > 1 ? sprintf(" (%.0f–%.0f)", lo, hi) : ""
+}
+function range(list,   a, n, i, lo, hi) {
+    n = split(list, a, " "); lo = a[1]; hi = a[1]
+    for (i = 2; i <= n; i++) { if (a[i] + 0 < lo + 0) lo = a[i]; if (a[i] + 0 > hi + 0) hi = a[i] }
+    return sprintf("%.2f×–%.2f×", lo, hi)
+}
+function ratio(x, y) { return (x == "" || x == "nan" || y == "" || y == "nan" || y + 0 == 0) ? "–" : sprintf("%.2f×", x / y) }
+function num(x, fmt) { return (x == "" || x == "nan") ? "–" : sprintf(fmt, x) }
+function min2(x, y) { if (x == "" || x == "nan") return y; if (y == "" || y == "nan") return x; return x + 0 < y + 0 ? x : y }
+'
+
+# table MODE : the markdown table of one mode.
+table() {
+    echo "| proxy | workers | req/s (median) | vs nginx | vs haproxy | p50 µs | p99 µs | CPU µs/req user | kernel | total | total vs best peer | user vs nginx | peak RSS MiB | failed |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    awk -F'\t' -v mode="$1" "$AWK_LIB"'
+        $1 != mode { next }
+        {
+            k = $2 SUBSEP $3
+            if (!(k in seen)) { seen[k] = 1; order[++n] = k }
+            rps[k] = rps[k] " " $5; p50[k] = p50[k] " " $6; p99[k] = p99[k] " " $7
+            usr[k] = usr[k] " " $8; ker[k] = ker[k] " " $9; tot[k] = tot[k] " " $10
+            if ($11 + 0 > rss[k] + 0) rss[k] = $11
+            err[k] += $12
+        }
+        END {
+            for (i = 1; i <= n; i++) {
+                k = order[i]; mr[k] = median(rps[k]); mu[k] = median(usr[k]); mk[k] = median(ker[k]); mt[k] = median(tot[k])
+            }
+            for (i = 1; i <= n; i++) {
+                k = order[i]; split(k, kw, SUBSEP)
+                ng = "nginx" SUBSEP kw[2]; hp = "haproxy" SUBSEP kw[2]
+                direct = kw[1] == "direct"
+                best = min2(mt[ng], mt[hp])
+                printf "| %s | %s | %.0f%s | %s | %s | %.0f | %.0f | %s | %s | %s | %s | %s | %s | %d |\n",
+                    direct ? "direct (no proxy)" : kw[1], direct ? "–" : kw[2], mr[k], spread(rps[k]),
+                    ratio(mr[k], mr[ng]), ratio(mr[k], mr[hp]),
+                    median(p50[k]), median(p99[k]),
+                    num(mu[k], "%.1f"), num(mk[k], "%.1f"), num(mt[k], "%.1f"),
+                    direct ? "–" : ratio(mt[k], best), direct ? "–" : ratio(mu[k], mu[ng]),
+                    direct ? "–" : sprintf("%.1f", rss[k] / 1024), err[k]
+            }
+        }' "$RESULTS"
+}
+
+# paired_ratios MODE : graylane against the peers round by round (adjacent runs share the
+# machine's state, so a per-round ratio cancels drift that the ratio of medians keeps).
+paired_ratios() {
+    awk -F'\t' -v mode="$1" "$AWK_LIB"'
+        $1 != mode { next }
+        { rps[$2, $3, $4] = $5; usr[$2, $3, $4] = $8; tot[$2, $3, $4] = $10
+          if ($4 > rounds) rounds = $4; if ($2 == "graylane") ws[$3] = 1 }
+        function add(list, x, y) { return (x != "" && x != "nan" && y != "" && y != "nan" && y + 0 > 0) ? list " " x / y : list }
+        function show(label, list) { return list == "" ? "" : sprintf("; %s %.2f× (%s)", label, median(list), range(list)) }
+        END {
+            for (w in ws) {
+                tb = tn = th = un = rn = rh = ""
+                for (r = 1; r <= rounds; r++) {
+                    g = tot["graylane", w, r]; n = tot["nginx", w, r]; h = tot["haproxy", w, r]
+                    tb = add(tb, g, min2(n, h)); tn = add(tn, g, n); th = add(th, g, h)
+                    un = add(un, usr["graylane", w, r], usr["nginx", w, r])
+                    rn = add(rn, rps["graylane", w, r], rps["nginx", w, r]); rh = add(rh, rps["graylane", w, r], rps["haproxy", w, r])
+                }
+                line = show("total CPU/req vs best peer", tb) show("vs nginx", tn) show("vs haproxy", th) \
+                    show("user CPU/req vs nginx", un) show("req/s vs nginx", rn) show("vs haproxy", rh)
+                if (line != "") printf "- %s worker(s)%s\n", w, line
+            }
+        }' "$RESULTS" | sed 's/^\(- [0-9]* worker(s)\); /\1: /' | sort
+}
+
+mode_title() {
+    case $1 in
+    plain-h1) echo "HTTP/1.1 over plaintext, keep-alive (wrk)" ;;
+    tls-h2) echo "HTTP/2 over TLS, ALPN h2 (h2load)" ;;
+    tls-h1) echo "HTTP/1.1 over TLS, keep-alive (h2load --h1)" ;;
+    esac
+}
+
+# mode_section MODE : title, load description, exact load command, table, paired ratios.
+mode_section() {
+    local mode=$1
+    grep -q "^$mode"$'\t' "$RESULTS" || return 0
+    echo "### $(mode_title "$mode")"
+    echo
+    case $mode in
+    plain-h1)
+        wrk_cmd '<port>' "$DURATION"
+        echo "$ROUNDS round(s), interleaved, ${DURATION} s per run after ${WARMUP} s warm-up," \
+            "wrk 1 thread, $CONNS keep-alive connections, \`benches/load/uids.lua\` (20% of" \
+            "requests gray; 70% uid in a header, 30% in a cookie). The direct row is wrk straight" \
+            "to the stable upstream. Load command:"
+        echo
+        echo "    ${WRK_CMD[*]/#$LOAD_DIR/benches/load}"
+        ;;
+    tls-*)
+        local proto=${mode#tls-}
+        h2load_cmd '<port>' "$proto" "$REQUESTS" "RUN_DIR/h2load.log"
+        echo "$ROUNDS round(s), interleaved, $REQUESTS requests per run after $WARMUP_REQUESTS" \
+            "warm-up requests on other connections; h2load 1 thread, $TLS_CONNS connections" \
+            "$([[ $proto == h2 ]] && echo "× $STREAMS concurrent streams" || echo "(1 request in flight each)"), every request" \
+            "with the stable uid $TLS_UID in the header (h2load sends the same headers every time)." \
+            "TLS terminated by the proxy with one self-signed ECDSA P-256 certificate; the proxy" \
+            "talks plaintext HTTP/1.1 to the same upstream as the plain mode. The measured window" \
+            "includes the $TLS_CONNS handshakes. Negotiated:" \
+            "$(for k in graylane nginx haproxy; do [[ -e $RUN_DIR/tlsinfo-$proto-$k ]] && printf '%s %s; ' "$k" "$(cat "$RUN_DIR/tlsinfo-$proto-$k")"; done | sed 's/; $/./')" \
+            "Load command:"
+        echo
+        echo "    ${H2LOAD_CMD[*]}"
+        ;;
+    esac
+    echo
+    table "$mode"
+    echo
+    echo "Per-round paired ratios, graylane / peer (median, then min–max over rounds):"
+    echo
+    paired_ratios "$mode"
+    echo
+}
 
 report() {
     local when
     when=$(date -u +%Y-%m-%dT%H:%MZ)
     echo "## Load benchmark: graylane vs nginx vs haproxy"
     echo
-    echo "Measured $when with \`benches/load/run.sh${ARGS:+ $ARGS}\`:" \
-        "$ROUNDS round(s), interleaved, ${DURATION} s per run after ${WARMUP} s warm-up," \
-        "wrk 1 thread, $CONNS keep-alive connections, \`benches/load/uids.lua\` (20% of" \
-        "requests gray; 70% uid in a header, 30% in a cookie)."
+    echo "Measured $when with:"
+    echo
+    echo "    $CMDLINE"
     echo
     machine_notes
-    echo "- peers: $("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //'), $("$HAPROXY_BIN" -v 2>&1 | head -1 | awk '{print "haproxy " $3}'), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}')"
-    echo "- pinning: proxy on cpu $PROXY_CPUS; wrk and the upstream nginx (1 worker, two \`return 200\` servers) on cpu $LOAD_CPUS"
-    echo "- all proxies: keep-alive to the upstreams, X-Forwarded-For/-Proto and a pool header set; graylane's Prometheus metrics on (always) and a 1% sampled access log; nginx and haproxy without access logs"
+    echo "- load average at the start: $LOADAVG_START"
+    echo "- peers: $("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //'), $("$HAPROXY_BIN" -v 2>&1 | head -1 | awk '{print "haproxy " $3}')$([[ $RUN_PLAIN == 1 ]] && wrk -v 2>&1 | head -1 | awk '{print ", " $1 " " $2}')$([[ $RUN_TLS == 1 ]] && h2load --version 2>&1 | head -1 | awk '{print ", " $1 " " $2}')$([[ $RUN_TLS == 1 ]] && openssl version | awk '{print ", peers built with " $1 " " $2 " (graylane: rustls with ring)"}')"
+    echo "- pinning (\`taskset\`): the proxy (all its processes and threads) on cpu $PROXY_CPUS; the load generator (wrk or h2load) and the upstream nginx (1 worker, two \`return 200\` servers) on cpu $LOAD_CPUS"
+    echo "- all proxies: keep-alive to the upstreams, X-Forwarded-For/-Proto and a pool header set; graylane's Prometheus metrics on (always) and a 1% sampled access log; nginx and haproxy without access logs. TLS rows: 1 worker each (graylane \`workers: 1\`, nginx \`worker_processes 1\`, haproxy \`nbthread 1\`)"
     echo
-    echo "| proxy | workers | req/s (median) | vs nginx | vs haproxy | p50 µs | p99 µs | CPU µs/req | vs nginx | vs haproxy | peak RSS MiB | failed |"
-    echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
-    awk -F'\t' '
-        function median(list,   a, n, i, j, t) {
-            n = split(list, a, " ")
-            for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
-            if (n == 0) return "nan"
-            return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-        }
-        function spread(list,   a, n, i, lo, hi) {
-            n = split(list, a, " "); lo = a[1]; hi = a[1]
-            for (i = 2; i <= n; i++) { if (a[i] + 0 < lo + 0) lo = a[i]; if (a[i] + 0 > hi + 0) hi = a[i] }
-            return n > 1 ? sprintf(" (%.0f–%.0f)", lo, hi) : ""
-        }
-        function ratio(x, y) { return (x == "nan" || y == "" || y == "nan" || y + 0 == 0) ? "–" : sprintf("%.2f×", x / y) }
-        {
-            k = $1 SUBSEP $2
-            if (!(k in seen)) { seen[k] = 1; order[++n] = k }
-            rps[k] = rps[k] " " $4; p50[k] = p50[k] " " $5; p99[k] = p99[k] " " $6; cpu[k] = cpu[k] " " $7
-            if ($8 + 0 > rss[k] + 0) rss[k] = $8
-            err[k] += $9
-        }
-        END {
-            for (i = 1; i <= n; i++) {
-                k = order[i]; mr[k] = median(rps[k]); mc[k] = median(cpu[k])
-            }
-            for (i = 1; i <= n; i++) {
-                k = order[i]; split(k, kw, SUBSEP)
-                ng = "nginx" SUBSEP kw[2]; hp = "haproxy" SUBSEP kw[2]
-                direct = kw[1] == "direct"
-                printf "| %s | %s | %.0f%s | %s | %s | %.0f | %.0f | %s | %s | %s | %s | %d |\n",
-                    direct ? "direct (no proxy)" : kw[1], direct ? "–" : kw[2], mr[k], spread(rps[k]),
-                    ratio(mr[k], mr[ng]), ratio(mr[k], mr[hp]),
-                    median(p50[k]), median(p99[k]),
-                    direct ? "–" : sprintf("%.1f", mc[k]),
-                    direct ? "–" : ratio(mc[k], mc[ng]), direct ? "–" : ratio(mc[k], mc[hp]),
-                    direct ? "–" : sprintf("%.1f", rss[k] / 1024), err[k]
-            }
-        }' "$RESULTS"
+    echo "Columns: req/s is the median over rounds, (min–max) when there are several; p50/p99 are"
+    echo "medians over rounds of each run's percentile (wrk's, or from h2load's per-request log)."
+    echo "CPU µs/req = the proxy's utime (user) and stime (kernel) over the measured run, from"
+    echo "\`/proc/PID/stat\` of all its processes (nginx master + workers; all threads), divided by the"
+    echo "responses received; each column is its own median over rounds. *total vs best peer* divides"
+    echo "by the lower of nginx's and haproxy's total; *user vs nginx* by nginx's user time (the same"
+    echo "worker count). Peak RSS = sum of VmHWM, max over rounds. Failed = non-2xx responses plus"
+    echo "socket errors (wrk) or failed streams (h2load)."
     echo
-    echo "req/s: median over rounds, (min–max) when there are several. Ratios compare rows with the"
-    echo "same worker count (req/s: higher is better; CPU: lower is better); the direct row is compared"
-    echo "with the 1-worker rows."
-    echo "CPU µs/req = utime+stime of all the proxy's processes (nginx master+workers) over the"
-    echo "measured run, divided by the requests wrk completed; peak RSS = sum of VmHWM, max over rounds."
-    echo
-    paired_ratios
-    echo
+    local mode
+    for mode in plain-h1 tls-h2 tls-h1; do
+        mode_section "$mode"
+    done
     local shares
-    shares=$(awk -F'\t' '$1 == "graylane" && $10 != "" {printf "%s%s", sep, $10; sep = ", "}' "$RESULTS")
-    [[ -n $shares ]] && echo "graylane's own metrics counted these gray shares per run: $shares."
-    echo
-    echo "Raw per-run rows (proxy, workers, round, req/s, p50 µs, p99 µs, CPU µs/req, peak RSS KiB, failed, gray share):"
+    shares=$(awk -F'\t' '$2 == "graylane" && $13 != "" {printf "%s%s %s", sep, $1, $13; sep = ", "}' "$RESULTS")
+    [[ -n $shares ]] && echo "graylane's own metrics counted these gray shares per run (plain: 20% expected; TLS: 0%, one stable uid): $shares." && echo
+    echo "Raw per-run rows (mode, proxy, workers, round, req/s, p50 µs, p99 µs, CPU µs/req user, kernel, total, peak RSS KiB, failed, gray share, responses):"
     echo
     echo '```'
     cat "$RESULTS"
     echo '```'
 }
 
-# paired_ratios : graylane against each peer round by round (adjacent runs share the
-# machine's state, so a per-round ratio cancels drift that the ratio of medians keeps).
-paired_ratios() {
-    echo "Per-round paired ratios, graylane / peer (median, then min–max over rounds):"
-    echo
-    awk -F'\t' '
-        function median(list,   a, n, i, j, t) {
-            n = split(list, a, " ")
-            for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
-            return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-        }
-        function range(list,   a, n, i, lo, hi) {
-            n = split(list, a, " "); lo = a[1]; hi = a[1]
-            for (i = 2; i <= n; i++) { if (a[i] + 0 < lo + 0) lo = a[i]; if (a[i] + 0 > hi + 0) hi = a[i] }
-            return sprintf("%.2f×–%.2f×", lo, hi)
-        }
-        { cpu[$1, $2, $3] = $7; rps[$1, $2, $3] = $4; if ($3 > rounds) rounds = $3; if ($1 == "graylane") ws[$2] = 1 }
-        END {
-            for (w in ws) for (pi = 1; pi <= 2; pi++) {
-                peer = pi == 1 ? "nginx" : "haproxy"; c = ""; r = ""
-                for (round = 1; round <= rounds; round++) {
-                    g = cpu["graylane", w, round]; q = cpu[peer, w, round]
-                    if (g != "" && q + 0 > 0) c = c " " g / q
-                    g = rps["graylane", w, round]; q = rps[peer, w, round]
-                    if (g != "" && q + 0 > 0) r = r " " g / q
-                }
-                if (c != "")
-                    printf "- %s worker(s), vs %s: CPU µs/req %.2f× (%s), req/s %.2f× (%s)\n",
-                        w, peer, median(c), range(c), median(r), range(r)
-            }
-        }' "$RESULTS" | sort
-}
-
-report | tee "$LOAD_DIR/results.md"
+report | tee "$OUT"
+log "report written to $OUT"
