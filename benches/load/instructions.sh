@@ -11,6 +11,13 @@
 #   --guard  also run each binary with a guard on the service (comparison with stable and
 #            the latency guard on), for its cost on the request path
 #   --shadow also run each binary with a shadow ruleset (a second decision per request)
+#   --tls PROTO  the load over TLS instead, PROTO h2 (ALPN h2, 10 connections with 10
+#            streams each) or h1 (HTTP/1.1 over TLS, 10 connections): h2load from
+#            nghttp2-client sends them, the same stable-uid request every time; the
+#            count includes the 10 connections' TLS handshakes (h2load opens new ones
+#            for the measured requests), so raise --requests to spread them thinner
+#   --profile DIR  keep each run's callgrind dump as DIR/callgrind-K.out (K: the row
+#            number), to read with `callgrind_annotate --inclusive=yes DIR/callgrind-1.out`
 # Each binary runs under callgrind with the load benchmark's config (1 worker, metrics
 # and a 1% access log on) in front of the load benchmark's upstream nginx; one client
 # connection sends the requests one after another (seq_client.py, uids.lua's mix), so
@@ -24,18 +31,24 @@ N=8000
 GUARD=0
 SHADOW=0
 BINS=()
+PROFILE_DIR=""
+TLS=""
 while [[ $# -gt 0 ]]; do
     case $1 in
     --requests) N=$2; shift ;;
     --no-build) export NO_BUILD=1 ;;
     --guard) GUARD=1 ;;
     --shadow) SHADOW=1 ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+    --profile) PROFILE_DIR=$2; shift ;;
+    --tls) TLS=$2; shift ;;
+    -h | --help) sed -n "2,22p" "$0"; exit 0 ;;
     -*) die "unknown argument $1 (see --help)" ;;
     *) BINS+=("$1") ;;
     esac
     shift
 done
+
+[[ -z $TLS || $TLS == h2 || $TLS == h1 ]] || die "--tls takes h2 or h1, not '$TLS'"
 
 STABLE_PORT=18101
 GRAY_PORT=18102
@@ -45,6 +58,7 @@ ADMIN_PORT=18290
 trap cleanup EXIT
 make_run_dir
 ensure_tools nginx:nginx valgrind:valgrind python3:python3 curl:curl
+[[ -z $TLS ]] || ensure_tools h2load:nghttp2-client openssl:openssl
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
 if [[ ${#BINS[@]} == 0 ]]; then
     build_graylane
@@ -65,6 +79,29 @@ start_bg upstream "$NGINX_BIN" -p "$RUN_DIR" -c "$RUN_DIR/upstream-nginx.conf" \
     -e "$RUN_DIR/upstream-nginx.error.log" -g 'daemon off;'
 wait_http "http://127.0.0.1:$STABLE_PORT/" 15 "$BG_PID" || die "upstream nginx did not start"
 render "$LOAD_DIR/graylane.yaml" "$GRAYLANE_PORT" "$RUN_DIR/graylane.yaml"
+SCHEME=http
+if [[ -n $TLS ]]; then
+    SCHEME=https
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -keyout "$RUN_DIR/key.pem" -out "$RUN_DIR/cert.pem" -subj /CN=localhost \
+        >"$RUN_DIR/openssl.log" 2>&1 || die "openssl: $(cat "$RUN_DIR/openssl.log")"
+    sed -i "/^    bind: \"127.0.0.1:$GRAYLANE_PORT\"/a\\    tls: { cert: \"$RUN_DIR/cert.pem\", key: \"$RUN_DIR/key.pem\" }" \
+        "$RUN_DIR/graylane.yaml"
+    grep -q '^    tls: ' "$RUN_DIR/graylane.yaml" || die "could not add tls: to graylane.yaml"
+fi
+# load COUNT: COUNT requests of the benchmark's mix (plaintext), or over TLS with h2load.
+load() {
+    if [[ -z $TLS ]]; then
+        python3 "$LOAD_DIR/seq_client.py" "$GRAYLANE_PORT" "$1"
+        return
+    fi
+    local proto=() streams=10
+    [[ $TLS == h1 ]] && proto=(--h1) streams=1
+    h2load -t1 -c10 -m"$streams" -n"$1" "${proto[@]}" -H 'xdw-kefu-uid: 52345678' \
+        -H 'xdw-app-version: 5.3.1' "https://127.0.0.1:$GRAYLANE_PORT/chat/send" \
+        >"$RUN_DIR/h2load.out" 2>&1 || die "h2load failed: $(tail -5 "$RUN_DIR/h2load.out")"
+    grep -q "$1 succeeded" "$RUN_DIR/h2load.out" || die "h2load: not every request succeeded: $(grep 'requests:' "$RUN_DIR/h2load.out")"
+}
 cp "$LOAD_DIR/rules.yaml" "$RUN_DIR/rules.yaml"
 # The same config with a guard on the service, every check on: gray and stable outcomes
 # and latencies both recorded on the request path.
@@ -92,14 +129,19 @@ for run in "${RUNS[@]}"; do
     RUST_LOG=warn,graylane::access=info start_bg callgrind valgrind --tool=callgrind \
         --callgrind-out-file="$out" "$bin" run --config "$RUN_DIR/$cfg"
     pid=$BG_PID
-    wait_http "http://127.0.0.1:$GRAYLANE_PORT/" 60 "$pid" || die "$bin did not start under valgrind"
-    python3 "$LOAD_DIR/seq_client.py" "$GRAYLANE_PORT" 200
+    wait_http "$SCHEME://127.0.0.1:$GRAYLANE_PORT/" 60 "$pid" || die "$bin did not start under valgrind"
+    load 200
     callgrind_control --zero "$pid" >/dev/null 2>&1
-    python3 "$LOAD_DIR/seq_client.py" "$GRAYLANE_PORT" "$N"
+    load "$N"
     callgrind_control --dump "$pid" >/dev/null 2>&1
     ir=$(awk '/^summary:/{print $2}' "$out.1")
     [[ -n $ir ]] || die "no callgrind dump for $bin"
     stop_pid "$pid"
+    ROW=$((${ROW:-0} + 1))
+    if [[ -n $PROFILE_DIR ]]; then
+        mkdir -p "$PROFILE_DIR"
+        cp "$out.1" "$PROFILE_DIR/callgrind-$ROW.out"
+    fi
     rm -f "$out" "$out".*
-    printf '| %s | %s | %s |\n' "$bin" "$cfg" "$((ir / N))"
+    printf '| %s | %s | %s |\n' "$bin" "$cfg${TLS:+ (TLS $TLS)}" "$((ir / N))"
 done

@@ -257,29 +257,31 @@ fn watch(state: &ConnState, shared: &Shared) -> Watch {
     }
 }
 
-/// Serves one connection until it ends, times out, or the drain closes it.
+/// Serves one connection until it ends, times out, or the drain closes it. `h2`: TLS
+/// negotiated HTTP/2 (ALPN), known before the first byte is read.
 pub(super) async fn serve<S>(
     stream: S,
     ctx: ConnCtx,
     serving: &Serving,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     accepted: Instant,
+    h2: bool,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let state = Arc::new(ConnState::new(accepted));
-    let io = ConnIo {
+    let io = TokioIo::new(ConnIo {
         stream,
         state: state.clone(),
         preface: 0,
-    };
+    });
     let shared = &serving.shared;
     let peer = ctx.peer;
     let listener = ctx.listener;
     let ctx = Arc::new(ctx);
     let svc_shared = shared.clone();
     let svc_state = state.clone();
-    let service = service_fn(move |req| {
+    let respond = move |req| {
         let shared = svc_shared.clone();
         let ctx = ctx.clone();
         let inflight = InFlight::new(svc_state.clone());
@@ -287,59 +289,105 @@ pub(super) async fn serve<S>(
             let resp = proxy::handle(req, &shared, &ctx).await;
             Ok::<_, std::convert::Infallible>(resp.map(|b| b.with_guard(inflight)))
         }
-    });
-    let conn = serving
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    let mut stopping = *stop.borrow();
-    if stopping {
-        conn.as_mut().graceful_shutdown();
+    };
+    let watched = Watched {
+        state: &state,
+        shared,
+        peer,
+        listener,
+    };
+    if h2 {
+        // HTTP/2 spawns a task per stream and moves the request's future into it, a
+        // state machine of several KiB copied on each hop; boxed, only a pointer moves.
+        // HTTP/1.1 polls the future where it lies, where a box would only add a copy.
+        let service = service_fn(move |req| Box::pin(respond(req)));
+        let conn = serving.builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(conn);
+        watched.run(conn, |c| c.graceful_shutdown(), stop).await;
+    } else {
+        let conn = serving
+            .builder
+            .serve_connection_with_upgrades(io, service_fn(respond));
+        tokio::pin!(conn);
+        watched.run(conn, |c| c.graceful_shutdown(), stop).await;
     }
-    let sleep = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(sleep);
-    // The watchdog is not told when a request ends or a head starts (that would cost a
-    // wake-up per request); it looks again at least this often, so a deadline that moved
-    // earlier is noticed at most this late.
-    let t = &shared.config.timeouts;
-    let recheck = (t.request_header.min(t.idle) / 4)
-        .clamp(Duration::from_millis(100), Duration::from_millis(2500));
-    loop {
-        match watch(&state, shared) {
-            Watch::Until(at) => sleep.as_mut().reset(at.min(Instant::now() + recheck)),
-            Watch::HeadTimeout => {
-                tracing::debug!(%peer, "request header timeout");
-                state.timed_out.store(true, Ordering::Relaxed);
-                // Let hyper poll the read once more: ConnIo answers 408 and fails it.
-                let _ = tokio::time::timeout(Duration::from_millis(100), conn.as_mut()).await;
-                return;
-            }
-            Watch::SendTimeout => {
-                tracing::debug!(%peer, "client read nothing for the idle timeout; closing");
-                shared.metrics.listener(listener).send_timeouts.inc();
-                return;
-            }
-            Watch::Idle => {
-                if stopping {
+}
+
+/// What the watchdog beside a connection reads.
+struct Watched<'a> {
+    state: &'a ConnState,
+    shared: &'a Shared,
+    peer: std::net::SocketAddr,
+    listener: usize,
+}
+
+impl Watched<'_> {
+    /// Drives `conn` (hyper's connection future; `shutdown` starts its graceful end)
+    /// while enforcing the timeouts and the drain.
+    async fn run<C, E>(
+        &self,
+        mut conn: Pin<&mut C>,
+        shutdown: impl Fn(Pin<&mut C>),
+        mut stop: watch::Receiver<bool>,
+    ) where
+        C: std::future::Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        let Self {
+            state,
+            shared,
+            peer,
+            listener,
+        } = *self;
+        let mut stopping = *stop.borrow();
+        if stopping {
+            shutdown(conn.as_mut());
+        }
+        let sleep = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(sleep);
+        // The watchdog is not told when a request ends or a head starts (that would cost a
+        // wake-up per request); it looks again at least this often, so a deadline that moved
+        // earlier is noticed at most this late.
+        let t = &shared.config.timeouts;
+        let recheck = (t.request_header.min(t.idle) / 4)
+            .clamp(Duration::from_millis(100), Duration::from_millis(2500));
+        loop {
+            match watch(state, shared) {
+                Watch::Until(at) => sleep.as_mut().reset(at.min(Instant::now() + recheck)),
+                Watch::HeadTimeout => {
+                    tracing::debug!(%peer, "request header timeout");
+                    state.timed_out.store(true, Ordering::Relaxed);
+                    // Let hyper poll the read once more: ConnIo answers 408 and fails it.
+                    let _ = tokio::time::timeout(Duration::from_millis(100), conn.as_mut()).await;
                     return;
                 }
-                conn.as_mut().graceful_shutdown();
-                // Give an h2 GOAWAY a moment to go out, then close regardless.
-                let _ = tokio::time::timeout(Duration::from_millis(100), conn.as_mut()).await;
-                return;
-            }
-        }
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "connection ended with error");
+                Watch::SendTimeout => {
+                    tracing::debug!(%peer, "client read nothing for the idle timeout; closing");
+                    shared.metrics.listener(listener).send_timeouts.inc();
+                    return;
                 }
-                return;
+                Watch::Idle => {
+                    if stopping {
+                        return;
+                    }
+                    shutdown(conn.as_mut());
+                    // Give an h2 GOAWAY a moment to go out, then close regardless.
+                    let _ = tokio::time::timeout(Duration::from_millis(100), conn.as_mut()).await;
+                    return;
+                }
             }
-            _ = &mut sleep => {}
-            _ = stop.changed(), if !stopping => {
-                stopping = true;
-                conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "connection ended with error");
+                    }
+                    return;
+                }
+                _ = &mut sleep => {}
+                _ = stop.changed(), if !stopping => {
+                    stopping = true;
+                    shutdown(conn.as_mut());
+                }
             }
         }
     }

@@ -250,7 +250,7 @@ where
         )),
     };
     let (_stop_tx, stop_rx) = watch::channel(false);
-    conn::serve(stream, ctx, &serving, stop_rx, Instant::now()).await;
+    conn::serve(stream, ctx, &serving, stop_rx, Instant::now(), false).await;
 }
 
 /// One extra worker: a current-thread runtime serving its share of every listener. It
@@ -362,7 +362,7 @@ async fn accept_loop(
         match serving.tls[idx].as_ref().map(TlsTerminator::acceptor) {
             None => {
                 conns.spawn(async move {
-                    conn::serve(stream, ctx, &serving, stop, accepted).await;
+                    conn::serve(stream, ctx, &serving, stop, accepted, false).await;
                 });
             }
             Some(acceptor) => {
@@ -372,7 +372,8 @@ async fn accept_loop(
                     let limit = serving.shared.config.timeouts.request_header;
                     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
-                            conn::serve(tls_stream, ctx, &serving, stop, accepted).await
+                            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            conn::serve(tls_stream, ctx, &serving, stop, accepted, h2).await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(peer = %ctx.peer, error = %e, "TLS handshake failed")
