@@ -207,6 +207,7 @@ impl Worker {
                         match self.handle(msg) {
                             Step::Stop => return,
                             Step::Look => look = true,
+                            Step::Ignore => {}
                         }
                         next = self.rx.try_recv().ok();
                     }
@@ -242,7 +243,12 @@ impl Worker {
     fn handle(&mut self, msg: Msg) -> Step {
         match msg {
             Msg::Stop => return Step::Stop,
-            Msg::Event(Ok(event)) => self.on_event(&event),
+            Msg::Event(Ok(event)) => {
+                self.on_event(&event);
+                if !self.concerns_us(&event) {
+                    return Step::Ignore;
+                }
+            }
             Msg::Event(Err(error)) => {
                 // Possibly lost events (queue overflow, watch limits): look at everything.
                 warn!(%error, paths = ?error.paths, "file watch error; rescanning the rules files");
@@ -286,6 +292,22 @@ impl Worker {
             }
             self.reconcile_dirs();
         }
+    }
+
+    /// Whether an event may say something about a watched file: it names the file, the
+    /// file's target, a directory on the way to either, or a name in Kubernetes' atomic
+    /// writer scheme (`..data`, `..2026_12_06...`), whose swaps change what a symlinked
+    /// path resolves to. Anything else (a log written next to the rules file) would cost
+    /// a scan of every file per write; the poll still catches what this leaves out.
+    fn concerns_us(&self, event: &Event) -> bool {
+        event.paths.iter().any(|p| {
+            p.file_name()
+                .is_some_and(|n| n.as_encoded_bytes().starts_with(b".."))
+                || self.dirs.contains_key(p)
+                || self.files.iter().any(|f| {
+                    f.path.starts_with(p) || f.resolved.as_deref().is_some_and(|r| r.starts_with(p))
+                })
+        })
     }
 
     /// Re-takes every fingerprint; any difference is a change.
@@ -392,6 +414,8 @@ impl Worker {
 #[derive(Debug, PartialEq, Eq)]
 enum Step {
     Look,
+    /// An event about something else in a watched directory: nothing to look at.
+    Ignore,
     Stop,
 }
 
@@ -746,6 +770,42 @@ mod tests {
         // The thread owns the sender; once it stops, the channel closes.
         let closed = timeout(GENEROUS, rx.recv()).await.expect("thread stops");
         assert_eq!(closed, None);
+    }
+
+    #[test]
+    fn only_events_that_may_touch_a_file_are_looked_at() {
+        let (_ctl, rx) = std_mpsc::channel();
+        let (tx, _notes) = mpsc::channel(1);
+        let worker = Worker {
+            watcher: None,
+            rx,
+            tx,
+            files: vec![WatchedFile {
+                path: "/etc/g/rules.yaml".into(),
+                resolved: Some("/etc/g/..2026_12_06_09_00_00.1/rules.yaml".into()),
+                print: Fingerprint::of(Path::new("/nonexistent/graylane")),
+            }],
+            dirs: HashMap::new(),
+            warned: HashSet::new(),
+            pending: None,
+        };
+        let about = |p: &str| worker.concerns_us(&Event::new(EventKind::Any).add_path(p.into()));
+        for yes in [
+            "/etc/g/rules.yaml",
+            "/etc/g/..data",
+            "/etc/g/..data_tmp",
+            "/etc/g/..2026_12_06_09_00_00.1",
+            "/etc/g",
+        ] {
+            assert!(about(yes), "{yes} ignored");
+        }
+        for no in [
+            "/etc/g/graylane.log",
+            "/etc/g/rules.yaml.bak",
+            "/etc/other/rules.yaml",
+        ] {
+            assert!(!about(no), "{no} looked at");
+        }
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub(super) async fn exchange(
         }
         UpBody::Reclaimable(_) => ReqFraming::Chunked,
     };
-    encode_head(&mut conn.wbuf, parts, framing == ReqFraming::Chunked);
+    encode_head(&mut conn.wbuf, parts, framing == ReqFraming::Chunked, addr);
     let mut body_done = framing == ReqFraming::None;
     // Once a piece of the body is taken, the request cannot be handed back unsent.
     let mut took_body = false;
@@ -169,18 +169,25 @@ pub(super) fn trailer_block(trailers: &HeaderMap) -> Vec<u8> {
 }
 
 /// The request line and header fields, lowercase names as hyper writes them.
-pub(super) fn encode_head(out: &mut Vec<u8>, parts: &Parts, chunked: bool) {
+pub(super) fn encode_head(out: &mut Vec<u8>, parts: &Parts, chunked: bool, addr: SocketAddr) {
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut host = false;
     for (name, value) in &parts.headers {
+        host |= name == header::HOST;
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if !host {
+        // Only an HTTP/1.0 client may leave `Host` out; it goes on as HTTP/1.1, which
+        // must carry one (RFC 9112 §3.2), so it names the endpoint, as a health check does.
+        let _ = write!(out, "host: {addr}\r\n");
     }
     if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");

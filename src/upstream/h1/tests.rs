@@ -272,9 +272,30 @@ fn request_heads_are_framed() {
         panic!("request builds")
     };
     let mut out = Vec::new();
-    encode_head(&mut out, &parts, true);
+    let addr = SocketAddr::from(([10, 0, 0, 7], 8080));
+    encode_head(&mut out, &parts, true, addr);
     assert_eq!(
             String::from_utf8_lossy(&out),
             "POST /chat/send?x=1 HTTP/1.1\r\nhost: a\r\nx-custom: v\r\ntransfer-encoding: chunked\r\n\r\n"
         );
+}
+
+/// An HTTP/1.0 request may come without `Host`; what goes upstream is HTTP/1.1, which
+/// must have one (RFC 9112 §3.2), or an upstream answers 400 (nginx does).
+#[test]
+fn a_request_without_host_names_the_endpoint() {
+    let Ok(parts) = Request::get("/").body(()).map(|r| r.into_parts().0) else {
+        panic!("request builds")
+    };
+    let mut out = Vec::new();
+    encode_head(
+        &mut out,
+        &parts,
+        false,
+        SocketAddr::from(([10, 0, 0, 7], 8080)),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "GET / HTTP/1.1\r\nhost: 10.0.0.7:8080\r\n\r\n"
+    );
 }
