@@ -16,6 +16,8 @@
 #            nghttp2-client sends them, the same stable-uid request every time; the
 #            count includes the 10 connections' TLS handshakes (h2load opens new ones
 #            for the measured requests), so raise --requests to spread them thinner
+#   --peers  also count nginx and haproxy doing the same routing (benches/load's configs,
+#            one worker, plaintext HTTP/1.1 only), for a user-space comparison
 #   --profile DIR  keep each run's callgrind dump as DIR/callgrind-K.out (K: the row
 #            number), to read with `callgrind_annotate --inclusive=yes DIR/callgrind-1.out`
 # Each binary runs under callgrind with the load benchmark's config (1 worker, metrics
@@ -33,6 +35,7 @@ SHADOW=0
 BINS=()
 PROFILE_DIR=""
 TLS=""
+PEERS=0
 while [[ $# -gt 0 ]]; do
     case $1 in
     --requests) N=$2; shift ;;
@@ -41,6 +44,7 @@ while [[ $# -gt 0 ]]; do
     --shadow) SHADOW=1 ;;
     --profile) PROFILE_DIR=$2; shift ;;
     --tls) TLS=$2; shift ;;
+    --peers) PEERS=1 ;;
     -h | --help) sed -n "2,22p" "$0"; exit 0 ;;
     -*) die "unknown argument $1 (see --help)" ;;
     *) BINS+=("$1") ;;
@@ -49,6 +53,7 @@ while [[ $# -gt 0 ]]; do
 done
 
 [[ -z $TLS || $TLS == h2 || $TLS == h1 ]] || die "--tls takes h2 or h1, not '$TLS'"
+[[ $PEERS == 0 || -z $TLS ]] || die "--peers counts plaintext HTTP/1.1 only; drop --tls"
 
 STABLE_PORT=18101
 GRAY_PORT=18102
@@ -71,7 +76,8 @@ done
 render() {
     sed -e "s|@RUN@|$RUN_DIR|g" -e "s|@WORKERS@|1|g" -e "s|@PORT@|$2|g" \
         -e "s|@ADMIN_PORT@|$ADMIN_PORT|g" -e "s|@STABLE_PORT@|$STABLE_PORT|g" \
-        -e "s|@GRAY_PORT@|$GRAY_PORT|g" "$1" >"$3"
+        -e "s|@GRAY_PORT@|$GRAY_PORT|g" -e "s|@LISTEN_TLS@||g" -e "s|@NGINX_TLS@||g" \
+        -e "s|@HAPROXY_TLS@||g" -e "s|@SCHEME@|http|g" "$1" >"$3"
 }
 
 render "$LOAD_DIR/upstream-nginx.conf" 0 "$RUN_DIR/upstream-nginx.conf"
@@ -119,6 +125,12 @@ for bin in "${BINS[@]}"; do
     [[ $GUARD == 1 ]] && RUNS+=("$bin|graylane-guard.yaml")
     [[ $SHADOW == 1 ]] && RUNS+=("$bin|graylane-shadow.yaml")
 done
+if [[ $PEERS == 1 ]]; then
+    ensure_tools haproxy:haproxy
+    render "$LOAD_DIR/nginx-proxy.conf" "$GRAYLANE_PORT" "$RUN_DIR/nginx-proxy.conf"
+    render "$LOAD_DIR/haproxy.cfg" "$GRAYLANE_PORT" "$RUN_DIR/haproxy.cfg"
+    RUNS+=("$NGINX_BIN|nginx-proxy.conf" "$(command -v haproxy)|haproxy.cfg")
+fi
 
 printf '| binary | config | instructions per request |\n|---|---|---|\n'
 for run in "${RUNS[@]}"; do
@@ -126,8 +138,15 @@ for run in "${RUNS[@]}"; do
     cfg=${run#*|}
     [[ -x $bin ]] || die "no binary at $bin"
     out="$RUN_DIR/callgrind.out"
+    case $cfg in
+    # One process each, in the foreground: callgrind counts the one that serves.
+    nginx-proxy.conf) args=(-p "$RUN_DIR" -c "$RUN_DIR/$cfg" -e "$RUN_DIR/nginx-proxy.error.log"
+        -g 'daemon off; master_process off;') ;;
+    haproxy.cfg) args=(-db -f "$RUN_DIR/$cfg") ;;
+    *) args=(run --config "$RUN_DIR/$cfg") ;;
+    esac
     RUST_LOG=warn,graylane::access=info start_bg callgrind valgrind --tool=callgrind \
-        --callgrind-out-file="$out" "$bin" run --config "$RUN_DIR/$cfg"
+        --callgrind-out-file="$out" "$bin" "${args[@]}"
     pid=$BG_PID
     wait_http "$SCHEME://127.0.0.1:$GRAYLANE_PORT/" 60 "$pid" || die "$bin did not start under valgrind"
     load 200
