@@ -17,7 +17,8 @@
 #            count includes the 10 connections' TLS handshakes (h2load opens new ones
 #            for the measured requests), so raise --requests to spread them thinner
 #   --peers  also count nginx and haproxy doing the same routing (benches/load's configs,
-#            one worker, plaintext HTTP/1.1 only), for a user-space comparison
+#            one worker; with --tls, terminating TLS with the same certificate), for a
+#            user-space comparison
 #   --profile DIR  keep each run's callgrind dump as DIR/callgrind-K.out (K: the row
 #            number), to read with `callgrind_annotate --inclusive=yes DIR/callgrind-1.out`
 # Each binary runs under callgrind with the load benchmark's config (1 worker, metrics
@@ -53,7 +54,6 @@ while [[ $# -gt 0 ]]; do
 done
 
 [[ -z $TLS || $TLS == h2 || $TLS == h1 ]] || die "--tls takes h2 or h1, not '$TLS'"
-[[ $PEERS == 0 || -z $TLS ]] || die "--peers counts plaintext HTTP/1.1 only; drop --tls"
 
 STABLE_PORT=18101
 GRAY_PORT=18102
@@ -73,11 +73,24 @@ for p in $STABLE_PORT $GRAY_PORT $GRAYLANE_PORT $ADMIN_PORT; do
     port_free "$p" || die "port $p on 127.0.0.1 is in use; stop whatever holds it"
 done
 
+# With --tls the peers' configs get the certificate that graylane gets (made below).
+LISTEN_TLS="" NGINX_TLS="" HAPROXY_TLS="" PEER_SCHEME=http
+if [[ -n $TLS ]]; then
+    PEER_SCHEME=https
+    LISTEN_TLS=" ssl http2" # nginx 1.25.1+ wants `http2 on;` instead
+    NGINX_TLS="ssl_certificate $RUN_DIR/cert.pem; ssl_certificate_key $RUN_DIR/key.pem;"
+    nginx_ver=$("$NGINX_BIN" -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p')
+    if [[ $(printf '%s\n1.25.1\n' "$nginx_ver" | sort -V | head -1) == 1.25.1 ]]; then
+        LISTEN_TLS=" ssl" NGINX_TLS="$NGINX_TLS http2 on;"
+    fi
+    HAPROXY_TLS=" ssl crt $RUN_DIR/haproxy.pem alpn h2,http/1.1"
+fi
 render() {
     sed -e "s|@RUN@|$RUN_DIR|g" -e "s|@WORKERS@|1|g" -e "s|@PORT@|$2|g" \
         -e "s|@ADMIN_PORT@|$ADMIN_PORT|g" -e "s|@STABLE_PORT@|$STABLE_PORT|g" \
-        -e "s|@GRAY_PORT@|$GRAY_PORT|g" -e "s|@LISTEN_TLS@||g" -e "s|@NGINX_TLS@||g" \
-        -e "s|@HAPROXY_TLS@||g" -e "s|@SCHEME@|http|g" "$1" >"$3"
+        -e "s|@GRAY_PORT@|$GRAY_PORT|g" -e "s|@LISTEN_TLS@|$LISTEN_TLS|g" \
+        -e "s|@NGINX_TLS@|$NGINX_TLS|g" -e "s|@HAPROXY_TLS@|$HAPROXY_TLS|g" \
+        -e "s|@SCHEME@|$PEER_SCHEME|g" "$1" >"$3"
 }
 
 render "$LOAD_DIR/upstream-nginx.conf" 0 "$RUN_DIR/upstream-nginx.conf"
@@ -91,6 +104,7 @@ if [[ -n $TLS ]]; then
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
         -keyout "$RUN_DIR/key.pem" -out "$RUN_DIR/cert.pem" -subj /CN=localhost \
         >"$RUN_DIR/openssl.log" 2>&1 || die "openssl: $(cat "$RUN_DIR/openssl.log")"
+    cat "$RUN_DIR/cert.pem" "$RUN_DIR/key.pem" >"$RUN_DIR/haproxy.pem"
     sed -i "/^    bind: \"127.0.0.1:$GRAYLANE_PORT\"/a\\    tls: { cert: \"$RUN_DIR/cert.pem\", key: \"$RUN_DIR/key.pem\" }" \
         "$RUN_DIR/graylane.yaml"
     grep -q '^    tls: ' "$RUN_DIR/graylane.yaml" || die "could not add tls: to graylane.yaml"
