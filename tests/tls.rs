@@ -167,6 +167,71 @@ async fn the_first_head_is_timed_from_accept_across_the_tls_handshake() {
     p.stop().await;
 }
 
+/// A returning client resumes its TLS session (a ticket), TLS 1.3 and TLS 1.2 alike, even
+/// after 150 other clients came between: a browser reopening the console skips the full
+/// handshake. (A stateful session cache of rustls' default 256 entries, 2 per TLS 1.3
+/// client, would have forgotten it.)
+/// A client of one TLS version, HTTP/1.1, with a session store of its own.
+fn connector_for(cert: &Cert, version: &'static rustls::SupportedProtocolVersion) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    TlsConnector::from(Arc::new(cfg))
+}
+
+#[tokio::test]
+async fn returning_clients_resume_their_session() {
+    let cert = make_cert("console.test");
+    let (_s, _g, p) = tls_proxy(&cert).await;
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        // One connector, one session store: what a browser keeps between connections.
+        let connector = connector_for(&cert, version);
+        let mut kinds = Vec::new();
+        for uid in ["1", "2"] {
+            let tcp = TcpStream::connect(p.addr()).await.unwrap();
+            let tls = connector
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .expect("TLS handshake");
+            kinds.push(tls.get_ref().1.handshake_kind());
+            let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .unwrap();
+            let task = tokio::spawn(conn);
+            // Reading an answer also reads the tickets the server sent after the handshake.
+            let resp = s.send_request(req(uid)).await.unwrap();
+            resp.into_body().collect().await.unwrap();
+            drop(s);
+            let _ = task.await;
+            if uid == "1" {
+                for _ in 0..150 {
+                    let tcp = TcpStream::connect(p.addr()).await.unwrap();
+                    let other = connector_for(&cert, version)
+                        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                        .await
+                        .expect("TLS handshake");
+                    drop(other);
+                }
+            }
+        }
+        assert_eq!(
+            kinds,
+            [
+                Some(rustls::HandshakeKind::Full),
+                Some(rustls::HandshakeKind::Resumed)
+            ],
+            "{version:?}"
+        );
+    }
+    p.stop().await;
+}
+
 #[tokio::test]
 async fn certificate_reload_keeps_open_connections_and_rejects_bad_files() {
     let old = make_cert("console.test");

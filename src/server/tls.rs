@@ -165,5 +165,13 @@ fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
             reason: e.to_string(),
         })?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Stateless session tickets: a returning browser resumes however many clients came
+    // between (the default stateful cache holds 256 sessions per listener), and no worker
+    // locks a cache to hand one out. The keys rotate every 6 hours and are new after a
+    // certificate reload, which costs each client one full handshake.
+    cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Config {
+        cert: cert.to_path_buf(),
+        reason: format!("session tickets: {e}"),
+    })?;
     Ok(cfg)
 }
