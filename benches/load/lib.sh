@@ -189,5 +189,7 @@ machine_notes() {
     cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
     echo "- machine: ${cpu:-unknown CPU}, $(nproc) online cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r)"
     echo "- load average when the report was written: $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min; other work on the machine skews every row alike only if it is steady)"
-    echo "- graylane $(cd "$ROOT_DIR" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT_DIR" && git diff --quiet HEAD -- src 2>/dev/null || echo ' (+ uncommitted src changes)') (release profile)"
+    # GRAYLANE_COMMIT: what the binary was built from, when the tree may have moved on
+    # since (a long run copies the binary at its start).
+    echo "- graylane ${GRAYLANE_COMMIT:-$(cd "$ROOT_DIR" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT_DIR" && git diff --quiet HEAD -- src 2>/dev/null || echo ' (+ uncommitted src changes)')} (release profile)"
 }

@@ -16,7 +16,8 @@
 #   --no-build        use the existing target/release/graylane
 #   -h, --help        this text
 # Environment: SOAK_PORT_BASE (default 18400; ports BASE+1..+5, +10, +90 on 127.0.0.1),
-# GRAYLANE_BIN (a graylane binary to soak instead of the release build).
+# GRAYLANE_BIN (a graylane binary to soak instead of the release build), GRAYLANE_BIN_FROM
+# (the commit that binary was built from, for the report).
 # Writes samples.csv (every 10 s), reloads.csv, summary.md and every log into the run
 # directory and prints summary.md. Exit 0 when every criterion passed, 1 otherwise.
 # See benches/soak/README.md for what is measured and how.
@@ -43,7 +44,7 @@ while [[ $# -gt 0 ]]; do
     --fd-wait) FD_WAIT=$2; shift ;;
     --out) OUT=$2; shift ;;
     --no-build) export NO_BUILD=1 ;;
-    -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
     esac
     shift
@@ -109,6 +110,9 @@ fi
 # A private copy: a rebuild in the work tree during the hour must not touch the binary
 # under test.
 cp "$GRAYLANE_BIN" "$RUN_DIR/graylane"
+GRAYLANE_COMMIT=$(cd "$ROOT_DIR" && git rev-parse --short HEAD 2>/dev/null || echo '?')
+[[ -n ${GRAYLANE_BIN_FROM:-} ]] && GRAYLANE_COMMIT=$GRAYLANE_BIN_FROM
+export GRAYLANE_COMMIT
 GL="$RUN_DIR/graylane"
 for p in $NGX_STABLE $NGX_GRAY $INJECTOR $WS_STABLE $WS_GRAY $PORT $ADMIN_PORT; do
     port_free "$p" || die "port $p on 127.0.0.1 is in use (set SOAK_PORT_BASE)"
@@ -348,7 +352,7 @@ stop_pid "$NGX_PID"
 # ---------------------------------------------------------------- report
 {
     machine_notes
-    echo "- graylane binary sha256 $(sha256sum "$GL" | cut -c1-16)…, built from $(cd "$ROOT_DIR" && git rev-parse HEAD)"
+    echo "- graylane binary sha256 $(sha256sum "$GL" | cut -c1-16)…, the tree at $GRAYLANE_COMMIT when the soak started"
     echo "- python $(python3 -c 'import platform; print(platform.python_version())'), $($NGINX_BIN -v 2>&1 | sed 's/^nginx version: //') as the HTTP upstream"
 } >"$RUN_DIR/machine.md"
 cat >"$RUN_DIR/meta.env" <<EOF
