@@ -40,11 +40,14 @@ th{color:#57606a;font-weight:600;font-size:12px}td.n{text-align:right;font-varia
 pub(crate) fn render(st: &Status) -> String {
     let mut h = String::with_capacity(32 * 1024);
     let refresh = SAMPLE_EVERY.as_secs();
+    // The empty `data:` icon keeps a browser from asking the admin port for
+    // /favicon.ico on every refresh.
     let _ = write!(
         h,
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta http-equiv=\"refresh\" content=\"{refresh}\">\
          <meta name=\"viewport\" content=\"width=device-width\">\
+         <link rel=\"icon\" href=\"data:,\">\
          <title>graylane status</title><style>{STYLE}</style></head><body>"
     );
     header(&mut h, st);
