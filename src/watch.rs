@@ -295,11 +295,16 @@ impl Worker {
     }
 
     /// Whether an event may say something about a watched file: it names the file, the
-    /// file's target, a directory on the way to either, or a name in Kubernetes' atomic
-    /// writer scheme (`..data`, `..2026_12_06...`), whose swaps change what a symlinked
-    /// path resolves to. Anything else (a log written next to the rules file) would cost
-    /// a scan of every file per write; the poll still catches what this leaves out.
+    /// file's target, a directory on the way to either, a symlink (a swap anywhere on the
+    /// way changes what the path resolves to), or a name in Kubernetes' atomic writer
+    /// scheme (`..data`, `..2026_12_06...`, whose old targets are gone by the time the
+    /// event is read); or it says events were lost. Anything else (a log written next to
+    /// the rules file) would cost a scan of every file per write; the poll still catches
+    /// what this leaves out.
     fn concerns_us(&self, event: &Event) -> bool {
+        if event.need_rescan() || event.paths.is_empty() {
+            return true;
+        }
         event.paths.iter().any(|p| {
             p.file_name()
                 .is_some_and(|n| n.as_encoded_bytes().starts_with(b".."))
@@ -307,6 +312,7 @@ impl Worker {
                 || self.files.iter().any(|f| {
                     f.path.starts_with(p) || f.resolved.as_deref().is_some_and(|r| r.starts_with(p))
                 })
+                || std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink())
         })
     }
 

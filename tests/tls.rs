@@ -167,10 +167,6 @@ async fn the_first_head_is_timed_from_accept_across_the_tls_handshake() {
     p.stop().await;
 }
 
-/// A returning client resumes its TLS session (a ticket), TLS 1.3 and TLS 1.2 alike, even
-/// after 150 other clients came between: a browser reopening the console skips the full
-/// handshake. (A stateful session cache of rustls' default 256 entries, 2 per TLS 1.3
-/// client, would have forgotten it.)
 /// A client of one TLS version, HTTP/1.1, with a session store of its own.
 fn connector_for(cert: &Cert, version: &'static rustls::SupportedProtocolVersion) -> TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
@@ -185,6 +181,10 @@ fn connector_for(cert: &Cert, version: &'static rustls::SupportedProtocolVersion
     TlsConnector::from(Arc::new(cfg))
 }
 
+/// A returning client resumes its TLS session (a ticket), TLS 1.3 and TLS 1.2 alike, even
+/// after 150 other clients and a SIGHUP (which also reloads the rules) came between: a
+/// browser reopening the console skips the full handshake. (A stateful session cache of
+/// rustls' default 256 entries, 2 per TLS 1.3 client, would have forgotten it.)
 #[tokio::test]
 async fn returning_clients_resume_their_session() {
     let cert = make_cert("console.test");
@@ -218,6 +218,7 @@ async fn returning_clients_resume_their_session() {
                         .expect("TLS handshake");
                     drop(other);
                 }
+                p.tls.reload();
             }
         }
         assert_eq!(

@@ -459,7 +459,7 @@ pub(super) async fn exchange(
     req: Request<UpBody>,
 ) -> Result<Response<DownBody>, Failed> {
     match protocol {
-        Protocol::Http1 => h1::send(ep.addr(), req, shared.config.timeouts.connect)
+        Protocol::Http1 => h1::send(ep.addr(), ep.origin(), req, shared.config.timeouts.connect)
             .await
             .map(|resp| resp.map(DownBody::h1))
             .map_err(|f| {

@@ -47,6 +47,9 @@ pub enum TlsError {
 pub(crate) struct TlsTerminator {
     files: Tls,
     acceptor: ArcSwap<TlsAcceptor>,
+    /// Kept across reloads: a SIGHUP (which also reloads the rules) must not send every
+    /// returning client through a full handshake.
+    tickets: Arc<dyn rustls::server::ProducesTickets>,
 }
 
 impl std::fmt::Debug for TlsTerminator {
@@ -60,10 +63,15 @@ impl std::fmt::Debug for TlsTerminator {
 impl TlsTerminator {
     /// Loads the certificate and key.
     pub(crate) fn load(files: &Tls) -> Result<Self, TlsError> {
-        let cfg = server_config(&files.cert, &files.key)?;
+        let tickets = rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Config {
+            cert: files.cert.clone(),
+            reason: format!("session tickets: {e}"),
+        })?;
+        let cfg = server_config(&files.cert, &files.key, &tickets)?;
         Ok(Self {
             files: files.clone(),
             acceptor: ArcSwap::from_pointee(TlsAcceptor::from(Arc::new(cfg))),
+            tickets,
         })
     }
 
@@ -74,7 +82,7 @@ impl TlsTerminator {
 
     /// Re-reads the files; on error the old certificate stays and the error is returned.
     pub(crate) fn reload(&self) -> Result<(), TlsError> {
-        let cfg = server_config(&self.files.cert, &self.files.key)?;
+        let cfg = server_config(&self.files.cert, &self.files.key, &self.tickets)?;
         self.acceptor
             .store(Arc::new(TlsAcceptor::from(Arc::new(cfg))));
         Ok(())
@@ -139,7 +147,11 @@ impl std::fmt::Debug for Reloader {
     }
 }
 
-fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
+fn server_config(
+    cert: &Path,
+    key: &Path,
+    tickets: &Arc<dyn rustls::server::ProducesTickets>,
+) -> Result<ServerConfig, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| TlsError::Cert {
@@ -167,11 +179,7 @@ fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // Stateless session tickets: a returning browser resumes however many clients came
     // between (the default stateful cache holds 256 sessions per listener), and no worker
-    // locks a cache to hand one out. The keys rotate every 6 hours and are new after a
-    // certificate reload, which costs each client one full handshake.
-    cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Config {
-        cert: cert.to_path_buf(),
-        reason: format!("session tickets: {e}"),
-    })?;
+    // locks a cache to hand one out. The keys rotate every 6 hours.
+    cfg.ticketer = Arc::clone(tickets);
     Ok(cfg)
 }

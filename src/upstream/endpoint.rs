@@ -144,6 +144,12 @@ impl Endpoint {
         &self.authority
     }
 
+    /// The endpoint as configured (`name:port` or `ip:port`): the `Host` of health checks
+    /// and of requests that came without one.
+    pub(crate) fn origin(&self) -> &str {
+        &self.origin
+    }
+
     /// `ip:port`, the `endpoint` label of metrics and logs: one name can expand to many pods.
     pub(crate) fn label(&self) -> &str {
         &self.label

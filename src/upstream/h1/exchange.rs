@@ -39,6 +39,7 @@ pub(super) enum ReqFraming {
 pub(super) async fn exchange(
     mut conn: Conn,
     addr: SocketAddr,
+    origin: &str,
     parts: &Parts,
     body: &mut UpBody,
 ) -> Result<Response<H1Body>, Exchange> {
@@ -49,7 +50,12 @@ pub(super) async fn exchange(
         }
         UpBody::Reclaimable(_) => ReqFraming::Chunked,
     };
-    encode_head(&mut conn.wbuf, parts, framing == ReqFraming::Chunked, addr);
+    encode_head(
+        &mut conn.wbuf,
+        parts,
+        framing == ReqFraming::Chunked,
+        origin,
+    );
     let mut body_done = framing == ReqFraming::None;
     // Once a piece of the body is taken, the request cannot be handed back unsent.
     let mut took_body = false;
@@ -169,7 +175,7 @@ pub(super) fn trailer_block(trailers: &HeaderMap) -> Vec<u8> {
 }
 
 /// The request line and header fields, lowercase names as hyper writes them.
-pub(super) fn encode_head(out: &mut Vec<u8>, parts: &Parts, chunked: bool, addr: SocketAddr) {
+pub(super) fn encode_head(out: &mut Vec<u8>, parts: &Parts, chunked: bool, origin: &str) {
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -185,9 +191,12 @@ pub(super) fn encode_head(out: &mut Vec<u8>, parts: &Parts, chunked: bool, addr:
         out.extend_from_slice(b"\r\n");
     }
     if !host {
-        // Only an HTTP/1.0 client may leave `Host` out; it goes on as HTTP/1.1, which
-        // must carry one (RFC 9112 §3.2), so it names the endpoint, as a health check does.
-        let _ = write!(out, "host: {addr}\r\n");
+        // An HTTP/1.0 request may come without `Host` (and an HTTP/2 one without
+        // `:authority`); it goes on as HTTP/1.1, which must carry one (RFC 9112 §3.2), so
+        // it names the endpoint as configured, as a health check does.
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(origin.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");

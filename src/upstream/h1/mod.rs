@@ -105,12 +105,14 @@ pub(crate) struct SendFailure {
     pub request: Request<UpBody>,
 }
 
-/// Sends `req` (origin-form URI, `Host` set) to `addr` on an idle connection of this
+/// Sends `req` (origin-form URI; without `Host`, `origin` is sent as one) to `addr` on an
+/// idle connection of this
 /// worker, or a new one. The response body reads the rest from the connection and puts
 /// it back into the pool when it ends; a `101` hands it over through
 /// [`H1Body::into_tunnel`].
 pub(crate) async fn send(
     addr: SocketAddr,
+    origin: &str,
     req: Request<UpBody>,
     connect_timeout: Duration,
 ) -> Result<Response<H1Body>, SendFailure> {
@@ -119,7 +121,7 @@ pub(crate) async fn send(
         if !conn.idle_usable() {
             continue;
         }
-        match exchange(conn, addr, &parts, &mut body).await {
+        match exchange(conn, addr, origin, &parts, &mut body).await {
             Ok(resp) => return Ok(resp),
             // Nothing of the request went out (the upstream closed an idle keep-alive
             // connection as it was taken): try the next one.
@@ -134,7 +136,7 @@ pub(crate) async fn send(
         Ok(c) => c,
         Err(error) => return Err(SendFailure::new(error, parts, body)),
     };
-    match exchange(conn, addr, &parts, &mut body).await {
+    match exchange(conn, addr, origin, &parts, &mut body).await {
         Ok(resp) => Ok(resp),
         Err(Exchange::Unsent(error) | Exchange::Failed(error)) => {
             Err(SendFailure::new(error, parts, body))

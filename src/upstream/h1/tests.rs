@@ -272,8 +272,7 @@ fn request_heads_are_framed() {
         panic!("request builds")
     };
     let mut out = Vec::new();
-    let addr = SocketAddr::from(([10, 0, 0, 7], 8080));
-    encode_head(&mut out, &parts, true, addr);
+    encode_head(&mut out, &parts, true, "chat-gray:8080");
     assert_eq!(
             String::from_utf8_lossy(&out),
             "POST /chat/send?x=1 HTTP/1.1\r\nhost: a\r\nx-custom: v\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -288,14 +287,9 @@ fn a_request_without_host_names_the_endpoint() {
         panic!("request builds")
     };
     let mut out = Vec::new();
-    encode_head(
-        &mut out,
-        &parts,
-        false,
-        SocketAddr::from(([10, 0, 0, 7], 8080)),
-    );
+    encode_head(&mut out, &parts, false, "chat-gray:8080");
     assert_eq!(
         String::from_utf8_lossy(&out),
-        "GET / HTTP/1.1\r\nhost: 10.0.0.7:8080\r\n\r\n"
+        "GET / HTTP/1.1\r\nhost: chat-gray:8080\r\n\r\n"
     );
 }
