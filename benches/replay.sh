@@ -14,28 +14,21 @@
 #   LINES       access-log lines (default 1000000)
 set -euo pipefail
 
-ROOT_DIR=$(cd "$(dirname "$0")/.." && pwd)
-BIN="$ROOT_DIR/target/release/graylane"
-NO_BUILD=0
+# log, die, make_run_dir, cleanup and build_graylane: the load scripts' helpers.
+source "$(dirname "$0")/load/lib.sh"
 LINES=1000000
 for arg in "$@"; do
     case $arg in
-        --no-build) NO_BUILD=1 ;;
+        --no-build) export NO_BUILD=1 ;;
         '' | *[!0-9]*) echo "usage: $0 [--no-build] [LINES]" >&2; exit 2 ;;
         *) LINES=$arg ;;
     esac
 done
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-
-RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/graylane-replay.XXXXXX")
-trap 'rm -rf "$RUN_DIR"' EXIT
-
-if [[ $NO_BUILD == 0 ]]; then
-    log "building the release binary"
-    (cd "$ROOT_DIR" && cargo build --release --bin graylane -p graylane >&2)
-fi
-[[ -x $BIN ]] || { echo "no $BIN (build it, or drop --no-build)" >&2; exit 1; }
+trap cleanup EXIT
+make_run_dir
+build_graylane
+BIN=$GRAYLANE_BIN
 
 cat >"$RUN_DIR/graylane.yaml" <<'EOF'
 listeners:

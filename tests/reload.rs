@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::os::unix::fs::symlink;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -126,24 +125,6 @@ async fn editor_rename_over_is_live_within_a_second_every_time() {
     assert_live(&c, &p, t, "in-place write", 43, "gray").await;
     assert_eq!(pool_of(&c, &p, 42).await, "stable");
     p.stop().await;
-}
-
-/// Publishes `files` the way the kubelet updates a ConfigMap volume: a new timestamped
-/// directory, a `..data_tmp` symlink to it renamed over `..data`, the old directory removed.
-fn k8s_publish(dir: &Path, stamp: &str, files: &[(&str, &str)]) {
-    let new = dir.join(stamp);
-    std::fs::create_dir(&new).unwrap();
-    for (name, content) in files {
-        std::fs::write(new.join(name), content).unwrap();
-    }
-    let data = dir.join("..data");
-    let old = std::fs::read_link(&data).ok();
-    let tmp = dir.join("..data_tmp");
-    symlink(stamp, &tmp).unwrap();
-    std::fs::rename(&tmp, &data).unwrap();
-    if let Some(old) = old {
-        std::fs::remove_dir_all(dir.join(old)).unwrap();
-    }
 }
 
 #[tokio::test]

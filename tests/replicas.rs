@@ -51,24 +51,6 @@ rules:
     )
 }
 
-/// Publishes `files` as the kubelet does: a new directory, `..data_tmp` renamed over
-/// `..data`, the old directory removed.
-fn k8s_publish(dir: &Path, stamp: &str, files: &[(&str, &str)]) {
-    let new = dir.join(stamp);
-    std::fs::create_dir(&new).unwrap();
-    for (name, content) in files {
-        std::fs::write(new.join(name), content).unwrap();
-    }
-    let data = dir.join("..data");
-    let old = std::fs::read_link(&data).ok();
-    let tmp = dir.join("..data_tmp");
-    symlink(stamp, &tmp).unwrap();
-    std::fs::rename(&tmp, &data).unwrap();
-    if let Some(old) = old {
-        std::fs::remove_dir_all(dir.join(old)).unwrap();
-    }
-}
-
 /// A ConfigMap-style directory holding `rules.yaml` and `staff.txt` behind `..data`.
 fn configmap(v1: &str, staff: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

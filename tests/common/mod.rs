@@ -570,3 +570,21 @@ pub async fn metric(p: &Proxy, series: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// Publishes `files` the way the kubelet updates a ConfigMap volume: a new timestamped
+/// directory, a `..data_tmp` symlink to it renamed over `..data`, the old directory removed.
+pub fn k8s_publish(dir: &Path, stamp: &str, files: &[(&str, &str)]) {
+    let new = dir.join(stamp);
+    std::fs::create_dir(&new).unwrap();
+    for (name, content) in files {
+        std::fs::write(new.join(name), content).unwrap();
+    }
+    let data = dir.join("..data");
+    let old = std::fs::read_link(&data).ok();
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(stamp, &tmp).unwrap();
+    std::fs::rename(&tmp, &data).unwrap();
+    if let Some(old) = old {
+        std::fs::remove_dir_all(dir.join(old)).unwrap();
+    }
+}
