@@ -19,6 +19,8 @@
 #   --peers  also count nginx and haproxy doing the same routing (benches/load's configs,
 #            one worker; with --tls, terminating TLS with the same certificate), for a
 #            user-space comparison
+#   --floor  also count benches/floor's relay (the same routing with nothing else, on
+#            epoll and on io_uring): the floor of a lean HTTP/1.1 path
 #   --profile DIR  keep each run's callgrind dump as DIR/callgrind-K.out (K: the row
 #            number), to read with `callgrind_annotate --inclusive=yes DIR/callgrind-1.out`
 # Each binary runs under callgrind with the load benchmark's config (1 worker, metrics
@@ -37,6 +39,7 @@ BINS=()
 PROFILE_DIR=""
 TLS=""
 PEERS=0
+FLOOR=0
 while [[ $# -gt 0 ]]; do
     case $1 in
     --requests) N=$2; shift ;;
@@ -46,7 +49,8 @@ while [[ $# -gt 0 ]]; do
     --profile) PROFILE_DIR=$2; shift ;;
     --tls) TLS=$2; shift ;;
     --peers) PEERS=1 ;;
-    -h | --help) sed -n "2,22p" "$0"; exit 0 ;;
+    --floor) FLOOR=1 ;;
+    -h | --help) sed -n "2,24p" "$0"; exit 0 ;;
     -*) die "unknown argument $1 (see --help)" ;;
     *) BINS+=("$1") ;;
     esac
@@ -54,6 +58,7 @@ while [[ $# -gt 0 ]]; do
 done
 
 [[ -z $TLS || $TLS == h2 || $TLS == h1 ]] || die "--tls takes h2 or h1, not '$TLS'"
+[[ -z $TLS || $FLOOR == 0 ]] || die "--floor is plaintext HTTP/1.1 only"
 
 STABLE_PORT=18101
 GRAY_PORT=18102
@@ -145,6 +150,10 @@ if [[ $PEERS == 1 ]]; then
     render "$LOAD_DIR/haproxy.cfg" "$GRAYLANE_PORT" "$RUN_DIR/haproxy.cfg"
     RUNS+=("$NGINX_BIN|nginx-proxy.conf" "$(command -v haproxy)|haproxy.cfg")
 fi
+if [[ $FLOOR == 1 ]]; then
+    build_floor
+    RUNS+=("$FLOOR_BIN|epoll" "$FLOOR_BIN|uring")
+fi
 
 printf '| binary | config | instructions per request |\n|---|---|---|\n'
 for run in "${RUNS[@]}"; do
@@ -157,6 +166,8 @@ for run in "${RUNS[@]}"; do
     nginx-proxy.conf) args=(-p "$RUN_DIR" -c "$RUN_DIR/$cfg" -e "$RUN_DIR/nginx-proxy.error.log"
         -g 'daemon off; master_process off;') ;;
     haproxy.cfg) args=(-db -f "$RUN_DIR/$cfg") ;;
+    epoll | uring) args=(--listen "127.0.0.1:$GRAYLANE_PORT" --stable "127.0.0.1:$STABLE_PORT"
+        --gray "127.0.0.1:$GRAY_PORT" --io "$cfg") ;;
     *) args=(run --config "$RUN_DIR/$cfg") ;;
     esac
     RUST_LOG=warn,graylane::access=info start_bg callgrind valgrind --tool=callgrind \

@@ -135,6 +135,17 @@ build_graylane() {
     [[ -x $GRAYLANE_BIN ]] || die "no binary at $GRAYLANE_BIN"
 }
 
+# build_floor : release build of benches/floor (its own workspace); sets FLOOR_BIN.
+build_floor() {
+    local dir="$ROOT_DIR/benches/floor"
+    if [[ ${NO_BUILD:-0} != 1 ]]; then
+        log "cargo build --release (benches/floor)"
+        (cd "$dir" && cargo build --release --quiet) >&2 || die "cargo build --release failed in benches/floor"
+    fi
+    FLOOR_BIN="$dir/target/release/graylane-floor"
+    [[ -x $FLOOR_BIN ]] || die "no binary at $FLOOR_BIN"
+}
+
 # proc_tree PID : the PID and its direct children (nginx master + workers).
 proc_tree() {
     echo "$1"

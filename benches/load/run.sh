@@ -9,12 +9,16 @@
 # Every row: req/s, p50, p99, and the proxy's CPU per request split into user and kernel
 # time (utime/stime of all its processes and threads, /proc/PID/stat).
 #
-# Usage: benches/load/run.sh [--tls | --all] [--quick] [--rounds N] [--no-build] [--out FILE]
+# Usage: benches/load/run.sh [--tls | --all] [--floor] [--quick] [--rounds N] [--no-build] [--out FILE]
 #          plain: [--duration SECONDS] [--warmup SECONDS] [--connections N] [--workers "1 2"]
 #          TLS:   [--requests N] [--tls-connections N] [--streams N] [--protos "h2 h1"]
 #   (none)       plain mode only; report to benches/load/results.md
 #   --tls        TLS modes only (1 worker each); report to benches/load/results-tls.md
 #   --all        plain and TLS modes, interleaved in each round; report to results.md
+#   --floor      plain mode also runs benches/floor's relay (1 worker only): on epoll (floor),
+#                on epoll with a read tried straight after each write (floor-eager), and on
+#                io_uring (floor-uring); the floor of a lean HTTP/1.1 path, and the kernel
+#                levers measured beside graylane and the peers
 #   --quick      1 round; plain 3 s per run after 1 s warm-up; TLS 40000 requests per run
 #   default      3 rounds; plain 10 s per run after 2 s warm-up, 64 connections, workers
 #                "1 2"; TLS 200000 requests per run after 20000 warm-up requests, h2load 1
@@ -45,6 +49,7 @@ STREAMS=10
 PROTOS="h2 h1"
 RUN_PLAIN=1
 RUN_TLS=0
+RUN_FLOOR=0
 OUT=""
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -56,13 +61,14 @@ while [[ $# -gt 0 ]]; do
     --workers) WORKERS_LIST=$2; shift ;;
     --tls) RUN_PLAIN=0 RUN_TLS=1 ;;
     --all) RUN_PLAIN=1 RUN_TLS=1 ;;
+    --floor) RUN_FLOOR=1 ;;
     --requests) REQUESTS=$2; shift ;;
     --tls-connections) TLS_CONNS=$2; shift ;;
     --streams) STREAMS=$2; shift ;;
     --protos) PROTOS=$2; shift ;;
     --out) OUT=$2; shift ;;
     --no-build) export NO_BUILD=1 ;;
-    -h | --help) sed -n '2,33p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,37p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
     esac
     shift
@@ -82,6 +88,7 @@ GRAYLANE_PORT=18200
 ADMIN_PORT=18290
 NGINX_PORT=18300
 HAPROXY_PORT=18400
+FLOOR_PORT=18500
 PATH_UNDER_TEST=/chat/send
 CLK_TCK=$(getconf CLK_TCK)
 # h2load sends the same headers on every request (it cannot vary them per request as
@@ -108,8 +115,9 @@ ensure_tools "${tools[@]}"
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY_BIN=$(command -v haproxy || echo /usr/sbin/haproxy)
 build_graylane
+[[ $RUN_FLOOR == 1 ]] && build_floor
 
-for p in $STABLE_PORT $GRAY_PORT $GRAYLANE_PORT $ADMIN_PORT $NGINX_PORT $HAPROXY_PORT; do
+for p in $STABLE_PORT $GRAY_PORT $GRAYLANE_PORT $ADMIN_PORT $NGINX_PORT $HAPROXY_PORT $FLOOR_PORT; do
     port_free "$p" || die "port $p on 127.0.0.1 is in use; stop whatever holds it"
 done
 
@@ -197,6 +205,14 @@ start_proxy() {
         PROXY_PORT=$HAPROXY_PORT
         render "$LOAD_DIR/haproxy.cfg" "$dir/haproxy.cfg" "$w" "$PROXY_PORT" "$tls"
         start_bg "$label" taskset -c "$PROXY_CPUS" "$HAPROXY_BIN" -db -f "$dir/haproxy.cfg"
+        ;;
+    floor*)
+        PROXY_PORT=$FLOOR_PORT
+        local io=(--io epoll)
+        [[ $kind == floor-uring ]] && io=(--io uring)
+        [[ $kind == floor-eager ]] && io+=(--eager-read)
+        start_bg "$label" taskset -c "$PROXY_CPUS" "$FLOOR_BIN" --listen "127.0.0.1:$PROXY_PORT" \
+            --stable "127.0.0.1:$STABLE_PORT" --gray "127.0.0.1:$GRAY_PORT" "${io[@]}"
         ;;
     esac
     PROXY_PID=$BG_PID
@@ -410,7 +426,9 @@ log "pinning: proxy on cpu $PROXY_CPUS; load generator and upstream nginx on cpu
 for round in $(seq 1 "$ROUNDS"); do
     if [[ $RUN_PLAIN == 1 ]]; then
         for w in $WORKERS_LIST; do
-            for kind in direct graylane nginx haproxy; do
+            kinds=(direct graylane nginx haproxy)
+            [[ $RUN_FLOOR == 1 && $w == 1 ]] && kinds+=(floor floor-eager floor-uring)
+            for kind in "${kinds[@]}"; do
                 [[ $kind == direct && $w != "${WORKERS_LIST%% *}" ]] && continue # one direct row per round
                 measure_plain "$kind" "$w" "$round"
             done
@@ -490,23 +508,25 @@ paired_ratios() {
     awk -F'\t' -v mode="$1" "$AWK_LIB"'
         $1 != mode { next }
         { rps[$2, $3, $4] = $5; usr[$2, $3, $4] = $8; tot[$2, $3, $4] = $10
-          if ($4 > rounds) rounds = $4; if ($2 == "graylane") ws[$3] = 1 }
+          if ($4 > rounds) rounds = $4
+          if ($2 != "direct" && $2 != "nginx" && $2 != "haproxy") { if (!(($2, $3) in seen)) { seen[$2, $3] = 1; order[++n] = $2 SUBSEP $3 } } }
         function add(list, x, y) { return (x != "" && x != "nan" && y != "" && y != "nan" && y + 0 > 0) ? list " " x / y : list }
         function show(label, list) { return list == "" ? "" : sprintf("; %s %.2f× (%s)", label, median(list), range(list)) }
         END {
-            for (w in ws) {
+            for (i = 1; i <= n; i++) {
+                split(order[i], kw, SUBSEP); p = kw[1]; w = kw[2]
                 tb = tn = th = un = rn = rh = ""
                 for (r = 1; r <= rounds; r++) {
-                    g = tot["graylane", w, r]; n = tot["nginx", w, r]; h = tot["haproxy", w, r]
-                    tb = add(tb, g, min2(n, h)); tn = add(tn, g, n); th = add(th, g, h)
-                    un = add(un, usr["graylane", w, r], usr["nginx", w, r])
-                    rn = add(rn, rps["graylane", w, r], rps["nginx", w, r]); rh = add(rh, rps["graylane", w, r], rps["haproxy", w, r])
+                    g = tot[p, w, r]; ng = tot["nginx", w, r]; h = tot["haproxy", w, r]
+                    tb = add(tb, g, min2(ng, h)); tn = add(tn, g, ng); th = add(th, g, h)
+                    un = add(un, usr[p, w, r], usr["nginx", w, r])
+                    rn = add(rn, rps[p, w, r], rps["nginx", w, r]); rh = add(rh, rps[p, w, r], rps["haproxy", w, r])
                 }
                 line = show("total CPU/req vs best peer", tb) show("vs nginx", tn) show("vs haproxy", th) \
                     show("user CPU/req vs nginx", un) show("req/s vs nginx", rn) show("vs haproxy", rh)
-                if (line != "") printf "- %s worker(s)%s\n", w, line
+                if (line != "") printf "- %s, %s worker(s)%s\n", p, w, line
             }
-        }' "$RESULTS" | sed 's/^\(- [0-9]* worker(s)\); /\1: /' | sort
+        }' "$RESULTS" | sed 's/^\(- [a-z-]*, [0-9]* worker(s)\); /\1: /'
 }
 
 mode_title() {
@@ -552,7 +572,7 @@ mode_section() {
     echo
     table "$mode"
     echo
-    echo "Per-round paired ratios, graylane / peer (median, then min–max over rounds):"
+    echo "Per-round paired ratios, proxy / peer (median, then min–max over rounds):"
     echo
     paired_ratios "$mode"
     echo
