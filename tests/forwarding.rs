@@ -99,10 +99,26 @@ async fn forwarded_headers_are_rewritten() {
     for gone in ["x-drop-me", "keep-alive", "proxy-authorization"] {
         assert!(!seen.headers.contains_key(gone), "{gone} was forwarded");
     }
+    let set_by_graylane = [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-graylane-pool",
+        "x-graylane-rule",
+    ];
+    // The client's own values were replaced, not sent beside graylane's.
+    for name in set_by_graylane {
+        assert_eq!(seen.headers.get_all(name).iter().count(), 1, "{name}");
+    }
+    // A client that sent none of them: graylane adds each once.
     get(&c, &p.url("/"), &[]).await;
     let seen = stable.last();
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
     assert_eq!(seen.headers["x-graylane-pool"], "stable");
     assert_eq!(seen.headers["x-graylane-rule"], "default");
+    for name in set_by_graylane {
+        assert_eq!(seen.headers.get_all(name).iter().count(), 1, "{name}");
+    }
     p.stop().await;
 }
 
@@ -333,6 +349,16 @@ async fn h2_upstream_pools_speak_http2() {
             || seen.headers.get("host").is_some_and(|h| h == "chat.test"),
         "{seen:?}"
     );
+    // What graylane sets reaches an HTTP/2 upstream too, once each.
+    for (name, value) in [
+        ("x-forwarded-for", "127.0.0.1"),
+        ("x-forwarded-proto", "http"),
+        ("x-graylane-pool", "gray"),
+        ("x-graylane-rule", "g"),
+    ] {
+        let all: Vec<_> = seen.headers.get_all(name).iter().collect();
+        assert_eq!(all, [value], "{name}");
+    }
     get(&c, &p.url("/x"), &[]).await;
     assert_eq!(stable.last().version, http::Version::HTTP_11);
     p.stop().await;

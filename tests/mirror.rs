@@ -48,6 +48,9 @@ async fn copies_of_gets_reach_gray_marked_and_compared() {
     for s in gray.seen() {
         assert_eq!(s.headers["x-graylane-mirror"], "1");
         assert_eq!(s.headers["x-graylane-pool"], "gray");
+        // A copy carries what graylane set on the real request.
+        assert_eq!(s.headers["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(s.headers["x-forwarded-proto"], "http");
         assert_eq!(s.method, "GET");
     }
     assert_eq!(stable.seen().len(), 10);

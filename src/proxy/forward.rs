@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::HeaderMap;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -22,6 +22,7 @@ use crate::state::Shared;
 use crate::upstream::{self, h1, DownBody, ReclaimableBody, UpBody};
 use crate::upstream::{Endpoint, Outcome as EndpointOutcome, PoolUpstream};
 
+use super::headers::Added;
 use super::local;
 
 /// The request body across attempts: none (replayable at will), or the client's body,
@@ -130,6 +131,8 @@ pub(super) struct Forward<'a> {
     /// that fails before sending hands them back. Copying per attempt cost a header map
     /// and an allocation per custom field name on every request.
     pub(super) head: Option<HeaderMap>,
+    /// Fields graylane sets that `head` does not carry, written after it.
+    added: Added<'a>,
     pub(super) body: Replay,
     /// The endpoint that failed the previous attempt; a retry goes elsewhere.
     exclude: Option<Arc<Endpoint>>,
@@ -152,6 +155,7 @@ impl<'a> Forward<'a> {
         method: &'a Method,
         uri: &'a Uri,
         head: HeaderMap,
+        added: Added<'a>,
         body: Replay,
     ) -> Self {
         Self {
@@ -168,6 +172,7 @@ impl<'a> Forward<'a> {
             method,
             uri,
             head: Some(head),
+            added,
             body,
             exclude: None,
             retries_left: shared.upstreams.services[service][pool].retries,
@@ -195,14 +200,14 @@ impl<'a> Forward<'a> {
             if self.exclude.is_some() {
                 self.metrics.retries(self.pool).inc();
             }
-            let (protocol, req) = match self.prepare(&ep) {
+            let (protocol, req, added) = match self.prepare(&ep) {
                 Ok(x) => x,
                 Err(refusal) => return (local(refusal), self.pool),
             };
             let timeout = self.shared.config.timeouts.upstream_response;
             let in_flight = ep.start();
             let result = tokio::select! {
-                r = exchange(self.shared, protocol, &ep, req) => Ok(r),
+                r = exchange(self.shared, protocol, &ep, req, added.fields()) => Ok(r),
                 waited = response_deadline(&self.body, timeout) => Err(waited),
             };
             drop(in_flight);
@@ -271,8 +276,12 @@ impl<'a> Forward<'a> {
         self.retries_left = self.upstream().retries;
     }
 
-    /// The request of the next attempt on `ep`, or the refusal when there can be none.
-    fn prepare(&mut self, ep: &Endpoint) -> Result<(Protocol, Request<UpBody>), Refusal> {
+    /// The request of the next attempt on `ep` with the fields its HTTP/1.1 encoder adds,
+    /// or the refusal when there can be none.
+    fn prepare(
+        &mut self,
+        ep: &Endpoint,
+    ) -> Result<(Protocol, Request<UpBody>, Added<'a>), Refusal> {
         let protocol = if self.websocket {
             Protocol::Http1
         } else {
@@ -311,13 +320,20 @@ impl<'a> Forward<'a> {
             Protocol::H2 => http::Version::HTTP_2,
         };
         *req.headers_mut() = head;
+        let mut added = self.added;
         if let Some(h) = &self.shared.config.propagate.pool_header {
-            req.headers_mut().insert(
-                h.clone(),
-                self.shared.pool_values[self.svc.pools[self.pool].id].clone(),
-            );
+            let v = &self.shared.pool_values[self.svc.pools[self.pool].id];
+            if added.pool_sent {
+                req.headers_mut().insert(h.clone(), v.clone());
+            } else {
+                added.push(h, v);
+            }
         }
-        Ok((protocol, req))
+        if protocol == Protocol::H2 {
+            added.insert_into(req.headers_mut());
+            added.clear();
+        }
+        Ok((protocol, req, added))
     }
 
     /// Counts a response head where it belongs, or turns a failed exchange (or a deadline
@@ -457,29 +473,36 @@ pub(super) async fn exchange(
     protocol: Protocol,
     ep: &Endpoint,
     req: Request<UpBody>,
+    added: &[(&HeaderName, &HeaderValue)],
 ) -> Result<Response<DownBody>, Failed> {
     match protocol {
-        Protocol::Http1 => h1::send(ep.addr(), ep.origin(), req, shared.config.timeouts.connect)
-            .await
-            .map(|resp| resp.map(DownBody::h1))
-            .map_err(|f| {
-                let message = f.error.to_string();
-                match f.error {
-                    // The client's fault, not the upstream's.
-                    h1::H1Error::RequestBody(_) => Failed {
-                        error: AttemptError::ClientBodyCut,
-                        message,
-                        head: None,
-                        connected: true,
-                    },
-                    e => Failed {
-                        error: AttemptError::Upstream(e.kind()),
-                        message,
-                        connected: !e.at_connect(),
-                        head: Some(f.request.into_parts().0.headers),
-                    },
-                }
-            }),
+        Protocol::Http1 => h1::send(
+            ep.addr(),
+            ep.origin(),
+            req,
+            added,
+            shared.config.timeouts.connect,
+        )
+        .await
+        .map(|resp| resp.map(DownBody::h1))
+        .map_err(|f| {
+            let message = f.error.to_string();
+            match f.error {
+                // The client's fault, not the upstream's.
+                h1::H1Error::RequestBody(_) => Failed {
+                    error: AttemptError::ClientBodyCut,
+                    message,
+                    head: None,
+                    connected: true,
+                },
+                e => Failed {
+                    error: AttemptError::Upstream(e.kind()),
+                    message,
+                    connected: !e.at_connect(),
+                    head: Some(f.request.into_parts().0.headers),
+                },
+            }
+        }),
         Protocol::H2 => shared
             .upstreams
             .h2_client()

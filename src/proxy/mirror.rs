@@ -104,7 +104,8 @@ pub(super) fn send(
                 *req.headers_mut() = head;
                 let timeout = shared.config.timeouts.upstream_response;
                 let copy = async {
-                    let resp = exchange(&shared, protocol, &ep, req).await.ok()?;
+                    // The copy's head already carries every field graylane sets.
+                    let resp = exchange(&shared, protocol, &ep, req, &[]).await.ok()?;
                     let status = resp.status();
                     let mut body = resp.into_body();
                     let mut read = 0;

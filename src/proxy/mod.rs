@@ -87,7 +87,7 @@ pub(crate) async fn handle(
 
     // === forward: the upstream head, then the attempts ===
     let rule_value = live.rule_values.get(hit).cloned();
-    headers::prepare_request(
+    let added = headers::prepare_request(
         &mut parts,
         shared,
         conn,
@@ -97,7 +97,11 @@ pub(crate) async fn handle(
     drop(live);
     let copy = (client_upgrade.is_none() && svc.pools[decided].id == STABLE)
         .then(|| mirror_head(svc, &parts, markers.uid, body.is_end_stream()))
-        .flatten();
+        .flatten()
+        .map(|mut h| {
+            added.insert_into(&mut h);
+            h
+        });
     let head = std::mem::take(&mut parts.headers);
     let mut forward = Forward::new(
         shared,
@@ -110,6 +114,7 @@ pub(crate) async fn handle(
         &parts.method,
         &parts.uri,
         head,
+        added,
         Replay::new(body),
     );
     let (mut resp, final_pool) = forward.run().await;

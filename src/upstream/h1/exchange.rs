@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::Response;
 use http_body::{Body, Frame};
@@ -41,6 +41,7 @@ pub(super) async fn exchange(
     addr: SocketAddr,
     origin: &str,
     parts: &Parts,
+    added: &[(&HeaderName, &HeaderValue)],
     body: &mut UpBody,
 ) -> Result<Response<H1Body>, Exchange> {
     let framing = match body {
@@ -53,6 +54,7 @@ pub(super) async fn exchange(
     encode_head(
         &mut conn.wbuf,
         parts,
+        added,
         framing == ReqFraming::Chunked,
         origin,
     );
@@ -175,7 +177,13 @@ pub(super) fn trailer_block(trailers: &HeaderMap) -> Vec<u8> {
 }
 
 /// The request line and header fields, lowercase names as hyper writes them.
-pub(super) fn encode_head(out: &mut Vec<u8>, parts: &Parts, chunked: bool, origin: &str) {
+pub(super) fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &Parts,
+    added: &[(&HeaderName, &HeaderValue)],
+    chunked: bool,
+    origin: &str,
+) {
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -183,8 +191,11 @@ pub(super) fn encode_head(out: &mut Vec<u8>, parts: &Parts, chunked: bool, origi
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut host = false;
-    for (name, value) in &parts.headers {
-        host |= name == header::HOST;
+    let own = parts
+        .headers
+        .iter()
+        .inspect(|(name, _)| host |= *name == header::HOST);
+    for (name, value) in own.chain(added.iter().map(|(n, v)| (*n, *v))) {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());

@@ -32,6 +32,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response};
 use tokio::net::TcpStream;
@@ -110,10 +111,12 @@ pub(crate) struct SendFailure {
 /// worker, or a new one. The response body reads the rest from the connection and puts
 /// it back into the pool when it ends; a `101` hands it over through
 /// [`H1Body::into_tunnel`].
+/// `added`: fields written after the request's own (see `proxy::headers::Added`).
 pub(crate) async fn send(
     addr: SocketAddr,
     origin: &str,
     req: Request<UpBody>,
+    added: &[(&HeaderName, &HeaderValue)],
     connect_timeout: Duration,
 ) -> Result<Response<H1Body>, SendFailure> {
     let (parts, mut body) = req.into_parts();
@@ -121,7 +124,7 @@ pub(crate) async fn send(
         if !conn.idle_usable() {
             continue;
         }
-        match exchange(conn, addr, origin, &parts, &mut body).await {
+        match exchange(conn, addr, origin, &parts, added, &mut body).await {
             Ok(resp) => return Ok(resp),
             // Nothing of the request went out (the upstream closed an idle keep-alive
             // connection as it was taken): try the next one.
@@ -136,7 +139,7 @@ pub(crate) async fn send(
         Ok(c) => c,
         Err(error) => return Err(SendFailure::new(error, parts, body)),
     };
-    match exchange(conn, addr, origin, &parts, &mut body).await {
+    match exchange(conn, addr, origin, &parts, added, &mut body).await {
         Ok(resp) => Ok(resp),
         Err(Exchange::Unsent(error) | Exchange::Failed(error)) => {
             Err(SendFailure::new(error, parts, body))
