@@ -222,6 +222,14 @@ async fn answer(s: &mut TcpStream, method: &str, path: &str) -> bool {
         // Dropped after the answer, without saying so (a keep-alive timeout).
         "/close-after" => (w(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"), false),
         "/bad-length" => (w(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\nok"), false),
+        "/hop" => (
+            w(b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\nKeep-Alive: timeout=5, max=100\r\nx-kept: yes\r\ncontent-length: 2\r\n\r\nok"),
+            true,
+        ),
+        "/hop-named" => (
+            w(b"HTTP/1.1 200 OK\r\nconnection: keep-alive, x-secret\r\nx-secret: 1\r\nkeep-alive: timeout=5\r\nx-kept: yes\r\ncontent-length: 2\r\n\r\nok"),
+            true,
+        ),
         "/split" => {
             // Head and body cut across several reads.
             for piece in [&b"HTTP/1.1 200 OK\r\ncont"[..], b"ent-length: 5\r\n\r\nhel", b"lo"] {
@@ -278,6 +286,36 @@ async fn chunked_close_delimited_and_split_bodies_arrive_whole() {
     let (st, _, body) = get(&c, &p.url("/split"), &[]).await;
     assert_eq!((st.as_u16(), body.as_str()), (200, "hello"));
     assert!(p.stop().await);
+}
+
+/// The upstream's hop-by-hop fields stay on its side, whether `Connection` names only
+/// `keep-alive` or other fields too; the connection is kept for the next request.
+#[tokio::test]
+async fn hop_by_hop_response_fields_stay_upstream() {
+    let raw = raw_upstream().await;
+    let p = proxy_to(&raw).await;
+    let c = client();
+    for path in ["/hop", "/hop-named", "/hop"] {
+        let (st, h, body) = get(&c, &p.url(path), &[]).await;
+        assert_eq!((st.as_u16(), body.as_str()), (200, "ok"), "{path}");
+        assert_eq!(h.get("x-kept").map(|v| v.as_bytes()), Some(&b"yes"[..]));
+        for gone in ["keep-alive", "x-secret"] {
+            assert!(!h.contains_key(gone), "{path}: {gone} reached the client");
+        }
+        let connection = h
+            .get("connection")
+            .map(|v| v.as_bytes().to_ascii_lowercase());
+        assert!(
+            connection.as_ref().is_none_or(|v| v == b"keep-alive"),
+            "{path}: connection {connection:?}"
+        );
+    }
+    assert_eq!(
+        raw.conns.load(Ordering::SeqCst),
+        1,
+        "one upstream connection"
+    );
+    p.stop().await;
 }
 
 #[tokio::test]

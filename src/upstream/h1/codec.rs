@@ -116,6 +116,9 @@ pub(super) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<H
             let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
                 .map_err(|_| H1Error::Parse("invalid header value"))?;
             facts.note(&name, value.as_bytes());
+            if status != StatusCode::SWITCHING_PROTOCOLS && only_keep_alive(&name, &value) {
+                continue;
+            }
             headers.append(name, value);
         }
         let (framing, definite) = response_framing(status, version, method, &facts)?;
@@ -132,6 +135,23 @@ pub(super) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<H
             framing,
             reusable,
         }));
+    }
+}
+
+/// `Keep-Alive`, or a `Connection` that names nothing but `keep-alive`: hop-by-hop
+/// fields (RFC 9110 §7.6.1) that the proxy would strip from the client's copy anyway,
+/// left out of the map as it is built. The usual keep-alive response then has no
+/// hop-by-hop field left, and stripping it finds nothing to remove (a hash lookup and a
+/// removal per field saved). Any other `Connection` is kept for the strip, which also
+/// removes the fields it names.
+fn only_keep_alive(name: &HeaderName, value: &HeaderValue) -> bool {
+    if *name == header::CONNECTION {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .all(|t| t.trim_ascii().eq_ignore_ascii_case(b"keep-alive"))
+    } else {
+        name.as_str() == "keep-alive"
     }
 }
 

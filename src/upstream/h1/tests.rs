@@ -297,3 +297,31 @@ fn a_request_without_host_names_the_endpoint() {
         "GET / HTTP/1.1\r\nhost: chat-gray:8080\r\n\r\n"
     );
 }
+
+/// `Keep-Alive`, and a `Connection` naming only `keep-alive`, never enter the response's
+/// map (the proxy strips them anyway); any other `Connection` stays for the strip, which
+/// removes what it names; a `101` keeps its fields whole (the tunnel needs them).
+#[test]
+fn plain_keep_alive_fields_are_left_out() {
+    let names = |raw: &str| -> Vec<String> {
+        let h = head(raw.as_bytes(), &Method::GET).ok().flatten();
+        let h = h.map(|h| h.headers).unwrap_or_default();
+        h.keys().map(|k| k.as_str().to_owned()).collect()
+    };
+    assert_eq!(
+        names("HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\nKeep-Alive: timeout=5\r\ncontent-length: 0\r\nx-kept: 1\r\n\r\n"),
+        ["content-length", "x-kept"]
+    );
+    assert_eq!(
+        names("HTTP/1.1 200 OK\r\nconnection: keep-alive, x-secret\r\nx-secret: 1\r\ncontent-length: 0\r\n\r\n"),
+        ["connection", "x-secret", "content-length"]
+    );
+    assert_eq!(
+        names("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"),
+        ["connection", "content-length"]
+    );
+    assert_eq!(
+        names("HTTP/1.1 101 Switching Protocols\r\nconnection: keep-alive\r\nkeep-alive: timeout=5\r\nupgrade: websocket\r\n\r\n"),
+        ["connection", "keep-alive", "upgrade"]
+    );
+}
