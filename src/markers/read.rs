@@ -19,6 +19,10 @@ pub struct MarkerReader {
     headers: [Option<HeaderName>; 6],
     /// Markers that have a header source.
     header_mask: u8,
+    /// Bit `n` set when some marker header's name is `n` bytes long (`n` < 64; longer
+    /// names set bit 63): a field whose name length is not here is no marker's, which
+    /// rules out most fields (`host`, `accept`, `cookie`...) without comparing names.
+    header_lens: u64,
     /// Distinct cookie names with the markers they feed (two markers may share a name).
     cookies: Vec<(Box<[u8]>, u8)>,
     /// Markers that have a cookie source at all, to skip the scan when none is wanted.
@@ -66,9 +70,14 @@ impl MarkerReader {
             .iter()
             .filter(|k| headers[**k as usize].is_some())
             .fold(0, |m, k| m | bit(*k));
+        let header_lens = headers
+            .iter()
+            .flatten()
+            .fold(0, |m, h| m | len_bit(h.as_str().len()));
         Self {
             headers,
             header_mask,
+            header_lens,
             cookies,
             cookie_mask,
             queries,
@@ -94,6 +103,9 @@ impl MarkerReader {
             if *name == COOKIE {
                 has_cookie = true;
             } else if left != 0 {
+                if self.header_lens & len_bit(name.as_str().len()) == 0 {
+                    continue;
+                }
                 for kind in MarkerKind::ALL {
                     if left & bit(kind) != 0 && self.headers[kind as usize].as_ref() == Some(name) {
                         from_header[kind as usize] = Some(value.as_bytes());
@@ -183,6 +195,11 @@ impl MarkerReader {
             headers.remove(name);
         }
     }
+}
+
+/// A name length's bit in [`MarkerReader::header_lens`].
+fn len_bit(len: usize) -> u64 {
+    1 << len.min(63)
 }
 
 /// Applies one source value; true when it decided the marker (set or invalid).

@@ -438,3 +438,27 @@ fn empty_query_value_lets_a_later_one_decide() {
     let (m, _) = r.read(&HeaderMap::new(), Some("xdw-kefu-uid=7&xdw-kefu-uid=5"));
     assert_eq!(m.uid, Some(7));
 }
+
+/// Fields that cannot be a marker's (their names' lengths rule them out) are skipped
+/// without ending the scan, wherever they stand: before, between and after the marker
+/// headers, with a `Cookie` among them.
+#[test]
+fn marker_headers_are_found_among_any_other_fields() {
+    let (m, _) = read(
+        &[
+            ("cookie", "xdw-kefu-uid=1"),
+            ("accept", "*/*"),
+            ("x-a-field-of-other-length", "1"),
+            ("xdw-kefu-uid", "42"),
+            ("user-agent", "t"),
+            ("xdw-app-version", "5.2"),
+            ("x-zzzzzzzzzzzz", "same length as xdw-kefu-uid"),
+        ],
+        None,
+    );
+    assert_eq!(m.uid, Some(42));
+    assert_eq!(m.app_version, Some(v("5.2")));
+    // A field as long as a marker header but another name is not taken for it.
+    let (m, _) = read(&[("x-zzzzzzzzzz", "7"), ("cookie", "xdw-kefu-uid=9")], None);
+    assert_eq!(m.uid, Some(9));
+}
