@@ -22,8 +22,10 @@ pub(crate) struct H1Body {
     pub(super) addr: SocketAddr,
     pub(super) framing: Framing,
     pub(super) reusable: bool,
-    /// The rest of a request body the upstream answered before receiving.
-    pub(super) upload: Option<Upload>,
+    /// The rest of a request body the upstream answered before receiving. Boxed: it is
+    /// rare, and inline it made every response, moved several times on its way to the
+    /// client, 112 bytes larger.
+    pub(super) upload: Option<Box<Upload>>,
 }
 
 impl H1Body {

@@ -27,7 +27,7 @@ impl Head {
         self,
         conn: Conn,
         addr: SocketAddr,
-        upload: Option<Upload>,
+        upload: Option<Box<Upload>>,
     ) -> Response<H1Body> {
         let mut body = H1Body {
             conn: Some(conn),

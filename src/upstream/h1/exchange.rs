@@ -141,7 +141,7 @@ pub(super) async fn exchange(
     })
     .await
     .map_err(Exchange::Failed)?;
-    let upload = upload.filter(|u| !u.sent());
+    let upload = upload.filter(|u| !u.sent()).map(Box::new);
     Ok(head.into_response(conn, addr, upload))
 }
 
