@@ -122,6 +122,21 @@ async fn forwarded_headers_are_rewritten() {
     p.stop().await;
 }
 
+/// A config that gives the pool and rule headers one name: the upstream gets one field,
+/// the pool (set last), as when each was inserted into the head in turn.
+#[tokio::test]
+async fn propagate_headers_of_one_name_arrive_once() {
+    let extra = "propagate: { pool_header: x-gray, rule_header: x-gray }";
+    let (_stable, gray, p) = setup_two("/", extra, RULES).await;
+    let c = client();
+    let (_, _, body) = get(&c, &p.url("/x"), &[("xdw-kefu-uid", "42")]).await;
+    assert_eq!(body, "gray");
+    let seen = gray.last();
+    let all: Vec<_> = seen.headers.get_all("x-gray").iter().collect();
+    assert_eq!(all, ["gray"]);
+    p.stop().await;
+}
+
 #[tokio::test]
 async fn untrusted_peers_are_routed_without_markers() {
     let (stable, _g, p) = setup_two("/", "", RULES).await;

@@ -452,7 +452,7 @@ fn marker_headers_are_found_among_any_other_fields() {
             ("xdw-kefu-uid", "42"),
             ("user-agent", "t"),
             ("xdw-app-version", "5.2"),
-            ("x-zzzzzzzzzzzz", "same length as xdw-kefu-uid"),
+            ("x-zzzzzzzzzz", "as long as xdw-kefu-uid"),
         ],
         None,
     );

@@ -49,6 +49,7 @@ pub(crate) fn prepare_request<'a>(
     );
     let mut added = Added {
         pool_sent: sent.pool,
+        share_names: shared.set_fields_share_a_name,
         ..Added::default()
     };
     if sent.forwarded_for {
@@ -121,6 +122,8 @@ pub(crate) struct Added<'a> {
     len: usize,
     /// The client sent the pool header: each attempt replaces it in the map instead.
     pub(crate) pool_sent: bool,
+    /// Two of the names may be the same (see `Shared::set_fields_share_a_name`).
+    share_names: bool,
 }
 
 /// The names as statics, which [`Added`] can borrow for as long as it likes.
@@ -136,13 +139,22 @@ impl Default for Added<'_> {
             items: [(&UNUSED_NAME, &UNUSED_VALUE); 4],
             len: 0,
             pool_sent: false,
+            share_names: false,
         }
     }
 }
 
 impl<'a> Added<'a> {
-    /// Adds a field; there is room for every field graylane sets, each at most once.
+    /// Adds a field; there is room for every field graylane sets, each at most once. A
+    /// name added before (a config that gives two of them one name) takes the later
+    /// value, as inserting into a map would.
     pub(crate) fn push(&mut self, name: &'a HeaderName, value: &'a HeaderValue) {
+        if self.share_names {
+            if let Some(slot) = self.items[..self.len].iter_mut().find(|(n, _)| *n == name) {
+                slot.1 = value;
+                return;
+            }
+        }
         if let Some(slot) = self.items.get_mut(self.len) {
             *slot = (name, value);
             self.len += 1;
@@ -378,6 +390,30 @@ mod tests {
         strip_hop_by_hop(&mut h, true, &[]);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn added_fields_of_one_name_keep_the_later_value() {
+        let (gray, rule) = (
+            HeaderValue::from_static("gray"),
+            HeaderValue::from_static("r"),
+        );
+        let name = HeaderName::from_static("x-gray");
+        let other = HeaderName::from_static("x-other");
+        let mut a = Added {
+            share_names: true,
+            ..Added::default()
+        };
+        a.push(&name, &rule);
+        a.push(&other, &rule);
+        a.push(&name, &gray);
+        let fields: Vec<_> = a.fields().iter().map(|(n, v)| (n.as_str(), *v)).collect();
+        assert_eq!(fields, [("x-gray", &gray), ("x-other", &rule)]);
+        // Without shared names (the usual config), pushes only append.
+        let mut a = Added::default();
+        a.push(&name, &rule);
+        a.push(&other, &gray);
+        assert_eq!(a.fields().len(), 2);
     }
 
     #[test]

@@ -162,6 +162,9 @@ pub struct Shared {
     /// Fields a client's `Connection` list may not strip: those graylane sets (`Host`,
     /// `x-forwarded-*`, the propagate headers) or routed on (the marker headers).
     pub(crate) protected_headers: Vec<HeaderName>,
+    /// Two of the fields graylane sets share a name (say `pool_header` and `rule_header`
+    /// both `x-gray`): the later one then replaces the earlier, as a map insert would.
+    pub(crate) set_fields_share_a_name: bool,
 }
 
 /// Why building the shared state failed.
@@ -232,6 +235,15 @@ impl Shared {
                 .filter_map(|s| s.header.as_deref())
                 .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
         );
+        // Host, then the fields graylane sets: x-forwarded-for/-proto and the propagate
+        // headers.
+        let set = &protected_headers[1..3
+            + config.propagate.pool_header.iter().count()
+            + config.propagate.rule_header.iter().count()];
+        let set_fields_share_a_name = set
+            .iter()
+            .enumerate()
+            .any(|(i, a)| set[i + 1..].contains(a));
         let history = RuleHistory::default();
         history.push(HistoryEntry::loaded("start", None, &live));
         Ok(Self {
@@ -253,6 +265,7 @@ impl Shared {
             pool_values,
             proto_values,
             protected_headers,
+            set_fields_share_a_name,
             config,
         })
     }
