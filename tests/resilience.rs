@@ -564,6 +564,15 @@ async fn replayed_requests_keep_every_header() {
         assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{what}");
         assert_eq!(h["x-forwarded-proto"], "http", "{what}");
         assert_eq!(h["x-graylane-pool"], "stable", "{what}");
+        // Set once on the attempt that got through, not once per attempt.
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-graylane-pool",
+            "x-graylane-rule",
+        ] {
+            assert_eq!(h.get_all(name).iter().count(), 1, "{what}: {name} {h:?}");
+        }
         assert_eq!(seen.uri, "/q?a=1", "{what}");
     }
     // gray: one refused endpoint (connect failure -> stable);
