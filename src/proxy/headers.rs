@@ -74,8 +74,7 @@ pub(crate) fn prepare_request<'a>(
 }
 
 /// Which of the fields graylane sets the client's head already carries: those are
-/// merged or replaced in the map; the others are [`Added`]. One pass over the names,
-/// most of which their length rules out.
+/// merged or replaced in the map; the others are [`Added`]. One pass over the names.
 struct Sent {
     forwarded_for: bool,
     forwarded_proto: bool,
@@ -91,21 +90,11 @@ impl Sent {
             rule: false,
             pool: false,
         };
-        let len_of = |n: Option<&HeaderName>| n.map_or(0, |n| n.as_str().len());
-        let (rule_len, pool_len) = (len_of(rule), len_of(pool));
         for k in headers.keys() {
-            let len = k.as_str().len();
-            if len == 15 {
-                s.forwarded_for |= *k == X_FORWARDED_FOR;
-            } else if len == 17 {
-                s.forwarded_proto |= *k == X_FORWARDED_PROTO;
-            }
-            if len == rule_len {
-                s.rule |= rule.is_some_and(|r| r == k);
-            }
-            if len == pool_len {
-                s.pool |= pool.is_some_and(|p| p == k);
-            }
+            s.forwarded_for |= *k == X_FORWARDED_FOR;
+            s.forwarded_proto |= *k == X_FORWARDED_PROTO;
+            s.rule |= rule == Some(k);
+            s.pool |= pool == Some(k);
         }
         s
     }

@@ -220,13 +220,21 @@ impl Shared {
             .iter()
             .map(|l| HeaderValue::from_static(l.scheme()))
             .collect();
-        let mut protected_headers = vec![
-            http::header::HOST,
+        // The fields graylane sets: x-forwarded-for/-proto and the propagate headers.
+        let set: Vec<HeaderName> = [
             HeaderName::from_static("x-forwarded-for"),
             HeaderName::from_static("x-forwarded-proto"),
-        ];
-        protected_headers.extend(config.propagate.pool_header.iter().cloned());
-        protected_headers.extend(config.propagate.rule_header.iter().cloned());
+        ]
+        .into_iter()
+        .chain(config.propagate.pool_header.iter().cloned())
+        .chain(config.propagate.rule_header.iter().cloned())
+        .collect();
+        let set_fields_share_a_name = set
+            .iter()
+            .enumerate()
+            .any(|(i, a)| set[i + 1..].contains(a));
+        let mut protected_headers = vec![http::header::HOST];
+        protected_headers.extend(set);
         protected_headers.extend(
             config
                 .markers
@@ -235,15 +243,6 @@ impl Shared {
                 .filter_map(|s| s.header.as_deref())
                 .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
         );
-        // Host, then the fields graylane sets: x-forwarded-for/-proto and the propagate
-        // headers.
-        let set = &protected_headers[1..3
-            + config.propagate.pool_header.iter().count()
-            + config.propagate.rule_header.iter().count()];
-        let set_fields_share_a_name = set
-            .iter()
-            .enumerate()
-            .any(|(i, a)| set[i + 1..].contains(a));
         let history = RuleHistory::default();
         history.push(HistoryEntry::loaded("start", None, &live));
         Ok(Self {
