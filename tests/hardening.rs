@@ -867,6 +867,70 @@ async fn pipelined_requests_are_answered_in_order() {
     still_serves(p.addr()).await;
 }
 
+/// Plain requests are read by graylane's own HTTP/1.1 loop, and a connection moves to
+/// hyper at the first request the loop leaves to it (here one with a body): requests on
+/// both sides of that move are answered in order, the body reaches the upstream, and the
+/// `Connection: close` of the last one ends the connection after its answer.
+#[tokio::test]
+async fn a_connection_moving_from_the_own_loop_to_hyper_keeps_order() {
+    let (rec, p) = case_rig(TIMEOUTS).await;
+    let burst = b"GET /p/0 HTTP/1.1\r\nHost: t\r\n\r\n\
+        GET /p/1 HTTP/1.1\r\nHost: t\r\n\r\n\
+        POST /p/2 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nxyz\
+        GET /p/3 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    let a = exchange_quiet(
+        p.addr(),
+        burst,
+        Duration::from_secs(1),
+        Duration::from_secs(8),
+    )
+    .await;
+    let bodies: Vec<String> = a.answers.iter().map(|x| show(&x.2)).collect();
+    assert_eq!(bodies, ["/p/0", "/p/1", "/p/2", "/p/3"]);
+    assert!(matches!(a.end, Some(End::Eof)), "{:?}", a.end);
+    let seen = rec.seen();
+    assert_eq!(seen.len(), 4);
+    assert_eq!(seen[2].method, "POST");
+    assert_eq!(seen[2].body, b"xyz");
+    still_serves(p.addr()).await;
+}
+
+/// Answers to HEAD (the upstream's, and graylane's own refusal) keep their
+/// Content-Length and carry no body, and an answer to `Connection: close` says so: each
+/// pipelined answer starts right after the head before it.
+#[tokio::test]
+async fn head_answers_carry_no_body_and_close_is_announced() {
+    let (_rec, p) = case_rig(TIMEOUTS).await;
+    let burst = b"HEAD /h HTTP/1.1\r\nHost: t\r\n\r\n\
+        HEAD /h HTTP/1.1\r\nHost: not a host\r\n\r\n\
+        GET /g HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    let a = exchange_quiet(
+        p.addr(),
+        burst,
+        Duration::from_secs(1),
+        Duration::from_secs(8),
+    )
+    .await;
+    let raw = String::from_utf8_lossy(&a.raw).to_string();
+    let heads: Vec<&str> = raw.split("\r\n\r\n").collect();
+    assert!(heads[0].starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    assert!(
+        heads[0]
+            .to_ascii_lowercase()
+            .contains("content-length: 2\r\n"),
+        "{raw}"
+    );
+    assert!(
+        heads[1].starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{raw}"
+    );
+    assert!(heads[1].contains("content-length: "), "{raw}");
+    assert!(heads[2].starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    assert!(heads[2].contains("connection: close"), "{raw}");
+    assert!(raw.ends_with("/g"), "{raw}");
+    assert!(matches!(a.end, Some(End::Eof)), "{:?}", a.end);
+}
+
 // === HTTP/2 abuse (h2c with prior knowledge, frames written by hand) ===
 
 /// A normal h2c request on a fresh connection is answered 200 (HTTP/2 still works).

@@ -13,7 +13,6 @@ use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
@@ -36,7 +35,38 @@ pub(crate) async fn handle(
 ) -> Response<DownBody> {
     let start = Instant::now();
     let client_upgrade = is_websocket(&req).then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
+    route(
+        parts,
+        Replay::new(body),
+        client_upgrade,
+        shared,
+        conn,
+        start,
+    )
+    .await
+}
+
+/// Handles a request that has no body and asks for no upgrade, read by graylane's own
+/// HTTP/1.1 loop rather than by hyper.
+pub(crate) async fn handle_bodiless(
+    parts: http::request::Parts,
+    shared: &Arc<Shared>,
+    conn: &ConnCtx,
+) -> Response<DownBody> {
+    let start = Instant::now();
+    route(parts, Replay::Empty, None, shared, conn, start).await
+}
+
+/// The request path proper, whoever read the request.
+async fn route(
+    mut parts: http::request::Parts,
+    body: Replay,
+    client_upgrade: Option<OnUpgrade>,
+    shared: &Arc<Shared>,
+    conn: &ConnCtx,
+    start: Instant,
+) -> Response<DownBody> {
     if parts.method == http::Method::CONNECT {
         return refuse_unrouted(shared, conn, start, Refusal::Connect);
     }
@@ -101,7 +131,7 @@ pub(crate) async fn handle(
     );
     drop(live);
     let copy = (client_upgrade.is_none() && svc.pools[decided].id == STABLE)
-        .then(|| mirror_head(svc, &parts, markers.uid, body.is_end_stream()))
+        .then(|| mirror_head(svc, &parts, markers.uid, matches!(body, Replay::Empty)))
         .flatten()
         .map(|mut h| {
             added.insert_into(&mut h);
@@ -120,7 +150,7 @@ pub(crate) async fn handle(
         &parts.uri,
         head,
         added,
-        Replay::new(body),
+        body,
     );
     let (mut resp, final_pool) = forward.run().await;
 

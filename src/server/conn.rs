@@ -1,5 +1,7 @@
-//! One client connection: hyper serves it (HTTP/1.1 and h2c via `auto::Builder`), and a
-//! small watchdog beside it implements the timeouts of SPEC §3 in one place:
+//! One client connection: graylane's own loop serves its plain HTTP/1.1 requests (see
+//! `lean`), hyper the rest (HTTP/2 over TLS from the start; h2c and HTTP/1.1 requests
+//! with a body or an upgrade from where the loop hands over), and a small watchdog beside
+//! it implements the timeouts of SPEC §3 in one place:
 //! `request_header` (→ 408 and close) and `idle` (close), so hyper's own header timer is
 //! off.
 
@@ -16,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::Serving;
+use super::{lean, Serving};
 use crate::error::Refusal;
 use crate::proxy;
 use crate::state::{ConnCtx, Shared};
@@ -27,7 +29,7 @@ const NONE: u64 = u64::MAX;
 /// and the service (requests in flight). Atomics because hyper's h2 streams run on other
 /// tasks; all accesses are `Relaxed`: the watchdog re-checks before acting.
 #[derive(Debug)]
-struct ConnState {
+pub(super) struct ConnState {
     base: Instant,
     /// Requests whose response is not finished yet.
     in_flight: AtomicUsize,
@@ -38,12 +40,17 @@ struct ConnState {
     /// Last time a request finished or bytes arrived (ms since `base`).
     last_activity: AtomicU64,
     /// The client spoke the HTTP/2 preface: no head timeouts, only idle.
-    h2: AtomicBool,
+    pub(super) h2: AtomicBool,
     /// Set by the watchdog: the IO wrapper answers 408 and fails the read.
     timed_out: AtomicBool,
     /// Since when a write to the client has been waiting for room (ms since `base`), or
     /// `NONE`: a client that stops reading is cut after `idle` (a send timeout).
     write_stalled: AtomicU64,
+    /// The drain asked the connection to end: graylane's own HTTP/1.1 loop closes after
+    /// the response in progress, or at once between requests.
+    pub(super) stopping: AtomicBool,
+    /// That loop waits for a new request with nothing of it read yet.
+    pub(super) lean_idle: AtomicBool,
 }
 
 impl ConnState {
@@ -59,6 +66,8 @@ impl ConnState {
             h2: AtomicBool::new(false),
             timed_out: AtomicBool::new(false),
             write_stalled: AtomicU64::new(NONE),
+            stopping: AtomicBool::new(false),
+            lean_idle: AtomicBool::new(false),
         }
     }
 
@@ -69,14 +78,26 @@ impl ConnState {
     fn at(&self, ms: u64) -> Instant {
         self.base + Duration::from_millis(ms)
     }
+
+    /// Nothing in flight and nothing of a next request read.
+    pub(super) fn between_requests(&self) -> bool {
+        self.lean_idle.load(Ordering::Relaxed) && self.in_flight.load(Ordering::Relaxed) == 0
+    }
+
+    /// Bytes of a new head are here (read earlier, behind a pipelined request): its
+    /// `request_header` time runs from now.
+    pub(super) fn head_arrived(&self) {
+        self.head_start.store(self.now_ms(), Ordering::Relaxed);
+        self.head_bytes.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Marks a request in flight until dropped (with the response body).
 #[derive(Debug)]
-struct InFlight(Arc<ConnState>);
+pub(super) struct InFlight(Arc<ConnState>);
 
 impl InFlight {
-    fn new(s: Arc<ConnState>) -> Self {
+    pub(super) fn new(s: Arc<ConnState>) -> Self {
         s.in_flight.fetch_add(1, Ordering::Relaxed);
         s.head_start.store(NONE, Ordering::Relaxed);
         s.head_bytes.store(false, Ordering::Relaxed);
@@ -94,7 +115,7 @@ impl Drop for InFlight {
 
 /// The client socket as hyper sees it: notes when bytes arrive, and answers 408 itself
 /// when the watchdog says the head took too long (hyper never writes one).
-struct ConnIo<S> {
+pub(super) struct ConnIo<S> {
     stream: S,
     state: Arc<ConnState>,
     /// How many bytes of the HTTP/2 preface's first four (`PRI `) have been matched so
@@ -270,20 +291,21 @@ pub(super) async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let state = Arc::new(ConnState::new(accepted));
-    let io = TokioIo::new(ConnIo {
+    let io = ConnIo {
         stream,
         state: state.clone(),
         preface: 0,
-    });
+    };
     let shared = &serving.shared;
     let peer = ctx.peer;
     let listener = ctx.listener;
     let ctx = Arc::new(ctx);
     let svc_shared = shared.clone();
     let svc_state = state.clone();
+    let svc_ctx = ctx.clone();
     let respond = move |req| {
         let shared = svc_shared.clone();
-        let ctx = ctx.clone();
+        let ctx = svc_ctx.clone();
         let inflight = InFlight::new(svc_state.clone());
         async move {
             let resp = proxy::handle(req, &shared, &ctx).await;
@@ -301,13 +323,26 @@ pub(super) async fn serve<S>(
         // state machine of several KiB copied on each hop; boxed, only a pointer moves.
         // HTTP/1.1 polls the future where it lies, where a box would only add a copy.
         let service = service_fn(move |req| Box::pin(respond(req)));
-        let conn = serving.builder.serve_connection_with_upgrades(io, service);
+        let conn = serving
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         watched.run(conn, |c| c.graceful_shutdown(), stop).await;
     } else {
-        let conn = serving
-            .builder
-            .serve_connection_with_upgrades(io, service_fn(respond));
+        // graylane's own loop serves the plain requests; hyper the rest of a connection
+        // from the first request the loop leaves to it.
+        let own = lean::serve(io, shared.clone(), ctx, state.clone());
+        let make = |io| {
+            serving
+                .builder
+                .serve_connection_with_upgrades(TokioIo::new(io), service_fn(respond))
+        };
+        let conn = lean::Lean::new(
+            own,
+            make,
+            |c: Pin<&mut _>| c.graceful_shutdown(),
+            state.clone(),
+        );
         tokio::pin!(conn);
         watched.run(conn, |c| c.graceful_shutdown(), stop).await;
     }

@@ -1,8 +1,10 @@
 //! The traffic listeners: binding, the accept loop of each worker, `max_connections`, and
 //! the drain of SPEC §8 (listeners close, connections finish, long links close last).
 //!
-//! - `conn`: one client connection: hyper serving it, and the watchdog that implements
+//! - `conn`: one client connection: who serves it, and the watchdog that implements
 //!   `request_header` (408) and `idle`.
+//! - `lean`: graylane's own HTTP/1.1 loop, which serves requests without a body and hands
+//!   a connection to hyper at the first request it leaves to hyper.
 //! - `tls`: TLS termination, certificates re-read on SIGHUP.
 //!
 //! With `workers: N`, each worker is a single-threaded runtime on its own OS thread that
@@ -14,6 +16,7 @@
 //! instead of quietly taking a share of the connections.
 
 mod conn;
+mod lean;
 mod sockio;
 pub(crate) mod tls;
 

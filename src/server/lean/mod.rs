@@ -1,0 +1,432 @@
+//! HTTP/1.1 requests served by graylane's own loop instead of hyper's.
+//!
+//! Almost every request on the IM and console listeners is a head with no body: for those
+//! the loop parses the head with httparse straight from the connection's buffer, hands the
+//! request to the proxy, and writes the response itself, skipping hyper's dispatcher and
+//! its per-request buffering. Anything the loop does not serve exactly as hyper would
+//! (a body, `Expect`, an upgrade, `TE`, HTTP/1.0, an absolute or `*` target, a head hyper
+//! refuses, the HTTP/2 preface) is handed to hyper with the bytes read so far, and hyper
+//! serves the rest of that connection: the rare shapes and every refusal keep one
+//! implementation.
+
+mod respond;
+
+use std::future::Future;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Uri, Version};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use super::conn::{ConnIo, ConnState, InFlight};
+use crate::proxy;
+use crate::state::{ConnCtx, Shared};
+use respond::write_response;
+
+/// hyper's limit on a request head's fields: a head with more is handed to hyper, which
+/// answers it 431.
+const MAX_FIELDS: usize = 100;
+
+/// How much room a read asks for.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Why the loop stopped.
+pub(super) enum Exit<S> {
+    /// The connection is done (closed by either side, failed, or drained).
+    Closed,
+    /// hyper serves the rest of the connection, starting with the bytes already read.
+    Handoff(Prefixed<S>),
+}
+
+/// The client socket with bytes already read from it put back in front, for hyper.
+pub(super) struct Prefixed<S> {
+    prefix: Bytes,
+    io: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.prefix.is_empty() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let n = this.prefix.len().min(buf.remaining());
+        buf.put_slice(&this.prefix[..n]);
+        this.prefix.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// A connection served by the loop until it hands over to hyper (`make` builds hyper's
+/// connection, `shutdown` starts its graceful end).
+pub(super) struct Lean<F, H, M, D> {
+    stage: Stage<F, H>,
+    make: Option<M>,
+    shutdown: D,
+    state: Arc<ConnState>,
+}
+
+enum Stage<F, H> {
+    Own(Pin<Box<F>>),
+    Hyper(Pin<Box<H>>),
+}
+
+impl<S, F, H, M, D, E> Lean<F, H, M, D>
+where
+    F: Future<Output = Exit<S>>,
+    H: Future<Output = Result<(), E>>,
+    M: FnOnce(Prefixed<S>) -> H + Unpin,
+    D: Fn(Pin<&mut H>) + Unpin,
+{
+    pub(super) fn new(own: F, make: M, shutdown: D, state: Arc<ConnState>) -> Self {
+        Self {
+            stage: Stage::Own(Box::pin(own)),
+            make: Some(make),
+            shutdown,
+            state,
+        }
+    }
+
+    /// Ends the connection after the response in progress (or now, between requests).
+    pub(super) fn graceful_shutdown(self: Pin<&mut Self>) {
+        let this = self.get_mut();
+        this.state.stopping.store(true, Ordering::Relaxed);
+        if let Stage::Hyper(h) = &mut this.stage {
+            (this.shutdown)(h.as_mut());
+        }
+    }
+}
+
+impl<S, F, H, M, D, E> Future for Lean<F, H, M, D>
+where
+    F: Future<Output = Exit<S>>,
+    H: Future<Output = Result<(), E>>,
+    M: FnOnce(Prefixed<S>) -> H + Unpin,
+    D: Fn(Pin<&mut H>) + Unpin,
+{
+    type Output = Result<(), E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.stage {
+                Stage::Own(own) => {
+                    let s = &this.state;
+                    if s.stopping.load(Ordering::Relaxed) && s.between_requests() {
+                        return Poll::Ready(Ok(()));
+                    }
+                    let io = match own.as_mut().poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Exit::Closed) => return Poll::Ready(Ok(())),
+                        Poll::Ready(Exit::Handoff(io)) => io,
+                    };
+                    let Some(make) = this.make.take() else {
+                        return Poll::Ready(Ok(()));
+                    };
+                    let mut h = Box::pin(make(io));
+                    if this.state.stopping.load(Ordering::Relaxed) {
+                        (this.shutdown)(h.as_mut());
+                    }
+                    this.stage = Stage::Hyper(h);
+                }
+                Stage::Hyper(h) => return h.as_mut().poll(cx),
+            }
+        }
+    }
+}
+
+/// A request head the loop serves itself.
+struct Head {
+    parts: http::request::Parts,
+    /// The client asked to close after this response (`Connection: close`).
+    close: bool,
+}
+
+// Returned once per request and matched at once; a box would allocate on every request.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    Lean(Head),
+    Partial,
+    /// hyper serves it: a shape the loop leaves to hyper, or a head hyper refuses.
+    Hyper,
+}
+
+/// Serves the connection's requests until it closes or a request needs hyper.
+pub(super) async fn serve<S>(
+    mut io: ConnIo<S>,
+    shared: Arc<Shared>,
+    ctx: Arc<ConnCtx>,
+    state: Arc<ConnState>,
+) -> Exit<ConnIo<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // Heads at least this long are hyper's (its 431); positions in a head fit in `u32`.
+    let max = shared.config.limits.max_header_bytes.min(u32::MAX as usize);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut out = Vec::with_capacity(1024);
+    loop {
+        let head = loop {
+            if state.h2.load(Ordering::Relaxed) {
+                return handoff(io, buf);
+            }
+            if !buf.is_empty() {
+                match parse(&mut buf, max) {
+                    Parsed::Lean(h) => break h,
+                    Parsed::Hyper => return handoff(io, buf),
+                    Parsed::Partial => {}
+                }
+            }
+            let idle = buf.is_empty();
+            if idle && state.stopping.load(Ordering::Relaxed) {
+                return Exit::Closed;
+            }
+            state.lean_idle.store(idle, Ordering::Relaxed);
+            buf.reserve(READ_CHUNK);
+            let n = io.read_buf(&mut buf).await;
+            state.lean_idle.store(false, Ordering::Relaxed);
+            match n {
+                Ok(0) if buf.is_empty() => return Exit::Closed,
+                // A head cut short: hyper answers it as it always has.
+                Ok(0) => return handoff(io, buf),
+                Ok(_) => {}
+                Err(_) => return Exit::Closed,
+            }
+        };
+        let inflight = InFlight::new(state.clone());
+        let head_only = head.parts.method == Method::HEAD;
+        let resp = proxy::handle_bodiless(head.parts, &shared, &ctx);
+        tokio::pin!(resp);
+        // As hyper does, a client that closes while its answer is awaited cancels the
+        // request (a pipelined byte stops the watch: the buffer is not empty then).
+        let resp = loop {
+            tokio::select! {
+                biased;
+                r = &mut resp => break r,
+                r = io.read_buf(&mut buf), if buf.is_empty() => match r {
+                    Ok(0) | Err(_) => return Exit::Closed,
+                    Ok(_) => {}
+                },
+            }
+        };
+        let close = head.close || state.stopping.load(Ordering::Relaxed);
+        let keep = write_response(&mut io, &mut out, resp, head_only, close).await;
+        drop(inflight);
+        if !keep {
+            let _ = io.shutdown().await;
+            return Exit::Closed;
+        }
+        if !buf.is_empty() {
+            // The next head is already (partly) here: its time runs from now.
+            state.head_arrived();
+        }
+    }
+}
+
+/// Gives the connection to hyper with what was read and not yet served.
+fn handoff<S>(io: ConnIo<S>, buf: BytesMut) -> Exit<ConnIo<S>> {
+    Exit::Handoff(Prefixed {
+        prefix: buf.freeze(),
+        io,
+    })
+}
+
+/// Parses the head at the front of `buf`; consumes it only when the loop serves it.
+fn parse(buf: &mut BytesMut, max: usize) -> Parsed {
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut req,
+        buf,
+        &mut fields,
+    ) {
+        Ok(httparse::Status::Complete(n)) if n < max => n,
+        Ok(httparse::Status::Partial) if buf.len() < max => return Parsed::Partial,
+        _ => return Parsed::Hyper,
+    };
+    if req.version != Some(1) {
+        return Parsed::Hyper;
+    }
+    let Some(method) = req
+        .method
+        .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+    else {
+        return Parsed::Hyper;
+    };
+    let Some(path) = req.path.filter(|p| p.starts_with('/')) else {
+        return Parsed::Hyper;
+    };
+    if method == Method::CONNECT {
+        return Parsed::Hyper;
+    }
+    let mut close = false;
+    let mut length_seen = false;
+    for f in req.headers.iter() {
+        let n = f.name.as_bytes();
+        let is = |name: &str| n.eq_ignore_ascii_case(name.as_bytes());
+        match n.len() {
+            2 if is("te") => return Parsed::Hyper,
+            6 if is("expect") => return Parsed::Hyper,
+            7 if is("upgrade") => return Parsed::Hyper,
+            10 if is("connection") => close |= has_token(f.value, b"close"),
+            14 if is("content-length") => {
+                // An empty body said outright; any other length is a body hyper reads.
+                if length_seen || f.value != b"0" {
+                    return Parsed::Hyper;
+                }
+                length_seen = true;
+            }
+            17 if is("transfer-encoding") => return Parsed::Hyper,
+            _ => {}
+        }
+    }
+    // Positions first: the values become slices of the head once it is split off the
+    // buffer, which `req` still borrows. A head is shorter than `max_header_bytes`,
+    // which is far below 4 GiB: the positions fit in `u32` (and the array in half the
+    // room, small enough to be cleared without `rep stosb`).
+    let base = buf.as_ptr() as usize;
+    let span = |s: &[u8]| {
+        let at = s.as_ptr() as usize - base;
+        [at as u32, (at + s.len()) as u32]
+    };
+    let target = span(path.as_bytes());
+    let mut spans = [[0u32; 4]; MAX_FIELDS];
+    let count = req.headers.len();
+    for (sp, f) in spans.iter_mut().zip(req.headers.iter()) {
+        let [ns, ne] = span(f.name.as_bytes());
+        let [vs, ve] = span(f.value);
+        *sp = [ns, ne, vs, ve];
+    }
+    let head = buf.split_to(len).freeze();
+    match build(&head, method, target, &spans[..count]) {
+        Some(parts) => Parsed::Lean(Head { parts, close }),
+        None => {
+            // hyper refuses what `http` does not take: put the head back for it.
+            let mut back = BytesMut::with_capacity(head.len() + buf.len());
+            back.extend_from_slice(&head);
+            back.extend_from_slice(buf);
+            *buf = back;
+            Parsed::Hyper
+        }
+    }
+}
+
+type Span = [u32; 2];
+
+/// The request's parts, its values slices of `head` (no copy); `None` where hyper's own
+/// parse would refuse the target or a name.
+fn build(
+    head: &Bytes,
+    method: Method,
+    target: Span,
+    fields: &[[u32; 4]],
+) -> Option<http::request::Parts> {
+    let at = |i: u32| i as usize;
+    let uri = Uri::from_maybe_shared(head.slice(at(target[0])..at(target[1]))).ok()?;
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for &[ns, ne, vs, ve] in fields {
+        let name = HeaderName::from_bytes(&head[at(ns)..at(ne)]).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice(at(vs)..at(ve))).ok()?;
+        headers.append(name, value);
+    }
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    parts.headers = headers;
+    Some(parts)
+}
+
+/// Whether a comma-separated list holds `token` (case-insensitive).
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_heads_are_served_by_the_loop() {
+        let lean = |raw: &str| {
+            let mut b = BytesMut::from(raw);
+            matches!(parse(&mut b, 65536), Parsed::Lean(_))
+        };
+        assert!(lean("GET / HTTP/1.1\r\nHost: t\r\n\r\n"));
+        assert!(lean(
+            "DELETE /x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"
+        ));
+        for hyper in [
+            "GET / HTTP/1.0\r\nHost: t\r\n\r\n",
+            "GET http://t/ HTTP/1.1\r\nHost: t\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n",
+            "CONNECT t:443 HTTP/1.1\r\nHost: t\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nx",
+            "GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: t\r\nTE: trailers\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        ] {
+            let mut b = BytesMut::from(hyper);
+            assert!(matches!(parse(&mut b, 65536), Parsed::Hyper), "{hyper:?}");
+            // What hyper gets is every byte, the head included.
+            assert_eq!(&b[..], hyper.as_bytes());
+        }
+        // A target `http` refuses (over 64 KiB) is put back whole for hyper's answer.
+        let long = format!(
+            "GET /{} HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\n",
+            "a".repeat(70_000)
+        );
+        let mut b = BytesMut::from(long.as_str());
+        assert!(matches!(parse(&mut b, 1 << 20), Parsed::Hyper));
+        assert_eq!(&b[..], long.as_bytes());
+        let mut b = BytesMut::from("GET / HTTP/1.1\r\nHost: t\r\n");
+        assert!(matches!(parse(&mut b, 65536), Parsed::Partial));
+        let mut b = BytesMut::from("GET / HTTP/1.1\r\nHost: t\r\n");
+        assert!(matches!(parse(&mut b, 16), Parsed::Hyper));
+    }
+}

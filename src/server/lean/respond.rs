@@ -1,0 +1,366 @@
+//! The response as the client receives it: the head written as hyper's HTTP/1.1 server
+//! writes it, the body framed by length or in chunks.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::Poll;
+
+use bytes::Bytes;
+use http::header;
+use http::{Response, StatusCode};
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::has_token;
+use crate::server::conn::ConnIo;
+use crate::upstream::DownBody;
+
+/// Body bytes gathered before they are written; a larger data frame is written as it is.
+const GATHER_MAX: usize = 16 * 1024;
+
+/// How the response body is framed toward the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked,
+}
+
+/// Writes a response head as hyper's HTTP/1.1 server would for the same response and
+/// request, and returns the body's framing and whether the connection ends after it.
+fn encode_head(
+    out: &mut Vec<u8>,
+    resp: &http::response::Parts,
+    body: &DownBody,
+    head_only: bool,
+    mut close: bool,
+) -> Option<(Framing, bool)> {
+    let status = resp.status;
+    if status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let no_content = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let can_body = !head_only && !no_content;
+    // `None`: no body at all; `Some(None)`: a body of unknown length.
+    let len = (!body.is_end_stream()).then(|| body.size_hint().exact());
+    let mut framing = None;
+    let mut wrote_date = false;
+    for (name, value) in &resp.headers {
+        if name == header::CONTENT_LENGTH {
+            if framing.is_some() {
+                continue;
+            }
+            let n = match len {
+                Some(Some(n)) => n,
+                Some(None) => std::str::from_utf8(value.as_bytes())
+                    .ok()
+                    .and_then(|v| v.parse().ok())?,
+                // No body: the field is kept only in an answer to HEAD, where it tells
+                // the length a GET would have had.
+                None if head_only => 0,
+                None => continue,
+            };
+            framing = Some(Framing::Length(n));
+        } else if name == header::TRANSFER_ENCODING {
+            // The framing toward the client is graylane's to choose.
+            continue;
+        } else if name == header::CONNECTION {
+            close |= has_token(value.as_bytes(), b"close");
+        } else if name == header::DATE {
+            wrote_date = true;
+        }
+        field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let framing = match (framing, len) {
+        (Some(f), _) => f,
+        (None, Some(None)) if can_body => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            Framing::Chunked
+        }
+        (None, Some(None)) => Framing::Length(0),
+        (None, None | Some(Some(0))) => {
+            if !no_content && !head_only {
+                out.extend_from_slice(b"content-length: 0\r\n");
+            }
+            Framing::Length(0)
+        }
+        (None, Some(Some(n))) if !no_content => {
+            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+            Framing::Length(n)
+        }
+        (None, Some(Some(_))) => Framing::Length(0),
+    };
+    let framing = if can_body {
+        framing
+    } else {
+        Framing::Length(0)
+    };
+    // A 1xx other than a 101 never comes back from the upstream client; a 101 to a
+    // request that asked for no upgrade leaves nothing to serve after it.
+    close |= status.is_informational();
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    if !wrote_date {
+        out.extend_from_slice(b"date: ");
+        date::extend(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Some((framing, close))
+}
+
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the response and its body; returns whether the connection may serve another
+/// request. A body that fails or ends short of its length ends the connection, so the
+/// client sees a cut message rather than a wrong one.
+pub(super) async fn write_response<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut ConnIo<S>,
+    out: &mut Vec<u8>,
+    resp: Response<DownBody>,
+    head_only: bool,
+    close: bool,
+) -> bool {
+    out.clear();
+    let (parts, mut body) = resp.into_parts();
+    let Some((framing, close)) = encode_head(out, &parts, &body, head_only, close) else {
+        tracing::debug!("response with an invalid content-length; closing");
+        return false;
+    };
+    drop(parts);
+    let complete = match framing {
+        Framing::Length(0) => true,
+        _ => match write_body(io, out, &mut body, framing).await {
+            Ok(complete) => complete,
+            Err(e) => {
+                tracing::debug!(error = %e, "writing a response to the client failed");
+                return false;
+            }
+        },
+    };
+    if !out.is_empty() && io.write_all(out).await.is_err() {
+        return false;
+    }
+    if io.flush().await.is_err() {
+        return false;
+    }
+    complete && !close
+}
+
+/// Streams the body, gathering what is ready into `out` behind the head so a short
+/// answer leaves in one write. `Ok(false)`: the body failed or ended short (the client
+/// must see the connection end); the bytes gathered are still to be written.
+async fn write_body<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut ConnIo<S>,
+    out: &mut Vec<u8>,
+    body: &mut DownBody,
+    framing: Framing,
+) -> io::Result<bool> {
+    let mut left = match framing {
+        Framing::Length(n) => n,
+        Framing::Chunked => u64::MAX,
+    };
+    loop {
+        let ready = poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Ready(f) => Poll::Ready(Some(f)),
+            Poll::Pending => Poll::Ready(None),
+        })
+        .await;
+        let frame = match ready {
+            Some(f) => f,
+            None => {
+                // Nothing more yet: what is gathered goes out while the upstream sends.
+                if !out.is_empty() {
+                    io.write_all(out).await?;
+                    out.clear();
+                }
+                io.flush().await?;
+                poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+            }
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "upstream body failed; closing the client connection");
+                return Ok(false);
+            }
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) => d,
+                // Trailers: this loop serves no request that said `TE: trailers`, and
+                // hyper sends none without it either.
+                Err(_) => continue,
+            },
+        };
+        if data.is_empty() {
+            continue;
+        }
+        match framing {
+            Framing::Length(_) => {
+                let n = data.len() as u64;
+                if n > left {
+                    tracing::debug!("upstream body longer than its length; closing");
+                    return Ok(false);
+                }
+                left -= n;
+                put(io, out, &data).await?;
+            }
+            Framing::Chunked => {
+                chunk_size(out, data.len());
+                put(io, out, &data).await?;
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    match framing {
+        Framing::Length(_) => Ok(left == 0),
+        Framing::Chunked => {
+            out.extend_from_slice(b"0\r\n\r\n");
+            Ok(true)
+        }
+    }
+}
+
+/// A chunk's size line: hex digits and CRLF.
+fn chunk_size(out: &mut Vec<u8>, n: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut v = n;
+    loop {
+        i -= 1;
+        digits[i] = HEX[v & 0xf];
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `data` to what is gathered, or writes both when `data` is large.
+async fn put<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut ConnIo<S>,
+    out: &mut Vec<u8>,
+    data: &Bytes,
+) -> io::Result<()> {
+    if data.len() + out.len() <= GATHER_MAX {
+        out.extend_from_slice(data);
+        return Ok(());
+    }
+    if !out.is_empty() {
+        io.write_all(out).await?;
+        out.clear();
+    }
+    io.write_all(data).await
+}
+
+/// The `Date` value, formatted once a second per thread (as hyper caches it).
+mod date {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    /// `Sun, 06 Nov 1994 08:49:37 GMT`
+    const LEN: usize = 29;
+
+    thread_local! {
+        static CACHED: RefCell<(u64, [u8; LEN])> = const { RefCell::new((u64::MAX, [0; LEN])) };
+    }
+
+    pub(super) fn extend(out: &mut Vec<u8>) {
+        let now = SystemTime::now();
+        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        CACHED.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.0 != secs {
+                let s = httpdate::fmt_http_date(now);
+                if s.len() == LEN {
+                    c.1.copy_from_slice(s.as_bytes());
+                    c.0 = secs;
+                }
+            }
+            out.extend_from_slice(&c.1);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::{HeaderName, HeaderValue};
+
+    fn head_of(status: u16, fields: &[(&str, &str)], body: &str, head_only: bool) -> String {
+        let mut r = Response::new(DownBody::full(body.to_owned()));
+        *r.status_mut() = StatusCode::from_u16(status).unwrap();
+        for (k, v) in fields {
+            r.headers_mut().append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let (parts, body) = r.into_parts();
+        let mut out = Vec::new();
+        encode_head(&mut out, &parts, &body, head_only, false).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn heads_are_framed_as_hyper_frames_them() {
+        // A length the body knows is written; the date is added when missing.
+        let h = head_of(200, &[("x-a", "1")], "hello", false);
+        assert!(h.starts_with("HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 5\r\ndate: "));
+        assert!(h.ends_with(" GMT\r\n\r\n"), "{h}");
+        // An upstream's own Date stays the only one.
+        let h = head_of(404, &[("date", "x")], "", false);
+        assert_eq!(
+            h,
+            "HTTP/1.1 404 Not Found\r\ndate: x\r\ncontent-length: 0\r\n\r\n"
+        );
+        // 204 and 304 get no length; a HEAD answer tells the length a GET would get.
+        let h = head_of(204, &[("date", "x")], "", false);
+        assert_eq!(h, "HTTP/1.1 204 No Content\r\ndate: x\r\n\r\n");
+        let h = head_of(304, &[("date", "x")], "", false);
+        assert_eq!(h, "HTTP/1.1 304 Not Modified\r\ndate: x\r\n\r\n");
+        let h = head_of(200, &[("date", "x")], "hello", true);
+        assert_eq!(h, "HTTP/1.1 200 OK\r\ndate: x\r\ncontent-length: 5\r\n\r\n");
+        // A Transfer-Encoding from elsewhere never frames the client's copy.
+        let h = head_of(
+            200,
+            &[("date", "x"), ("transfer-encoding", "chunked")],
+            "ab",
+            false,
+        );
+        assert_eq!(h, "HTTP/1.1 200 OK\r\ndate: x\r\ncontent-length: 2\r\n\r\n");
+        // A status without a canonical reason still gets one.
+        let h = head_of(599, &[("date", "x")], "", false);
+        assert!(h.starts_with("HTTP/1.1 599 <none>\r\n"), "{h}");
+    }
+
+    #[test]
+    fn chunk_sizes_are_hex() {
+        for (n, want) in [
+            (0, "0\r\n"),
+            (10, "a\r\n"),
+            (255, "ff\r\n"),
+            (65536, "10000\r\n"),
+        ] {
+            let mut out = Vec::new();
+            chunk_size(&mut out, n);
+            assert_eq!(out, want.as_bytes());
+        }
+    }
+}
