@@ -139,6 +139,8 @@ pub(super) struct Forward<'a> {
     retries_left: u32,
     /// The failure of the previous attempt, answered when no further attempt is possible.
     last_error: Option<UpstreamErrorKind>,
+    /// An HTTP/1.1 upstream's response head is wanted with its fields as received.
+    raw: bool,
 }
 
 impl<'a> Forward<'a> {
@@ -157,6 +159,7 @@ impl<'a> Forward<'a> {
         head: HeaderMap,
         added: Added<'a>,
         body: Replay,
+        raw: bool,
     ) -> Self {
         Self {
             shared,
@@ -177,6 +180,7 @@ impl<'a> Forward<'a> {
             exclude: None,
             retries_left: shared.upstreams.services[service][pool].retries,
             last_error: None,
+            raw,
         }
     }
 
@@ -207,7 +211,7 @@ impl<'a> Forward<'a> {
             let timeout = self.shared.config.timeouts.upstream_response;
             let in_flight = ep.start();
             let result = tokio::select! {
-                r = exchange(self.shared, protocol, &ep, req, added.fields()) => Ok(r),
+                r = exchange(self.shared, protocol, &ep, req, added.fields(), self.raw) => Ok(r),
                 waited = response_deadline(&self.body, timeout) => Err(waited),
             };
             drop(in_flight);
@@ -467,13 +471,14 @@ pub(super) struct Failed {
     connected: bool,
 }
 
-/// One exchange with `ep` over the pool's protocol.
+/// One exchange with `ep` over the pool's protocol. `raw`: see [`h1::send`].
 pub(super) async fn exchange(
     shared: &Shared,
     protocol: Protocol,
     ep: &Endpoint,
     req: Request<UpBody>,
     added: &[(&HeaderName, &HeaderValue)],
+    raw: bool,
 ) -> Result<Response<DownBody>, Failed> {
     match protocol {
         Protocol::Http1 => h1::send(
@@ -482,6 +487,7 @@ pub(super) async fn exchange(
             req,
             added,
             shared.config.timeouts.connect,
+            raw,
         )
         .await
         .map(|resp| resp.map(DownBody::h1))

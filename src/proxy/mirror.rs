@@ -105,7 +105,9 @@ pub(super) fn send(
                 let timeout = shared.config.timeouts.upstream_response;
                 let copy = async {
                     // The copy's head already carries every field graylane sets.
-                    let resp = exchange(&shared, protocol, &ep, req, &[]).await.ok()?;
+                    let resp = exchange(&shared, protocol, &ep, req, &[], false)
+                        .await
+                        .ok()?;
                     let status = resp.status();
                     let mut body = resp.into_body();
                     let mut read = 0;

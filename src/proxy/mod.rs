@@ -43,19 +43,21 @@ pub(crate) async fn handle(
         shared,
         conn,
         start,
+        false,
     )
     .await
 }
 
 /// Handles a request that has no body and asks for no upgrade, read by graylane's own
-/// HTTP/1.1 loop rather than by hyper.
+/// HTTP/1.1 loop rather than by hyper. An HTTP/1.1 upstream's answer comes back with
+/// its fields as received (see `DownBody::take_raw`), which that loop copies on.
 pub(crate) async fn handle_bodiless(
     parts: http::request::Parts,
     shared: &Arc<Shared>,
     conn: &ConnCtx,
 ) -> Response<DownBody> {
     let start = Instant::now();
-    route(parts, Replay::Empty, None, shared, conn, start).await
+    route(parts, Replay::Empty, None, shared, conn, start, true).await
 }
 
 /// The request path proper, whoever read the request.
@@ -66,6 +68,7 @@ async fn route(
     shared: &Arc<Shared>,
     conn: &ConnCtx,
     start: Instant,
+    raw: bool,
 ) -> Response<DownBody> {
     if parts.method == http::Method::CONNECT {
         return refuse_unrouted(shared, conn, start, Refusal::Connect);
@@ -151,6 +154,7 @@ async fn route(
         head,
         added,
         body,
+        raw,
     );
     let (mut resp, final_pool) = forward.run().await;
 
@@ -176,21 +180,7 @@ async fn route(
         resp.headers_mut().append(http::header::VARY, v.clone());
     }
     if let Some((client, upstream, hs)) = tunnel {
-        let gauge = shared
-            .metrics
-            .route(hs.listener, hs.service, hs.pool)
-            .websockets()
-            .clone();
-        let idle = shared.config.timeouts.long_link_idle;
-        longlink::open(
-            &shared.links,
-            client,
-            upstream,
-            hs,
-            gauge,
-            idle,
-            conn.slot.clone(),
-        );
+        open_link(shared, conn, client, upstream, hs);
     }
     let elapsed = start.elapsed();
     shared
@@ -208,6 +198,25 @@ async fn route(
         log_access(shared, conn, &parts, &access, resp.status(), elapsed);
     }
     resp
+}
+
+/// Starts relaying a WebSocket link, counted on the route that answered its handshake.
+fn open_link(shared: &Shared, conn: &ConnCtx, client: OnUpgrade, upstream: Tunnel, hs: Handshake) {
+    let gauge = shared
+        .metrics
+        .route(hs.listener, hs.service, hs.pool)
+        .websockets()
+        .clone();
+    let idle = shared.config.timeouts.long_link_idle;
+    longlink::open(
+        &shared.links,
+        client,
+        upstream,
+        hs,
+        gauge,
+        idle,
+        conn.slot.clone(),
+    );
 }
 
 /// The client and upstream sides of a `101` answer to a WebSocket handshake, with the

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::h1::{H1Body, H1Error, Tunnel};
+use super::h1::{H1Body, H1Error, RawFields, Tunnel};
 
 /// The request body sent upstream. An enum rather than a boxed trait object: no
 /// allocation per request, and a body-less request can be replayed on retry.
@@ -218,6 +218,15 @@ impl DownBody<()> {
                 self.inner = other;
                 None
             }
+        }
+    }
+
+    /// An HTTP/1.1 upstream's head fields kept as received, when they were asked for so;
+    /// the response's header map then holds only what graylane added.
+    pub(crate) fn take_raw(&mut self) -> Option<Box<RawFields>> {
+        match &mut self.inner {
+            DownInner::H1(b) => b.take_raw(),
+            _ => None,
         }
     }
 

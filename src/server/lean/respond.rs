@@ -7,13 +7,13 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use bytes::Bytes;
-use http::header;
 use http::{Response, StatusCode};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::has_token;
 use crate::server::conn::ConnIo;
+use crate::upstream::h1::RawFields;
 use crate::upstream::DownBody;
 
 /// Body bytes gathered before they are written; a larger data frame is written as it is.
@@ -31,9 +31,10 @@ enum Framing {
 fn encode_head(
     out: &mut Vec<u8>,
     resp: &http::response::Parts,
+    raw: Option<&RawFields>,
     body: &DownBody,
     head_only: bool,
-    mut close: bool,
+    close: bool,
 ) -> Option<(Framing, bool)> {
     let status = resp.status;
     if status == StatusCode::OK {
@@ -51,34 +52,31 @@ fn encode_head(
     let can_body = !head_only && !no_content;
     // `None`: no body at all; `Some(None)`: a body of unknown length.
     let len = (!body.is_end_stream()).then(|| body.size_hint().exact());
-    let mut framing = None;
-    let mut wrote_date = false;
-    for (name, value) in &resp.headers {
-        if name == header::CONTENT_LENGTH {
-            if framing.is_some() {
-                continue;
-            }
-            let n = match len {
-                Some(Some(n)) => n,
-                Some(None) => std::str::from_utf8(value.as_bytes())
-                    .ok()
-                    .and_then(|v| v.parse().ok())?,
-                // No body: the field is kept only in an answer to HEAD, where it tells
-                // the length a GET would have had.
-                None if head_only => 0,
-                None => continue,
-            };
-            framing = Some(Framing::Length(n));
-        } else if name == header::TRANSFER_ENCODING {
-            // The framing toward the client is graylane's to choose.
-            continue;
-        } else if name == header::CONNECTION {
-            close |= has_token(value.as_bytes(), b"close");
-        } else if name == header::DATE {
-            wrote_date = true;
+    let mut seen = Seen {
+        framing: None,
+        wrote_date: false,
+        close,
+    };
+    // An HTTP/1.1 upstream's fields as received come first, then what graylane added.
+    if let Some(raw) = raw {
+        for (name, value) in raw.iter() {
+            seen.field(out, name, value, len, head_only)?;
         }
-        field(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    for (name, value) in &resp.headers {
+        seen.field(
+            out,
+            name.as_str().as_bytes(),
+            value.as_bytes(),
+            len,
+            head_only,
+        )?;
+    }
+    let Seen {
+        framing,
+        wrote_date,
+        mut close,
+    } = seen;
     let framing = match (framing, len) {
         (Some(f), _) => f,
         (None, Some(None)) if can_body => {
@@ -118,11 +116,54 @@ fn encode_head(
     Some((framing, close))
 }
 
-fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
+/// What the fields written so far said about framing, `Date` and the connection.
+struct Seen {
+    framing: Option<Framing>,
+    wrote_date: bool,
+    close: bool,
+}
+
+impl Seen {
+    /// Writes one field (its name lowercased, as hyper writes names), noting what it
+    /// says; `None` for a `Content-Length` that frames nothing readable.
+    fn field(
+        &mut self,
+        out: &mut Vec<u8>,
+        name: &[u8],
+        value: &[u8],
+        len: Option<Option<u64>>,
+        head_only: bool,
+    ) -> Option<()> {
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        match name.len() {
+            14 if is("content-length") => {
+                if self.framing.is_some() {
+                    return Some(());
+                }
+                let n = match len {
+                    Some(Some(n)) => n,
+                    Some(None) => std::str::from_utf8(value).ok()?.parse().ok()?,
+                    // No body: the field is kept only in an answer to HEAD, where it
+                    // tells the length a GET would have had.
+                    None if head_only => 0,
+                    None => return Some(()),
+                };
+                self.framing = Some(Framing::Length(n));
+            }
+            // The framing toward the client is graylane's to choose.
+            17 if is("transfer-encoding") => return Some(()),
+            10 if is("connection") => self.close |= has_token(value, b"close"),
+            4 if is("date") => self.wrote_date = true,
+            _ => {}
+        }
+        let at = out.len();
+        out.extend_from_slice(name);
+        out[at..].make_ascii_lowercase();
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+        Some(())
+    }
 }
 
 /// Writes the response and its body; returns whether the connection may serve another
@@ -137,11 +178,13 @@ pub(super) async fn write_response<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> bool {
     out.clear();
     let (parts, mut body) = resp.into_parts();
-    let Some((framing, close)) = encode_head(out, &parts, &body, head_only, close) else {
+    let raw = body.take_raw();
+    let Some((framing, close)) = encode_head(out, &parts, raw.as_deref(), &body, head_only, close)
+    else {
         tracing::debug!("response with an invalid content-length; closing");
         return false;
     };
-    drop(parts);
+    drop((parts, raw));
     let complete = match framing {
         Framing::Length(0) => true,
         _ => match write_body(io, out, &mut body, framing).await {
@@ -314,7 +357,7 @@ mod tests {
         }
         let (parts, body) = r.into_parts();
         let mut out = Vec::new();
-        encode_head(&mut out, &parts, &body, head_only, false).unwrap();
+        encode_head(&mut out, &parts, None, &body, head_only, false).unwrap();
         String::from_utf8(out).unwrap()
     }
 

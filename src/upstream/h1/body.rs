@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use super::codec::{chunk_step, ChunkStep, Framing};
 use super::exchange::Upload;
 use super::idle::{put, Conn};
+use super::raw::RawFields;
 use super::H1Error;
 
 /// An upstream response body, read from the connection as the client side polls it.
@@ -26,9 +27,17 @@ pub(crate) struct H1Body {
     /// rare, and inline it made every response, moved several times on its way to the
     /// client, 112 bytes larger.
     pub(super) upload: Option<Box<Upload>>,
+    /// The head's fields kept as received, when the client side asked for them so.
+    pub(super) raw: Option<Box<RawFields>>,
 }
 
 impl H1Body {
+    /// The head's fields kept as received (the response's header map then holds none
+    /// of them).
+    pub(crate) fn take_raw(&mut self) -> Option<Box<RawFields>> {
+        self.raw.take()
+    }
+
     /// The connection of a `101` response, with any bytes the upstream sent after the
     /// head; `None` for every other response.
     pub(crate) fn into_tunnel(mut self) -> Option<Tunnel> {

@@ -10,6 +10,7 @@ use http::{Method, Response, StatusCode, Version};
 use super::body::H1Body;
 use super::exchange::Upload;
 use super::idle::Conn;
+use super::raw::{self, Kind, RawFields, RAW_MAX};
 use super::{H1Error, MAX_HEAD, MAX_HEADERS, MAX_TRAILERS};
 
 /// A parsed response head, before it becomes a [`Response`].
@@ -20,6 +21,8 @@ pub(super) struct Head {
     pub(super) headers: HeaderMap,
     pub(super) framing: Framing,
     pub(super) reusable: bool,
+    /// The fields kept as received instead of in `headers` (see `raw`).
+    pub(super) raw: Option<Box<RawFields>>,
 }
 
 impl Head {
@@ -35,6 +38,7 @@ impl Head {
             framing: self.framing,
             reusable: self.reusable,
             upload,
+            raw: self.raw,
         };
         // A body that is empty from the start is never polled: it is complete now.
         if matches!(body.framing, Framing::Done | Framing::Length(0)) {
@@ -50,8 +54,14 @@ impl Head {
 }
 
 /// Parses a complete head at the front of `buf` and consumes it; `None` when more bytes
-/// are needed. Interim (1xx) responses other than `101` are skipped.
-pub(super) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Error> {
+/// are needed. Interim (1xx) responses other than `101` are skipped. `raw`: keep the
+/// fields as received where that can be done (not for a `101`, nor for a head with
+/// over [`RAW_MAX`] fields), for a client that graylane's own loop serves.
+pub(super) fn parse_head(
+    buf: &mut BytesMut,
+    method: &Method,
+    raw: bool,
+) -> Result<Option<Head>, H1Error> {
     loop {
         let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
@@ -106,6 +116,9 @@ pub(super) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<H
             ];
         }
         let head = buf.split_to(len).freeze();
+        if raw && count <= RAW_MAX && status != StatusCode::SWITCHING_PROTOCOLS {
+            return raw::head(head, &spans[..count], status, version, method).map(Some);
+        }
         let mut headers = HeaderMap::with_capacity(count);
         // The fields that frame the body are noted as the map is built: looking them up
         // afterwards would hash their names again.
@@ -134,6 +147,7 @@ pub(super) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<H
             headers,
             framing,
             reusable,
+            raw: None,
         }));
     }
 }
@@ -169,28 +183,46 @@ pub(super) struct FramingFacts {
 
 impl FramingFacts {
     pub(super) fn note(&mut self, name: &HeaderName, value: &[u8]) {
-        let tokens = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
-        if name == header::TRANSFER_ENCODING {
-            let last = tokens().next_back().unwrap_or_default();
-            self.chunked_last = Some(last.eq_ignore_ascii_case(b"chunked"));
+        let kind = if name == header::TRANSFER_ENCODING {
+            Kind::TransferEncoding
         } else if name == header::CONTENT_LENGTH {
-            for part in tokens() {
-                let n = Some(part)
-                    .filter(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit))
-                    .and_then(|p| std::str::from_utf8(p).ok())
-                    .and_then(|p| p.parse::<u64>().ok())
-                    .ok_or("invalid content-length");
-                self.length = Some(match (self.length.take(), n) {
-                    (_, Err(e)) | (Some(Err(e)), _) => Err(e),
-                    (Some(Ok(l)), Ok(n)) if l != n => Err("conflicting content-length values"),
-                    (_, Ok(n)) => Ok(n),
-                });
-            }
+            Kind::ContentLength
         } else if name == header::CONNECTION {
-            for t in tokens() {
-                self.close |= t.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+            Kind::Connection
+        } else {
+            return;
+        };
+        self.note_kind(kind, value);
+    }
+
+    pub(super) fn note_kind(&mut self, kind: Kind, value: &[u8]) {
+        let tokens = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
+        match kind {
+            Kind::TransferEncoding => {
+                let last = tokens().next_back().unwrap_or_default();
+                self.chunked_last = Some(last.eq_ignore_ascii_case(b"chunked"));
             }
+            Kind::ContentLength => {
+                for part in tokens() {
+                    let n = Some(part)
+                        .filter(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit))
+                        .and_then(|p| std::str::from_utf8(p).ok())
+                        .and_then(|p| p.parse::<u64>().ok())
+                        .ok_or("invalid content-length");
+                    self.length = Some(match (self.length.take(), n) {
+                        (_, Err(e)) | (Some(Err(e)), _) => Err(e),
+                        (Some(Ok(l)), Ok(n)) if l != n => Err("conflicting content-length values"),
+                        (_, Ok(n)) => Ok(n),
+                    });
+                }
+            }
+            Kind::Connection => {
+                for t in tokens() {
+                    self.close |= t.eq_ignore_ascii_case(b"close");
+                    self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+                }
+            }
+            Kind::Other | Kind::HopByHop => {}
         }
     }
 

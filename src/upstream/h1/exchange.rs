@@ -43,6 +43,7 @@ pub(super) async fn exchange(
     parts: &Parts,
     added: &[(&HeaderName, &HeaderValue)],
     body: &mut UpBody,
+    raw: bool,
 ) -> Result<Response<H1Body>, Exchange> {
     let framing = match body {
         UpBody::Empty => ReqFraming::None,
@@ -137,7 +138,7 @@ pub(super) async fn exchange(
                 Poll::Ready(Ok(())) | Poll::Pending => {}
             }
         }
-        conn.poll_head(&parts.method, cx)
+        conn.poll_head(&parts.method, raw, cx)
     })
     .await
     .map_err(Exchange::Failed)?;

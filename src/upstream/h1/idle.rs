@@ -135,11 +135,12 @@ impl Conn {
     pub(super) fn poll_head(
         &mut self,
         method: &Method,
+        raw: bool,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Head, H1Error>> {
         loop {
             if !self.rbuf.is_empty() {
-                if let Some(head) = parse_head(&mut self.rbuf, method)? {
+                if let Some(head) = parse_head(&mut self.rbuf, method, raw)? {
                     return Poll::Ready(Ok(head));
                 }
             }

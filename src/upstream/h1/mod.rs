@@ -18,15 +18,18 @@
 //! - `idle`: the per-worker pool of idle connections and its sweep.
 //! - `exchange`: writing the request head and body, reading the response head.
 //! - `codec`: parsing response heads and chunked bodies (RFC 9112).
+//! - `raw`: response heads kept as received, for clients served by graylane's own loop.
 //! - `body`: the response body handed to the client side, and `101` tunnels.
 
 mod body;
 mod codec;
 mod exchange;
 mod idle;
+mod raw;
 
 pub(crate) use body::{H1Body, Tunnel};
 pub(crate) use idle::sweep_idle;
+pub(crate) use raw::RawFields;
 
 use std::io;
 use std::net::SocketAddr;
@@ -112,19 +115,21 @@ pub(crate) struct SendFailure {
 /// it back into the pool when it ends; a `101` hands it over through
 /// [`H1Body::into_tunnel`].
 /// `added`: fields written after the request's own (see `proxy::headers::Added`).
+/// `raw`: the response head's fields are wanted as received ([`H1Body::take_raw`]).
 pub(crate) async fn send(
     addr: SocketAddr,
     origin: &str,
     req: Request<UpBody>,
     added: &[(&HeaderName, &HeaderValue)],
     connect_timeout: Duration,
+    raw: bool,
 ) -> Result<Response<H1Body>, SendFailure> {
     let (parts, mut body) = req.into_parts();
     while let Some(conn) = take(addr) {
         if !conn.idle_usable() {
             continue;
         }
-        match exchange(conn, addr, origin, &parts, added, &mut body).await {
+        match exchange(conn, addr, origin, &parts, added, &mut body, raw).await {
             Ok(resp) => return Ok(resp),
             // Nothing of the request went out (the upstream closed an idle keep-alive
             // connection as it was taken): try the next one.
@@ -139,7 +144,7 @@ pub(crate) async fn send(
         Ok(c) => c,
         Err(error) => return Err(SendFailure::new(error, parts, body)),
     };
-    match exchange(conn, addr, origin, &parts, added, &mut body).await {
+    match exchange(conn, addr, origin, &parts, added, &mut body, raw).await {
         Ok(resp) => Ok(resp),
         Err(Exchange::Unsent(error) | Exchange::Failed(error)) => {
             Err(SendFailure::new(error, parts, body))
@@ -172,7 +177,7 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, H1Error> {
 pub(crate) fn parse_response_for_fuzzing(data: &[u8]) {
     use codec::{chunk_step, parse_head, ChunkStep, Framing};
     let mut buf = bytes::BytesMut::from(data);
-    let Ok(Some(head)) = parse_head(&mut buf, &http::Method::GET) else {
+    let Ok(Some(head)) = parse_head(&mut buf, &http::Method::GET, false) else {
         return;
     };
     let Framing::Chunked(mut state) = head.framing else {

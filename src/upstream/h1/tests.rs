@@ -13,7 +13,7 @@ use super::*;
 
 fn head(raw: &[u8], method: &Method) -> Result<Option<Head>, H1Error> {
     let mut buf = BytesMut::from(raw);
-    parse_head(&mut buf, method)
+    parse_head(&mut buf, method, false)
 }
 
 #[test]
@@ -109,7 +109,7 @@ fn interim_responses_are_skipped_and_values_kept() {
     let mut buf = BytesMut::from(
             &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 2\r\n\r\nok"[..],
         );
-    let h = parse_head(&mut buf, &Method::POST).ok().flatten();
+    let h = parse_head(&mut buf, &Method::POST, false).ok().flatten();
     let h = h.as_ref();
     assert_eq!(h.map(|h| h.status), Some(StatusCode::CREATED));
     let values: Vec<_> = h
@@ -324,4 +324,89 @@ fn plain_keep_alive_fields_are_left_out() {
         names("HTTP/1.1 101 Switching Protocols\r\nconnection: keep-alive\r\nkeep-alive: timeout=5\r\nupgrade: websocket\r\n\r\n"),
         ["connection", "keep-alive", "upgrade"]
     );
+}
+
+/// A head kept as received leaves out what the header-map path strips before the
+/// client's copy is written, keeps the rest in order, and frames the body the same.
+#[test]
+fn raw_heads_keep_what_the_map_path_keeps() {
+    let heads = [
+        "HTTP/1.1 200 OK\r\nServer: u\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nConnection: close, X-Secret\r\nx-secret: 1\r\nX-Kept: 2\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n",
+        "HTTP/1.1 404 Not Found\r\nProxy-Connection: keep-alive\r\nProxy-Authenticate: Basic\r\nUpgrade: h2c\r\nTE: trailers\r\nVary: a\r\nvary: b\r\n\r\n",
+        "HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 2\r\n\r\n",
+    ];
+    for h in heads {
+        let mut buf = BytesMut::from(h);
+        let mapped = parse_head(&mut buf, &Method::GET, false).unwrap().unwrap();
+        let mut buf = BytesMut::from(h);
+        let kept = parse_head(&mut buf, &Method::GET, true).unwrap().unwrap();
+        assert!(kept.headers.is_empty(), "{h}");
+        assert_eq!(
+            (kept.framing, kept.reusable, kept.status),
+            (mapped.framing, mapped.reusable, mapped.status),
+            "{h}"
+        );
+        let mut want = mapped.headers;
+        crate::proxy::headers::strip_hop_by_hop(&mut want, false, &[]);
+        // The map path answers a TE field with `te: trailers`; a response's TE means
+        // nothing (it is a request field) and the copy kept as received drops it.
+        want.remove(header::TE);
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let got: Vec<(String, String)> = kept
+            .raw
+            .as_deref()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(k).to_ascii_lowercase(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
+            .collect();
+        let mut sorted_want = want.clone();
+        let mut sorted_got = got.clone();
+        sorted_want.sort();
+        sorted_got.sort();
+        assert_eq!(sorted_got, sorted_want, "{h}");
+        // Same order for fields of one name (a map groups them; the wire keeps order).
+        for name in ["set-cookie", "vary"] {
+            let of = |v: &[(String, String)]| {
+                v.iter()
+                    .filter(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(of(&got), of(&want), "{h}");
+        }
+    }
+    // A 101 and a head with more fields than kept as received build the map as before.
+    let mut buf = BytesMut::from(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+    );
+    let h = parse_head(&mut buf, &Method::GET, true).unwrap().unwrap();
+    assert!(h.raw.is_none() && h.headers.contains_key(header::UPGRADE));
+    let many: String = (0..40).map(|i| format!("x-{i}: {i}\r\n")).collect();
+    let mut buf =
+        BytesMut::from(format!("HTTP/1.1 200 OK\r\n{many}content-length: 0\r\n\r\n").as_str());
+    let h = parse_head(&mut buf, &Method::GET, true).unwrap().unwrap();
+    assert!(h.raw.is_none() && h.headers.len() == 41);
+    // Errors are the map path's.
+    for bad in [
+        "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+    ] {
+        let mut buf = BytesMut::from(bad);
+        assert!(parse_head(&mut buf, &Method::GET, true).is_err(), "{bad}");
+    }
 }
