@@ -63,6 +63,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
         let n = this.prefix.len().min(buf.remaining());
         buf.put_slice(&this.prefix[..n]);
         this.prefix.advance(n);
+        if this.prefix.is_empty() {
+            // An empty slice still holds the loop's whole read buffer: a WebSocket link
+            // keeps this reader for hours, so let it go.
+            this.prefix = Bytes::new();
+        }
         Poll::Ready(Ok(()))
     }
 }
