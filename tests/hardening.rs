@@ -931,6 +931,84 @@ async fn head_answers_carry_no_body_and_close_is_announced() {
     assert!(matches!(a.end, Some(End::Eof)), "{:?}", a.end);
 }
 
+/// SPEC §8: a busy HTTP/1 connection closes after its current response. The drain
+/// begins while a request's head is half here; the request turns out to be one the own
+/// loop hands to hyper (it has a body), and hyper still answers it, with
+/// `connection: close`.
+#[tokio::test]
+async fn a_request_handed_to_hyper_during_the_drain_is_answered() {
+    let (rec, mut p) = case_rig(TIMEOUTS).await;
+    let mut s = TcpStream::connect(p.addr()).await.unwrap();
+    s.write_all(b"POST /d HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.begin_stop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(b"Content-Length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    let (raw, end) = read_to_close(&mut s, Duration::from_secs(5)).await;
+    let raw = String::from_utf8_lossy(&raw).to_string();
+    assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw:?}");
+    assert!(raw.contains("connection: close\r\n"), "{raw:?}");
+    assert!(raw.ends_with("/d"), "{raw:?}");
+    assert_eq!(end, End::Eof);
+    assert_eq!(rec.last().body, b"hello");
+}
+
+/// A client that closes while its answer's body is still coming ends the exchange at
+/// once, as with hyper's server: its connection is not left open (in CLOSE-WAIT) until
+/// the upstream finishes.
+#[tokio::test]
+async fn a_client_gone_mid_body_ends_the_exchange() {
+    let up = spawn_scripted(
+        vec![
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n".to_vec(),
+            b"0\r\n\r\n".to_vec(),
+        ],
+        Duration::from_secs(20),
+    )
+    .await;
+    let p = spawn_proxy(&simple_config(up, up, TIMEOUTS), RULES).await;
+    let mut s = TcpStream::connect(p.addr()).await.unwrap();
+    s.write_all(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while find(&got, b"first").is_none() {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the first chunk arrives")
+            .unwrap();
+        assert!(n > 0, "closed before the first chunk");
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(s);
+    let closed = eventually(Duration::from_secs(3), || async {
+        metric(&p, "graylane_connections{listener=\"im\"}").await == 0.0
+    })
+    .await;
+    assert!(closed, "the connection of a client that left stays open");
+}
+
+/// RFC 9112 §2.2: an empty line after a request is ignored; it is not the start of a
+/// next head, so it gets no 408 and the connection stays open until `idle`.
+#[tokio::test]
+async fn an_empty_line_after_a_request_is_not_a_head() {
+    let (_rec, p) = case_rig(TIMEOUTS).await;
+    let a = exchange_quiet(
+        p.addr(),
+        b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n\r\n",
+        Duration::from_secs(3),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(a.answers.len(), 1, "{:?}", String::from_utf8_lossy(&a.raw));
+    assert_eq!(a.answers[0].0, 200);
+}
+
 // === HTTP/2 abuse (h2c with prior knowledge, frames written by hand) ===
 
 /// A normal h2c request on a fresh connection is answered 200 (HTTP/2 still works).

@@ -11,6 +11,7 @@ use common::*;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -289,4 +290,76 @@ async fn bad_certificate_at_start_is_a_clear_error() {
         "{err}"
     );
     tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
+/// A TLS client that pipelines requests and never reads is cut after `idle`, as over
+/// plaintext: TLS takes each answer into its buffer, so the wait shows in the flush, and
+/// the flush that never ends is a stalled send.
+#[tokio::test]
+async fn a_tls_client_that_never_reads_is_cut_off_after_idle() {
+    // Every request gets 10 KB: a few fill the client's small receive window.
+    let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = up.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = up.accept().await {
+            tokio::spawn(async move {
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: 10240\r\n\r\n{}",
+                    "z".repeat(10240)
+                );
+                let mut buf = Vec::new();
+                while hostile::read_head(&mut s, &mut buf).await.is_some() {
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let cert = make_cert("localhost");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.crt"), &cert.cert_pem).unwrap();
+    std::fs::write(dir.path().join("c.key"), &cert.key_pem).unwrap();
+    let cfg = simple_config(
+        up_addr,
+        up_addr,
+        "timeouts: { request_header: 1s, idle: 2s }",
+    )
+    .replace(
+        "    bind: \"127.0.0.1:0\"\n",
+        "    bind: \"127.0.0.1:0\"\n    tls: { cert: c.crt, key: c.key }\n",
+    );
+    std::fs::write(dir.path().join("graylane.yaml"), cfg).unwrap();
+    std::fs::write(dir.path().join("rules.yaml"), "rules: []\n").unwrap();
+    let p = start_in(dir).await.expect("proxy starts");
+
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let tcp = sock.connect(p.addr()).await.unwrap();
+    let mut tls = connector(&[&cert], &[b"http/1.1"])
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    let burst = "GET /mid HTTP/1.1\r\nHost: t\r\n\r\n".repeat(1000);
+    // The client's own sends may block once graylane stops reading: write in the
+    // background and never read.
+    let writer = tokio::spawn(async move {
+        let _ = tls.write_all(burst.as_bytes()).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(tls);
+    });
+    let cut = eventually(Duration::from_secs(10), || async {
+        metric(&p, "graylane_send_timeouts_total{listener=\"im\"}").await == 1.0
+    })
+    .await;
+    writer.abort();
+    assert!(
+        cut,
+        "the connection of a TLS client that never reads was not cut"
+    );
+    let open = eventually(Duration::from_secs(3), || async {
+        metric(&p, "graylane_connections{listener=\"im\"}").await == 0.0
+    })
+    .await;
+    assert!(open, "the cut connection is still counted open");
 }

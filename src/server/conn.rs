@@ -98,7 +98,11 @@ pub(super) struct InFlight(Arc<ConnState>);
 
 impl InFlight {
     pub(super) fn new(s: Arc<ConnState>) -> Self {
-        s.in_flight.fetch_add(1, Ordering::Relaxed);
+        if s.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
+            // A stall noted by a flush that later went through is not this request's
+            // (with others in flight it may be theirs, and stays).
+            s.write_stalled.store(NONE, Ordering::Relaxed);
+        }
         s.head_start.store(NONE, Ordering::Relaxed);
         s.head_bytes.store(false, Ordering::Relaxed);
         Self(s)
@@ -222,8 +226,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Not noted: a socket's flush is always ready and would hide a stalled write.
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.stream).poll_flush(cx);
+        // Only a flush that waits is noted: a TLS stream takes every write into its
+        // buffer and waits in the flush instead. A ready flush clears nothing, since a
+        // socket's is always ready and would hide a stalled write.
+        if r.is_pending() && this.state.write_stalled.load(Ordering::Relaxed) == NONE {
+            this.state
+                .write_stalled
+                .store(this.state.now_ms(), Ordering::Relaxed);
+        }
+        r
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

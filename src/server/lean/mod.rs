@@ -109,6 +109,9 @@ pub(super) struct Lean<F, H, M, D> {
     make: Option<M>,
     shutdown: D,
     state: Arc<ConnState>,
+    /// The drain began before hyper took the connection over: hyper is told once it has
+    /// read what it was handed (told at once, hyper's version detection would drop it).
+    shutdown_due: bool,
 }
 
 enum Stage<F, H> {
@@ -129,6 +132,7 @@ where
             make: Some(make),
             shutdown,
             state,
+            shutdown_due: false,
         }
     }
 
@@ -137,7 +141,9 @@ where
         let this = self.get_mut();
         this.state.stopping.store(true, Ordering::Relaxed);
         if let Stage::Hyper(h) = &mut this.stage {
-            (this.shutdown)(h.as_mut());
+            if !this.shutdown_due {
+                (this.shutdown)(h.as_mut());
+            }
         }
     }
 }
@@ -168,13 +174,19 @@ where
                     let Some(make) = this.make.take() else {
                         return Poll::Ready(Ok(()));
                     };
-                    let mut h = Box::pin(make(io));
-                    if this.state.stopping.load(Ordering::Relaxed) {
-                        (this.shutdown)(h.as_mut());
-                    }
-                    this.stage = Stage::Hyper(h);
+                    this.shutdown_due = this.state.stopping.load(Ordering::Relaxed);
+                    this.stage = Stage::Hyper(Box::pin(make(io)));
                 }
-                Stage::Hyper(h) => return h.as_mut().poll(cx),
+                Stage::Hyper(h) => {
+                    let r = h.as_mut().poll(cx);
+                    if r.is_ready() || !this.shutdown_due {
+                        return r;
+                    }
+                    // Polled once, hyper has read the bytes it was handed and taken the
+                    // request in them: now the drain ends it after that request.
+                    this.shutdown_due = false;
+                    (this.shutdown)(h.as_mut());
+                }
             }
         }
     }
@@ -215,6 +227,7 @@ where
             if state.h2.load(Ordering::Relaxed) {
                 return handoff(io, buf);
             }
+            skip_empty_lines(&mut buf);
             if !buf.is_empty() {
                 match parse(&mut buf, max) {
                     Parsed::Lean(h) => break h,
@@ -255,17 +268,28 @@ where
             }
         };
         let close = head.close || state.stopping.load(Ordering::Relaxed);
-        let keep = write_response(&mut io, &mut out, resp, head_only, close).await;
+        let keep = write_response(&mut io, &mut buf, &mut out, resp, head_only, close).await;
         drop(inflight);
         if !keep {
             let _ = io.shutdown().await;
             return Exit::Closed;
         }
+        skip_empty_lines(&mut buf);
         if !buf.is_empty() {
             // The next head is already (partly) here: its time runs from now.
             state.head_arrived();
         }
     }
+}
+
+/// RFC 9112 §2.2: empty lines before a request line are ignored (a client may send a
+/// CRLF after a body); left in the buffer they would count as the start of a head.
+fn skip_empty_lines(buf: &mut BytesMut) {
+    let n = buf
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    buf.advance(n);
 }
 
 /// Gives the connection to hyper with what was read and not yet served.

@@ -4,17 +4,18 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{Response, StatusCode};
 use http_body::Body;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use http_body::Frame;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::has_token;
 use crate::server::conn::ConnIo;
 use crate::upstream::h1::RawFields;
-use crate::upstream::DownBody;
+use crate::upstream::{DownBody, DownBodyError};
 
 /// Body bytes gathered before they are written; a larger data frame is written as it is.
 const GATHER_MAX: usize = 16 * 1024;
@@ -56,6 +57,7 @@ fn encode_head(
         framing: None,
         wrote_date: false,
         close,
+        wrote_close: false,
     };
     // An HTTP/1.1 upstream's fields as received come first, then what graylane added.
     if let Some(raw) = raw {
@@ -76,6 +78,7 @@ fn encode_head(
         framing,
         wrote_date,
         mut close,
+        wrote_close,
     } = seen;
     let framing = match (framing, len) {
         (Some(f), _) => f,
@@ -104,7 +107,7 @@ fn encode_head(
     // A 1xx other than a 101 never comes back from the upstream client; a 101 to a
     // request that asked for no upgrade leaves nothing to serve after it.
     close |= status.is_informational();
-    if close {
+    if close && !wrote_close {
         out.extend_from_slice(b"connection: close\r\n");
     }
     if !wrote_date {
@@ -121,6 +124,8 @@ struct Seen {
     framing: Option<Framing>,
     wrote_date: bool,
     close: bool,
+    /// A `Connection` field saying `close` is already written.
+    wrote_close: bool,
 }
 
 impl Seen {
@@ -152,7 +157,10 @@ impl Seen {
             }
             // The framing toward the client is graylane's to choose.
             17 if is("transfer-encoding") => return Some(()),
-            10 if is("connection") => self.close |= has_token(value, b"close"),
+            10 if is("connection") && has_token(value, b"close") => {
+                self.close = true;
+                self.wrote_close = true;
+            }
             4 if is("date") => self.wrote_date = true,
             _ => {}
         }
@@ -171,6 +179,7 @@ impl Seen {
 /// client sees a cut message rather than a wrong one.
 pub(super) async fn write_response<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut ConnIo<S>,
+    buf: &mut BytesMut,
     out: &mut Vec<u8>,
     resp: Response<DownBody>,
     head_only: bool,
@@ -187,7 +196,7 @@ pub(super) async fn write_response<S: AsyncRead + AsyncWrite + Unpin>(
     drop((parts, raw));
     let complete = match framing {
         Framing::Length(0) => true,
-        _ => match write_body(io, out, &mut body, framing).await {
+        _ => match write_body(io, buf, out, &mut body, framing).await {
             Ok(complete) => complete,
             Err(e) => {
                 tracing::debug!(error = %e, "writing a response to the client failed");
@@ -206,9 +215,11 @@ pub(super) async fn write_response<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// Streams the body, gathering what is ready into `out` behind the head so a short
 /// answer leaves in one write. `Ok(false)`: the body failed or ended short (the client
-/// must see the connection end); the bytes gathered are still to be written.
+/// must see the connection end); the bytes gathered are still to be written. `buf`
+/// takes what the client sends meanwhile (see [`next_frame`]).
 async fn write_body<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut ConnIo<S>,
+    buf: &mut BytesMut,
     out: &mut Vec<u8>,
     body: &mut DownBody,
     framing: Framing,
@@ -232,7 +243,7 @@ async fn write_body<S: AsyncRead + AsyncWrite + Unpin>(
                     out.clear();
                 }
                 io.flush().await?;
-                poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+                next_frame(io, buf, body).await?
             }
         };
         let data = match frame {
@@ -253,13 +264,16 @@ async fn write_body<S: AsyncRead + AsyncWrite + Unpin>(
         }
         match framing {
             Framing::Length(_) => {
-                let n = data.len() as u64;
-                if n > left {
-                    tracing::debug!("upstream body longer than its length; closing");
-                    return Ok(false);
-                }
+                // Never more than the length said (as hyper's encoder): the client
+                // would read the rest as the next answer.
+                let n = left.min(data.len() as u64);
                 left -= n;
-                put(io, out, &data).await?;
+                put(io, out, &data.slice(..n as usize)).await?;
+                if left == 0 {
+                    // Done when the length is written, not when the body says it ended
+                    // (an HTTP/2 upstream may send its end of stream later).
+                    break;
+                }
             }
             Framing::Chunked => {
                 chunk_size(out, data.len());
@@ -275,6 +289,31 @@ async fn write_body<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(true)
         }
     }
+}
+
+/// The body's next frame. As hyper's server does, a client that closes (or fails) while
+/// it waits ends the answer (`Err`): nobody would read the rest, and the upstream
+/// exchange is dropped with it. A byte of a next request stops the watch; it waits in
+/// `buf`.
+async fn next_frame<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut ConnIo<S>,
+    buf: &mut BytesMut,
+    body: &mut DownBody,
+) -> io::Result<Option<Result<Frame<Bytes>, DownBodyError>>> {
+    let frame = |cx: &mut Context<'_>| Pin::new(&mut *body).poll_frame(cx);
+    let mut frame = poll_fn(frame);
+    while buf.is_empty() {
+        tokio::select! {
+            biased;
+            f = &mut frame => return Ok(f),
+            r = io.read_buf(buf) => match r {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            },
+        }
+    }
+    Ok(frame.await)
 }
 
 /// A chunk's size line: hex digits and CRLF.
@@ -388,6 +427,12 @@ mod tests {
             false,
         );
         assert_eq!(h, "HTTP/1.1 200 OK\r\ndate: x\r\ncontent-length: 2\r\n\r\n");
+        // A `Connection: close` already there is not written twice.
+        let h = head_of(200, &[("date", "x"), ("connection", "close")], "", false);
+        assert_eq!(
+            h,
+            "HTTP/1.1 200 OK\r\ndate: x\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+        );
         // A status without a canonical reason still gets one.
         let h = head_of(599, &[("date", "x")], "", false);
         assert!(h.starts_with("HTTP/1.1 599 <none>\r\n"), "{h}");
