@@ -49,7 +49,8 @@ pub(super) struct ConnState {
     /// The drain asked the connection to end: graylane's own HTTP/1.1 loop closes after
     /// the response in progress, or at once between requests.
     pub(super) stopping: AtomicBool,
-    /// That loop waits for a new request with nothing of it read yet.
+    /// That loop waits for a new request with nothing of it read yet (so nothing is in
+    /// flight either).
     pub(super) lean_idle: AtomicBool,
 }
 
@@ -77,11 +78,6 @@ impl ConnState {
 
     fn at(&self, ms: u64) -> Instant {
         self.base + Duration::from_millis(ms)
-    }
-
-    /// Nothing in flight and nothing of a next request read.
-    pub(super) fn between_requests(&self) -> bool {
-        self.lean_idle.load(Ordering::Relaxed) && self.in_flight.load(Ordering::Relaxed) == 0
     }
 
     /// Bytes of a new head are here (read earlier, behind a pipelined request): its

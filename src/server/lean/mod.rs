@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use super::conn::{ConnIo, ConnState, InFlight};
 use crate::proxy;
 use crate::state::{ConnCtx, Shared};
+use crate::upstream::h1::field_spans;
 use respond::write_response;
 
 /// hyper's limit on a request head's fields: a head with more is handed to hyper, which
@@ -163,7 +164,8 @@ where
             match &mut this.stage {
                 Stage::Own(own) => {
                     let s = &this.state;
-                    if s.stopping.load(Ordering::Relaxed) && s.between_requests() {
+                    // Waiting for a new request with nothing of it read: nothing to finish.
+                    if s.stopping.load(Ordering::Relaxed) && s.lean_idle.load(Ordering::Relaxed) {
                         return Poll::Ready(Ok(()));
                     }
                     let io = match own.as_mut().poll(cx) {
@@ -349,23 +351,12 @@ fn parse(buf: &mut BytesMut, max: usize) -> Parsed {
             _ => {}
         }
     }
-    // Positions first: the values become slices of the head once it is split off the
-    // buffer, which `req` still borrows. A head is shorter than `max_header_bytes`,
-    // which is far below 4 GiB: the positions fit in `u32` (and the array in half the
-    // room, small enough to be cleared without `rep stosb`).
-    let base = buf.as_ptr() as usize;
-    let span = |s: &[u8]| {
-        let at = s.as_ptr() as usize - base;
-        [at as u32, (at + s.len()) as u32]
-    };
-    let target = span(path.as_bytes());
+    // `max` keeps heads below 4 GiB: positions fit in `u32` (see `field_spans`).
+    let at = path.as_ptr() as usize - buf.as_ptr() as usize;
+    let target = [at as u32, (at + path.len()) as u32];
     let mut spans = [[0u32; 4]; MAX_FIELDS];
     let count = req.headers.len();
-    for (sp, f) in spans.iter_mut().zip(req.headers.iter()) {
-        let [ns, ne] = span(f.name.as_bytes());
-        let [vs, ve] = span(f.value);
-        *sp = [ns, ne, vs, ve];
-    }
+    field_spans(buf, req.headers, &mut spans);
     let head = buf.split_to(len).freeze();
     match build(&head, method, target, &spans[..count]) {
         Some(parts) => Parsed::Lean(Head { parts, close }),

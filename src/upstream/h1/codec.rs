@@ -99,22 +99,9 @@ pub(super) fn parse_head(
         } else {
             Version::HTTP_11
         };
-        // Field positions first: names and values become slices of the head's bytes
-        // once those are split off the buffer, which `fields` still borrows.
-        let base = buf.as_ptr() as usize;
         let mut spans = [[0u32; 4]; MAX_HEADERS];
         let count = resp.headers.len();
-        for (span, f) in spans.iter_mut().zip(resp.headers.iter()) {
-            let name = f.name.as_ptr() as usize - base;
-            let value = f.value.as_ptr() as usize - base;
-            // The head is at most MAX_HEAD bytes past the buffer start, which fits.
-            *span = [
-                name as u32,
-                (name + f.name.len()) as u32,
-                value as u32,
-                (value + f.value.len()) as u32,
-            ];
-        }
+        field_spans(buf, resp.headers, &mut spans);
         let head = buf.split_to(len).freeze();
         if raw && count <= RAW_MAX && status != StatusCode::SWITCHING_PROTOCOLS {
             return raw::head(head, &spans[..count], status, version, method).map(Some);
@@ -149,6 +136,25 @@ pub(super) fn parse_head(
             reusable,
             raw: None,
         }));
+    }
+}
+
+/// The positions in `buf` of the `fields` httparse found in it (name start and end,
+/// value start and end), taken first: names and values become slices of the head's bytes
+/// once those are split off the buffer, which the fields still borrow. Heads are limited
+/// far below 4 GiB (the callers make sure), so positions fit in `u32`, and an array of
+/// 100 is then small enough to be cleared without `rep stosb`.
+pub(crate) fn field_spans(buf: &[u8], fields: &[httparse::Header<'_>], out: &mut [[u32; 4]]) {
+    let base = buf.as_ptr() as usize;
+    for (span, f) in out.iter_mut().zip(fields) {
+        let name = f.name.as_ptr() as usize - base;
+        let value = f.value.as_ptr() as usize - base;
+        *span = [
+            name as u32,
+            (name + f.name.len()) as u32,
+            value as u32,
+            (value + f.value.len()) as u32,
+        ];
     }
 }
 
@@ -196,7 +202,7 @@ impl FramingFacts {
     }
 
     pub(super) fn note_kind(&mut self, kind: Kind, value: &[u8]) {
-        let tokens = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
+        let tokens = || raw::tokens(value);
         match kind {
             Kind::TransferEncoding => {
                 let last = tokens().next_back().unwrap_or_default();

@@ -132,6 +132,7 @@ pub(super) fn head(
     })
 }
 
-fn tokens(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+/// The items of a comma-separated field value, trimmed.
+pub(super) fn tokens(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
     value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
 }
