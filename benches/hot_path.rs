@@ -406,7 +406,7 @@ fn bench_decide(c: &mut Criterion) {
             listener,
             service,
             path,
-            headers,
+            headers: headers.into(),
             now_ms: 0,
         };
         let d = rs.decide(&req);
@@ -427,7 +427,7 @@ fn bench_decide(c: &mut Criterion) {
                 listener: LISTENER_IM,
                 service: SERVICE_CHAT,
                 path: "/chat/send",
-                headers: &im,
+                headers: (&im).into(),
                 now_ms: 0,
             })
         })
@@ -440,7 +440,7 @@ fn bench_decide(c: &mut Criterion) {
                 listener: LISTENER_CONSOLE,
                 service: SERVICE_CONSOLE_API,
                 path: "/api/session/list",
-                headers: &console,
+                headers: (&console).into(),
                 now_ms: 0,
             })
         })

@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | `config` | `graylane.yaml`: `raw` serde types → `validate` → [`Config`]; `yamlpos` for `FILE:LINE:COLUMN` | §3 |
 //! | `server` | listeners, accept loop, `max_connections`, drain; `conn`: timeouts (408, idle); `lean`: the own HTTP/1.1 loop for bodiless requests, hyper for the rest; `tls` | §3 limits, §8 |
+//! | `fields` | a request head's fields as the path reads and edits them: hyper's header map, or the head as the own loop received it | §3 forwarding |
 //! | `markers` | reads the `xdw-kefu-*` markers from headers, cookies, query ([`MarkerReader`]) | §1 |
 //! | `routing` | picks the service by host and longest path prefix | §3 services |
 //! | `rules` | `rules.yaml` → [`RuleSet`]; `decide()` is pure; ramps, owner/expires | §2, §9.2, §9.3 |
@@ -33,6 +34,7 @@ pub(crate) mod admin;
 pub(crate) mod config;
 pub mod demo;
 pub(crate) mod error;
+pub(crate) mod fields;
 #[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod guard;
@@ -55,6 +57,7 @@ pub(crate) mod worker;
 
 pub use admin::{explain, ExplainRequest};
 pub use config::{Config, Topology};
+pub use fields::Fields;
 pub use lifecycle::{preflight, Graylane, StartError};
 pub use markers::{MarkerNames, MarkerReader, Markers};
 pub use rules::{compile as compile_rules, load as load_rules, Compiled, RequestInfo, RuleSet};

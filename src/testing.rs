@@ -2,6 +2,8 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::fields::Received;
+
 /// A header map with `pairs` appended in order (repeated names stay repeated).
 pub(crate) fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -38,4 +40,29 @@ pub(crate) fn shared_with_rules(rules: &str) -> std::sync::Arc<crate::state::Sha
     let compiled =
         crate::rules::compile(rules, "rules.yaml", dir, &cfg.topology()).expect("test rules");
     std::sync::Arc::new(crate::state::Shared::new(cfg, compiled).expect("test state"))
+}
+
+/// A request head as graylane's own HTTP/1.1 loop keeps it: field positions in the
+/// bytes, names lowercased.
+pub(crate) fn received(raw: &str) -> Received {
+    let mut bytes = raw.as_bytes().to_vec();
+    let mut fields = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut fields);
+    let Ok(httparse::Status::Complete(_)) = req.parse(raw.as_bytes()) else {
+        panic!("not a head: {raw:?}");
+    };
+    let base = raw.as_ptr() as usize;
+    let spans: Vec<[u32; 4]> = req
+        .headers
+        .iter()
+        .map(|f| {
+            let n = f.name.as_ptr() as usize - base;
+            let v = f.value.as_ptr() as usize - base;
+            [n, n + f.name.len(), v, v + f.value.len()].map(|i| i as u32)
+        })
+        .collect();
+    for &[ns, ne, _, _] in &spans {
+        bytes[ns as usize..ne as usize].make_ascii_lowercase();
+    }
+    Received::new(bytes::Bytes::from(bytes), spans)
 }

@@ -85,7 +85,14 @@ pub fn explain(shared: &Shared, req: &ExplainRequest) -> Result<Value, String> {
     }
     let host = req.host.as_deref().map(strip_port);
     let live: Arc<Live> = shared.live.load_full();
-    let outcome = shared.decide(&live, listener, host, &req.path, &req.headers, &markers);
+    let outcome = shared.decide(
+        &live,
+        listener,
+        host,
+        &req.path,
+        (&req.headers).into(),
+        &markers,
+    );
     Ok(match outcome {
         Outcome::NoService => json!({
             "service": null, "pool": null, "rule": null, "fallback": null,

@@ -2,8 +2,9 @@
 
 use std::borrow::Cow;
 
-use http::header::COOKIE;
 use http::{HeaderMap, HeaderName};
+
+use crate::fields::Fields;
 
 use super::value::trim_ows;
 use super::{bit, InvalidSet, MarkerKind, MarkerNames, Markers, Outcome};
@@ -90,7 +91,12 @@ impl MarkerReader {
     /// and lands in the returned `InvalidSet`. `query` is the raw query string without
     /// `?`. Allocates nothing unless a matching query value is percent-encoded or a
     /// request carries more than eight group ids.
-    pub fn read(&self, headers: &HeaderMap, query: Option<&str>) -> (Markers, InvalidSet) {
+    pub fn read<'a>(
+        &self,
+        headers: impl Into<Fields<'a>>,
+        query: Option<&str>,
+    ) -> (Markers, InvalidSet) {
+        let headers = headers.into();
         let mut m = Markers::default();
         let mut invalid = InvalidSet::default();
         // One pass over the fields (a request has a handful) instead of a hashed lookup
@@ -99,16 +105,16 @@ impl MarkerReader {
         let mut from_header: [Option<&[u8]>; 6] = [None; 6];
         let mut has_cookie = false;
         let mut left = self.header_mask;
-        for (name, value) in headers {
-            if *name == COOKIE {
+        for (name, value) in headers.iter() {
+            if name == b"cookie" {
                 has_cookie = true;
             } else if left != 0 {
-                if self.header_lens & len_bit(name.as_str().len()) == 0 {
+                if self.header_lens & len_bit(name.len()) == 0 {
                     continue;
                 }
                 for kind in MarkerKind::ALL {
-                    if left & bit(kind) != 0 && self.headers[kind as usize].as_ref() == Some(name) {
-                        from_header[kind as usize] = Some(value.as_bytes());
+                    if left & bit(kind) != 0 && self.is_header(kind, name) {
+                        from_header[kind as usize] = Some(value);
                         left &= !bit(kind);
                     }
                 }
@@ -195,6 +201,19 @@ impl MarkerReader {
             headers.remove(name);
         }
     }
+
+    /// Whether `name` (lowercase) is some marker's header, for
+    /// [`remove_marker_headers`](Self::remove_marker_headers) on a received head.
+    pub(crate) fn is_marker_header(&self, name: &[u8]) -> bool {
+        self.header_lens & len_bit(name.len()) != 0
+            && MarkerKind::ALL.iter().any(|&k| self.is_header(k, name))
+    }
+
+    fn is_header(&self, kind: MarkerKind, name: &[u8]) -> bool {
+        self.headers[kind as usize]
+            .as_ref()
+            .is_some_and(|h| h.as_str().as_bytes() == name)
+    }
 }
 
 /// A name length's bit in [`MarkerReader::header_lens`].
@@ -226,8 +245,8 @@ fn add_name(list: &mut Vec<(Box<[u8]>, u8)>, name: &str, kind: MarkerKind) {
 /// The first value of cookie `name` across all `Cookie` headers, surrounding double
 /// quotes stripped; `rules` uses it for `cookie:` conditions. `None` when absent or when
 /// that first value is not UTF-8 (it could not equal a configured value anyway).
-pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    cookie_pairs(headers)
+pub(crate) fn cookie<'a>(headers: impl Into<Fields<'a>>, name: &str) -> Option<&'a str> {
+    cookie_pairs(headers.into())
         .find(|(n, _)| *n == name.as_bytes())
         .and_then(|(_, v)| std::str::from_utf8(v).ok())
 }
@@ -236,11 +255,10 @@ pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
 /// as browsers and servers practise it): split on `;` only (so commas stay inside
 /// values), spaces around `;` and `=` trimmed, surrounding double quotes stripped, no
 /// percent-decoding; pairs without `=` or with an empty name are skipped.
-fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
+fn cookie_pairs(headers: Fields<'_>) -> impl Iterator<Item = (&[u8], &[u8])> {
     headers
-        .get_all(COOKIE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .get_all("cookie")
+        .flat_map(|v| v.split(|&b| b == b';'))
         .filter_map(|piece| {
             let eq = piece.iter().position(|&b| b == b'=')?;
             let name = trim_ows(&piece[..eq]);

@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 
 use crate::config::{OnUnavailable, Protocol, Service, GRAY};
 use crate::error::{FallbackReason, Fault, Refusal, UpstreamErrorKind};
+use crate::fields::Received;
 use crate::guard::GuardState;
 use crate::metrics::ServiceMetrics;
 use crate::state::Shared;
@@ -139,8 +140,9 @@ pub(super) struct Forward<'a> {
     retries_left: u32,
     /// The failure of the previous attempt, answered when no further attempt is possible.
     last_error: Option<UpstreamErrorKind>,
-    /// An HTTP/1.1 upstream's response head is wanted with its fields as received.
-    raw: bool,
+    /// The own loop's request head, which an HTTP/1.1 attempt writes from (`head` is
+    /// then empty); the response head is then wanted with its fields as received.
+    received: Option<&'a Received>,
 }
 
 impl<'a> Forward<'a> {
@@ -157,9 +159,9 @@ impl<'a> Forward<'a> {
         method: &'a Method,
         uri: &'a Uri,
         head: HeaderMap,
+        received: Option<&'a Received>,
         added: Added<'a>,
         body: Replay,
-        raw: bool,
     ) -> Self {
         Self {
             shared,
@@ -180,7 +182,7 @@ impl<'a> Forward<'a> {
             exclude: None,
             retries_left: shared.upstreams.services[service][pool].retries,
             last_error: None,
-            raw,
+            received,
         }
     }
 
@@ -211,7 +213,7 @@ impl<'a> Forward<'a> {
             let timeout = self.shared.config.timeouts.upstream_response;
             let in_flight = ep.start();
             let result = tokio::select! {
-                r = exchange(self.shared, protocol, &ep, req, added.fields(), self.raw) => Ok(r),
+                r = exchange(self.shared, protocol, &ep, req, added.fields(), self.received) => Ok(r),
                 waited = response_deadline(&self.body, timeout) => Err(waited),
             };
             drop(in_flight);
@@ -316,6 +318,11 @@ impl<'a> Forward<'a> {
         let head = head.ok_or(Refusal::Upstream(
             self.last_error.unwrap_or(UpstreamErrorKind::Reset),
         ))?;
+        // A received head goes to an HTTP/2 upstream as a map, built for the attempt.
+        let head = match (protocol, self.received) {
+            (Protocol::H2, Some(r)) => r.to_map(),
+            _ => head,
+        };
         let mut req = Request::new(self.body.attempt());
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = uri;
@@ -471,14 +478,14 @@ pub(super) struct Failed {
     connected: bool,
 }
 
-/// One exchange with `ep` over the pool's protocol. `raw`: see [`h1::send`].
+/// One exchange with `ep` over the pool's protocol. `received`: see [`h1::send`].
 pub(super) async fn exchange(
     shared: &Shared,
     protocol: Protocol,
     ep: &Endpoint,
     req: Request<UpBody>,
     added: &[(&HeaderName, &HeaderValue)],
-    raw: bool,
+    received: Option<&Received>,
 ) -> Result<Response<DownBody>, Failed> {
     match protocol {
         Protocol::Http1 => h1::send(
@@ -487,7 +494,7 @@ pub(super) async fn exchange(
             req,
             added,
             shared.config.timeouts.connect,
-            raw,
+            received,
         )
         .await
         .map(|resp| resp.map(DownBody::h1))

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 
+use crate::fields::{Fields, Received};
 use crate::state::{ConnCtx, Shared};
 
 /// Turns the client's head into the upstream head every attempt sends: hop-by-hop fields
@@ -71,6 +72,119 @@ pub(crate) fn prepare_request<'a>(
         }
     }
     added
+}
+
+/// [`prepare_request`] for a head the own loop received (HTTP/1.1, origin form, never a
+/// WebSocket handshake): the same edits, as marks on the received fields. The fields
+/// graylane sets are left out of the client's and all written after the kept ones,
+/// `x-forwarded-for` with the client's values joined before the peer; the pool header
+/// is set per attempt, as for a map.
+pub(crate) fn prepare_received<'a>(
+    head: &mut Received,
+    shared: &'a Shared,
+    conn: &'a ConnCtx,
+    rule_value: Option<&'a HeaderValue>,
+) -> Added<'a> {
+    strip_received(head, &shared.protected_headers);
+    let propagate = &shared.config.propagate;
+    let is = |n: &[u8], name: Option<&HeaderName>| name.is_some_and(|h| n == h.as_str().as_bytes());
+    let mut joined: Vec<u8> = Vec::new();
+    head.drop_where(|n, v| {
+        if n == X_FORWARDED_FOR.as_str().as_bytes() {
+            join_forwarded_for(&mut joined, v);
+            return true;
+        }
+        n == X_FORWARDED_PROTO.as_str().as_bytes()
+            || is(n, propagate.rule_header.as_ref())
+            || is(n, propagate.pool_header.as_ref())
+    });
+    let mut added = Added {
+        share_names: shared.set_fields_share_a_name,
+        ..Added::default()
+    };
+    if joined.is_empty() {
+        added.push(&FORWARDED_FOR_NAME, &conn.peer_value);
+    } else {
+        joined.extend_from_slice(conn.peer_value.as_bytes());
+        if let Ok(v) = HeaderValue::from_bytes(&joined) {
+            head.push(X_FORWARDED_FOR, v);
+        }
+    }
+    added.push(&FORWARDED_PROTO_NAME, &shared.proto_values[conn.listener]);
+    if let (Some(h), Some(v)) = (&propagate.rule_header, rule_value) {
+        added.push(h, v);
+    }
+    added
+}
+
+/// [`strip_hop_by_hop`] on a received request head: `Connection`, the fields it names
+/// (but `protected`), and the fixed list; `TE` stays as `trailers` when its first value
+/// asks for them.
+fn strip_received(head: &mut Received, protected: &[HeaderName]) {
+    if !head.maybe_hop_by_hop() {
+        return;
+    }
+    let mut found = 0u8;
+    for (n, _) in Fields::Received(head).iter() {
+        if hop_by_hop_length(n.len()) {
+            if let Some(i) = HOP_BY_HOP.iter().position(|h| n == h.as_str().as_bytes()) {
+                found |= 1 << i;
+            }
+        }
+    }
+    if found == 0 {
+        return;
+    }
+    let has = |name: usize| found & (1 << name) != 0;
+    if has(0) {
+        // The names `Connection` lists, read before any field is left out (a client may
+        // name `Connection` itself).
+        let mut named: Vec<Vec<u8>> = Vec::new();
+        for v in Fields::Received(head).get_all("connection") {
+            let Some(s) = crate::fields::to_str(v) else {
+                continue;
+            };
+            for tok in s.split(',').map(str::trim) {
+                let shielded = protected
+                    .iter()
+                    .any(|p| p.as_str().eq_ignore_ascii_case(tok));
+                if !tok.is_empty() && !shielded {
+                    named.push(tok.as_bytes().to_vec());
+                }
+            }
+        }
+        head.drop_where(|n, _| named.iter().any(|t| n.eq_ignore_ascii_case(t)));
+    }
+    let te_trailers = has(TE_AT)
+        && Fields::Received(head)
+            .get_all("te")
+            .next()
+            .and_then(crate::fields::to_str)
+            .is_some_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
+    head.drop_where(|n, _| {
+        hop_by_hop_length(n.len()) && HOP_BY_HOP.iter().any(|h| n == h.as_str().as_bytes())
+    });
+    if te_trailers {
+        head.push(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Adds one `x-forwarded-for` value to a list being joined: visible ASCII only, trimmed,
+/// each followed by `, ` (the peer comes last).
+fn join_forwarded_for(joined: &mut Vec<u8>, value: &[u8]) {
+    // Only visible ASCII is carried on: an address list has no use for anything else,
+    // and upstreams that parse the chain should not get a client's junk.
+    let Some(s) = crate::fields::to_str(value) else {
+        return;
+    };
+    let s = s.trim();
+    if !s.is_empty() {
+        joined.extend_from_slice(s.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
 }
 
 /// Which of the fields graylane sets the client's head already carries: those are
@@ -307,14 +421,7 @@ pub(crate) fn peer_value(peer: IpAddr) -> HeaderValue {
 pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
     let mut joined: Vec<u8> = Vec::new();
     for v in headers.get_all(&X_FORWARDED_FOR) {
-        // Only visible ASCII is carried on: an address list has no use for anything else,
-        // and upstreams that parse the chain should not get a client's junk.
-        let Ok(s) = v.to_str() else { continue };
-        let s = s.trim();
-        if !s.is_empty() {
-            joined.extend_from_slice(s.as_bytes());
-            joined.extend_from_slice(b", ");
-        }
+        join_forwarded_for(&mut joined, v.as_bytes());
     }
     if joined.is_empty() {
         headers.insert(X_FORWARDED_FOR, peer.clone());
@@ -330,6 +437,7 @@ pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) 
 mod tests {
     use super::*;
     use crate::testing::headers;
+    use http::Request;
 
     #[test]
     fn hop_by_hop_fields_go() {
@@ -403,6 +511,78 @@ mod tests {
         a.push(&name, &rule);
         a.push(&other, &gray);
         assert_eq!(a.fields().len(), 2);
+    }
+
+    /// The own loop's edits of a received head leave the upstream the fields hyper's
+    /// path leaves it (the pool header aside: each attempt sets that one).
+    #[test]
+    fn a_received_head_is_edited_as_a_map_is() {
+        let yaml = format!(
+            "{}propagate: {{ pool_header: x-graylane-pool, rule_header: x-graylane-rule }}\n",
+            crate::testing::MIN_CONFIG
+        );
+        let dir = std::path::Path::new("/nonexistent");
+        let cfg = crate::config::Config::from_str(&yaml, "graylane.yaml", dir).unwrap();
+        let rules = crate::rules::compile("rules: []\n", "rules.yaml", dir, &cfg.topology());
+        let shared = crate::state::Shared::new(cfg, rules.unwrap()).unwrap();
+        let peer: std::net::SocketAddr = "10.1.2.3:5555".parse().unwrap();
+        let gauge = prometheus::IntGauge::new("c", "c").unwrap();
+        let conn = ConnCtx {
+            listener: 0,
+            peer,
+            peer_value: peer_value(peer.ip()),
+            trusted: true,
+            slot: std::sync::Arc::new(crate::state::ConnSlot::new(Default::default(), gauge)),
+        };
+        let rule = HeaderValue::from_static("uid-range");
+        let heads = [
+            "GET /chat/x HTTP/1.1\r\nHost: t\r\nUser-Agent: x\r\nAccept: */*\r\n\r\n",
+            "GET /chat/x?a=1 HTTP/1.1\r\nHost: t\r\n\
+             Connection: keep-alive, X-Secret, Host, X-Forwarded-For\r\nX-Secret: 1\r\n\
+             Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\n\
+             X-Forwarded-For: 1.2.3.4\r\nCookie: a=1\r\nx-forwarded-for: 5.6.7.8 \r\n\
+             X-Forwarded-Proto: gopher\r\nX-Graylane-Rule: forged\r\n\
+             X-Graylane-Pool: forged\r\ncookie: b=2\r\nTE: gzip, trailers\r\n\
+             Proxy-Authorization: Basic x\r\nProxy-Authenticate: x\r\nX-Kept: yes\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: t\r\nX-Forwarded-For:\r\nConnection: close\r\n\
+             te: gzip\r\n\r\n",
+        ];
+        for raw in heads {
+            let mut r = crate::testing::received(raw);
+            let mut parts = Request::get(raw.split(' ').nth(1).unwrap())
+                .body(())
+                .unwrap();
+            for (n, v) in Fields::Received(&r).iter() {
+                let v = HeaderValue::from_bytes(v).unwrap();
+                parts
+                    .headers_mut()
+                    .append(HeaderName::from_bytes(n).unwrap(), v);
+            }
+            let (mut parts, ()) = parts.into_parts();
+            let added = prepare_request(&mut parts, &shared, &conn, Some(&rule), false);
+            let mut want = parts.headers;
+            added.insert_into(&mut want);
+            want.remove("x-graylane-pool");
+
+            let added = prepare_received(&mut r, &shared, &conn, Some(&rule));
+            let mut got = r.to_map();
+            added.insert_into(&mut got);
+            assert_eq!(got, want, "{raw}");
+            // What the encoder writes is what the map holds.
+            let mut out = Vec::new();
+            r.write(&mut out);
+            let text = String::from_utf8(out).unwrap();
+            let mut written = HeaderMap::new();
+            for line in text.split_terminator("\r\n") {
+                let (n, v) = line.split_once(": ").unwrap();
+                written.append(
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            added.insert_into(&mut written);
+            assert_eq!(written, got, "{raw}");
+        }
     }
 
     #[test]

@@ -105,7 +105,7 @@ pub(super) fn send(
                 let timeout = shared.config.timeouts.upstream_response;
                 let copy = async {
                     // The copy's head already carries every field graylane sets.
-                    let resp = exchange(&shared, protocol, &ep, req, &[], false)
+                    let resp = exchange(&shared, protocol, &ep, req, &[], None)
                         .await
                         .ok()?;
                     let status = resp.status();

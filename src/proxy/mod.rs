@@ -18,6 +18,7 @@ use hyper::upgrade::OnUpgrade;
 
 use crate::config::{GRAY, STABLE};
 use crate::error::{FallbackReason, Refusal};
+use crate::fields::{Fields, Received};
 use crate::longlink::{self, Handshake};
 use crate::markers::Markers;
 use crate::routing::strip_port;
@@ -38,55 +39,70 @@ pub(crate) async fn handle(
     let (parts, body) = req.into_parts();
     route(
         parts,
+        None,
         Replay::new(body),
         client_upgrade,
         shared,
         conn,
         start,
-        false,
     )
     .await
 }
 
 /// Handles a request that has no body and asks for no upgrade, read by graylane's own
-/// HTTP/1.1 loop rather than by hyper. An HTTP/1.1 upstream's answer comes back with
-/// its fields as received (see `DownBody::take_raw`), which that loop copies on.
+/// HTTP/1.1 loop rather than by hyper: its fields are the head as received (`parts`
+/// has none), and they reach an HTTP/1.1 upstream edited in place. An HTTP/1.1
+/// upstream's answer comes back with its fields as received (see
+/// `DownBody::take_raw`), which that loop copies on.
 pub(crate) async fn handle_bodiless(
     parts: http::request::Parts,
+    fields: Received,
     shared: &Arc<Shared>,
     conn: &ConnCtx,
 ) -> Response<DownBody> {
     let start = Instant::now();
-    route(parts, Replay::Empty, None, shared, conn, start, true).await
+    route(
+        parts,
+        Some(fields),
+        Replay::Empty,
+        None,
+        shared,
+        conn,
+        start,
+    )
+    .await
 }
 
-/// The request path proper, whoever read the request.
+/// The request path proper, whoever read the request. `received`: the own loop's head
+/// (then `parts.headers` is empty).
+#[allow(clippy::too_many_arguments)]
 async fn route(
     mut parts: http::request::Parts,
+    mut received: Option<Received>,
     body: Replay,
     client_upgrade: Option<OnUpgrade>,
     shared: &Arc<Shared>,
     conn: &ConnCtx,
     start: Instant,
-    raw: bool,
 ) -> Response<DownBody> {
     if parts.method == http::Method::CONNECT {
         return refuse_unrouted(shared, conn, start, Refusal::Connect);
     }
-    if let Some(refusal) = host_problem(&parts) {
+    if let Some(refusal) = host_problem(parts.version, fields(&parts, &received)) {
         return refuse_unrouted(shared, conn, start, refusal);
     }
 
     // === markers: from trusted peers only ===
-    let markers = read_markers(shared, conn, &mut parts.headers, parts.uri.query());
+    let markers = read_markers(shared, conn, &mut parts, received.as_mut());
 
     // === decide: service, then the live rules ===
     let live = shared.live.load();
     let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let host = request_host(&parts.uri, &parts.headers);
+    let host = request_host(&parts.uri, fields(&parts, &received));
     // Sampled up front: the host is kept (copied) for the access log only then.
     let sampled = shared.sample_access().then(|| host.map(str::to_owned));
-    let outcome = shared.decide(&live, conn.listener, host, path, &parts.headers, &markers);
+    let head = fields(&parts, &received);
+    let outcome = shared.decide(&live, conn.listener, host, path, head, &markers);
     let Outcome::Routed {
         service,
         decision,
@@ -125,16 +141,22 @@ async fn route(
 
     // === forward: the upstream head, then the attempts ===
     let rule_value = live.rule_values.get(hit).cloned();
-    let added = headers::prepare_request(
-        &mut parts,
-        shared,
-        conn,
-        rule_value.as_ref(),
-        client_upgrade.is_some(),
-    );
+    let added = match received.as_mut() {
+        Some(r) => headers::prepare_received(r, shared, conn, rule_value.as_ref()),
+        None => headers::prepare_request(
+            &mut parts,
+            shared,
+            conn,
+            rule_value.as_ref(),
+            client_upgrade.is_some(),
+        ),
+    };
     drop(live);
     let copy = (client_upgrade.is_none() && svc.pools[decided].id == STABLE)
-        .then(|| mirror_head(svc, &parts, markers.uid, matches!(body, Replay::Empty)))
+        .then(|| {
+            let no_body = matches!(body, Replay::Empty);
+            mirror_head(svc, &parts, received.as_ref(), markers.uid, no_body)
+        })
         .flatten()
         .map(|mut h| {
             added.insert_into(&mut h);
@@ -152,9 +174,9 @@ async fn route(
         &parts.method,
         &parts.uri,
         head,
+        received.as_ref(),
         added,
         body,
-        raw,
     );
     let (mut resp, final_pool) = forward.run().await;
 
@@ -335,11 +357,23 @@ fn count_shadow(
 fn mirror_head(
     svc: &crate::config::Service,
     parts: &http::request::Parts,
+    received: Option<&Received>,
     uid: Option<u64>,
     no_body: bool,
 ) -> Option<HeaderMap> {
     let m = svc.mirror.as_ref()?;
-    mirror::wanted(m, &svc.name, &parts.method, uid, !no_body).then(|| parts.headers.clone())
+    mirror::wanted(m, &svc.name, &parts.method, uid, !no_body).then(|| match received {
+        Some(r) => r.to_map(),
+        None => parts.headers.clone(),
+    })
+}
+
+/// The request's fields, wherever they are.
+fn fields<'a>(parts: &'a http::request::Parts, received: &'a Option<Received>) -> Fields<'a> {
+    match received {
+        Some(r) => Fields::Received(r),
+        None => Fields::Map(&parts.headers),
+    }
 }
 
 /// The request's markers, counting invalid ones. An untrusted peer's marker headers are
@@ -347,14 +381,21 @@ fn mirror_head(
 fn read_markers(
     shared: &Shared,
     conn: &ConnCtx,
-    headers: &mut HeaderMap,
-    query: Option<&str>,
+    parts: &mut http::request::Parts,
+    received: Option<&mut Received>,
 ) -> Markers {
     if !conn.trusted {
-        shared.reader.remove_marker_headers(headers);
+        match received {
+            Some(r) => r.drop_where(|n, _| shared.reader.is_marker_header(n)),
+            None => shared.reader.remove_marker_headers(&mut parts.headers),
+        }
         return Markers::default();
     }
-    let (m, invalid) = shared.reader.read(headers, query);
+    let headers = match received {
+        Some(r) => Fields::Received(r),
+        None => Fields::Map(&parts.headers),
+    };
+    let (m, invalid) = shared.reader.read(headers, parts.uri.query());
     for kind in invalid.iter() {
         shared.metrics.marker_invalid(kind).inc();
     }
@@ -402,13 +443,12 @@ fn refuse_unrouted(
 /// RFC 9112 §3.2: an HTTP/1.1 request must carry exactly one valid `Host` (any version:
 /// at most one, and valid). Routing reads it, so a request that gets it wrong is refused
 /// before anything is decided on it.
-fn host_problem(parts: &http::request::Parts) -> Option<Refusal> {
-    let mut hosts = parts.headers.get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (None, _) if parts.version == http::Version::HTTP_11 => Some(Refusal::BadHost),
+fn host_problem(version: http::Version, fields: Fields<'_>) -> Option<Refusal> {
+    match fields.host() {
+        (None, _) if version == http::Version::HTTP_11 => Some(Refusal::BadHost),
         (None, _) => None,
-        (Some(_), Some(_)) => Some(Refusal::BadHost),
-        (Some(h), None) => (!valid_host(h.as_bytes())).then_some(Refusal::BadHost),
+        (Some(_), true) => Some(Refusal::BadHost),
+        (Some(h), false) => (!valid_host(h)).then_some(Refusal::BadHost),
     }
 }
 
@@ -472,10 +512,10 @@ fn reg_name(h: &[u8]) -> bool {
 
 /// The host a request addresses, without port: the URI authority (HTTP/2, absolute
 /// form) or the `Host` header.
-fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+fn request_host<'a>(uri: &'a http::Uri, fields: Fields<'a>) -> Option<&'a str> {
     let raw = match uri.host() {
         Some(h) => h,
-        None => headers.get(header::HOST)?.to_str().ok()?,
+        None => crate::fields::to_str(fields.host().0?)?,
     };
     Some(strip_port(raw))
 }

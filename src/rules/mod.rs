@@ -25,7 +25,9 @@ pub(crate) use percent::{percent_bucket, Share};
 
 use std::fmt;
 
-use http::{HeaderMap, HeaderName};
+use http::HeaderName;
+
+use crate::fields::Fields;
 
 use crate::config::{PoolId, STABLE};
 use crate::markers::{self, Device, Markers, Version};
@@ -142,7 +144,7 @@ pub struct RequestInfo<'a> {
     /// The raw path (with query), as `path_prefix` matches it.
     pub path: &'a str,
     /// Its headers, for `header:` and `cookie:` conditions.
-    pub headers: &'a HeaderMap,
+    pub headers: Fields<'a>,
     /// The Unix ms a ramp reads its step at (see [`RuleSet::has_ramps`]; 0 is fine
     /// without ramps).
     pub now_ms: u64,
@@ -315,11 +317,9 @@ impl Cond {
             Cond::Device(names) => m.device.is_some_and(|d| names.binary_search(&d).is_ok()),
             Cond::PathPrefix(ps) => ps.iter().any(|p| prefix_matches(p, req.path)),
             Cond::Header(fields) => fields.iter().all(|f| {
-                req.headers.get(&f.name).is_some_and(|v| {
-                    f.values
-                        .binary_search_by(|x| (**x).cmp(v.as_bytes()))
-                        .is_ok()
-                })
+                req.headers
+                    .get(&f.name)
+                    .is_some_and(|v| f.values.binary_search_by(|x| (**x).cmp(v)).is_ok())
             }),
             Cond::Cookie(fields) => fields.iter().all(|f| {
                 markers::cookie(req.headers, &f.name)

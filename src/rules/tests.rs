@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::config::yamlpos::Pos;
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 use std::io::Write;
 
 fn topo() -> Topology {
@@ -101,7 +101,7 @@ impl Req {
             listener: self.listener,
             service: self.service,
             path: &self.path,
-            headers: &self.headers,
+            headers: (&self.headers).into(),
             now_ms: self.now_ms,
         })
     }

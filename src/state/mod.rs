@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
+
+use crate::fields::Fields;
 use prometheus::IntCounter;
 
 use crate::config::{Config, OnUnavailable, GRAY};
@@ -343,7 +345,7 @@ impl Shared {
         listener: usize,
         host: Option<&str>,
         path: &str,
-        headers: &HeaderMap,
+        headers: Fields<'_>,
         markers: &Markers,
     ) -> Outcome {
         let Some(service) = self.router.route(host, path) else {
@@ -480,7 +482,7 @@ impl Rehome for Shared {
             hs.listener,
             hs.host.as_deref(),
             &hs.path,
-            &hs.headers,
+            (&hs.headers).into(),
             &hs.markers,
         ) {
             Outcome::Routed {

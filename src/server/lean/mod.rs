@@ -20,11 +20,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::conn::{ConnIo, ConnState, InFlight};
+use crate::fields::Received;
 use crate::proxy;
 use crate::state::{ConnCtx, Shared};
 use crate::upstream::h1::field_spans;
@@ -33,6 +33,9 @@ use respond::write_response;
 /// hyper's limit on a request head's fields: a head with more is handed to hyper, which
 /// answers it 431.
 const MAX_FIELDS: usize = 100;
+
+/// `http`'s limit on a field name's length.
+const MAX_NAME: usize = (1 << 16) - 1;
 
 /// How much room a read asks for.
 const READ_CHUNK: usize = 8 * 1024;
@@ -196,7 +199,9 @@ where
 
 /// A request head the loop serves itself.
 struct Head {
+    /// Method, target and version; the fields are in `fields`.
     parts: http::request::Parts,
+    fields: Received,
     /// The client asked to close after this response (`Connection: close`).
     close: bool,
 }
@@ -255,7 +260,7 @@ where
         };
         let inflight = InFlight::new(state.clone());
         let head_only = head.parts.method == Method::HEAD;
-        let resp = proxy::handle_bodiless(head.parts, &shared, &ctx);
+        let resp = proxy::handle_bodiless(head.parts, head.fields, &shared, &ctx);
         tokio::pin!(resp);
         // As hyper does, a client that closes while its answer is awaited cancels the
         // request (a pipelined byte stops the watch: the buffer is not empty then).
@@ -334,6 +339,10 @@ fn parse(buf: &mut BytesMut, max: usize) -> Parsed {
     let mut length_seen = false;
     for f in req.headers.iter() {
         let n = f.name.as_bytes();
+        if n.len() > MAX_NAME {
+            // Over what `http` takes as a name: hyper refuses it.
+            return Parsed::Hyper;
+        }
         let is = |name: &str| n.eq_ignore_ascii_case(name.as_bytes());
         match n.len() {
             2 if is("te") => return Parsed::Hyper,
@@ -354,12 +363,20 @@ fn parse(buf: &mut BytesMut, max: usize) -> Parsed {
     // `max` keeps heads below 4 GiB: positions fit in `u32` (see `field_spans`).
     let at = path.as_ptr() as usize - buf.as_ptr() as usize;
     let target = [at as u32, (at + path.len()) as u32];
-    let mut spans = [[0u32; 4]; MAX_FIELDS];
-    let count = req.headers.len();
+    let mut spans = vec![[0u32; 4]; req.headers.len()];
     field_spans(buf, req.headers, &mut spans);
+    // Names lowercase, as a header map has them (and hyper writes them): the request
+    // path then compares names byte for byte.
+    for &[ns, ne, _, _] in &spans {
+        buf[ns as usize..ne as usize].make_ascii_lowercase();
+    }
     let head = buf.split_to(len).freeze();
-    match build(&head, method, target, &spans[..count]) {
-        Some(parts) => Parsed::Lean(Head { parts, close }),
+    match build(&head, method, target) {
+        Some(parts) => Parsed::Lean(Head {
+            parts,
+            fields: Received::new(head, spans),
+            close,
+        }),
         None => {
             // hyper refuses what `http` does not take: put the head back for it.
             let mut back = BytesMut::with_capacity(head.len() + buf.len());
@@ -373,27 +390,17 @@ fn parse(buf: &mut BytesMut, max: usize) -> Parsed {
 
 type Span = [u32; 2];
 
-/// The request's parts, its values slices of `head` (no copy); `None` where hyper's own
-/// parse would refuse the target or a name.
-fn build(
-    head: &Bytes,
-    method: Method,
-    target: Span,
-    fields: &[[u32; 4]],
-) -> Option<http::request::Parts> {
+/// The request's method, target and version, the target a slice of `head` (no copy);
+/// `None` where hyper's own parse would refuse the target. The fields stay as received:
+/// httparse took their names as tokens, which `http` takes too (the length is checked
+/// above), and their values as `http` takes them.
+fn build(head: &Bytes, method: Method, target: Span) -> Option<http::request::Parts> {
     let at = |i: u32| i as usize;
     let uri = Uri::from_maybe_shared(head.slice(at(target[0])..at(target[1]))).ok()?;
-    let mut headers = HeaderMap::with_capacity(fields.len());
-    for &[ns, ne, vs, ve] in fields {
-        let name = HeaderName::from_bytes(&head[at(ns)..at(ne)]).ok()?;
-        let value = HeaderValue::from_maybe_shared(head.slice(at(vs)..at(ve))).ok()?;
-        headers.append(name, value);
-    }
     let (mut parts, ()) = Request::new(()).into_parts();
     parts.method = method;
     parts.uri = uri;
     parts.version = Version::HTTP_11;
-    parts.headers = headers;
     Some(parts)
 }
 
@@ -441,9 +448,10 @@ mod tests {
             "GET /{} HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\n",
             "a".repeat(70_000)
         );
+        // (Its names lowercase by then, which hyper reads as it reads any case.)
         let mut b = BytesMut::from(long.as_str());
         assert!(matches!(parse(&mut b, 1 << 20), Parsed::Hyper));
-        assert_eq!(&b[..], long.as_bytes());
+        assert_eq!(&b[..], long.replace("Host", "host").as_bytes());
         let mut b = BytesMut::from("GET / HTTP/1.1\r\nHost: t\r\n");
         assert!(matches!(parse(&mut b, 65536), Parsed::Partial));
         let mut b = BytesMut::from("GET / HTTP/1.1\r\nHost: t\r\n");

@@ -265,7 +265,7 @@ impl<'a> Replay<'a> {
             listener,
             service,
             path,
-            headers: &self.no_headers,
+            headers: (&self.no_headers).into(),
             now_ms,
         };
         let (live_rule, from) = self.live.decide(self.cfg, &info);

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use super::body::H1Body;
 use super::idle::Conn;
 use super::H1Error;
+use crate::fields::{put, Fields, Received};
 use crate::upstream::body::UpBody;
 
 pub(super) enum Exchange {
@@ -41,10 +42,11 @@ pub(super) async fn exchange(
     addr: SocketAddr,
     origin: &str,
     parts: &Parts,
+    received: Option<&Received>,
     added: &[(&HeaderName, &HeaderValue)],
     body: &mut UpBody,
-    raw: bool,
 ) -> Result<Response<H1Body>, Exchange> {
+    let raw = received.is_some();
     let framing = match body {
         UpBody::Empty => ReqFraming::None,
         UpBody::Reclaimable(_) if parts.headers.contains_key(header::CONTENT_LENGTH) => {
@@ -52,9 +54,14 @@ pub(super) async fn exchange(
         }
         UpBody::Reclaimable(_) => ReqFraming::Chunked,
     };
+    let fields = match received {
+        Some(r) => Fields::Received(r),
+        None => Fields::Map(&parts.headers),
+    };
     encode_head(
         &mut conn.wbuf,
         parts,
+        fields,
         added,
         framing == ReqFraming::Chunked,
         origin,
@@ -177,10 +184,12 @@ pub(super) fn trailer_block(trailers: &HeaderMap) -> Vec<u8> {
     out
 }
 
-/// The request line and header fields, lowercase names as hyper writes them.
+/// The request line and header fields: a map's lowercase, as hyper writes them; a
+/// received head's as the client spelled them, as nginx and haproxy pass them on.
 pub(super) fn encode_head(
     out: &mut Vec<u8>,
     parts: &Parts,
+    fields: Fields<'_>,
     added: &[(&HeaderName, &HeaderValue)],
     chunked: bool,
     origin: &str,
@@ -191,16 +200,22 @@ pub(super) fn encode_head(
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut host = false;
-    let own = parts
-        .headers
-        .iter()
-        .inspect(|(name, _)| host |= *name == header::HOST);
-    for (name, value) in own.chain(added.iter().map(|(n, v)| (*n, *v))) {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+    let host = match fields {
+        Fields::Received(r) => {
+            r.write(out);
+            fields.host().0.is_some()
+        }
+        Fields::Map(m) => {
+            let mut host = false;
+            for (name, value) in m {
+                host |= *name == header::HOST;
+                put(out, name.as_str().as_bytes(), value.as_bytes());
+            }
+            host
+        }
+    };
+    for (name, value) in added {
+        put(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if !host {
         // An HTTP/1.0 request may come without `Host` (and an HTTP/2 one without

@@ -43,6 +43,7 @@ use tokio::net::TcpStream;
 
 use super::body::UpBody;
 use crate::error::UpstreamErrorKind;
+use crate::fields::Received;
 use exchange::{exchange, Exchange};
 use idle::{take, Conn};
 
@@ -116,21 +117,22 @@ pub(crate) struct SendFailure {
 /// it back into the pool when it ends; a `101` hands it over through
 /// [`H1Body::into_tunnel`].
 /// `added`: fields written after the request's own (see `proxy::headers::Added`).
-/// `raw`: the response head's fields are wanted as received ([`H1Body::take_raw`]).
+/// `received`: the own loop's request head, written in place of `req`'s (empty) fields;
+/// then the response head's fields are wanted as received ([`H1Body::take_raw`]) too.
 pub(crate) async fn send(
     addr: SocketAddr,
     origin: &str,
     req: Request<UpBody>,
     added: &[(&HeaderName, &HeaderValue)],
     connect_timeout: Duration,
-    raw: bool,
+    received: Option<&Received>,
 ) -> Result<Response<H1Body>, SendFailure> {
     let (parts, mut body) = req.into_parts();
     while let Some(conn) = take(addr) {
         if !conn.idle_usable() {
             continue;
         }
-        match exchange(conn, addr, origin, &parts, added, &mut body, raw).await {
+        match exchange(conn, addr, origin, &parts, received, added, &mut body).await {
             Ok(resp) => return Ok(resp),
             // Nothing of the request went out (the upstream closed an idle keep-alive
             // connection as it was taken): try the next one.
@@ -145,7 +147,7 @@ pub(crate) async fn send(
         Ok(c) => c,
         Err(error) => return Err(SendFailure::new(error, parts, body)),
     };
-    match exchange(conn, addr, origin, &parts, added, &mut body, raw).await {
+    match exchange(conn, addr, origin, &parts, received, added, &mut body).await {
         Ok(resp) => Ok(resp),
         Err(Exchange::Unsent(error) | Exchange::Failed(error)) => {
             Err(SendFailure::new(error, parts, body))

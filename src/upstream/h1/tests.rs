@@ -276,7 +276,14 @@ fn request_heads_are_framed() {
         http::HeaderName::from_static("x-forwarded-proto"),
         http::HeaderValue::from_static("http"),
     );
-    encode_head(&mut out, &parts, &[(&name, &value)], true, "chat-gray:8080");
+    encode_head(
+        &mut out,
+        &parts,
+        (&parts.headers).into(),
+        &[(&name, &value)],
+        true,
+        "chat-gray:8080",
+    );
     assert_eq!(
             String::from_utf8_lossy(&out),
             "POST /chat/send?x=1 HTTP/1.1\r\nhost: a\r\nx-custom: v\r\nx-forwarded-proto: http\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -291,7 +298,14 @@ fn a_request_without_host_names_the_endpoint() {
         panic!("request builds")
     };
     let mut out = Vec::new();
-    encode_head(&mut out, &parts, &[], false, "chat-gray:8080");
+    encode_head(
+        &mut out,
+        &parts,
+        (&parts.headers).into(),
+        &[],
+        false,
+        "chat-gray:8080",
+    );
     assert_eq!(
         String::from_utf8_lossy(&out),
         "GET / HTTP/1.1\r\nhost: chat-gray:8080\r\n\r\n"

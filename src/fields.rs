@@ -1,0 +1,280 @@
+//! A request head's fields as the request path reads and edits them: hyper's header map,
+//! or, for a request graylane's own HTTP/1.1 loop read, the head as received. Building a
+//! map costs a hashed insert and a name check (and, for a name outside the standard
+//! set, an allocation) per field; a head forwarded almost as it came needs none of it,
+//! so the loop's requests keep positions in the received bytes and mark what the
+//! upstream head leaves out, as haproxy and nginx keep the received head and edit it.
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+/// The fields of a request head, in either form, read only. Names are lowercase in both
+/// (the own loop lowercases them as it reads the head, as `http` does for a map).
+#[derive(Debug, Clone, Copy)]
+pub enum Fields<'a> {
+    /// hyper's requests (and every request that is not the own loop's).
+    Map(&'a HeaderMap),
+    /// The own loop's requests.
+    Received(&'a Received),
+}
+
+impl<'a> From<&'a HeaderMap> for Fields<'a> {
+    fn from(map: &'a HeaderMap) -> Self {
+        Fields::Map(map)
+    }
+}
+
+impl<'a> Fields<'a> {
+    /// Every field as (name, value), in order.
+    pub(crate) fn iter(self) -> Iter<'a> {
+        match self {
+            Fields::Map(m) => Iter::Map(m.iter()),
+            Fields::Received(r) => Iter::Received {
+                head: &r.head,
+                spans: r.spans.iter(),
+                extra: r.extra.iter(),
+            },
+        }
+    }
+
+    /// The first value of `name`, as `HeaderMap::get` gives it.
+    pub(crate) fn get(self, name: &HeaderName) -> Option<&'a [u8]> {
+        match self {
+            Fields::Map(m) => m.get(name).map(HeaderValue::as_bytes),
+            Fields::Received(_) => self.get_all(name.as_str()).next(),
+        }
+    }
+
+    /// Every value of `name` (lowercase), in order.
+    pub(crate) fn get_all<'n>(self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + 'n
+    where
+        'a: 'n,
+    {
+        let name = name.as_bytes();
+        self.iter().filter(move |(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// The first `Host` value and whether there is another.
+    pub(crate) fn host(self) -> (Option<&'a [u8]>, bool) {
+        match self {
+            Fields::Map(m) => {
+                let mut all = m.get_all(http::header::HOST).into_iter();
+                (all.next().map(HeaderValue::as_bytes), all.next().is_some())
+            }
+            Fields::Received(r) => {
+                // (Left out only if a marker header were named `host`.)
+                let first = r.host.and_then(|i| r.spans.get(i as usize));
+                let kept = first.filter(|&&[ns, ne, _, _]| ns != ne);
+                let value = kept.map(|&[_, _, vs, ve]| &r.head[vs as usize..ve as usize]);
+                (value, r.hosts > 1)
+            }
+        }
+    }
+}
+
+/// What [`Fields::iter`] returns.
+pub(crate) enum Iter<'a> {
+    Map(http::header::Iter<'a, HeaderValue>),
+    Received {
+        head: &'a [u8],
+        spans: std::slice::Iter<'a, [u32; 4]>,
+        extra: std::slice::Iter<'a, (HeaderName, HeaderValue)>,
+    },
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Iter::Map(it) => it
+                .next()
+                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+            Iter::Received { head, spans, extra } => {
+                let at = |i: u32| i as usize;
+                for &[ns, ne, vs, ve] in spans.by_ref() {
+                    if ns != ne {
+                        return Some((&head[at(ns)..at(ne)], &head[at(vs)..at(ve)]));
+                    }
+                }
+                extra
+                    .next()
+                    .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+            }
+        }
+    }
+}
+
+/// A request head as the client sent it, with the edits its upstream copy gets: fields
+/// left out, and fields graylane sets in their place, written after the kept ones.
+#[derive(Debug)]
+pub struct Received {
+    head: Bytes,
+    /// Name start and end, value start and end, in `head`, in the order received; a
+    /// field left out has an empty name (httparse gives none).
+    spans: Vec<[u32; 4]>,
+    /// Fields graylane set that are not positions in `head` (a joined `x-forwarded-for`).
+    extra: Vec<(HeaderName, HeaderValue)>,
+    /// The first `Host` field (its index in `spans`) and how many there are: routing
+    /// and the `Host` checks read them on every request.
+    host: Option<u32>,
+    hosts: u32,
+    /// Some field's name is as long as a hop-by-hop field's (see [`Received::new`]).
+    maybe_hop_by_hop: bool,
+}
+
+impl Received {
+    /// The fields at `spans` in `head`: names httparse took as tokens (which `http`
+    /// takes too), shorter than 64 KiB and lowercase; values httparse took.
+    pub(crate) fn new(head: Bytes, spans: Vec<[u32; 4]>) -> Self {
+        let mut host = None;
+        let mut hosts = 0;
+        let mut maybe_hop_by_hop = false;
+        for (i, &[ns, ne, _, _]) in spans.iter().enumerate() {
+            let name = &head[ns as usize..ne as usize];
+            match name.len() {
+                4 if name == b"host" => {
+                    host = host.or(Some(i as u32));
+                    hosts += 1;
+                }
+                // te, upgrade, connection and keep-alive, proxy-*, transfer-encoding.
+                2 | 7 | 10 | 16..=19 => maybe_hop_by_hop = true,
+                _ => {}
+            }
+        }
+        Self {
+            head,
+            spans,
+            extra: Vec::new(),
+            host,
+            hosts,
+            maybe_hop_by_hop,
+        }
+    }
+
+    /// Whether a field may be hop-by-hop: when not, there is nothing to strip.
+    pub(crate) fn maybe_hop_by_hop(&self) -> bool {
+        self.maybe_hop_by_hop
+    }
+
+    /// Leaves out of the upstream copy every field for which `f(name, value)` is true.
+    pub(crate) fn drop_where(&mut self, mut f: impl FnMut(&[u8], &[u8]) -> bool) {
+        let head = &self.head;
+        for span in &mut self.spans {
+            let at = |i: u32| i as usize;
+            let [ns, ne, vs, ve] = *span;
+            if ns != ne && f(&head[at(ns)..at(ne)], &head[at(vs)..at(ve)]) {
+                span[1] = ns;
+            }
+        }
+        self.extra
+            .retain(|(n, v)| !f(n.as_str().as_bytes(), v.as_bytes()));
+    }
+
+    /// Sets a field graylane made (after the kept ones).
+    pub(crate) fn push(&mut self, name: HeaderName, value: HeaderValue) {
+        self.extra.push((name, value));
+    }
+
+    /// Writes the kept fields as HTTP/1.1 field lines. A run of kept lines that the
+    /// client wrote as `name: value` CRLF, one after another, is copied as it came, in
+    /// one piece: for most requests that is every line.
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        let head = &self.head[..];
+        let at = |i: u32| i as usize;
+        // The run of clean lines not yet copied.
+        let mut run = 0..0;
+        for &[ns, ne, vs, ve] in &self.spans {
+            if ns == ne {
+                continue;
+            }
+            let (ns, ne, vs, ve) = (at(ns), at(ne), at(vs), at(ve));
+            let clean = vs == ne + 2
+                && head.get(ne..vs) == Some(b": ")
+                && head.get(ve..ve + 2) == Some(b"\r\n");
+            if clean && run.end == ns && !run.is_empty() {
+                run.end = ve + 2;
+                continue;
+            }
+            out.extend_from_slice(&head[run.clone()]);
+            if clean {
+                run = ns..ve + 2;
+            } else {
+                run = 0..0;
+                put(out, &head[ns..ne], &head[vs..ve]);
+            }
+        }
+        out.extend_from_slice(&head[run]);
+        for (n, v) in &self.extra {
+            put(out, n.as_str().as_bytes(), v.as_bytes());
+        }
+    }
+
+    /// The fields as a header map, for where one is needed (an HTTP/2 upstream, a mirror
+    /// copy): names and values were checked as the map checks them when they came in.
+    pub(crate) fn to_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.spans.len() + self.extra.len());
+        for (n, v) in Fields::Received(self).iter() {
+            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(v)) {
+                map.append(n, v);
+            }
+        }
+        map
+    }
+}
+
+/// One field line.
+pub(crate) fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A value as text when it is visible ASCII (and tabs), as `HeaderValue::to_str` takes it.
+pub(crate) fn to_str(v: &[u8]) -> Option<&str> {
+    v.iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+        .then(|| std::str::from_utf8(v).ok())
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::received;
+
+    #[test]
+    fn received_fields_read_as_a_map_reads() {
+        let mut r = received(
+            "GET / HTTP/1.1\r\nHost: t\r\nCookie: a=1\r\nX-A: 1\r\ncookie: b=2\r\nx-a: 2\r\n\r\n",
+        );
+        let f = Fields::Received(&r);
+        assert_eq!(f.get(&http::header::HOST), Some(&b"t"[..]));
+        let xa = HeaderName::from_static("x-a");
+        assert_eq!(f.get(&xa), Some(&b"1"[..]));
+        let cookies: Vec<_> = f.get_all("cookie").collect();
+        assert_eq!(cookies, [&b"a=1"[..], b"b=2"]);
+        assert_eq!(f.get(&HeaderName::from_static("x-b")), None);
+
+        r.drop_where(|n, _| n == b"x-a");
+        r.push(xa.clone(), HeaderValue::from_static("3"));
+        let f = Fields::Received(&r);
+        assert_eq!(f.get_all("x-a").collect::<Vec<_>>(), [&b"3"[..]]);
+        let names: Vec<_> = f.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, [&b"host"[..], b"cookie", b"cookie", b"x-a"]);
+        let map = r.to_map();
+        assert_eq!(map.len(), 4);
+        assert_eq!(map.get_all("cookie").iter().count(), 2);
+        assert_eq!(map.get("x-a").map(|v| v.as_bytes()), Some(&b"3"[..]));
+        r.drop_where(|n, _| n == b"x-a");
+        assert_eq!(Fields::Received(&r).iter().count(), 3);
+    }
+
+    #[test]
+    fn text_is_visible_ascii() {
+        assert_eq!(to_str(b"a b\t"), Some("a b\t"));
+        assert_eq!(to_str("é".as_bytes()), None);
+        assert_eq!(to_str(b"a\x7f"), None);
+    }
+}
