@@ -26,14 +26,20 @@
 //!
 //! The work runs on its own thread, not a tokio task: notify calls back on its own thread
 //! anyway, the loop only blocks on a channel with a timeout, and a thread works the same
-//! whether or not the caller is inside a runtime.
+//! whether or not the caller is inside a runtime. notify's callback drops a write to a
+//! file that is not watched before it reaches that thread: a log written next to the rules
+//! file is an event per line, and waking a second thread (and looking at the file) for
+//! each cost a sixth of a core under a busy log.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::Metadata;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
 
 use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
@@ -74,7 +80,15 @@ pub(crate) struct FileWatcher {
     /// Commands to the watch thread. notify's callback holds another sender, so dropping
     /// this one does not disconnect the channel: [`Drop`] sends [`Msg::Stop`] instead.
     ctl: std_mpsc::Sender<Msg>,
+    /// What notify's callback lets through; see [`Interest`].
+    interest: Interest,
 }
+
+/// The paths a write must name for notify's callback to pass it on: every watched file as
+/// given and resolved. Any other kind of event (a create, a rename, a delete, a lost
+/// event) goes through whatever it names, as a symlink swap or a directory replaced can
+/// change a watched file without naming it.
+type Interest = Arc<ArcSwap<Vec<PathBuf>>>;
 
 // === impl FileWatcher ===
 
@@ -95,8 +109,11 @@ impl FileWatcher {
     ) -> Result<FileWatcher, WatchError> {
         let (ctl, rx) = std_mpsc::channel();
         let events = ctl.clone();
+        let files = snapshot(paths);
+        let interest: Interest = Arc::new(ArcSwap::from_pointee(interest_of(&files)));
+        let wanted = interest.clone();
         let watcher = notify::recommended_watcher(move |res: notify::Result<Event>| {
-            if worth_a_look(&res) {
+            if worth_a_look(&res, &wanted.load()) {
                 // Fails only once the watch thread has gone, when nobody is listening.
                 let _ = events.send(Msg::Event(res));
             }
@@ -113,7 +130,8 @@ impl FileWatcher {
             watcher,
             rx,
             tx,
-            files: snapshot(paths),
+            files,
+            interest: interest.clone(),
             dirs: HashMap::new(),
             warned: HashSet::new(),
             pending: None,
@@ -124,7 +142,7 @@ impl FileWatcher {
             .name("graylane-watch".into())
             .spawn(move || worker.run())
             .map_err(WatchError::Spawn)?;
-        Ok(FileWatcher { ctl })
+        Ok(FileWatcher { ctl, interest })
     }
 
     /// Replaces the watched set (after a reload whose `in_file` list changed).
@@ -133,7 +151,10 @@ impl FileWatcher {
     /// watch thread has not seen yet is still reported. New files get their baseline here,
     /// before this returns.
     pub(crate) fn set_paths(&self, paths: Vec<PathBuf>) {
-        if self.ctl.send(Msg::SetPaths(snapshot(paths))).is_err() {
+        let files = snapshot(paths);
+        // Before the thread has them: a write from now on reaches it.
+        self.interest.store(Arc::new(interest_of(&files)));
+        if self.ctl.send(Msg::SetPaths(files)).is_err() {
             warn!("the file watch thread has stopped; the new rules file list is not watched");
         }
     }
@@ -180,6 +201,8 @@ struct Worker {
     /// Where notifications go; closed means the reloader is gone and we can stop.
     tx: tokio::sync::mpsc::Sender<()>,
     files: Vec<WatchedFile>,
+    /// Kept to `files` when a resolved path moves.
+    interest: Interest,
     /// Directories under an inotify watch, with the identity they had when the watch was
     /// set, so a directory deleted and re-created (a new inode) gets watched again.
     dirs: HashMap<PathBuf, FileId>,
@@ -338,6 +361,7 @@ impl Worker {
         }
         if moved {
             // A symlink now points elsewhere (a ConfigMap's new timestamped directory).
+            self.interest.store(Arc::new(interest_of(&self.files)));
             self.reconcile_dirs();
         }
     }
@@ -542,16 +566,28 @@ fn parent_dir(path: &Path) -> Option<&Path> {
     path.parent().filter(|p| !p.as_os_str().is_empty())
 }
 
-/// Drops the events we cause ourselves: every reload opens and reads the files, and
-/// treating that as a change would reload forever.
-fn worth_a_look(res: &notify::Result<Event>) -> bool {
+/// Drops the events we cause ourselves (every reload opens and reads the files, and
+/// treating that as a change would reload forever) and writes to files not watched.
+fn worth_a_look(res: &notify::Result<Event>, interest: &[PathBuf]) -> bool {
+    let names_one = |event: &Event| event.paths.iter().any(|p| interest.contains(p));
     match res {
         Ok(event) => match event.kind {
-            EventKind::Access(kind) => kind == AccessKind::Close(AccessMode::Write),
+            EventKind::Access(kind) => {
+                kind == AccessKind::Close(AccessMode::Write) && names_one(event)
+            }
+            EventKind::Modify(ModifyKind::Data(_)) => names_one(event),
             _ => true,
         },
         Err(_) => true,
     }
+}
+
+/// See [`Interest`].
+fn interest_of(files: &[WatchedFile]) -> Vec<PathBuf> {
+    files
+        .iter()
+        .flat_map(|f| std::iter::once(f.path.clone()).chain(f.resolved.clone()))
+        .collect()
 }
 
 /// Whether an event naming a watched file says its content (or which file it is) changed.
@@ -791,6 +827,7 @@ mod tests {
                 resolved: Some("/etc/g/..2026_12_06_09_00_00.1/rules.yaml".into()),
                 print: Fingerprint::of(Path::new("/nonexistent/graylane")),
             }],
+            interest: Arc::new(ArcSwap::from_pointee(Vec::new())),
             dirs: HashMap::new(),
             warned: HashSet::new(),
             pending: None,
@@ -836,18 +873,42 @@ mod tests {
     }
 
     #[test]
-    fn own_reads_are_ignored_writes_are_not() {
-        let ev = |kind| Ok(Event::new(kind));
-        assert!(!worth_a_look(&ev(EventKind::Access(AccessKind::Open(
-            AccessMode::Any
-        )))));
-        assert!(!worth_a_look(&ev(EventKind::Access(AccessKind::Close(
-            AccessMode::Read
-        )))));
-        assert!(worth_a_look(&ev(EventKind::Access(AccessKind::Close(
-            AccessMode::Write
-        )))));
-        assert!(worth_a_look(&ev(EventKind::Modify(ModifyKind::Any))));
+    fn own_reads_and_writes_elsewhere_are_ignored() {
+        let rules = PathBuf::from("/etc/g/rules.yaml");
+        let log = PathBuf::from("/etc/g/access.log");
+        let interest = [rules.clone(), PathBuf::from("/srv/r/rules.yaml")];
+        let look = |kind: EventKind, path: &Path| {
+            worth_a_look(&Ok(Event::new(kind).add_path(path.into())), &interest)
+        };
+        let close = |mode| EventKind::Access(AccessKind::Close(mode));
+        let write = EventKind::Modify(ModifyKind::Data(notify::event::DataChange::Any));
+        assert!(!look(
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            &rules
+        ));
+        assert!(!look(close(AccessMode::Read), &rules));
+        assert!(look(close(AccessMode::Write), &rules));
+        assert!(look(write, &rules));
+        assert!(look(write, Path::new("/srv/r/rules.yaml")));
+        assert!(look(EventKind::Modify(ModifyKind::Any), &rules));
+        // A log line next to the rules file wakes nobody.
+        assert!(!look(write, &log));
+        assert!(!look(close(AccessMode::Write), &log));
+        // What may change which file a path is goes through, whatever it names.
+        assert!(look(
+            EventKind::Create(notify::event::CreateKind::Any),
+            &log
+        ));
+        let rename = ModifyKind::Name(notify::event::RenameMode::Any);
+        assert!(look(EventKind::Modify(rename), Path::new("/etc/g/..data")));
+        assert!(look(
+            EventKind::Remove(notify::event::RemoveKind::Any),
+            &log
+        ));
+        assert!(worth_a_look(
+            &Err(notify::Error::generic("lost")),
+            &interest
+        ));
         assert!(!is_content_change(&EventKind::Modify(
             ModifyKind::Metadata(notify::event::MetadataKind::Any)
         )));
