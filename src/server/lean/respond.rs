@@ -139,7 +139,9 @@ impl Seen {
         len: Option<Option<u64>>,
         head_only: bool,
     ) -> Option<()> {
-        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        // Names come lowercase: a map's, and those kept as received (lowercased as the
+        // upstream's head was read).
+        let is = |n: &str| name == n.as_bytes();
         match name.len() {
             14 if is("content-length") => {
                 if self.framing.is_some() {
@@ -164,9 +166,7 @@ impl Seen {
             4 if is("date") => self.wrote_date = true,
             _ => {}
         }
-        let at = out.len();
         out.extend_from_slice(name);
-        out[at..].make_ascii_lowercase();
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");

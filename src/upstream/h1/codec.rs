@@ -102,10 +102,16 @@ pub(super) fn parse_head(
         let mut spans = [[0u32; 4]; MAX_HEADERS];
         let count = resp.headers.len();
         field_spans(buf, resp.headers, &mut spans);
-        let head = buf.split_to(len).freeze();
         if raw && count <= RAW_MAX && status != StatusCode::SWITCHING_PROTOCOLS {
+            // Names lowercase in place, as a map would have them and as the client's
+            // copy is written: from here on they compare byte for byte.
+            for &[ns, ne, _, _] in &spans[..count] {
+                buf[ns as usize..ne as usize].make_ascii_lowercase();
+            }
+            let head = buf.split_to(len).freeze();
             return raw::head(head, &spans[..count], status, version, method).map(Some);
         }
+        let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(count);
         // The fields that frame the body are noted as the map is built: looking them up
         // afterwards would hash their names again.

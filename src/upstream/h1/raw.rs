@@ -26,7 +26,7 @@ pub(crate) struct RawFields {
 }
 
 impl RawFields {
-    /// Each kept field as (name, value), the name as the upstream spelled it.
+    /// Each kept field as (name, value), the name lowercase.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.spans[..self.count].iter().map(|&[ns, ne, vs, ve]| {
             let at = |i: u32| i as usize;
@@ -46,10 +46,10 @@ pub(super) enum Kind {
     HopByHop,
 }
 
-/// Classifies a field name (any case): by its length first, which rules out most names
+/// Classifies a field name (lowercase): by its length first, which rules out most names
 /// without a comparison.
 pub(super) fn kind(name: &[u8]) -> Kind {
-    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    let is = |n: &str| name == n.as_bytes();
     match name.len() {
         2 if is("te") => Kind::HopByHop,
         7 if is("upgrade") => Kind::HopByHop,
