@@ -2,7 +2,8 @@
 
 use std::borrow::Cow;
 
-use http::{HeaderMap, HeaderName};
+use http::header::COOKIE;
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::fields::Fields;
 
@@ -99,29 +100,15 @@ impl MarkerReader {
         let headers = headers.into();
         let mut m = Markers::default();
         let mut invalid = InvalidSet::default();
-        // One pass over the fields (a request has a handful) instead of a hashed lookup
-        // per marker: comparing names costs less than hashing six of them. A name seen
-        // first is its first value, as `HeaderMap::get` would give.
-        let mut from_header: [Option<&[u8]>; 6] = [None; 6];
-        let mut has_cookie = false;
-        let mut left = self.header_mask;
-        for (name, value) in headers.iter() {
-            if name == b"cookie" {
-                has_cookie = true;
-            } else if left != 0 {
-                if self.header_lens & len_bit(name.len()) == 0 {
-                    continue;
-                }
-                for kind in MarkerKind::ALL {
-                    if left & bit(kind) != 0 && self.is_header(kind, name) {
-                        from_header[kind as usize] = Some(value);
-                        left &= !bit(kind);
-                    }
-                }
-            } else if has_cookie || self.cookie_mask == 0 {
-                break;
-            }
-        }
+        // Each form of fields gets its own copy of the loops (one dispatch per request,
+        // not per field).
+        let (from_header, has_cookie) = match headers {
+            Fields::Map(map) => self.scan(
+                map.iter()
+                    .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+            ),
+            Fields::Received(_) => self.scan(headers.iter()),
+        };
         // Markers no source has decided yet.
         let mut pending = 0u8;
         for kind in MarkerKind::ALL {
@@ -134,24 +121,13 @@ impl MarkerReader {
 
         let wanted = pending & self.cookie_mask;
         if wanted != 0 && has_cookie {
-            let mut found: [Option<&[u8]>; 6] = [None; 6];
-            let mut left = wanted;
-            for (name, value) in cookie_pairs(headers) {
-                for (n, mask) in &self.cookies {
-                    let hit = mask & left;
-                    if hit != 0 && **n == *name {
-                        for kind in MarkerKind::ALL {
-                            if hit & bit(kind) != 0 {
-                                found[kind as usize] = Some(value);
-                            }
-                        }
-                        left &= !hit;
-                    }
+            let found = match headers {
+                Fields::Map(map) => {
+                    let values = map.get_all(COOKIE).into_iter().map(HeaderValue::as_bytes);
+                    self.find_cookies(pairs(values), wanted)
                 }
-                if left == 0 {
-                    break;
-                }
-            }
+                Fields::Received(_) => self.find_cookies(cookie_pairs(headers), wanted),
+            };
             for kind in MarkerKind::ALL {
                 if let Some(v) = found[kind as usize] {
                     if decide(&mut m, &mut invalid, kind, v) {
@@ -200,6 +176,64 @@ impl MarkerReader {
         for name in self.headers.iter().flatten() {
             headers.remove(name);
         }
+    }
+
+    /// One pass over the fields (a request has a handful) instead of a hashed lookup per
+    /// marker: comparing names costs less than hashing six of them. A name seen first is
+    /// its first value, as `HeaderMap::get` would give. Returns each marker's header value
+    /// and whether there is a `Cookie` field.
+    fn scan<'a>(
+        &self,
+        fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> ([Option<&'a [u8]>; 6], bool) {
+        let mut from_header: [Option<&[u8]>; 6] = [None; 6];
+        let mut has_cookie = false;
+        let mut left = self.header_mask;
+        for (name, value) in fields {
+            if name == b"cookie" {
+                has_cookie = true;
+            } else if left != 0 {
+                if self.header_lens & len_bit(name.len()) == 0 {
+                    continue;
+                }
+                for kind in MarkerKind::ALL {
+                    if left & bit(kind) != 0 && self.is_header(kind, name) {
+                        from_header[kind as usize] = Some(value);
+                        left &= !bit(kind);
+                    }
+                }
+            } else if has_cookie || self.cookie_mask == 0 {
+                break;
+            }
+        }
+        (from_header, has_cookie)
+    }
+
+    /// The first value of each `wanted` marker's cookie among `pairs`.
+    fn find_cookies<'a>(
+        &self,
+        pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+        wanted: u8,
+    ) -> [Option<&'a [u8]>; 6] {
+        let mut found: [Option<&[u8]>; 6] = [None; 6];
+        let mut left = wanted;
+        for (name, value) in pairs {
+            for (n, mask) in &self.cookies {
+                let hit = mask & left;
+                if hit != 0 && **n == *name {
+                    for kind in MarkerKind::ALL {
+                        if hit & bit(kind) != 0 {
+                            found[kind as usize] = Some(value);
+                        }
+                    }
+                    left &= !hit;
+                }
+            }
+            if left == 0 {
+                break;
+            }
+        }
+        found
     }
 
     /// Whether `name` (lowercase) is some marker's header, for
@@ -256,8 +290,12 @@ pub(crate) fn cookie<'a>(headers: impl Into<Fields<'a>>, name: &str) -> Option<&
 /// values), spaces around `;` and `=` trimmed, surrounding double quotes stripped, no
 /// percent-decoding; pairs without `=` or with an empty name are skipped.
 fn cookie_pairs(headers: Fields<'_>) -> impl Iterator<Item = (&[u8], &[u8])> {
-    headers
-        .get_all("cookie")
+    pairs(headers.get_all("cookie"))
+}
+
+/// The `name=value` pairs of `Cookie` values (see [`cookie_pairs`]).
+fn pairs<'a>(values: impl Iterator<Item = &'a [u8]>) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+    values
         .flat_map(|v| v.split(|&b| b == b';'))
         .filter_map(|piece| {
             let eq = piece.iter().position(|&b| b == b'=')?;
