@@ -37,9 +37,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+
+mod fingerprint;
+use fingerprint::{FileId, Fingerprint};
 
 use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
@@ -463,76 +466,6 @@ impl Pending {
     fn due(self) -> Instant {
         (self.last + DEBOUNCE).min(self.first + MAX_DELAY)
     }
-}
-
-// === fingerprints ===
-
-/// What a file looked like, through symlinks: if any part differs, its content may have.
-///
-/// The inode catches rename-over and symlink swaps (new file, maybe same size and mtime);
-/// length and mtime catch writes in place; ctime catches the rest (a `touch -r` back to an
-/// old mtime, a chmod that makes the file readable again).
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Fingerprint {
-    Present {
-        id: FileId,
-        len: u64,
-        mtime: Option<SystemTime>,
-        ctime: (i64, i64),
-    },
-    /// Cannot be read: why (not found, permission denied, a dangling symlink...).
-    Missing(io::ErrorKind),
-}
-
-impl Fingerprint {
-    fn of(path: &Path) -> Fingerprint {
-        match std::fs::metadata(path) {
-            Ok(m) => Fingerprint::Present {
-                id: FileId::of(&m),
-                len: m.len(),
-                mtime: m.modified().ok(),
-                ctime: ctime(&m),
-            },
-            Err(e) => Fingerprint::Missing(e.kind()),
-        }
-    }
-}
-
-/// Device and inode: which file this is, as opposed to what name it has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileId {
-    dev: u64,
-    ino: u64,
-}
-
-#[cfg(unix)]
-impl FileId {
-    fn of(m: &Metadata) -> FileId {
-        use std::os::unix::fs::MetadataExt;
-        FileId {
-            dev: m.dev(),
-            ino: m.ino(),
-        }
-    }
-}
-
-#[cfg(unix)]
-fn ctime(m: &Metadata) -> (i64, i64) {
-    use std::os::unix::fs::MetadataExt;
-    (m.ctime(), m.ctime_nsec())
-}
-
-// Elsewhere there is no portable inode; length and mtime still catch most changes.
-#[cfg(not(unix))]
-impl FileId {
-    fn of(_: &Metadata) -> FileId {
-        FileId { dev: 0, ino: 0 }
-    }
-}
-
-#[cfg(not(unix))]
-fn ctime(_: &Metadata) -> (i64, i64) {
-    (0, 0)
 }
 
 // === helpers ===
