@@ -287,6 +287,8 @@ impl Worker {
                     .into_iter()
                     .map(|new| old.remove(&new.path).unwrap_or(new))
                     .collect();
+                // Again here: a scan since `set_paths` may have stored the old set's.
+                self.interest.store(Arc::new(interest_of(&self.files)));
                 self.reconcile_dirs();
             }
         }

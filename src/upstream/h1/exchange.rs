@@ -184,8 +184,9 @@ pub(super) fn trailer_block(trailers: &HeaderMap) -> Vec<u8> {
     out
 }
 
-/// The request line and header fields: a map's lowercase, as hyper writes them; a
-/// received head's as the client spelled them, as nginx and haproxy pass them on.
+/// The request line and header fields, names lowercase as hyper writes them: a map's,
+/// or a received head's (lowercased as it was read), whose lines otherwise go on as the
+/// client wrote them.
 pub(super) fn encode_head(
     out: &mut Vec<u8>,
     parts: &Parts,
