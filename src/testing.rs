@@ -51,18 +51,8 @@ pub(crate) fn received(raw: &str) -> Received {
     let Ok(httparse::Status::Complete(_)) = req.parse(raw.as_bytes()) else {
         panic!("not a head: {raw:?}");
     };
-    let base = raw.as_ptr() as usize;
-    let spans: Vec<[u32; 4]> = req
-        .headers
-        .iter()
-        .map(|f| {
-            let n = f.name.as_ptr() as usize - base;
-            let v = f.value.as_ptr() as usize - base;
-            [n, n + f.name.len(), v, v + f.value.len()].map(|i| i as u32)
-        })
-        .collect();
-    for &[ns, ne, _, _] in &spans {
-        bytes[ns as usize..ne as usize].make_ascii_lowercase();
-    }
+    let mut spans = vec![[0u32; 4]; req.headers.len()];
+    crate::upstream::h1::field_spans(raw.as_bytes(), req.headers, &mut spans);
+    crate::upstream::h1::lowercase_names(&mut bytes, &spans);
     Received::new(bytes::Bytes::from(bytes), spans)
 }

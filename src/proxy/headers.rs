@@ -138,17 +138,19 @@ fn strip_received(head: &mut Received, protected: &[HeaderName]) {
     let has = |name: usize| found & (1 << name) != 0;
     if has(0) {
         // The names `Connection` lists, read before any field is left out (a client may
-        // name `Connection` itself).
+        // name `Connection` itself). Those of the fixed list go below anyway (but `TE`,
+        // which a `Connection` naming it removes whole): the usual `keep-alive` costs
+        // no copy.
         let mut named: Vec<Vec<u8>> = Vec::new();
         for v in Fields::Received(head).get_all("connection") {
             let Some(s) = crate::fields::to_str(v) else {
                 continue;
             };
             for tok in s.split(',').map(str::trim) {
-                let shielded = protected
-                    .iter()
-                    .any(|p| p.as_str().eq_ignore_ascii_case(tok));
-                if !tok.is_empty() && !shielded {
+                let is = |h: &HeaderName| h.as_str().eq_ignore_ascii_case(tok);
+                let shielded = protected.iter().any(is);
+                let fixed = HOP_BY_HOP[..TE_AT].iter().any(is);
+                if !tok.is_empty() && !shielded && !fixed {
                     named.push(tok.as_bytes().to_vec());
                 }
             }
@@ -546,6 +548,7 @@ mod tests {
              Proxy-Authorization: Basic x\r\nProxy-Authenticate: x\r\nX-Kept: yes\r\n\r\n",
             "GET / HTTP/1.1\r\nhost: t\r\nX-Forwarded-For:\r\nConnection: close\r\n\
              te: gzip\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: t\r\nConnection: TE, keep-alive\r\nTE: trailers\r\n\r\n",
         ];
         for raw in heads {
             let mut r = crate::testing::received(raw);

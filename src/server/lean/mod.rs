@@ -27,7 +27,7 @@ use super::conn::{ConnIo, ConnState, InFlight};
 use crate::fields::Received;
 use crate::proxy;
 use crate::state::{ConnCtx, Shared};
-use crate::upstream::h1::field_spans;
+use crate::upstream::h1::{field_spans, lowercase_names};
 use respond::write_response;
 
 /// hyper's limit on a request head's fields: a head with more is handed to hyper, which
@@ -365,11 +365,7 @@ fn parse(buf: &mut BytesMut, max: usize) -> Parsed {
     let target = [at as u32, (at + path.len()) as u32];
     let mut spans = vec![[0u32; 4]; req.headers.len()];
     field_spans(buf, req.headers, &mut spans);
-    // Names lowercase, as a header map has them (and hyper writes them): the request
-    // path then compares names byte for byte.
-    for &[ns, ne, _, _] in &spans {
-        buf[ns as usize..ne as usize].make_ascii_lowercase();
-    }
+    lowercase_names(buf, &spans);
     let head = buf.split_to(len).freeze();
     match build(&head, method, target) {
         Some(parts) => Parsed::Lean(Head {

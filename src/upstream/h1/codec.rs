@@ -103,11 +103,7 @@ pub(super) fn parse_head(
         let count = resp.headers.len();
         field_spans(buf, resp.headers, &mut spans);
         if raw && count <= RAW_MAX && status != StatusCode::SWITCHING_PROTOCOLS {
-            // Names lowercase in place, as a map would have them and as the client's
-            // copy is written: from here on they compare byte for byte.
-            for &[ns, ne, _, _] in &spans[..count] {
-                buf[ns as usize..ne as usize].make_ascii_lowercase();
-            }
+            lowercase_names(buf, &spans[..count]);
             let head = buf.split_to(len).freeze();
             return raw::head(head, &spans[..count], status, version, method).map(Some);
         }
@@ -161,6 +157,14 @@ pub(crate) fn field_spans(buf: &[u8], fields: &[httparse::Header<'_>], out: &mut
             value as u32,
             (value + f.value.len()) as u32,
         ];
+    }
+}
+
+/// Lowercases the names at `spans` in place, as a header map has them and as hyper
+/// writes them: a head kept as received then compares names byte for byte.
+pub(crate) fn lowercase_names(buf: &mut [u8], spans: &[[u32; 4]]) {
+    for &[ns, ne, _, _] in spans {
+        buf[ns as usize..ne as usize].make_ascii_lowercase();
     }
 }
 

@@ -28,7 +28,7 @@ mod idle;
 mod raw;
 
 pub(crate) use body::{H1Body, Tunnel};
-pub(crate) use codec::field_spans;
+pub(crate) use codec::{field_spans, lowercase_names};
 pub(crate) use idle::sweep_idle;
 pub(crate) use raw::RawFields;
 
