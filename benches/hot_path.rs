@@ -110,6 +110,23 @@ fn console_request() -> HeaderMap {
     ])
 }
 
+/// The console's request with a 2 KiB `Cookie` field: 24 analytics cookies, then the
+/// agent's uid and group ids.
+fn console_long_cookie() -> HeaderMap {
+    let mut c = String::new();
+    for i in 1..=24u64 {
+        write!(
+            c,
+            "_analytics_{i}=GA1.2.{}.1700000000{}; ",
+            1_234_567_890 * i,
+            "x".repeat(40)
+        )
+        .expect("write to a String");
+    }
+    c.push_str("xdw-kefu-agent-uid=9003; xdw-kefu-agent-gid=\"141338365009, 141338365002\"");
+    headers(&[("host", "console.kefu.example.com"), ("cookie", &c)])
+}
+
 /// Deterministic 64-bit generator (SplitMix64), so generated files are the same each run.
 struct SplitMix(u64);
 
@@ -226,6 +243,18 @@ fn bench_markers(c: &mut Criterion) {
     });
     g.bench_function("console_cookies", |b| {
         b.iter(|| reader.read(black_box(&console), black_box(None)))
+    });
+    // A browser's `Cookie` field often runs to kilobytes of analytics cookies before the
+    // console's own: the marker cookies come last here, as the worst case.
+    let long = console_long_cookie();
+    let (m, _) = reader.read(&long, None);
+    assert_eq!(
+        m.staff_uid,
+        Some(9003),
+        "the long cookie's markers are read"
+    );
+    g.bench_function("console_long_cookie", |b| {
+        b.iter(|| reader.read(black_box(&long), black_box(None)))
     });
     let bare = headers(&[("host", "kefu-im.example.com")]);
     g.bench_function("im_query", |b| {

@@ -256,6 +256,14 @@ fn cookies_are_parsed_leniently() {
     assert_eq!(cookie(&h, "A"), None, "names are case-sensitive");
     assert_eq!(cookie(&h, "missing"), None);
 
+    // `=` inside a value, empty pieces, a trailing `;`, a value running to the end.
+    let h = headers(&[("cookie", ";;a=b=c;; ;d=1;e=;f=2")]);
+    assert_eq!(cookie(&h, "a"), Some("b=c"));
+    assert_eq!(cookie(&h, "d"), Some("1"));
+    assert_eq!(cookie(&h, "e"), Some(""));
+    assert_eq!(cookie(&h, "f"), Some("2"));
+    assert_eq!(cookie(&h, "b"), None, "not a name: inside a's value");
+
     let h = headers(&[("cookie", "x=\"a,b; \"; y=\"\"; z=\"; w= v w ")]);
     assert_eq!(cookie(&h, "x"), Some("\"a,b"));
     assert_eq!(cookie(&h, "y"), Some(""));
