@@ -993,6 +993,55 @@ async fn a_client_gone_mid_body_ends_the_exchange() {
     assert!(closed, "the connection of a client that left stays open");
 }
 
+/// A client that closes while its answer is awaited cancels the request, as with
+/// hyper's server: the upstream's connection is closed at once, not kept until the
+/// upstream answers or `upstream_response` runs out.
+#[tokio::test]
+async fn a_client_gone_before_its_answer_cancels_the_request() {
+    let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = up.local_addr().unwrap();
+    let timeouts = "timeouts: { request_header: 2s, idle: 30s, upstream_response: 30s }";
+    let p = spawn_proxy(&simple_config(at, at, timeouts), RULES).await;
+    let mut s = TcpStream::connect(p.addr()).await.unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let (mut u, _) = tokio::time::timeout(Duration::from_secs(5), up.accept())
+        .await
+        .expect("the request reaches the upstream")
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while find(&got, b"\r\n\r\n").is_none() {
+        let n = tokio::time::timeout(Duration::from_secs(5), u.read(&mut buf))
+            .await
+            .expect("the request head arrives")
+            .unwrap();
+        assert!(n > 0, "closed before the head");
+        got.extend_from_slice(&buf[..n]);
+    }
+    // Still waiting for its answer a moment later: nothing cancels it but the client.
+    let early = tokio::time::timeout(Duration::from_millis(300), u.read(&mut buf)).await;
+    assert!(
+        early.is_err(),
+        "the upstream's connection ended while the client waited"
+    );
+    drop(s);
+    let closed = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match u.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the upstream's connection stays open after the client left"
+    );
+}
+
 /// RFC 9112 §2.2: an empty line after a request is ignored; it is not the start of a
 /// next head, so it gets no 408 and the connection stays open until `idle`.
 #[tokio::test]

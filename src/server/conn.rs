@@ -5,8 +5,9 @@
 //! `request_header` (→ 408 and close) and `idle` (close), so hyper's own header timer is
 //! off.
 
+use std::future::{poll_fn, Future};
 use std::io;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
@@ -18,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::gate::Gate;
 use super::{lean, Serving};
 use crate::error::Refusal;
 use crate::proxy;
@@ -357,6 +359,14 @@ pub(super) async fn serve<S>(
     }
 }
 
+/// What woke the watchdog's wait.
+enum Woke<E> {
+    /// The connection ended, with its error if it failed.
+    Ended(Option<E>),
+    Timer,
+    Stop,
+}
+
 /// What the watchdog beside a connection reads.
 struct Watched<'a> {
     state: &'a ConnState,
@@ -374,7 +384,7 @@ impl Watched<'_> {
         shutdown: impl Fn(Pin<&mut C>),
         mut stop: watch::Receiver<bool>,
     ) where
-        C: std::future::Future<Output = Result<(), E>>,
+        C: Future<Output = Result<(), E>>,
         E: std::fmt::Display,
     {
         let Self {
@@ -395,6 +405,9 @@ impl Watched<'_> {
         let t = &shared.config.timeouts;
         let recheck = (t.request_header.min(t.idle) / 4)
             .clamp(Duration::from_millis(100), Duration::from_millis(2500));
+        // The timer and the drain signal are looked at only when they woke the task, not
+        // on each of the connection's wake-ups (several per request).
+        let gate = Gate::new();
         loop {
             match watch(state, shared) {
                 Watch::Until(at) => sleep.as_mut().reset(at.min(Instant::now() + recheck)),
@@ -420,15 +433,33 @@ impl Watched<'_> {
                     return;
                 }
             }
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
+            // A new deadline and a new `changed()`: both polled on the first poll.
+            gate.open();
+            let mut changed = pin!(stop.changed());
+            let woke = poll_fn(|cx| {
+                if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                    return Poll::Ready(Woke::Ended(r.err()));
+                }
+                gate.poll(cx, |cx| {
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        Poll::Ready(Woke::Timer)
+                    } else if !stopping && changed.as_mut().poll(cx).is_ready() {
+                        Poll::Ready(Woke::Stop)
+                    } else {
+                        Poll::Pending
+                    }
+                })
+            })
+            .await;
+            match woke {
+                Woke::Ended(error) => {
+                    if let Some(e) = error {
                         tracing::debug!(error = %e, "connection ended with error");
                     }
                     return;
                 }
-                _ = &mut sleep => {}
-                _ = stop.changed(), if !stopping => {
+                Woke::Timer => {}
+                Woke::Stop => {
                     stopping = true;
                     shutdown(conn.as_mut());
                 }

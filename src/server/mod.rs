@@ -16,6 +16,7 @@
 //! instead of quietly taking a share of the connections.
 
 mod conn;
+mod gate;
 mod lean;
 mod sockio;
 pub(crate) mod tls;

@@ -11,7 +11,7 @@
 
 mod respond;
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -24,6 +24,7 @@ use http::{Method, Request, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::conn::{ConnIo, ConnState, InFlight};
+use super::gate::Gate;
 use crate::fields::Received;
 use crate::proxy;
 use crate::state::{ConnCtx, Shared};
@@ -229,6 +230,7 @@ where
     let max = shared.config.limits.max_header_bytes.min(u32::MAX as usize);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out = Vec::with_capacity(1024);
+    let gate = Gate::new();
     loop {
         let head = loop {
             if state.h2.load(Ordering::Relaxed) {
@@ -263,16 +265,27 @@ where
         let resp = proxy::handle_bodiless(head.parts, head.fields, &shared, &ctx);
         tokio::pin!(resp);
         // As hyper does, a client that closes while its answer is awaited cancels the
-        // request (a pipelined byte stops the watch: the buffer is not empty then).
-        let resp = loop {
-            tokio::select! {
-                biased;
-                r = &mut resp => break r,
-                r = io.read_buf(&mut buf), if buf.is_empty() => match r {
-                    Ok(0) | Err(_) => return Exit::Closed,
-                    Ok(_) => {}
-                },
+        // request (a pipelined byte stops the watch: the buffer is not empty then). The
+        // client's socket is looked at only when it woke the task, not on the upstream's
+        // wake-ups too.
+        gate.open();
+        let resp = poll_fn(|cx| {
+            if let Poll::Ready(r) = resp.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
             }
+            if !buf.is_empty() {
+                return Poll::Pending;
+            }
+            gate.poll(cx, |cx| {
+                match tokio_util::io::poll_read_buf(Pin::new(&mut io), cx, &mut buf) {
+                    Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(None),
+                    Poll::Ready(Ok(_)) | Poll::Pending => Poll::Pending,
+                }
+            })
+        })
+        .await;
+        let Some(resp) = resp else {
+            return Exit::Closed;
         };
         let close = head.close || state.stopping.load(Ordering::Relaxed);
         let keep = write_response(&mut io, &mut buf, &mut out, resp, head_only, close).await;
