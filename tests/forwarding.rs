@@ -4,6 +4,8 @@ mod common;
 
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
+
 use common::*;
 
 const RULES: &str = "\
@@ -252,6 +254,53 @@ async fn h2c_clients_are_routed_per_stream() {
         let (uid, body) = t.await.unwrap();
         assert_eq!(body, if uid == "42" { "gray" } else { "stable" });
     }
+    p.stop().await;
+}
+
+/// On one keep-alive connection each request gets the whole of `upstream_response`,
+/// counted from its own attempt, whether the previous request's deadline is still ahead,
+/// passed while the connection was idle, or cut that request (the own loop keeps one
+/// timer per connection and moves it).
+#[tokio::test]
+async fn each_request_on_a_connection_gets_the_whole_upstream_response_time() {
+    async fn get_status(s: &mut tokio::net::TcpStream, path: &str) -> u16 {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        read_one_response(s).await.status
+    }
+    let up = spawn_upstream("slow").await;
+    let p = spawn_proxy(
+        &two_services(
+            up.addr,
+            up.addr,
+            "/",
+            "timeouts: { upstream_response: 1s, idle: 30s }\n",
+        ),
+        RULES,
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
+    assert_eq!(get_status(&mut s, "/slow?ms=0").await, 200);
+    // The first request's deadline would pass 400 ms into this one.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(get_status(&mut s, "/slow?ms=700").await, 200);
+    let cut = std::time::Instant::now();
+    assert_eq!(get_status(&mut s, "/slow?ms=3000").await, 504);
+    assert!(
+        cut.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        cut.elapsed()
+    );
+    // Idle past the last deadline: the next request is timed afresh.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(get_status(&mut s, "/slow?ms=300").await, 200);
+    let cut = std::time::Instant::now();
+    assert_eq!(get_status(&mut s, "/slow?ms=3000").await, 504);
+    assert!(
+        cut.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        cut.elapsed()
+    );
     p.stop().await;
 }
 

@@ -6,6 +6,7 @@
 //! [`Forward::after`] what comes next. Each failure knows whose fault it is; a client's
 //! fault is never counted against an endpoint, the guard or the upstream error counters.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use tokio::time::Sleep;
 
 use crate::config::{OnUnavailable, Protocol, Service, GRAY};
 use crate::error::{FallbackReason, Fault, Refusal, UpstreamErrorKind};
@@ -143,6 +145,9 @@ pub(super) struct Forward<'a> {
     /// The own loop's request head, which an HTTP/1.1 attempt writes from (`head` is
     /// then empty); the response head is then wanted with its fields as received.
     received: Option<&'a Received>,
+    /// The connection's own timer for `upstream_response`, set again for each attempt
+    /// (see [`Forward::reuse_timer`]); `None`: a timer per attempt.
+    timer: Option<Pin<&'a mut Sleep>>,
 }
 
 impl<'a> Forward<'a> {
@@ -183,6 +188,18 @@ impl<'a> Forward<'a> {
             retries_left: shared.upstreams.services[service][pool].retries,
             last_error: None,
             received,
+            timer: None,
+        }
+    }
+
+    /// Times the attempts with `timer`, a connection's own, instead of a new one each.
+    /// A new timer is entered into tokio's timer wheel on its first poll and taken out
+    /// when dropped; one that only moves later between requests stays in and is moved by
+    /// an atomic update. For bodiless requests only: an upload's deadline also watches
+    /// its progress (see [`response_deadline`]).
+    pub(super) fn reuse_timer(&mut self, timer: Pin<&'a mut Sleep>) {
+        if matches!(self.body, Replay::Empty) {
+            self.timer = Some(timer);
         }
     }
 
@@ -212,9 +229,20 @@ impl<'a> Forward<'a> {
             };
             let timeout = self.shared.config.timeouts.upstream_response;
             let in_flight = ep.start();
+            let (timer, body) = (&mut self.timer, &self.body);
+            let waited = async move {
+                match timer.as_mut() {
+                    Some(timer) => {
+                        timer.as_mut().reset(tokio::time::Instant::now() + timeout);
+                        timer.as_mut().await;
+                        Deadline::NoHead
+                    }
+                    None => response_deadline(body, timeout).await,
+                }
+            };
             let result = tokio::select! {
                 r = exchange(self.shared, protocol, &ep, req, added.fields(), self.received) => Ok(r),
-                waited = response_deadline(&self.body, timeout) => Err(waited),
+                waited = waited => Err(waited),
             };
             drop(in_flight);
             match self.conclude(&ep, result) {

@@ -8,6 +8,7 @@ mod forward;
 pub(crate) mod headers;
 mod mirror;
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,6 +16,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
+use tokio::time::Sleep;
 
 use crate::config::{GRAY, STABLE};
 use crate::error::{FallbackReason, Refusal};
@@ -40,6 +42,7 @@ pub(crate) async fn handle(
     route(
         parts,
         None,
+        None,
         Replay::new(body),
         client_upgrade,
         shared,
@@ -54,9 +57,11 @@ pub(crate) async fn handle(
 /// has none), and they reach an HTTP/1.1 upstream edited in place. An HTTP/1.1
 /// upstream's answer comes back with its fields as received (see
 /// `DownBody::take_raw`), which that loop copies on.
+/// `timer`: the connection's own for `upstream_response` (see `Forward::reuse_timer`).
 pub(crate) async fn handle_bodiless(
     parts: http::request::Parts,
     fields: Received,
+    timer: Pin<&mut Sleep>,
     shared: &Arc<Shared>,
     conn: &ConnCtx,
 ) -> Response<DownBody> {
@@ -64,6 +69,7 @@ pub(crate) async fn handle_bodiless(
     route(
         parts,
         Some(fields),
+        Some(timer),
         Replay::Empty,
         None,
         shared,
@@ -79,6 +85,7 @@ pub(crate) async fn handle_bodiless(
 async fn route(
     mut parts: http::request::Parts,
     mut received: Option<Received>,
+    timer: Option<Pin<&mut Sleep>>,
     body: Replay,
     client_upgrade: Option<OnUpgrade>,
     shared: &Arc<Shared>,
@@ -178,6 +185,9 @@ async fn route(
         added,
         body,
     );
+    if let Some(t) = timer {
+        forward.reuse_timer(t);
+    }
     let (mut resp, final_pool) = forward.run().await;
 
     if let Some(h) = copy {

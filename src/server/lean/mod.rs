@@ -14,10 +14,11 @@ mod respond;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::mem::MaybeUninit;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Request, Uri, Version};
@@ -231,6 +232,9 @@ where
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out = Vec::with_capacity(1024);
     let gate = Gate::new();
+    // `upstream_response` for every request of the connection: set again per attempt,
+    // it stays in tokio's timer wheel (see `Forward::reuse_timer`).
+    let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
     loop {
         let head = loop {
             if state.h2.load(Ordering::Relaxed) {
@@ -262,7 +266,7 @@ where
         };
         let inflight = InFlight::new(state.clone());
         let head_only = head.parts.method == Method::HEAD;
-        let resp = proxy::handle_bodiless(head.parts, head.fields, &shared, &ctx);
+        let resp = proxy::handle_bodiless(head.parts, head.fields, timer.as_mut(), &shared, &ctx);
         tokio::pin!(resp);
         // As hyper does, a client that closes while its answer is awaited cancels the
         // request (a pipelined byte stops the watch: the buffer is not empty then). The
