@@ -8,7 +8,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri};
@@ -25,6 +24,7 @@ use crate::state::Shared;
 use crate::upstream::{self, h1, DownBody, ReclaimableBody, UpBody};
 use crate::upstream::{Endpoint, Outcome as EndpointOutcome, PoolUpstream};
 
+use super::deadline::{response_deadline, Deadline};
 use super::headers::Added;
 use super::local;
 
@@ -196,7 +196,7 @@ impl<'a> Forward<'a> {
     /// A new timer is entered into tokio's timer wheel on its first poll and taken out
     /// when dropped; one that only moves later between requests stays in and is moved by
     /// an atomic update. For bodiless requests only: an upload's deadline also watches
-    /// its progress (see [`response_deadline`]).
+    /// its progress.
     pub(super) fn reuse_timer(&mut self, timer: Pin<&'a mut Sleep>) {
         if matches!(self.body, Replay::Empty) {
             self.timer = Some(timer);
@@ -229,20 +229,13 @@ impl<'a> Forward<'a> {
             };
             let timeout = self.shared.config.timeouts.upstream_response;
             let in_flight = ep.start();
-            let (timer, body) = (&mut self.timer, &self.body);
-            let waited = async move {
-                match timer.as_mut() {
-                    Some(timer) => {
-                        timer.as_mut().reset(tokio::time::Instant::now() + timeout);
-                        timer.as_mut().await;
-                        Deadline::NoHead
-                    }
-                    None => response_deadline(body, timeout).await,
-                }
+            let upload = match &self.body {
+                Replay::Body(b) => Some(b),
+                _ => None,
             };
             let result = tokio::select! {
                 r = exchange(self.shared, protocol, &ep, req, added.fields(), self.received) => Ok(r),
-                waited = waited => Err(waited),
+                waited = response_deadline(upload, timeout, self.timer.as_mut()) => Err(waited),
             };
             drop(in_flight);
             match self.conclude(&ep, result) {
@@ -557,41 +550,6 @@ pub(super) async fn exchange(
                 connected: !e.is_connect(),
             }),
     }
-}
-
-/// Why an attempt stopped waiting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Deadline {
-    /// No response head within `upstream_response` after the request was sent.
-    NoHead,
-    /// The upload stopped moving for `upstream_response` while waiting on the client.
-    ClientStalled,
-}
-
-/// Resolves when the attempt has waited too long. `upstream_response` counts from the
-/// last request byte, not through an upload; during the upload it cuts only an upload
-/// that stops moving for that long, and whose fault that is depends on which side it
-/// was waiting for.
-async fn response_deadline(body: &Replay, timeout: Duration) -> Deadline {
-    if let Replay::Body(b) = body {
-        loop {
-            let before = b.progress();
-            tokio::select! {
-                _ = b.sent() => break,
-                _ = tokio::time::sleep(timeout) => {
-                    if b.progress() == before {
-                        return if b.waiting_on_client() {
-                            Deadline::ClientStalled
-                        } else {
-                            Deadline::NoHead
-                        };
-                    }
-                }
-            }
-        }
-    }
-    tokio::time::sleep(timeout).await;
-    Deadline::NoHead
 }
 
 /// Whether a 101 names WebSocket (RFC 6455 §4.1: `Upgrade: websocket`, case-insensitive)

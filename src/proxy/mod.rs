@@ -4,6 +4,7 @@
 //! - `headers`: what changes in a head on its way through (hop-by-hop, `x-forwarded-*`).
 //! - `forward`: the attempts: retries within the pool, the per-request fallback to stable.
 
+mod deadline;
 mod forward;
 pub(crate) mod headers;
 mod mirror;
