@@ -25,6 +25,14 @@ impl<'a> From<&'a HeaderMap> for Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
+    /// A request's fields: the own loop's head when there is one, else the map.
+    pub(crate) fn of(map: &'a HeaderMap, received: Option<&'a Received>) -> Self {
+        match received {
+            Some(r) => Fields::Received(r),
+            None => Fields::Map(map),
+        }
+    }
+
     /// Every field as (name, value), in order.
     pub(crate) fn iter(self) -> Iter<'a> {
         match self {

@@ -96,7 +96,8 @@ async fn route(
     if parts.method == http::Method::CONNECT {
         return refuse_unrouted(shared, conn, start, Refusal::Connect);
     }
-    if let Some(refusal) = host_problem(parts.version, fields(&parts, &received)) {
+    let head = Fields::of(&parts.headers, received.as_ref());
+    if let Some(refusal) = host_problem(parts.version, head) {
         return refuse_unrouted(shared, conn, start, refusal);
     }
 
@@ -106,10 +107,10 @@ async fn route(
     // === decide: service, then the live rules ===
     let live = shared.live.load();
     let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let host = request_host(&parts.uri, fields(&parts, &received));
+    let head = Fields::of(&parts.headers, received.as_ref());
+    let host = request_host(&parts.uri, head);
     // Sampled up front: the host is kept (copied) for the access log only then.
     let sampled = shared.sample_access().then(|| host.map(str::to_owned));
-    let head = fields(&parts, &received);
     let outcome = shared.decide(&live, conn.listener, host, path, head, &markers);
     let Outcome::Routed {
         service,
@@ -379,14 +380,6 @@ fn mirror_head(
     })
 }
 
-/// The request's fields, wherever they are.
-fn fields<'a>(parts: &'a http::request::Parts, received: &'a Option<Received>) -> Fields<'a> {
-    match received {
-        Some(r) => Fields::Received(r),
-        None => Fields::Map(&parts.headers),
-    }
-}
-
 /// The request's markers, counting invalid ones. An untrusted peer's marker headers are
 /// removed instead, so an upstream never sees identity graylane itself did not believe.
 fn read_markers(
@@ -402,10 +395,7 @@ fn read_markers(
         }
         return Markers::default();
     }
-    let headers = match received {
-        Some(r) => Fields::Received(r),
-        None => Fields::Map(&parts.headers),
-    };
+    let headers = Fields::of(&parts.headers, received.as_deref());
     let (m, invalid) = shared.reader.read(headers, parts.uri.query());
     for kind in invalid.iter() {
         shared.metrics.marker_invalid(kind).inc();

@@ -27,9 +27,8 @@ use std::fmt;
 
 use http::HeaderName;
 
-use crate::fields::Fields;
-
 use crate::config::{PoolId, STABLE};
+use crate::fields::Fields;
 use crate::markers::{self, Device, Markers, Version};
 use crate::routing::prefix_matches;
 use ids::IdSet;

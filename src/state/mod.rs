@@ -11,12 +11,11 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::header::{HeaderName, HeaderValue};
-
-use crate::fields::Fields;
 use prometheus::IntCounter;
 
 use crate::config::{Config, OnUnavailable, GRAY};
 use crate::error::FallbackReason;
+use crate::fields::Fields;
 use crate::guard::GuardState;
 use crate::longlink::{Handshake, Links, Rehome};
 use crate::markers::{MarkerReader, Markers};

@@ -166,10 +166,7 @@ impl Seen {
             4 if is("date") => self.wrote_date = true,
             _ => {}
         }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
+        crate::fields::put(out, name, value);
         Some(())
     }
 }

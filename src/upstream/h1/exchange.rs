@@ -54,10 +54,7 @@ pub(super) async fn exchange(
         }
         UpBody::Reclaimable(_) => ReqFraming::Chunked,
     };
-    let fields = match received {
-        Some(r) => Fields::Received(r),
-        None => Fields::Map(&parts.headers),
-    };
+    let fields = Fields::of(&parts.headers, received);
     encode_head(
         &mut conn.wbuf,
         parts,
@@ -175,10 +172,7 @@ pub(super) fn trailer_block(trailers: &HeaderMap) -> Vec<u8> {
         if NOT_TRAILERS.contains(name) {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
     out
