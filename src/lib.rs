@@ -25,12 +25,14 @@
 //! | `lifecycle` | [`Graylane`]: the server and the admin listener side by side, the order of a drain | §8 |
 //! | [`tools`] | offline release tools `plan-ranges`, `replay`; `status` across replicas | §9.4, §11 |
 //! | `worker` | what each worker thread keeps for itself | — |
+//! | `clock` | the kernel's coarse clocks, for the watchdog's milliseconds and `Date` | — |
 //! | [`demo`] | the built-in sample config with its demo upstreams | §7 `demo` |
 //!
 //! `main.rs` is the command line (§7). The modules are private to the crate; what the
 //! binary, the tests and the benchmarks use is re-exported below.
 
 pub(crate) mod admin;
+pub(crate) mod clock;
 pub(crate) mod config;
 pub mod demo;
 pub(crate) mod error;

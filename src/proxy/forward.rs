@@ -148,6 +148,8 @@ pub(super) struct Forward<'a> {
     /// The connection's own timer for `upstream_response`, set again for each attempt
     /// (see [`Forward::reuse_timer`]); `None`: a timer per attempt.
     timer: Option<Pin<&'a mut Sleep>>,
+    /// An attempt was made (the next one's time runs from its own start).
+    attempted: bool,
 }
 
 impl<'a> Forward<'a> {
@@ -189,6 +191,7 @@ impl<'a> Forward<'a> {
             last_error: None,
             received,
             timer: None,
+            attempted: false,
         }
     }
 
@@ -228,6 +231,13 @@ impl<'a> Forward<'a> {
                 Err(refusal) => return (local(refusal), self.pool),
             };
             let timeout = self.shared.config.timeouts.upstream_response;
+            // The first attempt's time runs from the request's start (microseconds
+            // earlier): one clock read fewer per request.
+            let from = if std::mem::replace(&mut self.attempted, true) {
+                tokio::time::Instant::now()
+            } else {
+                tokio::time::Instant::from_std(self.start)
+            };
             let in_flight = ep.start();
             let upload = match &self.body {
                 Replay::Body(b) => Some(b),
@@ -235,7 +245,7 @@ impl<'a> Forward<'a> {
             };
             let result = tokio::select! {
                 r = exchange(self.shared, protocol, &ep, req, added.fields(), self.received) => Ok(r),
-                waited = response_deadline(upload, timeout, self.timer.as_mut()) => Err(waited),
+                waited = response_deadline(upload, from, timeout, self.timer.as_mut()) => Err(waited),
             };
             drop(in_flight);
             match self.conclude(&ep, result) {

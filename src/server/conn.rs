@@ -32,7 +32,12 @@ const NONE: u64 = u64::MAX;
 /// tasks; all accesses are `Relaxed`: the watchdog re-checks before acting.
 #[derive(Debug)]
 pub(super) struct ConnState {
+    /// When the connection was accepted: `at` turns the times below into instants.
     base: Instant,
+    /// The coarse clock's milliseconds at `base`. The times below are read from it (see
+    /// `crate::clock`): they are noted on every read and every request, and only ever
+    /// compared with timeouts of seconds.
+    base_ms: u64,
     /// Requests whose response is not finished yet.
     in_flight: AtomicUsize,
     /// When the current request head started (ms since `base`), or `NONE`.
@@ -61,6 +66,7 @@ impl ConnState {
     fn new(accepted: Instant) -> Self {
         Self {
             base: accepted,
+            base_ms: crate::clock::coarse_ms().saturating_sub(crate::millis(accepted.elapsed())),
             in_flight: AtomicUsize::new(0),
             // A connection's first request is timed from accept.
             head_start: AtomicU64::new(0),
@@ -75,6 +81,13 @@ impl ConnState {
     }
 
     fn now_ms(&self) -> u64 {
+        crate::clock::coarse_ms().saturating_sub(self.base_ms)
+    }
+
+    /// The watchdog's reading: it sleeps until an `Instant` and must find that time
+    /// come when it wakes (the coarse clock may not have ticked yet). The times it
+    /// compares are within a tick of it.
+    fn precise_ms(&self) -> u64 {
         crate::millis(self.base.elapsed())
     }
 
@@ -256,7 +269,7 @@ enum Watch {
 
 fn watch(state: &ConnState, shared: &Shared) -> Watch {
     let t = &shared.config.timeouts;
-    let now = state.now_ms();
+    let now = state.precise_ms();
     if state.in_flight.load(Ordering::Relaxed) > 0 {
         // A request in flight may take as long as the upstream needs; only a client that
         // stopped reading what it is sent is cut.

@@ -351,7 +351,7 @@ async fn put<S: AsyncRead + AsyncWrite + Unpin>(
 /// The `Date` value, formatted once a second per thread (as hyper caches it).
 mod date {
     use std::cell::RefCell;
-    use std::time::{SystemTime, UNIX_EPOCH};
+    use std::time::{Duration, UNIX_EPOCH};
 
     /// `Sun, 06 Nov 1994 08:49:37 GMT`
     const LEN: usize = 29;
@@ -361,12 +361,12 @@ mod date {
     }
 
     pub(super) fn extend(out: &mut Vec<u8>) {
-        let now = SystemTime::now();
-        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        // Whole seconds: the kernel's last tick is enough (see `crate::clock`).
+        let secs = crate::clock::coarse_unix_secs();
         CACHED.with(|c| {
             let mut c = c.borrow_mut();
             if c.0 != secs {
-                let s = httpdate::fmt_http_date(now);
+                let s = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
                 if s.len() == LEN {
                     c.1.copy_from_slice(s.as_bytes());
                     c.0 = secs;
