@@ -220,11 +220,7 @@ impl FramingFacts {
             }
             Kind::ContentLength => {
                 for part in tokens() {
-                    let n = Some(part)
-                        .filter(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit))
-                        .and_then(|p| std::str::from_utf8(p).ok())
-                        .and_then(|p| p.parse::<u64>().ok())
-                        .ok_or("invalid content-length");
+                    let n = decimal(part).ok_or("invalid content-length");
                     self.length = Some(match (self.length.take(), n) {
                         (_, Err(e)) | (Some(Err(e)), _) => Err(e),
                         (Some(Ok(l)), Ok(n)) if l != n => Err("conflicting content-length values"),
@@ -250,6 +246,22 @@ impl FramingFacts {
             !self.close
         }
     }
+}
+
+/// A `Content-Length` element: digits only (RFC 9110 §8.6), as a `u64`; `None` for
+/// anything else or a value past `u64::MAX`. By hand: a UTF-8 check and `str::parse`
+/// cost ~150 instructions more per response.
+pub(super) fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(d))
+    })
 }
 
 /// The body's framing (RFC 9112 §6.3), and whether it leaves the connection reusable.

@@ -81,6 +81,9 @@ fn bad_heads_are_protocol_errors() {
         "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
         "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
         "HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 5a\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 18446744073709551616\r\n\r\n",
         "HTTP/1.1 999x OK\r\n\r\n",
         "garbage\r\n\r\n",
     ] {
@@ -102,6 +105,30 @@ fn bad_heads_are_protocol_errors() {
             ..
         }))
     ));
+}
+
+#[test]
+fn content_length_digits_read_as_str_parse_reads_them() {
+    for v in [
+        "0",
+        "7",
+        "0042",
+        "18446744073709551615",
+        "18446744073709551616",
+        "99999999999999999999",
+        "",
+        "+1",
+        "-1",
+        "1 2",
+        "1_0",
+        "٣",
+        "0x10",
+    ] {
+        let std = Some(v)
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|v| v.parse::<u64>().ok());
+        assert_eq!(decimal(v.as_bytes()), std, "{v:?}");
+    }
 }
 
 #[test]
