@@ -115,7 +115,7 @@ impl<'a> Iterator for Iter<'a> {
 
 /// A request head as the client sent it, with the edits its upstream copy gets: fields
 /// left out, and fields graylane sets in their place, written after the kept ones.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Received {
     head: Bytes,
     /// Name start and end, value start and end, in `head`, in the order received; a
@@ -127,37 +127,60 @@ pub struct Received {
     /// and the `Host` checks read them on every request.
     host: Option<u32>,
     hosts: u32,
-    /// Some field's name is as long as a hop-by-hop field's (see [`Received::new`]).
+    /// Some field's name is as long as a hop-by-hop field's (see [`Tally::note`]).
     maybe_hop_by_hop: bool,
 }
 
-impl Received {
-    /// The fields at `spans` in `head`: names httparse took as tokens (which `http`
-    /// takes too), shorter than 64 KiB and lowercase; values httparse took.
-    pub(crate) fn new(head: Bytes, spans: Vec<[u32; 4]>) -> Self {
-        let mut host = None;
-        let mut hosts = 0;
-        let mut maybe_hop_by_hop = false;
-        for (i, &[ns, ne, _, _]) in spans.iter().enumerate() {
-            let name = &head[ns as usize..ne as usize];
-            match name.len() {
-                4 if name == b"host" => {
-                    host = host.or(Some(i as u32));
-                    hosts += 1;
-                }
-                // te, upgrade, connection and keep-alive, proxy-*, transfer-encoding.
-                2 | 7 | 10 | 16..=19 => maybe_hop_by_hop = true,
-                _ => {}
+/// What [`Received`] notes of the field names as a head is read, so that routing and the
+/// hop-by-hop strip need not look at them again: the loop's parse notes each name while
+/// it looks at it for its own checks.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Tally {
+    host: Option<u32>,
+    hosts: u32,
+    maybe_hop_by_hop: bool,
+}
+
+impl Tally {
+    /// Notes field number `i`, named `name` in any case.
+    pub(crate) fn note(&mut self, i: usize, name: &[u8]) {
+        match name.len() {
+            4 if name.eq_ignore_ascii_case(b"host") => {
+                self.host = self.host.or(Some(i as u32));
+                self.hosts += 1;
             }
+            // te, upgrade, connection and keep-alive, proxy-*, transfer-encoding.
+            2 | 7 | 10 | 16..=19 => self.maybe_hop_by_hop = true,
+            _ => {}
         }
-        Self {
-            head,
-            spans,
-            extra: Vec::new(),
-            host,
-            hosts,
-            maybe_hop_by_hop,
-        }
+    }
+}
+
+impl Received {
+    /// Room for the positions of `count` fields, zeroed, for the next head of a
+    /// connection: the loop keeps one `Received` and reuses its allocations.
+    pub(crate) fn spans_for(&mut self, count: usize) -> &mut [[u32; 4]] {
+        self.spans.clear();
+        self.spans.resize(count, [0; 4]);
+        &mut self.spans
+    }
+
+    /// Takes `head`, whose fields are at the positions [`Received::spans_for`] gave room
+    /// for (names httparse took as tokens, which `http` takes too, shorter than 64 KiB
+    /// and lowercase; values httparse took), with what `tally` noted of their names.
+    pub(crate) fn refill(&mut self, head: Bytes, tally: Tally) {
+        self.head = head;
+        self.extra.clear();
+        self.host = tally.host;
+        self.hosts = tally.hosts;
+        self.maybe_hop_by_hop = tally.maybe_hop_by_hop;
+    }
+
+    /// Lets go of the head (the allocations for positions stay): the connection's read
+    /// buffer it was split from is then whole again, and reused rather than replaced
+    /// for the next read.
+    pub(crate) fn release(&mut self) {
+        self.head = Bytes::new();
     }
 
     /// Whether a field may be hop-by-hop: when not, there is nothing to strip.

@@ -42,17 +42,28 @@ pub(crate) fn shared_with_rules(rules: &str) -> std::sync::Arc<crate::state::Sha
     std::sync::Arc::new(crate::state::Shared::new(cfg, compiled).expect("test state"))
 }
 
-/// A request head as graylane's own HTTP/1.1 loop keeps it: field positions in the
-/// bytes, names lowercased.
+/// A request head as graylane's own HTTP/1.1 loop keeps it: read by the loop's parse
+/// when the loop serves such a head. One it hands to hyper (`TE`, `Upgrade`, a body) is
+/// read the same way here (field positions in the bytes, names lowercased), for tests of
+/// the edits that must hold for every received head.
 pub(crate) fn received(raw: &str) -> Received {
+    if let Some(r) = crate::server::received(raw) {
+        return r;
+    }
     let mut bytes = raw.as_bytes().to_vec();
     let mut fields = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut fields);
     let Ok(httparse::Status::Complete(_)) = req.parse(raw.as_bytes()) else {
         panic!("not a head: {raw:?}");
     };
-    let mut spans = vec![[0u32; 4]; req.headers.len()];
-    crate::upstream::h1::field_spans(raw.as_bytes(), req.headers, &mut spans);
-    crate::upstream::h1::lowercase_names(&mut bytes, &spans);
-    Received::new(bytes::Bytes::from(bytes), spans)
+    let mut tally = crate::fields::Tally::default();
+    for (i, f) in req.headers.iter().enumerate() {
+        tally.note(i, f.name.as_bytes());
+    }
+    let mut r = Received::default();
+    let spans = r.spans_for(req.headers.len());
+    crate::upstream::h1::field_spans(raw.as_bytes(), req.headers, spans);
+    crate::upstream::h1::lowercase_names(&mut bytes, spans);
+    r.refill(bytes::Bytes::from(bytes), tally);
+    r
 }

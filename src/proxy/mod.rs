@@ -61,7 +61,7 @@ pub(crate) async fn handle(
 /// `timer`: the connection's own for `upstream_response` (see `Forward::reuse_timer`).
 pub(crate) async fn handle_bodiless(
     parts: http::request::Parts,
-    fields: Received,
+    fields: &mut Received,
     timer: Pin<&mut Sleep>,
     shared: &Arc<Shared>,
     conn: &ConnCtx,
@@ -85,7 +85,7 @@ pub(crate) async fn handle_bodiless(
 #[allow(clippy::too_many_arguments)]
 async fn route(
     mut parts: http::request::Parts,
-    mut received: Option<Received>,
+    mut received: Option<&mut Received>,
     timer: Option<Pin<&mut Sleep>>,
     body: Replay,
     client_upgrade: Option<OnUpgrade>,
@@ -96,18 +96,18 @@ async fn route(
     if parts.method == http::Method::CONNECT {
         return refuse_unrouted(shared, conn, start, Refusal::Connect);
     }
-    let head = Fields::of(&parts.headers, received.as_ref());
+    let head = Fields::of(&parts.headers, received.as_deref());
     if let Some(refusal) = host_problem(parts.version, head) {
         return refuse_unrouted(shared, conn, start, refusal);
     }
 
     // === markers: from trusted peers only ===
-    let markers = read_markers(shared, conn, &mut parts, received.as_mut());
+    let markers = read_markers(shared, conn, &mut parts, received.as_deref_mut());
 
     // === decide: service, then the live rules ===
     let live = shared.live.load();
     let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let head = Fields::of(&parts.headers, received.as_ref());
+    let head = Fields::of(&parts.headers, received.as_deref());
     let host = request_host(&parts.uri, head);
     // Sampled up front: the host is kept (copied) for the access log only then.
     let sampled = shared.sample_access().then(|| host.map(str::to_owned));
@@ -150,7 +150,7 @@ async fn route(
 
     // === forward: the upstream head, then the attempts ===
     let rule_value = live.rule_values.get(hit).cloned();
-    let added = match received.as_mut() {
+    let added = match received.as_deref_mut() {
         Some(r) => headers::prepare_received(r, shared, conn, rule_value.as_ref()),
         None => headers::prepare_request(
             &mut parts,
@@ -164,7 +164,7 @@ async fn route(
     let copy = (client_upgrade.is_none() && svc.pools[decided].id == STABLE)
         .then(|| {
             let no_body = matches!(body, Replay::Empty);
-            mirror_head(svc, &parts, received.as_ref(), markers.uid, no_body)
+            mirror_head(svc, &parts, received.as_deref(), markers.uid, no_body)
         })
         .flatten()
         .map(|mut h| {
@@ -183,7 +183,7 @@ async fn route(
         &parts.method,
         &parts.uri,
         head,
-        received.as_ref(),
+        received.as_deref(),
         added,
         body,
     );

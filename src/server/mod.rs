@@ -18,6 +18,8 @@
 mod conn;
 mod gate;
 mod lean;
+#[cfg(test)]
+pub(crate) use lean::received;
 mod sockio;
 pub(crate) mod tls;
 

@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::conn::{ConnIo, ConnState, InFlight};
 use super::gate::Gate;
-use crate::fields::Received;
+use crate::fields::{Received, Tally};
 use crate::proxy;
 use crate::state::{ConnCtx, Shared};
 use crate::upstream::h1::{field_spans, lowercase_names};
@@ -201,9 +201,8 @@ where
 
 /// A request head the loop serves itself.
 struct Head {
-    /// Method, target and version; the fields are in `fields`.
+    /// Method, target and version; the fields are in the loop's `Received`.
     parts: http::request::Parts,
-    fields: Received,
     /// The client asked to close after this response (`Connection: close`).
     close: bool,
 }
@@ -235,6 +234,8 @@ where
     // `upstream_response` for every request of the connection: set again per attempt,
     // it stays in tokio's timer wheel (see `Forward::reuse_timer`).
     let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
+    // Each request's fields, kept for the next one's (its positions' allocation reused).
+    let mut fields = Received::default();
     loop {
         let head = loop {
             if state.h2.load(Ordering::Relaxed) {
@@ -242,7 +243,7 @@ where
             }
             skip_empty_lines(&mut buf);
             if !buf.is_empty() {
-                match parse(&mut buf, max) {
+                match parse(&mut buf, max, &mut fields) {
                     Parsed::Lean(h) => break h,
                     Parsed::Hyper => return handoff(io, buf),
                     Parsed::Partial => {}
@@ -266,28 +267,32 @@ where
         };
         let inflight = InFlight::new(state.clone());
         let head_only = head.parts.method == Method::HEAD;
-        let resp = proxy::handle_bodiless(head.parts, head.fields, timer.as_mut(), &shared, &ctx);
-        tokio::pin!(resp);
-        // As hyper does, a client that closes while its answer is awaited cancels the
-        // request (a pipelined byte stops the watch: the buffer is not empty then). The
-        // client's socket is looked at only when it woke the task, not on the upstream's
-        // wake-ups too.
-        gate.open();
-        let resp = poll_fn(|cx| {
-            if let Poll::Ready(r) = resp.as_mut().poll(cx) {
-                return Poll::Ready(Some(r));
-            }
-            if !buf.is_empty() {
-                return Poll::Pending;
-            }
-            gate.poll(cx, |cx| {
-                match tokio_util::io::poll_read_buf(Pin::new(&mut io), cx, &mut buf) {
-                    Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(None),
-                    Poll::Ready(Ok(_)) | Poll::Pending => Poll::Pending,
+        let resp = {
+            let resp =
+                proxy::handle_bodiless(head.parts, &mut fields, timer.as_mut(), &shared, &ctx);
+            tokio::pin!(resp);
+            // As hyper does, a client that closes while its answer is awaited cancels the
+            // request (a pipelined byte stops the watch: the buffer is not empty then).
+            // The client's socket is looked at only when it woke the task, not on the
+            // upstream's wake-ups too.
+            gate.open();
+            poll_fn(|cx| {
+                if let Poll::Ready(r) = resp.as_mut().poll(cx) {
+                    return Poll::Ready(Some(r));
                 }
+                if !buf.is_empty() {
+                    return Poll::Pending;
+                }
+                gate.poll(cx, |cx| {
+                    match tokio_util::io::poll_read_buf(Pin::new(&mut io), cx, &mut buf) {
+                        Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(None),
+                        Poll::Ready(Ok(_)) | Poll::Pending => Poll::Pending,
+                    }
+                })
             })
-        })
-        .await;
+            .await
+        };
+        fields.release();
         let Some(resp) = resp else {
             return Exit::Closed;
         };
@@ -325,7 +330,7 @@ fn handoff<S>(io: ConnIo<S>, buf: BytesMut) -> Exit<ConnIo<S>> {
 }
 
 /// Parses the head at the front of `buf`; consumes it only when the loop serves it.
-fn parse(buf: &mut BytesMut, max: usize) -> Parsed {
+fn parse(buf: &mut BytesMut, max: usize, received: &mut Received) -> Parsed {
     let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
     let mut req = httparse::Request::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -354,8 +359,10 @@ fn parse(buf: &mut BytesMut, max: usize) -> Parsed {
     }
     let mut close = false;
     let mut length_seen = false;
-    for f in req.headers.iter() {
+    let mut tally = Tally::default();
+    for (i, f) in req.headers.iter().enumerate() {
         let n = f.name.as_bytes();
+        tally.note(i, n);
         if n.len() > MAX_NAME {
             // Over what `http` takes as a name: hyper refuses it.
             return Parsed::Hyper;
@@ -380,16 +387,15 @@ fn parse(buf: &mut BytesMut, max: usize) -> Parsed {
     // `max` keeps heads below 4 GiB: positions fit in `u32` (see `field_spans`).
     let at = path.as_ptr() as usize - buf.as_ptr() as usize;
     let target = [at as u32, (at + path.len()) as u32];
-    let mut spans = vec![[0u32; 4]; req.headers.len()];
-    field_spans(buf, req.headers, &mut spans);
-    lowercase_names(buf, &spans);
+    let spans = received.spans_for(req.headers.len());
+    field_spans(buf, req.headers, spans);
+    lowercase_names(buf, spans);
     let head = buf.split_to(len).freeze();
     match build(&head, method, target) {
-        Some(parts) => Parsed::Lean(Head {
-            parts,
-            fields: Received::new(head, spans),
-            close,
-        }),
+        Some(parts) => {
+            received.refill(head, tally);
+            Parsed::Lean(Head { parts, close })
+        }
         None => {
             // hyper refuses what `http` does not take: put the head back for it.
             let mut back = BytesMut::with_capacity(head.len() + buf.len());
@@ -398,6 +404,18 @@ fn parse(buf: &mut BytesMut, max: usize) -> Parsed {
             *buf = back;
             Parsed::Hyper
         }
+    }
+}
+
+/// The fields of the head `raw` as the loop keeps them after its own parse, for the
+/// tests of what the request path does with them; `None` for a head it leaves to hyper.
+#[cfg(test)]
+pub(crate) fn received(raw: &str) -> Option<Received> {
+    let mut buf = BytesMut::from(raw.as_bytes());
+    let mut received = Received::default();
+    match parse(&mut buf, usize::MAX, &mut received) {
+        Parsed::Lean(_) => Some(received),
+        Parsed::Partial | Parsed::Hyper => None,
     }
 }
 
@@ -432,7 +450,10 @@ mod tests {
     fn only_plain_heads_are_served_by_the_loop() {
         let lean = |raw: &str| {
             let mut b = BytesMut::from(raw);
-            matches!(parse(&mut b, 65536), Parsed::Lean(_))
+            matches!(
+                parse(&mut b, 65536, &mut Received::default()),
+                Parsed::Lean(_)
+            )
         };
         assert!(lean("GET / HTTP/1.1\r\nHost: t\r\n\r\n"));
         assert!(lean(
@@ -452,7 +473,13 @@ mod tests {
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
         ] {
             let mut b = BytesMut::from(hyper);
-            assert!(matches!(parse(&mut b, 65536), Parsed::Hyper), "{hyper:?}");
+            assert!(
+                matches!(
+                    parse(&mut b, 65536, &mut Received::default()),
+                    Parsed::Hyper
+                ),
+                "{hyper:?}"
+            );
             // What hyper gets is every byte, the head included.
             assert_eq!(&b[..], hyper.as_bytes());
         }
@@ -463,11 +490,20 @@ mod tests {
         );
         // (Its names lowercase by then, which hyper reads as it reads any case.)
         let mut b = BytesMut::from(long.as_str());
-        assert!(matches!(parse(&mut b, 1 << 20), Parsed::Hyper));
+        assert!(matches!(
+            parse(&mut b, 1 << 20, &mut Received::default()),
+            Parsed::Hyper
+        ));
         assert_eq!(&b[..], long.replace("Host", "host").as_bytes());
         let mut b = BytesMut::from("GET / HTTP/1.1\r\nHost: t\r\n");
-        assert!(matches!(parse(&mut b, 65536), Parsed::Partial));
+        assert!(matches!(
+            parse(&mut b, 65536, &mut Received::default()),
+            Parsed::Partial
+        ));
         let mut b = BytesMut::from("GET / HTTP/1.1\r\nHost: t\r\n");
-        assert!(matches!(parse(&mut b, 16), Parsed::Hyper));
+        assert!(matches!(
+            parse(&mut b, 16, &mut Received::default()),
+            Parsed::Hyper
+        ));
     }
 }
