@@ -31,7 +31,7 @@ impl Head {
         conn: Conn,
         addr: SocketAddr,
         upload: Option<Box<Upload>>,
-    ) -> Response<H1Body> {
+    ) -> Response<Box<H1Body>> {
         let mut body = H1Body {
             conn: Some(conn),
             addr,
@@ -45,7 +45,7 @@ impl Head {
             body.framing = Framing::Done;
             body.finish();
         }
-        let mut resp = Response::new(body);
+        let mut resp = Response::new(Box::new(body));
         *resp.status_mut() = self.status;
         *resp.version_mut() = self.version;
         *resp.headers_mut() = self.headers;

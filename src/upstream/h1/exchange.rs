@@ -45,7 +45,7 @@ pub(super) async fn exchange(
     received: Option<&Received>,
     added: &[(&HeaderName, &HeaderValue)],
     body: &mut UpBody,
-) -> Result<Response<H1Body>, Exchange> {
+) -> Result<Response<Box<H1Body>>, Exchange> {
     let raw = received.is_some();
     let framing = match body {
         UpBody::Empty => ReqFraming::None,

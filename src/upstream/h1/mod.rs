@@ -126,7 +126,7 @@ pub(crate) async fn send(
     added: &[(&HeaderName, &HeaderValue)],
     connect_timeout: Duration,
     received: Option<&Received>,
-) -> Result<Response<H1Body>, SendFailure> {
+) -> Result<Response<Box<H1Body>>, SendFailure> {
     let (parts, mut body) = req.into_parts();
     while let Some(conn) = take(addr) {
         if !conn.idle_usable() {
