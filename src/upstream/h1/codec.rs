@@ -250,7 +250,7 @@ impl FramingFacts {
 
 /// A `Content-Length` element: digits only (RFC 9110 §8.6), as a `u64`; `None` for
 /// anything else or a value past `u64::MAX`. By hand: a UTF-8 check and `str::parse`
-/// cost ~150 instructions more per response.
+/// cost ~120 instructions more per response.
 pub(super) fn decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() {
         return None;
