@@ -176,11 +176,16 @@ impl Received {
         self.maybe_hop_by_hop = tally.maybe_hop_by_hop;
     }
 
-    /// Lets go of the head (the allocations for positions stay): the connection's read
-    /// buffer it was split from is then whole again, and reused rather than replaced
-    /// for the next read.
+    /// Lets go of the head and forgets its fields (the allocations for them stay): the
+    /// connection's read buffer it was split from is then usually whole again (not while
+    /// a mirror copy still holds the target), and reused rather than replaced for the
+    /// next read.
     pub(crate) fn release(&mut self) {
         self.head = Bytes::new();
+        self.spans.clear();
+        self.extra.clear();
+        self.host = None;
+        self.hosts = 0;
     }
 
     /// Whether a field may be hop-by-hop: when not, there is nothing to strip.

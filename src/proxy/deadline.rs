@@ -17,9 +17,10 @@ pub(super) enum Deadline {
 }
 
 /// Resolves when the attempt has waited too long. `upstream_response` counts from the
-/// last request byte, not through an upload; during the upload it cuts only an upload
-/// that stops moving for that long, and whose fault that is depends on which side it
-/// was waiting for.
+/// attempt's start (connecting and sending included) or, with an upload, from its last
+/// byte, not through the upload; during the upload it cuts only an upload that stops
+/// moving for that long, and whose fault that is depends on which side it was waiting
+/// for.
 ///
 /// `from`: when the attempt began (for a first attempt, the request's start: microseconds
 /// earlier, and one clock read fewer per request). `timer`: the connection's own, for a

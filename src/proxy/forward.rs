@@ -121,7 +121,8 @@ pub(super) struct Forward<'a> {
     pub(super) guard: Option<&'a GuardState>,
     /// The guard admitted this request to gray (a fallback to stable clears it).
     pub(super) gray_admitted: bool,
-    /// When the request arrived, for the latency the guard compares.
+    /// When the request arrived, for the latency the guard compares; the first attempt's
+    /// `upstream_response` runs from it too.
     pub(super) start: std::time::Instant,
     /// `hash_uid`'s affinity key.
     pub(super) hash_key: Option<u64>,
