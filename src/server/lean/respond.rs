@@ -59,20 +59,36 @@ fn encode_head(
         close,
         wrote_close: false,
     };
-    // An HTTP/1.1 upstream's fields as received come first, then what graylane added.
+    // An HTTP/1.1 upstream's fields as received come first, then what graylane added. A
+    // run of kept lines the upstream wrote as `name: value` CRLF, one after another, is
+    // copied as it came, in one piece (as the request's are: `Received::write`).
     if let Some(raw) = raw {
-        for (name, value) in raw.iter() {
-            seen.field(out, name, value, len, head_only)?;
+        let head = raw.head();
+        let mut run = 0..0;
+        for (name, value, line) in raw.lines() {
+            if !seen.field(name, value, len, head_only)? {
+                continue;
+            }
+            match line {
+                Some(l) if !run.is_empty() && run.end == l.start => run.end = l.end,
+                Some(l) => {
+                    out.extend_from_slice(&head[run]);
+                    run = l;
+                }
+                None => {
+                    out.extend_from_slice(&head[run]);
+                    run = 0..0;
+                    crate::fields::put(out, name, value);
+                }
+            }
         }
+        out.extend_from_slice(&head[run]);
     }
     for (name, value) in &resp.headers {
-        seen.field(
-            out,
-            name.as_str().as_bytes(),
-            value.as_bytes(),
-            len,
-            head_only,
-        )?;
+        let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
+        if seen.field(name, value, len, head_only)? {
+            crate::fields::put(out, name, value);
+        }
     }
     let Seen {
         framing,
@@ -129,23 +145,23 @@ struct Seen {
 }
 
 impl Seen {
-    /// Writes one field (its name lowercased, as hyper writes names), noting what it
-    /// says; `None` for a `Content-Length` that frames nothing readable.
+    /// Notes what one field says and whether it is written as it is (its name
+    /// lowercased, as hyper writes names); `None` for a `Content-Length` that frames
+    /// nothing readable.
     fn field(
         &mut self,
-        out: &mut Vec<u8>,
         name: &[u8],
         value: &[u8],
         len: Option<Option<u64>>,
         head_only: bool,
-    ) -> Option<()> {
+    ) -> Option<bool> {
         // Names come lowercase: a map's, and those kept as received (lowercased as the
         // upstream's head was read).
         let is = |n: &str| name == n.as_bytes();
         match name.len() {
             14 if is("content-length") => {
                 if self.framing.is_some() {
-                    return Some(());
+                    return Some(false);
                 }
                 let n = match len {
                     Some(Some(n)) => n,
@@ -153,12 +169,12 @@ impl Seen {
                     // No body: the field is kept only in an answer to HEAD, where it
                     // tells the length a GET would have had.
                     None if head_only => 0,
-                    None => return Some(()),
+                    None => return Some(false),
                 };
                 self.framing = Some(Framing::Length(n));
             }
             // The framing toward the client is graylane's to choose.
-            17 if is("transfer-encoding") => return Some(()),
+            17 if is("transfer-encoding") => return Some(false),
             10 if is("connection") && has_token(value, b"close") => {
                 self.close = true;
                 self.wrote_close = true;
@@ -166,8 +182,7 @@ impl Seen {
             4 if is("date") => self.wrote_date = true,
             _ => {}
         }
-        crate::fields::put(out, name, value);
-        Some(())
+        Some(true)
     }
 }
 
@@ -433,6 +448,29 @@ mod tests {
         // A status without a canonical reason still gets one.
         let h = head_of(599, &[("date", "x")], "", false);
         assert!(h.starts_with("HTTP/1.1 599 <none>\r\n"), "{h}");
+    }
+
+    /// An upstream's fields kept as received are written as they came, a run of lines in
+    /// the form graylane writes copied whole, any other line rewritten; what graylane
+    /// leaves out (hop-by-hop fields) splits a run.
+    #[test]
+    fn fields_kept_as_received_are_written_as_fields_are() {
+        let raw = crate::upstream::h1::raw_fields(
+            b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: x\r\nContent-Type: text/plain\r\n\
+              Content-Length: 5\r\nConnection: keep-alive\r\nX-Clean: 1\r\nX-Odd:  spaced \r\n\
+              X-Tail:v\r\nKeep-Alive: timeout=5\r\nX-Last: 1\r\nX-After: 2\r\n\r\n",
+        );
+        let (parts, body) = Response::new(DownBody::full("hello")).into_parts();
+        let mut out = Vec::new();
+        let (framing, close) =
+            encode_head(&mut out, &parts, Some(&raw), &body, false, false).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nserver: nginx\r\ndate: x\r\ncontent-type: text/plain\r\n\
+             content-length: 5\r\nx-clean: 1\r\nx-odd: spaced\r\nx-tail: v\r\nx-last: 1\r\n\
+             x-after: 2\r\n\r\n"
+        );
+        assert_eq!((framing, close), (Framing::Length(5), false));
     }
 
     #[test]

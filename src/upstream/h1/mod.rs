@@ -47,6 +47,18 @@ use crate::fields::Received;
 use exchange::{exchange, Exchange};
 use idle::{take, Conn};
 
+/// A response head's fields as the client of the own loop gets them kept, read from
+/// `wire` (a whole head) as an exchange reads them, for tests of how they are written.
+#[cfg(test)]
+pub(crate) fn raw_fields(wire: &[u8]) -> Box<RawFields> {
+    let mut buf = bytes::BytesMut::from(wire);
+    let head = codec::parse_head(&mut buf, &http::Method::GET, true);
+    head.ok()
+        .flatten()
+        .and_then(|h| h.raw)
+        .expect("a head kept as received")
+}
+
 /// Most header fields a response head may carry (hyper's limit too).
 const MAX_HEADERS: usize = 100;
 /// Most trailer fields a chunked body may end with.

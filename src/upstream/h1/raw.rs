@@ -6,6 +6,8 @@
 //! strip_hop_by_hop` on a response that is not a `101`): the hop-by-hop fields, the
 //! fields `Connection` names, and a `Content-Length` that `Transfer-Encoding` overrides.
 
+use std::ops::Range;
+
 use bytes::Bytes;
 use http::header::HeaderMap;
 use http::{Method, StatusCode, Version};
@@ -27,11 +29,30 @@ pub(crate) struct RawFields {
 
 impl RawFields {
     /// Each kept field as (name, value), the name lowercase.
+    #[cfg(test)]
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.spans[..self.count].iter().map(|&[ns, ne, vs, ve]| {
-            let at = |i: u32| i as usize;
-            (&self.head[at(ns)..at(ne)], &self.head[at(vs)..at(ve)])
-        })
+        self.lines().map(|(name, value, _)| (name, value))
+    }
+
+    /// Each kept field as (name, value, line), the name lowercase; `line` is where the
+    /// whole field line sits in [`RawFields::head`] when the upstream wrote it as
+    /// graylane writes one (`name: value` CRLF), so it can be copied as it came.
+    pub(crate) fn lines(&self) -> impl Iterator<Item = (&[u8], &[u8], Option<Range<usize>>)> {
+        let head = &self.head[..];
+        self.spans[..self.count]
+            .iter()
+            .map(move |&[ns, ne, vs, ve]| {
+                let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
+                let clean = vs == ne + 2
+                    && head.get(ne..vs) == Some(b": ")
+                    && head.get(ve..ve + 2) == Some(b"\r\n");
+                (&head[ns..ne], &head[vs..ve], clean.then_some(ns..ve + 2))
+            })
+    }
+
+    /// The head the fields are in.
+    pub(crate) fn head(&self) -> &[u8] {
+        &self.head
     }
 }
 
