@@ -33,6 +33,8 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::ops::Range;
 use std::path::Path;
 
+use crate::markers::parse_u64;
+
 /// One range by default would miss the target by a lot whenever big accounts split the
 /// uid line; three is still a rule a person can read, and the shortfall rule means the
 /// extra ranges only appear when they are needed.
@@ -317,19 +319,6 @@ fn is_header(line: &[u8]) -> bool {
     let named =
         |f: Option<&[u8]>| f.is_some_and(|f| f.first().is_some_and(|b| !b.is_ascii_digit()));
     named(fields.next()) && named(fields.next()) && fields.next().is_none()
-}
-
-fn parse_u64(s: &[u8]) -> Option<u64> {
-    if s.is_empty() {
-        return None;
-    }
-    s.iter().try_fold(0u64, |n, &b| {
-        let d = b.wrapping_sub(b'0');
-        if d > 9 {
-            return None;
-        }
-        n.checked_mul(10)?.checked_add(u64::from(d))
-    })
 }
 
 fn trim(s: &[u8]) -> &[u8] {
