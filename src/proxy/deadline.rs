@@ -28,11 +28,10 @@ pub(super) enum Deadline {
 /// deadline; without it, a new one.
 pub(super) async fn response_deadline(
     upload: Option<&ReclaimableBody>,
-    from: Instant,
+    mut from: Instant,
     timeout: Duration,
     timer: Option<&mut Pin<&mut Sleep>>,
 ) -> Deadline {
-    let mut from = from;
     if let Some(b) = upload {
         loop {
             let before = b.progress();

@@ -13,6 +13,7 @@ use http_body::Frame;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::has_token;
+use crate::fields::LineCopy;
 use crate::server::conn::ConnIo;
 use crate::upstream::h1::RawFields;
 use crate::upstream::{DownBody, DownBodyError};
@@ -59,30 +60,17 @@ fn encode_head(
         close,
         wrote_close: false,
     };
-    // An HTTP/1.1 upstream's fields as received come first, then what graylane added. A
-    // run of kept lines the upstream wrote as `name: value` CRLF, one after another, is
-    // copied as it came, in one piece (as the request's are: `Received::write`).
+    // An HTTP/1.1 upstream's fields as received come first (copied a run of lines at a
+    // time, as the request's are), then what graylane added.
     if let Some(raw) = raw {
-        let head = raw.head();
-        let mut run = 0..0;
-        for (name, value, line) in raw.lines() {
-            if !seen.field(name, value, len, head_only)? {
-                continue;
-            }
-            match line {
-                Some(l) if !run.is_empty() && run.end == l.start => run.end = l.end,
-                Some(l) => {
-                    out.extend_from_slice(&head[run]);
-                    run = l;
-                }
-                None => {
-                    out.extend_from_slice(&head[run]);
-                    run = 0..0;
-                    crate::fields::put(out, name, value);
-                }
+        let mut lines = LineCopy::new(raw.head());
+        for span in raw.spans() {
+            let (name, value) = raw.field(span);
+            if seen.field(name, value, len, head_only)? {
+                lines.field(out, span);
             }
         }
-        out.extend_from_slice(&head[run]);
+        lines.finish(out);
     }
     for (name, value) in &resp.headers {
         let (name, value) = (name.as_str().as_bytes(), value.as_bytes());

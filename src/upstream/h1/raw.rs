@@ -6,8 +6,6 @@
 //! strip_hop_by_hop` on a response that is not a `101`): the hop-by-hop fields, the
 //! fields `Connection` names, and a `Content-Length` that `Transfer-Encoding` overrides.
 
-use std::ops::Range;
-
 use bytes::Bytes;
 use http::header::HeaderMap;
 use http::{Method, StatusCode, Version};
@@ -31,23 +29,19 @@ impl RawFields {
     /// Each kept field as (name, value), the name lowercase.
     #[cfg(test)]
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.lines().map(|(name, value, _)| (name, value))
+        self.spans().map(|span| self.field(span))
     }
 
-    /// Each kept field as (name, value, line), the name lowercase; `line` is where the
-    /// whole field line sits in [`RawFields::head`] when the upstream wrote it as
-    /// graylane writes one (`name: value` CRLF), so it can be copied as it came.
-    pub(crate) fn lines(&self) -> impl Iterator<Item = (&[u8], &[u8], Option<Range<usize>>)> {
-        let head = &self.head[..];
-        self.spans[..self.count]
-            .iter()
-            .map(move |&[ns, ne, vs, ve]| {
-                let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
-                let clean = vs == ne + 2
-                    && head.get(ne..vs) == Some(b": ")
-                    && head.get(ve..ve + 2) == Some(b"\r\n");
-                (&head[ns..ne], &head[vs..ve], clean.then_some(ns..ve + 2))
-            })
+    /// Where each kept field sits in [`RawFields::head`]: name start and end, value start
+    /// and end.
+    pub(crate) fn spans(&self) -> impl Iterator<Item = [u32; 4]> + '_ {
+        self.spans[..self.count].iter().copied()
+    }
+
+    /// The field at `span` as (name, value), the name lowercase.
+    pub(crate) fn field(&self, [ns, ne, vs, ve]: [u32; 4]) -> (&[u8], &[u8]) {
+        let at = |i: u32| i as usize;
+        (&self.head[at(ns)..at(ne)], &self.head[at(vs)..at(ve)])
     }
 
     /// The head the fields are in.
