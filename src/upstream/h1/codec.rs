@@ -164,8 +164,48 @@ pub(crate) fn field_spans(buf: &[u8], fields: &[httparse::Header<'_>], out: &mut
 /// writes them: a head kept as received then compares names byte for byte.
 pub(crate) fn lowercase_names(buf: &mut [u8], spans: &[[u32; 4]]) {
     for &[ns, ne, _, _] in spans {
-        buf[ns as usize..ne as usize].make_ascii_lowercase();
+        if let Some(name) = buf.get_mut(ns as usize..ne as usize) {
+            lowercase(name);
+        }
     }
+}
+
+/// `make_ascii_lowercase` eight bytes at a time. Names are mostly 4–14 bytes, where a
+/// byte loop spends more on its branches than on the bytes (every request and response
+/// head has its names lowercased). Lowercasing twice changes nothing, so the last word
+/// may overlap the one before it.
+fn lowercase(name: &mut [u8]) {
+    let n = name.len();
+    if n >= 8 {
+        let mut at = 0;
+        while at + 8 <= n {
+            lower_word::<8>(&mut name[at..at + 8]);
+            at += 8;
+        }
+        if at < n {
+            lower_word::<8>(&mut name[n - 8..]);
+        }
+    } else if n >= 4 {
+        lower_word::<4>(&mut name[..4]);
+        lower_word::<4>(&mut name[n - 4..]);
+    } else {
+        name.make_ascii_lowercase();
+    }
+}
+
+/// Lowercases `N` (4 or 8) bytes as one word: a byte gets 0x20 added where it is `A`–`Z`.
+/// Each byte's low seven bits plus 0x3f reach 0x80 from `A` on, plus 0x25 from `[` on;
+/// neither sum carries into the next byte.
+fn lower_word<const N: usize>(bytes: &mut [u8]) {
+    let mut word = [0u8; 8];
+    word[..N].copy_from_slice(&bytes[..N]);
+    let x = u64::from_le_bytes(word);
+    let low7 = x & 0x7f7f_7f7f_7f7f_7f7f;
+    let from_a = low7 + 0x3f3f_3f3f_3f3f_3f3f;
+    let past_z = low7 + 0x2525_2525_2525_2525;
+    let upper = (from_a ^ past_z) & !x & 0x8080_8080_8080_8080;
+    let lowered = (x | (upper >> 2)).to_le_bytes();
+    bytes[..N].copy_from_slice(&lowered[..N]);
 }
 
 /// `Keep-Alive`, or a `Connection` that names nothing but `keep-alive`: hop-by-hop

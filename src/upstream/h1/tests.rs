@@ -451,3 +451,27 @@ fn raw_heads_keep_what_the_map_path_keeps() {
         assert!(parse_head(&mut buf, &Method::GET, true).is_err(), "{bad}");
     }
 }
+
+/// The word-at-a-time lowercasing against the byte loop it stands for: every byte value
+/// at every position of names 0 to 20 bytes long (the lengths that take each branch),
+/// with bytes around the name that must stay as they are.
+#[test]
+fn names_are_lowercased_as_make_ascii_lowercase_does() {
+    let base = b"Ab-Zz@[`{XyZ-Content-AZaz";
+    for len in 0..=20usize {
+        for pos in 0..len.max(1) {
+            for b in 0..=255u8 {
+                let mut name = base[..len].to_vec();
+                if len > 0 {
+                    name[pos] = b;
+                }
+                let mut buf = [b"Q:".as_slice(), &name, b"\xc0Z".as_slice()].concat();
+                let end = 2 + len as u32;
+                lowercase_names(&mut buf, &[[2, end, end, end]]);
+                let mut want = [b"Q:".as_slice(), &name, b"\xc0Z".as_slice()].concat();
+                want[2..2 + len].make_ascii_lowercase();
+                assert_eq!(buf, want, "length {len}, byte {b:#04x} at {pos}");
+            }
+        }
+    }
+}
