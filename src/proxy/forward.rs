@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, Uri};
+use http::{Method, Request, Uri};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::time::Sleep;
@@ -26,7 +26,7 @@ use crate::upstream::{Endpoint, Outcome as EndpointOutcome, PoolUpstream};
 
 use super::deadline::{response_deadline, Deadline};
 use super::headers::Added;
-use super::local;
+use super::{local, Answer};
 
 /// The request body across attempts: none (replayable at will), or the client's body,
 /// replayable until its first byte was read.
@@ -214,7 +214,7 @@ impl<'a> Forward<'a> {
     /// is a future built and then moved into its caller's, and the HTTP/1.1 exchange
     /// inside makes these futures kilobytes large (measured: ~600 instructions per request
     /// in `memcpy` for one more level).
-    pub(super) async fn run(&mut self) -> (Response<DownBody>, usize) {
+    pub(super) async fn run(&mut self) -> (Answer, usize) {
         loop {
             let Some(ep) = self.pick() else {
                 match self.nothing_to_pick() {
@@ -384,8 +384,8 @@ impl<'a> Forward<'a> {
     fn conclude(
         &mut self,
         ep: &Endpoint,
-        result: Result<Result<Response<DownBody>, Failed>, Deadline>,
-    ) -> Result<Response<DownBody>, (AttemptError, bool)> {
+        result: Result<Result<Answer, Failed>, Deadline>,
+    ) -> Result<Answer, (AttemptError, bool)> {
         let (error, message, connect) = match result {
             // RFC 9110 §7.8, §15.2.2: a server switches only to a protocol the client
             // asked for, and graylane only ever asks for WebSocket. Passing another 101
@@ -518,7 +518,7 @@ pub(super) async fn exchange(
     req: Request<UpBody>,
     added: &[(&HeaderName, &HeaderValue)],
     received: Option<&Received>,
-) -> Result<Response<DownBody>, Failed> {
+) -> Result<Answer, Failed> {
     match protocol {
         Protocol::Http1 => h1::send(
             ep.addr(),
@@ -529,7 +529,7 @@ pub(super) async fn exchange(
             received,
         )
         .await
-        .map(|resp| resp.map(DownBody::h1))
+        .map(|resp| Box::new(resp.map(DownBody::h1)))
         .map_err(|f| {
             let message = f.error.to_string();
             match f.error {
@@ -553,7 +553,7 @@ pub(super) async fn exchange(
             .h2_client()
             .request(req)
             .await
-            .map(|resp| resp.map(DownBody::h2))
+            .map(|resp| Box::new(resp.map(DownBody::h2)))
             .map_err(|e| Failed {
                 error: AttemptError::Upstream(upstream::classify(&e)),
                 message: e.to_string(),

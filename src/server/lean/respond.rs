@@ -7,13 +7,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::{Response, StatusCode};
+use http::StatusCode;
 use http_body::Body;
 use http_body::Frame;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::has_token;
 use crate::fields::LineCopy;
+use crate::proxy::Answer;
 use crate::server::conn::ConnIo;
 use crate::upstream::h1::RawFields;
 use crate::upstream::{DownBody, DownBodyError};
@@ -181,12 +182,12 @@ pub(super) async fn write_response<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut ConnIo<S>,
     buf: &mut BytesMut,
     out: &mut Vec<u8>,
-    resp: Response<DownBody>,
+    resp: Answer,
     head_only: bool,
     close: bool,
 ) -> bool {
     out.clear();
-    let (parts, mut body) = resp.into_parts();
+    let (parts, mut body) = (*resp).into_parts();
     let raw = body.take_raw();
     let Some((framing, close)) = encode_head(out, &parts, raw.as_deref(), &body, head_only, close)
     else {
@@ -384,6 +385,7 @@ mod date {
 mod tests {
     use super::*;
     use http::header::{HeaderName, HeaderValue};
+    use http::Response;
 
     fn head_of(status: u16, fields: &[(&str, &str)], body: &str, head_only: bool) -> String {
         let mut r = Response::new(DownBody::full(body.to_owned()));
