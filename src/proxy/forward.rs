@@ -227,7 +227,7 @@ impl<'a> Forward<'a> {
             if self.exclude.is_some() {
                 self.metrics.retries(self.pool).inc();
             }
-            let (protocol, req, added) = match self.prepare(&ep) {
+            let (attempt, added) = match self.prepare(&ep) {
                 Ok(x) => x,
                 Err(refusal) => return (local(refusal), self.pool),
             };
@@ -245,7 +245,7 @@ impl<'a> Forward<'a> {
                 _ => None,
             };
             let result = tokio::select! {
-                r = exchange(self.shared, protocol, &ep, req, added.fields(), self.received) => Ok(r),
+                r = exchange(self.shared, attempt, &ep, added.fields(), self.received) => Ok(r),
                 waited = response_deadline(upload, from, timeout, self.timer.as_mut()) => Err(waited),
             };
             drop(in_flight);
@@ -316,10 +316,7 @@ impl<'a> Forward<'a> {
 
     /// The request of the next attempt on `ep` with the fields its HTTP/1.1 encoder adds,
     /// or the refusal when there can be none.
-    fn prepare(
-        &mut self,
-        ep: &Endpoint,
-    ) -> Result<(Protocol, Request<UpBody>, Added<'a>), Refusal> {
+    fn prepare(&mut self, ep: &Endpoint) -> Result<(Attempt<'a>, Added<'a>), Refusal> {
         let protocol = if self.websocket {
             Protocol::Http1
         } else {
@@ -327,15 +324,13 @@ impl<'a> Forward<'a> {
         };
         // HTTP/1 goes through graylane's own pool with an origin-form target; HTTP/2
         // through hyper-util's client, which wants the absolute URI.
-        let uri = match protocol {
-            Protocol::Http1 => Some(
-                self.uri
-                    .path_and_query()
-                    .map_or_else(|| Uri::from_static("/"), |pq| pq.clone().into()),
+        let h2_uri = match protocol {
+            Protocol::Http1 => None,
+            Protocol::H2 => Some(
+                upstream::endpoint_uri(ep, self.uri.path_and_query())
+                    .ok_or(Refusal::BadUpstreamAddress)?,
             ),
-            Protocol::H2 => upstream::endpoint_uri(ep, self.uri.path_and_query()),
         };
-        let uri = uri.ok_or(Refusal::BadUpstreamAddress)?;
         // An HTTP/1.1 attempt takes the head and hands it back when it fails.
         // hyper-util's HTTP/2 client keeps a failed request, so there a copy is made
         // whenever a further attempt is possible.
@@ -351,32 +346,37 @@ impl<'a> Forward<'a> {
             self.last_error.unwrap_or(UpstreamErrorKind::Reset),
         ))?;
         // A received head goes to an HTTP/2 upstream as a map, built for the attempt.
-        let head = match (protocol, self.received) {
+        let mut head = match (protocol, self.received) {
             (Protocol::H2, Some(r)) => r.to_map(),
             _ => head,
         };
-        let mut req = Request::new(self.body.attempt());
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = uri;
-        *req.version_mut() = match protocol {
-            Protocol::Http1 => http::Version::HTTP_11,
-            Protocol::H2 => http::Version::HTTP_2,
-        };
-        *req.headers_mut() = head;
         let mut added = self.added;
         if let Some(h) = &self.shared.config.propagate.pool_header {
             let v = &self.shared.pool_values[self.svc.pools[self.pool].id];
             if added.pool_sent {
-                req.headers_mut().insert(h.clone(), v.clone());
+                head.insert(h.clone(), v.clone());
             } else {
                 added.push(h, v);
             }
         }
-        if protocol == Protocol::H2 {
-            added.insert_into(req.headers_mut());
-            added.clear();
-        }
-        Ok((protocol, req, added))
+        let body = self.body.attempt();
+        let Some(uri) = h2_uri else {
+            let target = self.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let req = h1::Outgoing {
+                method: self.method,
+                target,
+                headers: head,
+            };
+            return Ok((Attempt::H1(req, body), added));
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = http::Version::HTTP_2;
+        *req.headers_mut() = head;
+        added.insert_into(req.headers_mut());
+        added.clear();
+        Ok((Attempt::H2(req), added))
     }
 
     /// Counts a response head where it belongs, or turns a failed exchange (or a deadline
@@ -510,20 +510,26 @@ pub(super) struct Failed {
     connected: bool,
 }
 
+/// One attempt's request, as its upstream's protocol takes it.
+pub(super) enum Attempt<'a> {
+    H1(h1::Outgoing<'a>, UpBody),
+    H2(Request<UpBody>),
+}
+
 /// One exchange with `ep` over the pool's protocol. `received`: see [`h1::send`].
 pub(super) async fn exchange(
     shared: &Shared,
-    protocol: Protocol,
+    attempt: Attempt<'_>,
     ep: &Endpoint,
-    req: Request<UpBody>,
     added: &[(&HeaderName, &HeaderValue)],
     received: Option<&Received>,
 ) -> Result<Answer, Failed> {
-    match protocol {
-        Protocol::Http1 => h1::send(
+    match attempt {
+        Attempt::H1(req, body) => h1::send(
             ep.addr(),
             ep.origin(),
             req,
+            body,
             added,
             shared.config.timeouts.connect,
             received,
@@ -544,11 +550,11 @@ pub(super) async fn exchange(
                     error: AttemptError::Upstream(e.kind()),
                     message,
                     connected: !e.at_connect(),
-                    head: Some(f.request.into_parts().0.headers),
+                    head: Some(f.headers),
                 },
             }
         }),
-        Protocol::H2 => shared
+        Attempt::H2(req) => shared
             .upstreams
             .h2_client()
             .request(req)

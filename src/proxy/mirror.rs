@@ -15,11 +15,11 @@ use http::{Method, Request, StatusCode, Uri};
 use http_body_util::BodyExt;
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::forward::exchange;
+use super::forward::{exchange, Attempt};
 use crate::config::{Mirror, Protocol};
 use crate::metrics::MirrorResult;
 use crate::state::Shared;
-use crate::upstream::{self, UpBody};
+use crate::upstream::{self, h1, UpBody};
 
 /// The header that marks a copy.
 pub(crate) const MIRROR_HEADER: HeaderName = HeaderName::from_static("x-graylane-mirror");
@@ -98,16 +98,27 @@ pub(super) fn send(
         let result = match ep {
             None => MirrorResult::Error,
             Some(ep) => {
-                let mut req = Request::new(UpBody::Empty);
-                *req.method_mut() = method;
-                *req.uri_mut() = uri;
-                *req.headers_mut() = head;
+                let attempt = match protocol {
+                    Protocol::Http1 => Attempt::H1(
+                        h1::Outgoing {
+                            method: &method,
+                            target: uri.path_and_query().map_or("/", |pq| pq.as_str()),
+                            headers: head,
+                        },
+                        UpBody::Empty,
+                    ),
+                    Protocol::H2 => {
+                        let mut req = Request::new(UpBody::Empty);
+                        *req.method_mut() = method;
+                        *req.uri_mut() = uri;
+                        *req.headers_mut() = head;
+                        Attempt::H2(req)
+                    }
+                };
                 let timeout = shared.config.timeouts.upstream_response;
                 let copy = async {
                     // The copy's head already carries every field graylane sets.
-                    let resp = exchange(&shared, protocol, &ep, req, &[], None)
-                        .await
-                        .ok()?;
+                    let resp = exchange(&shared, attempt, &ep, &[], None).await.ok()?;
                     let status = resp.status();
                     let mut body = resp.into_body();
                     let mut read = 0;

@@ -9,7 +9,6 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::request::Parts;
 use http::Response;
 use http_body::{Body, Frame};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -17,7 +16,7 @@ use tokio::net::TcpStream;
 
 use super::body::H1Body;
 use super::idle::Conn;
-use super::H1Error;
+use super::{H1Error, Outgoing};
 use crate::fields::{put, Fields, Received};
 use crate::upstream::body::UpBody;
 
@@ -41,7 +40,7 @@ pub(super) async fn exchange(
     mut conn: Conn,
     addr: SocketAddr,
     origin: &str,
-    parts: &Parts,
+    req: &Outgoing<'_>,
     received: Option<&Received>,
     added: &[(&HeaderName, &HeaderValue)],
     body: &mut UpBody,
@@ -49,15 +48,16 @@ pub(super) async fn exchange(
     let raw = received.is_some();
     let framing = match body {
         UpBody::Empty => ReqFraming::None,
-        UpBody::Reclaimable(_) if parts.headers.contains_key(header::CONTENT_LENGTH) => {
+        UpBody::Reclaimable(_) if req.headers.contains_key(header::CONTENT_LENGTH) => {
             ReqFraming::Length
         }
         UpBody::Reclaimable(_) => ReqFraming::Chunked,
     };
-    let fields = Fields::of(&parts.headers, received);
+    let fields = Fields::of(&req.headers, received);
     encode_head(
         &mut conn.wbuf,
-        parts,
+        req.method,
+        req.target,
         fields,
         added,
         framing == ReqFraming::Chunked,
@@ -142,7 +142,7 @@ pub(super) async fn exchange(
                 Poll::Ready(Ok(())) | Poll::Pending => {}
             }
         }
-        conn.poll_head(&parts.method, raw, cx)
+        conn.poll_head(req.method, raw, cx)
     })
     .await
     .map_err(Exchange::Failed)?;
@@ -183,16 +183,16 @@ pub(super) fn trailer_block(trailers: &HeaderMap) -> Vec<u8> {
 /// client wrote them.
 pub(super) fn encode_head(
     out: &mut Vec<u8>,
-    parts: &Parts,
+    method: &http::Method,
+    target: &str,
     fields: Fields<'_>,
     added: &[(&HeaderName, &HeaderValue)],
     chunked: bool,
     origin: &str,
 ) {
     out.clear();
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let host = match fields {

@@ -36,9 +36,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::header::{HeaderName, HeaderValue};
-use http::request::Parts;
-use http::{Request, Response};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response};
 use tokio::net::TcpStream;
 
 use super::body::UpBody;
@@ -113,43 +112,60 @@ impl H1Error {
     }
 }
 
-/// A failed exchange, with the request handed back: its head is unchanged (the body may
-/// be partly sent), so a further attempt reuses it instead of a copy made in advance.
+/// A failed exchange, with the request's fields handed back: they are unchanged (the
+/// body may be partly sent), so a further attempt reuses them instead of a copy made in
+/// advance.
 #[derive(Debug)]
 pub(crate) struct SendFailure {
     /// What went wrong.
     pub error: H1Error,
-    /// The request as it was given.
-    pub request: Request<UpBody>,
+    /// The fields of the request as they were given.
+    pub headers: HeaderMap,
 }
 
-/// Sends `req` (origin-form URI; without `Host`, `origin` is sent as one) to `addr` on an
-/// idle connection of this
-/// worker, or a new one. The response body reads the rest from the connection and puts
-/// it back into the pool when it ends; a `101` hands it over through
-/// [`H1Body::into_tunnel`].
+/// The head of a request to an HTTP/1.1 upstream. Method and target are the client's,
+/// borrowed: an `http::Request` built per attempt only to carry them cost its
+/// construction, its moves into the exchange and its drop.
+#[derive(Debug)]
+pub(crate) struct Outgoing<'a> {
+    pub method: &'a Method,
+    /// Origin form: path and query.
+    pub target: &'a str,
+    /// Written before graylane's added fields; empty when the own loop's head is
+    /// written instead (`received`).
+    pub headers: HeaderMap,
+}
+
+/// Sends `req` with `body` (without `Host`, `origin` is sent as one) to `addr` on an
+/// idle connection of this worker, or a new one. The response body reads the rest from
+/// the connection and puts it back into the pool when it ends; a `101` hands it over
+/// through [`H1Body::into_tunnel`].
 /// `added`: fields written after the request's own (see `proxy::headers::Added`).
 /// `received`: the own loop's request head, written in place of `req`'s (empty) fields;
 /// then the response head's fields are wanted as received ([`H1Body::take_raw`]) too.
 pub(crate) async fn send(
     addr: SocketAddr,
     origin: &str,
-    req: Request<UpBody>,
+    req: Outgoing<'_>,
+    mut body: UpBody,
     added: &[(&HeaderName, &HeaderValue)],
     connect_timeout: Duration,
     received: Option<&Received>,
 ) -> Result<Response<Box<H1Body>>, SendFailure> {
-    let (parts, mut body) = req.into_parts();
+    let failed = |error, req: Outgoing<'_>| SendFailure {
+        error,
+        headers: req.headers,
+    };
     while let Some(conn) = take(addr) {
         if !conn.idle_usable() {
             continue;
         }
-        match exchange(conn, addr, origin, &parts, received, added, &mut body).await {
+        match exchange(conn, addr, origin, &req, received, added, &mut body).await {
             Ok(resp) => return Ok(resp),
             // Nothing of the request went out (the upstream closed an idle keep-alive
             // connection as it was taken): try the next one.
             Err(Exchange::Unsent(_)) => continue,
-            Err(Exchange::Failed(error)) => return Err(SendFailure::new(error, parts, body)),
+            Err(Exchange::Failed(error)) => return Err(failed(error, req)),
         }
     }
     // The cold path (connect) lives in its own boxed future: inlined, its state would
@@ -157,22 +173,11 @@ pub(crate) async fn send(
     // are pinned.
     let conn = match Box::pin(connect(addr, connect_timeout)).await {
         Ok(c) => c,
-        Err(error) => return Err(SendFailure::new(error, parts, body)),
+        Err(error) => return Err(failed(error, req)),
     };
-    match exchange(conn, addr, origin, &parts, received, added, &mut body).await {
+    match exchange(conn, addr, origin, &req, received, added, &mut body).await {
         Ok(resp) => Ok(resp),
-        Err(Exchange::Unsent(error) | Exchange::Failed(error)) => {
-            Err(SendFailure::new(error, parts, body))
-        }
-    }
-}
-
-impl SendFailure {
-    fn new(error: H1Error, parts: Parts, body: UpBody) -> Self {
-        Self {
-            error,
-            request: Request::from_parts(parts, body),
-        }
+        Err(Exchange::Unsent(error) | Exchange::Failed(error)) => Err(failed(error, req)),
     }
 }
 

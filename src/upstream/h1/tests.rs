@@ -305,7 +305,8 @@ fn request_heads_are_framed() {
     );
     encode_head(
         &mut out,
-        &parts,
+        &parts.method,
+        "/chat/send?x=1",
         (&parts.headers).into(),
         &[(&name, &value)],
         true,
@@ -327,7 +328,8 @@ fn a_request_without_host_names_the_endpoint() {
     let mut out = Vec::new();
     encode_head(
         &mut out,
-        &parts,
+        &parts.method,
+        "/",
         (&parts.headers).into(),
         &[],
         false,
