@@ -138,21 +138,29 @@ pub(crate) struct Tally {
     /// and the `Host` checks read them on every request.
     host: Option<u32>,
     hosts: u32,
-    /// Some field's name is as long as a hop-by-hop field's.
-    maybe_hop_by_hop: bool,
+    /// The lengths of the names: bit `n` set when a name is `n` bytes long (bit 63 for
+    /// 63 and longer). The edits that look for a few names by name (the hop-by-hop
+    /// strip, the `x-forwarded-*` fields) skip a head with no name of their lengths,
+    /// the usual case, instead of comparing every name.
+    lengths: u64,
 }
+
+/// Bit of a name `len` bytes long in [`Tally::lengths`].
+fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
+}
+
+/// te, upgrade, connection and keep-alive, proxy-connection, transfer-encoding,
+/// proxy-authenticate, proxy-authorization.
+const HOP_BY_HOP_LENGTHS: u64 = 1 << 2 | 1 << 7 | 1 << 10 | 1 << 16 | 1 << 17 | 1 << 18 | 1 << 19;
 
 impl Tally {
     /// Notes field number `i`, named `name` in any case.
     pub(crate) fn note(&mut self, i: usize, name: &[u8]) {
-        match name.len() {
-            4 if name.eq_ignore_ascii_case(b"host") => {
-                self.host = self.host.or(Some(i as u32));
-                self.hosts += 1;
-            }
-            // te, upgrade, connection and keep-alive, proxy-*, transfer-encoding.
-            2 | 7 | 10 | 16..=19 => self.maybe_hop_by_hop = true,
-            _ => {}
+        self.lengths |= length_bit(name.len());
+        if name.len() == 4 && name.eq_ignore_ascii_case(b"host") {
+            self.host = self.host.or(Some(i as u32));
+            self.hosts += 1;
         }
     }
 }
@@ -186,7 +194,13 @@ impl Received {
 
     /// Whether a field may be hop-by-hop: when not, there is nothing to strip.
     pub(crate) fn maybe_hop_by_hop(&self) -> bool {
-        self.tally.maybe_hop_by_hop
+        self.tally.lengths & HOP_BY_HOP_LENGTHS != 0
+    }
+
+    /// Whether a field named `name` may be among the fields: false only when no name
+    /// received is as long (and graylane set none).
+    pub(crate) fn may_have(&self, name: &[u8]) -> bool {
+        !self.extra.is_empty() || self.tally.lengths & length_bit(name.len()) != 0
     }
 
     /// Leaves out of the upstream copy every field for which `f(name, value)` is true.
@@ -327,6 +341,38 @@ mod tests {
         assert_eq!(map.get("x-a").map(|v| v.as_bytes()), Some(&b"3"[..]));
         r.drop_where(|n, _| n == b"x-a");
         assert_eq!(Fields::Received(&r).iter().count(), 3);
+    }
+
+    /// The edits that look for a name skip a head only when no name is as long; a name
+    /// of 63 bytes or more stands for every such length.
+    #[test]
+    fn names_are_looked_for_where_one_is_as_long() {
+        let long = "x".repeat(70);
+        let r = received(&format!(
+            "GET / HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 1.2.3.4\r\n{long}: 1\r\n\r\n"
+        ));
+        for (name, may) in [
+            ("host", true),
+            ("x-forwarded-for", true),
+            ("x-forwarded-xyz", true),
+            ("x-forwarded-proto", false),
+            ("x-pool", false),
+            ("te", false),
+            (&"y".repeat(63), true),
+            (&"y".repeat(64), true),
+            (&"y".repeat(62), false),
+        ] {
+            assert_eq!(r.may_have(name.as_bytes()), may, "{name}");
+        }
+        assert!(!r.maybe_hop_by_hop());
+        let mut r = received("GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        assert!(r.maybe_hop_by_hop());
+        assert!(!r.may_have(b"x-pool"));
+        r.push(
+            HeaderName::from_static("x-a"),
+            HeaderValue::from_static("1"),
+        );
+        assert!(r.may_have(b"x-pool"), "a field graylane set may be any");
     }
 
     #[test]

@@ -89,15 +89,27 @@ pub(crate) fn prepare_received<'a>(
     let propagate = &shared.config.propagate;
     let is = |n: &[u8], name: Option<&HeaderName>| name.is_some_and(|h| n == h.as_str().as_bytes());
     let mut joined: Vec<u8> = Vec::new();
-    head.drop_where(|n, v| {
-        if n == X_FORWARDED_FOR.as_str().as_bytes() {
-            join_forwarded_for(&mut joined, v);
-            return true;
-        }
-        n == X_FORWARDED_PROTO.as_str().as_bytes()
-            || is(n, propagate.rule_header.as_ref())
-            || is(n, propagate.pool_header.as_ref())
-    });
+    let set = [
+        Some(&X_FORWARDED_FOR),
+        Some(&X_FORWARDED_PROTO),
+        propagate.rule_header.as_ref(),
+        propagate.pool_header.as_ref(),
+    ];
+    if set
+        .iter()
+        .flatten()
+        .any(|h| head.may_have(h.as_str().as_bytes()))
+    {
+        head.drop_where(|n, v| {
+            if n == X_FORWARDED_FOR.as_str().as_bytes() {
+                join_forwarded_for(&mut joined, v);
+                return true;
+            }
+            n == X_FORWARDED_PROTO.as_str().as_bytes()
+                || is(n, propagate.rule_header.as_ref())
+                || is(n, propagate.pool_header.as_ref())
+        });
+    }
     let mut added = Added {
         share_names: shared.set_fields_share_a_name,
         ..Added::default()
