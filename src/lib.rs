@@ -26,12 +26,16 @@
 //! | [`tools`] | offline release tools `plan-ranges`, `replay`; `status` across replicas | §9.4, §11 |
 //! | `worker` | what each worker thread keeps for itself | — |
 //! | `clock` | the kernel's coarse clocks, for the watchdog's milliseconds and `Date` | — |
+//! | `alloc` | the global allocator: mimalloc, plain blocks where they are aligned enough | — |
 //! | [`demo`] | the built-in sample config with its demo upstreams | §7 `demo` |
 //!
 //! `main.rs` is the command line (§7). The modules are private to the crate; what the
 //! binary, the tests and the benchmarks use is re-exported below.
 
 pub(crate) mod admin;
+// The one module with `unsafe`: a global allocator cannot be written without it.
+#[allow(unsafe_code)]
+mod alloc;
 pub(crate) mod clock;
 pub(crate) mod config;
 pub mod demo;
@@ -58,6 +62,7 @@ pub(crate) mod watch;
 pub(crate) mod worker;
 
 pub use admin::{explain, ExplainRequest};
+pub use alloc::Mimalloc;
 pub use config::{Config, Topology};
 pub use fields::Fields;
 pub use lifecycle::{preflight, Graylane, StartError};

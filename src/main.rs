@@ -107,7 +107,7 @@ enum Cmd {
 /// request (hyper's codecs, header names outside the standard set), and glibc spent ~8%
 /// of a worker's CPU on it in the load benchmark (thread-local free lists beat its arenas).
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: graylane::Mimalloc = graylane::Mimalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
