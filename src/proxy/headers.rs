@@ -462,6 +462,28 @@ mod tests {
     use crate::testing::headers;
     use http::Request;
 
+    /// A received head says it may hold a hop-by-hop field exactly when a name as long as
+    /// one of [`HOP_BY_HOP`] is in it: the lengths are noted as the head is read, by a
+    /// list of their own, which must not drift from this one.
+    #[test]
+    fn received_heads_know_the_hop_by_hop_lengths() {
+        for h in &HOP_BY_HOP {
+            assert!(hop_by_hop_length(h.as_str().len()), "{h}");
+        }
+        for len in 1..=70 {
+            let name = "x".repeat(len);
+            let r = crate::testing::received(&format!(
+                "GET / HTTP/1.1\r\nHost: t\r\n{name}: 1\r\n\r\n"
+            ));
+            // `Host` is 4 bytes long, not a hop-by-hop length.
+            assert_eq!(
+                r.maybe_hop_by_hop(),
+                hop_by_hop_length(len),
+                "a name of {len} bytes"
+            );
+        }
+    }
+
     #[test]
     fn hop_by_hop_fields_go() {
         let mut h = headers(&[
