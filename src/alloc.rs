@@ -30,26 +30,37 @@ fn plain(align: usize) -> bool {
     align <= PLAIN_ALIGN
 }
 
+/// A block for `layout` from mimalloc's plain call `by_size` where such a block is aligned
+/// enough, from its aligned call `aligned` otherwise.
+///
+/// # Safety
+/// Both are mimalloc's allocation calls (`mi_malloc`/`mi_malloc_aligned` or the zeroing
+/// pair), and `layout` has a non-zero size (as [`GlobalAlloc::alloc`] requires).
+#[inline(always)]
+unsafe fn block(
+    layout: Layout,
+    by_size: unsafe extern "C" fn(usize) -> *mut c_void,
+    aligned: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+) -> *mut u8 {
+    if plain(layout.align()) {
+        by_size(layout.size()).cast()
+    } else {
+        aligned(layout.size(), layout.align()).cast()
+    }
+}
+
 // SAFETY: each call hands mimalloc a size and, where the plain calls would not honour
 // it, the alignment; mimalloc returns null or a block of at least that size and
 // alignment, and `mi_free`/`mi_realloc*` accept any block it returned.
 unsafe impl GlobalAlloc for Mimalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if plain(layout.align()) {
-            mi::mi_malloc(layout.size()).cast()
-        } else {
-            mi::mi_malloc_aligned(layout.size(), layout.align()).cast()
-        }
+        block(layout, mi::mi_malloc, mi::mi_malloc_aligned)
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if plain(layout.align()) {
-            mi::mi_zalloc(layout.size()).cast()
-        } else {
-            mi::mi_zalloc_aligned(layout.size(), layout.align()).cast()
-        }
+        block(layout, mi::mi_zalloc, mi::mi_zalloc_aligned)
     }
 
     #[inline]

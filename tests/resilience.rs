@@ -522,12 +522,18 @@ async fn a_post_whose_connect_failed_is_replayed_with_its_body() {
                 &c,
                 "POST",
                 &p.url("/count"),
-                &[("xdw-kefu-uid", uid)],
+                &[("xdw-kefu-uid", uid), ("x-trace", "t-1")],
                 Bytes::from_static(b"0123456789"),
             )
             .await;
-            // Nothing was sent on the refused connect, so the body goes, whole, elsewhere.
+            // Nothing was sent on the refused connect, so the body goes, whole, elsewhere,
+            // with the head the failed attempt handed back (a request with a body is read
+            // by hyper and forwarded from a header map: not the own loop's head).
             assert_eq!((st.as_u16(), body.as_str()), (200, "10"), "uid {uid}");
+            let h = stable.last().headers;
+            assert_eq!(h["x-trace"], "t-1", "uid {uid}: {h:?}");
+            assert_eq!(h["xdw-kefu-uid"], uid, "uid {uid}");
+            assert_eq!(h["content-length"], "10", "uid {uid}: {h:?}");
         }
     }
     p.stop().await;

@@ -166,6 +166,9 @@ pub struct Shared {
     /// Two of the fields graylane sets share a name (say `pool_header` and `rule_header`
     /// both `x-gray`): the later one then replaces the earlier, as a map insert would.
     pub(crate) set_fields_share_a_name: bool,
+    /// The lengths of those fields' names ([`crate::fields::length_bits`]): a received
+    /// head with no name of these lengths has none of them to replace.
+    pub(crate) set_name_lengths: u64,
 }
 
 /// Why building the shared state failed.
@@ -234,6 +237,7 @@ impl Shared {
             .iter()
             .enumerate()
             .any(|(i, a)| set[i + 1..].contains(a));
+        let set_name_lengths = crate::fields::length_bits(set.iter().map(|h| h.as_str().len()));
         let mut protected_headers = vec![http::header::HOST];
         protected_headers.extend(set);
         protected_headers.extend(
@@ -266,6 +270,7 @@ impl Shared {
             proto_values,
             protected_headers,
             set_fields_share_a_name,
+            set_name_lengths,
             config,
         })
     }

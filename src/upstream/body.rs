@@ -166,9 +166,11 @@ pub(crate) struct DownBody<G = ()> {
 enum DownInner {
     /// An HTTP/1.1 upstream's body; its connection goes back to the pool when it ends.
     /// Boxed (by the HTTP/1.1 client, as it makes the response), though it is the common
-    /// case: the response is moved whole a dozen times on its way up the request's
-    /// futures, and with the body inline (168 bytes) each move was a `memcpy` of 280–288
-    /// bytes; the box costs one allocation per response.
+    /// case: with the body inline (168 bytes) the response is a `memcpy` of 280 bytes at
+    /// each move inside the client and, for an HTTP/2 client, into hyper's stream. Even
+    /// with the whole response boxed above the client (`proxy::Answer`), this box is
+    /// cheaper than those moves: 137 instructions per request fewer for HTTP/1.1, 964
+    /// for HTTP/2 over TLS.
     H1(Box<H1Body>),
     /// An HTTP/2 upstream's body.
     H2(Incoming),
