@@ -21,6 +21,7 @@ mod lean;
 #[cfg(test)]
 pub(crate) use lean::received;
 mod sockio;
+mod streams;
 pub(crate) mod tls;
 
 use std::future::Future;
@@ -312,10 +313,29 @@ fn http_builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
         .max_buf_size(shared.config.limits.max_header_bytes);
     b.http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(
-            u32::try_from(shared.config.limits.max_header_bytes).unwrap_or(u32::MAX),
-        )
-        .max_concurrent_streams(1024);
+        .max_header_list_size(h2_header_list(shared))
+        .max_concurrent_streams(H2_MAX_STREAMS);
+    b
+}
+
+/// Streams one HTTP/2 client may have open at once.
+const H2_MAX_STREAMS: u32 = 1024;
+
+/// The header list an HTTP/2 client may send: the HTTP/1.1 head's limit.
+fn h2_header_list(shared: &Shared) -> u32 {
+    u32::try_from(shared.config.limits.max_header_bytes).unwrap_or(u32::MAX)
+}
+
+/// The server side of one HTTP/2-over-TLS connection, its streams run by `exec` (see
+/// `streams`); configured as `http_builder`'s HTTP/2 half, which serves h2c.
+fn h2_builder(
+    shared: &Shared,
+    exec: streams::StreamExec,
+) -> hyper::server::conn::http2::Builder<streams::StreamExec> {
+    let mut b = hyper::server::conn::http2::Builder::new(exec);
+    b.timer(TokioTimer::new())
+        .max_header_list_size(h2_header_list(shared))
+        .max_concurrent_streams(H2_MAX_STREAMS);
     b
 }
 

@@ -1,0 +1,118 @@
+//! An HTTP/2 connection's streams polled inside the connection's own task.
+//!
+//! hyper hands each HTTP/2 stream to an executor; with tokio's, every stream is a task of
+//! its own: a task cell allocated and scheduled per request, and each answer reaches the
+//! client only after the stream's task has woken the connection's task. `StreamExec`
+//! queues the streams instead, and `InTask` polls them where it polls the connection:
+//! streams woken by their upstreams first, then the connection (which takes their answers
+//! and reads new streams), then the streams it just accepted, up to their first wait.
+//! The queue is std's channel, which wakes nobody: `execute` is only ever called from
+//! inside the connection's poll, and `InTask` empties the queue right after it.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::mpsc;
+use std::task::{Context, Poll};
+
+use futures_util::future::CatchUnwind;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
+
+/// Boxed: hyper hands over futures of two types (a stream's, and a CONNECT tunnel's
+/// sender), each naming the executor's type in its own.
+type Stream = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A new executor for one connection, and the queue its `InTask` reads.
+pub(super) fn queue() -> (StreamExec, Queue) {
+    let (tx, rx) = mpsc::channel();
+    (StreamExec(tx), Queue(rx))
+}
+
+/// The streams hyper has handed over and no poll has taken yet.
+pub(super) struct Queue(mpsc::Receiver<Stream>);
+
+/// hyper's executor for one HTTP/2 connection: queues what it is given for that
+/// connection's `InTask`.
+#[derive(Clone)]
+pub(super) struct StreamExec(mpsc::Sender<Stream>);
+
+impl<F> hyper::rt::Executor<F> for StreamExec
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        // The receiver lives in the `InTask` whose connection is calling: it cannot be
+        // gone while this runs.
+        if self.0.send(Box::pin(fut)).is_err() {
+            tracing::debug!("HTTP/2 stream arrived after its connection ended");
+        }
+    }
+}
+
+/// Drives an HTTP/2 connection and its streams in one task. It ends when the connection
+/// has ended and every stream it accepted has finished (as hyper's connection does under
+/// a graceful shutdown, whose streams run to their end).
+pub(super) struct InTask<C> {
+    conn: Pin<Box<C>>,
+    queued: Queue,
+    /// Each caught: a stream that panics resets that stream (hyper's handle of it is
+    /// dropped), as its own task would, not its neighbours.
+    streams: FuturesUnordered<CatchUnwind<AssertUnwindSafe<Stream>>>,
+    /// The connection's result once it has ended, while streams are still running.
+    ended: Option<hyper::Result<()>>,
+}
+
+impl<C> InTask<C> {
+    /// `conn`: built with the executor that feeds `queued`.
+    pub(super) fn new(conn: C, queued: Queue) -> Self {
+        Self {
+            conn: Box::pin(conn),
+            queued,
+            streams: FuturesUnordered::new(),
+            ended: None,
+        }
+    }
+
+    /// The connection proper, for a graceful shutdown.
+    pub(super) fn conn(self: Pin<&mut Self>) -> Pin<&mut C> {
+        self.get_mut().conn.as_mut()
+    }
+
+    /// Polls every stream that is due; the queue is emptied first.
+    fn poll_streams(&mut self, cx: &mut Context<'_>) {
+        while let Ok(s) = self.queued.0.try_recv() {
+            self.streams.push(AssertUnwindSafe(s).catch_unwind());
+        }
+        while let Poll::Ready(Some(done)) = self.streams.poll_next_unpin(cx) {
+            if done.is_err() {
+                tracing::error!("an HTTP/2 stream panicked; it was reset");
+            }
+        }
+    }
+}
+
+impl<C> Future for InTask<C>
+where
+    C: Future<Output = hyper::Result<()>>,
+{
+    type Output = hyper::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let me = self.get_mut();
+        me.poll_streams(cx);
+        if me.ended.is_none() {
+            if let Poll::Ready(r) = me.conn.as_mut().poll(cx) {
+                me.ended = Some(r);
+            }
+            me.poll_streams(cx);
+        }
+        match me.ended.take() {
+            Some(r) if me.streams.is_empty() => Poll::Ready(r),
+            ended => {
+                me.ended = ended;
+                Poll::Pending
+            }
+        }
+    }
+}
