@@ -342,33 +342,49 @@ pub(super) async fn serve<S>(
         peer,
         listener,
     };
+    // hyper's HTTP/2 server, its streams polled in this task (see `streams`). hyper moves
+    // each stream's future into the executor, and that into a box of its own: the
+    // request's future, a state machine of several KiB, is boxed so that only a pointer
+    // moves (unboxed: +150 instructions per request). HTTP/1.1 polls the future where it
+    // lies, where a box would only add a copy.
+    let h2_conn = {
+        let respond = respond.clone();
+        move |io| {
+            let service = service_fn(move |req| Box::pin(respond(req)));
+            let (exec, queued) = streams::queue();
+            let conn = super::h2_builder(shared, exec).serve_connection(TokioIo::new(io), service);
+            streams::InTask::new(conn, queued)
+        }
+    };
     if h2 {
-        // hyper moves each stream's future into the executor, and that into a box of
-        // its own (see `streams`): the request's future, a state machine of several KiB,
-        // is boxed so that only a pointer moves (unboxed: +150 instructions per
-        // request). HTTP/1.1 polls the future where it lies, where a box would only add
-        // a copy.
-        let service = service_fn(move |req| Box::pin(respond(req)));
-        let (exec, queued) = streams::queue();
-        let conn = super::h2_builder(shared, exec).serve_connection(TokioIo::new(io), service);
-        let conn = streams::InTask::new(conn, queued);
+        let conn = h2_conn(lean::Prefixed::bare(io));
         tokio::pin!(conn);
         watched
             .run(conn, |c| c.conn().graceful_shutdown(), stop)
             .await;
     } else {
         // graylane's own loop serves the plain requests; hyper the rest of a connection
-        // from the first request the loop leaves to it.
+        // from the first request the loop leaves to it: h2c with prior knowledge as over
+        // TLS, anything else through hyper's server that looks at the version itself.
         let own = lean::serve(io, shared.clone(), ctx, state.clone());
-        let make = |io| {
-            serving
-                .builder
-                .serve_connection_with_upgrades(TokioIo::new(io), service_fn(respond))
+        let make = |io: lean::Prefixed<_>| {
+            if io.starts_h2() {
+                streams::Handed::H2(h2_conn(io))
+            } else {
+                streams::Handed::Auto(Box::pin(
+                    serving
+                        .builder
+                        .serve_connection_with_upgrades(TokioIo::new(io), service_fn(respond)),
+                ))
+            }
         };
         let conn = lean::Lean::new(
             own,
             make,
-            |c: Pin<&mut _>| c.graceful_shutdown(),
+            |c: Pin<&mut streams::Handed<_, _>>| match c.get_mut() {
+                streams::Handed::Auto(a) => a.as_mut().graceful_shutdown(),
+                streams::Handed::H2(h) => Pin::new(h).conn().graceful_shutdown(),
+            },
             state.clone(),
         );
         tokio::pin!(conn);

@@ -116,3 +116,75 @@ where
         }
     }
 }
+
+/// What serves a connection that graylane's own HTTP/1.1 loop handed over: hyper's
+/// HTTP/2 server with its streams in this task when the bytes read so far are the
+/// HTTP/2 preface, else hyper's HTTP/1.1-or-2 server (which looks at the version
+/// itself: a preface that arrived in pieces, or any request the loop leaves to hyper).
+pub(super) enum Handed<A, C> {
+    /// Boxed: hyper's connection is not `Unpin`; a hand-over happens once per
+    /// connection at most.
+    Auto(Pin<Box<A>>),
+    H2(InTask<C>),
+}
+
+type AnyError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<A, C, E> Future for Handed<A, C>
+where
+    A: Future<Output = Result<(), E>>,
+    E: Into<AnyError>,
+    C: Future<Output = hyper::Result<()>>,
+{
+    type Output = Result<(), AnyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Handed::Auto(a) => a.as_mut().poll(cx).map_err(Into::into),
+            Handed::H2(h) => Pin::new(h).poll(cx).map_err(Into::into),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+    use std::pin::pin;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use hyper::rt::Executor;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn streams_run_in_the_task_until_done_and_a_panic_stays_in_its_stream() {
+        let (exec, queued) = queue();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let started = Arc::new(AtomicBool::new(false));
+        let finished = Arc::new(AtomicBool::new(false));
+        let (s, f) = (started.clone(), finished.clone());
+        // Stands for hyper's connection: hands two streams to the executor as it reads
+        // them, then ends (as a connection under a graceful shutdown does).
+        let conn = async move {
+            exec.execute(async { panic!("a stream's bug") });
+            exec.execute(async move {
+                s.store(true, Ordering::SeqCst);
+                let _ = released.await;
+                f.store(true, Ordering::SeqCst);
+            });
+            Ok(())
+        };
+        let mut task = pin!(InTask::new(conn, queued));
+        let first = poll_fn(|cx| Poll::Ready(task.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "ended with a stream still running");
+        assert!(
+            started.load(Ordering::SeqCst),
+            "a stream accepted by a poll runs to its first wait in that poll"
+        );
+        assert!(!finished.load(Ordering::SeqCst));
+        release.send(()).unwrap();
+        task.await.unwrap();
+        assert!(finished.load(Ordering::SeqCst));
+    }
+}

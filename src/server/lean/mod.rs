@@ -56,6 +56,25 @@ pub(super) struct Prefixed<S> {
     io: S,
 }
 
+/// The whole connection preface of HTTP/2 with prior knowledge (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl<S> Prefixed<S> {
+    /// A socket nothing was read from yet (HTTP/2 negotiated by TLS).
+    pub(super) fn bare(io: S) -> Self {
+        Self {
+            prefix: Bytes::new(),
+            io,
+        }
+    }
+
+    /// The bytes read so far hold the whole HTTP/2 preface: hyper's HTTP/2 server can
+    /// take the connection without looking at its version again.
+    pub(super) fn starts_h2(&self) -> bool {
+        self.prefix.starts_with(H2_PREFACE)
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         self: Pin<&mut Self>,
