@@ -8,7 +8,7 @@
 //! | module | what it holds | SPEC |
 //! |---|---|---|
 //! | `config` | `graylane.yaml`: `raw` serde types → `validate` → [`Config`]; `yamlpos` for `FILE:LINE:COLUMN` | §3 |
-//! | `server` | listeners, accept loop, `max_connections`, drain; `conn`: timeouts (408, idle); `lean`: the own HTTP/1.1 loop for bodiless requests, hyper for the rest; `tls` | §3 limits, §8 |
+//! | `server` | listeners, accept loop, `max_connections`, drain; `conn`: timeouts (408, idle); `lean`: the own HTTP/1.1 loop for bodiless requests, hyper for the rest; `streams`: HTTP/2 streams in their connection's task; `tls` | §3 limits, §8 |
 //! | `fields` | a request head's fields as the path reads and edits them: hyper's header map, or the head as the own loop received it | §3 forwarding |
 //! | `markers` | reads the `xdw-kefu-*` markers from headers, cookies, query ([`MarkerReader`]) | §1 |
 //! | `routing` | picks the service by host and longest path prefix | §3 services |

@@ -194,8 +194,7 @@ fn status_cmd(admins: &[String], json: bool) -> ExitCode {
 
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,notify=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only for a terminal: journald and kubectl logs keep escape codes verbatim.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)

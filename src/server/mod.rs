@@ -5,6 +5,8 @@
 //!   `request_header` (408) and `idle`.
 //! - `lean`: graylane's own HTTP/1.1 loop, which serves requests without a body and hands
 //!   a connection to hyper at the first request it leaves to hyper.
+//! - `streams`: hyper's HTTP/2 server with a connection's streams polled in that
+//!   connection's task, not a task each.
 //! - `tls`: TLS termination, certificates re-read on SIGHUP.
 //!
 //! With `workers: N`, each worker is a single-threaded runtime on its own OS thread that

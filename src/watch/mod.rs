@@ -24,12 +24,13 @@
 //! never stops changing still gets reloaded). Worst case with a lost event: one poll, one
 //! debounce, well within the 1 s budget.
 //!
-//! The work runs on its own thread, not a tokio task: notify calls back on its own thread
-//! anyway, the loop only blocks on a channel with a timeout, and a thread works the same
-//! whether or not the caller is inside a runtime. notify's callback drops a write to a
-//! file that is not watched before it reaches that thread: a log written next to the rules
-//! file is an event per line, and waking a second thread (and looking at the file) for
-//! each cost a sixth of a core under a busy log.
+//! The work runs on its own thread, not a tokio task: the loop only blocks on a channel
+//! with a timeout, and a thread works the same whether or not the caller is inside a
+//! runtime. The directories are watched for names created, deleted and renamed, files
+//! closed after writing, attributes and the directories themselves (see `dirs`), not for
+//! every write or open: a log written next to the rules file costs nothing. The inotify
+//! reader also drops a close-after-write of a file that is not watched before it reaches
+//! the watch thread. Where there is no inotify (not Linux), the poll alone watches.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::Metadata;
@@ -41,13 +42,37 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+#[cfg(target_os = "linux")]
+mod dirs;
 mod fingerprint;
+#[cfg(target_os = "linux")]
+use dirs::DirWatcher;
+
 use fingerprint::{FileId, Fingerprint};
 
-use notify::event::{AccessKind, AccessMode, ModifyKind};
-use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use notify_types::event::{AccessKind, AccessMode, Event, EventKind, ModifyKind};
 use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, warn};
+
+/// No directory watches where there is no inotify: the poll alone watches.
+#[cfg(not(target_os = "linux"))]
+#[derive(Debug)]
+enum DirWatcher {}
+
+#[cfg(not(target_os = "linux"))]
+impl DirWatcher {
+    fn start<F>(_: F) -> io::Result<DirWatcher> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    fn watch(&mut self, _: &Path) -> io::Result<()> {
+        match *self {}
+    }
+
+    fn unwatch(&mut self, _: &Path) -> io::Result<()> {
+        match *self {}
+    }
+}
 
 /// Quiet time after the last change before we notify: long enough for a writer to finish
 /// its chunks, short enough to leave most of the 1 s budget to the reload itself.
@@ -80,14 +105,14 @@ pub(crate) enum WatchError {
 /// files again", not "the bytes differ": the receiver decides whether anything changed.
 #[derive(Debug)]
 pub(crate) struct FileWatcher {
-    /// Commands to the watch thread. notify's callback holds another sender, so dropping
+    /// Commands to the watch thread. The inotify reader holds another sender, so dropping
     /// this one does not disconnect the channel: [`Drop`] sends [`Msg::Stop`] instead.
     ctl: std_mpsc::Sender<Msg>,
-    /// What notify's callback lets through; see [`Interest`].
+    /// What the inotify reader lets through; see [`Interest`].
     interest: Interest,
 }
 
-/// The paths a write must name for notify's callback to pass it on: every watched file as
+/// The paths a write must name for the inotify reader to pass it on: every watched file as
 /// given and resolved. Any other kind of event (a create, a rename, a delete, a lost
 /// event) goes through whatever it names, as a symlink swap or a directory replaced can
 /// change a watched file without naming it.
@@ -115,7 +140,7 @@ impl FileWatcher {
         let files = snapshot(paths);
         let interest: Interest = Arc::new(ArcSwap::from_pointee(interest_of(&files)));
         let wanted = interest.clone();
-        let watcher = notify::recommended_watcher(move |res: notify::Result<Event>| {
+        let watcher = DirWatcher::start(move |res: io::Result<Event>| {
             if worth_a_look(&res, &wanted.load()) {
                 // Fails only once the watch thread has gone, when nobody is listening.
                 let _ = events.send(Msg::Event(res));
@@ -172,11 +197,11 @@ impl Drop for FileWatcher {
 
 // === the watch thread ===
 
-/// What the watch thread is told, by notify's callback or by the [`FileWatcher`] handle.
+/// What the watch thread is told, by the inotify reader or by the [`FileWatcher`] handle.
 #[derive(Debug)]
 enum Msg {
-    /// Something happened in a watched directory (or the notify backend reports an error).
-    Event(notify::Result<Event>),
+    /// Something happened in a watched directory (or reading the events failed).
+    Event(io::Result<Event>),
     /// The new watched set, with baselines taken by the caller.
     SetPaths(Vec<WatchedFile>),
     /// The handle was dropped.
@@ -198,7 +223,7 @@ struct WatchedFile {
 /// Everything the watch thread owns.
 struct Worker {
     /// `None` when the OS would not give us notifications: we then rely on polling.
-    watcher: Option<RecommendedWatcher>,
+    watcher: Option<DirWatcher>,
     /// Events and commands, multiplexed so the thread blocks on one thing only.
     rx: std_mpsc::Receiver<Msg>,
     /// Where notifications go; closed means the reloader is gone and we can stop.
@@ -277,7 +302,7 @@ impl Worker {
             }
             Msg::Event(Err(error)) => {
                 // Possibly lost events (queue overflow, watch limits): look at everything.
-                warn!(%error, paths = ?error.paths, "file watch error; rescanning the rules files");
+                warn!(%error, "file watch error; rescanning the rules files");
                 self.reconcile_dirs();
             }
             Msg::SetPaths(files) => {
@@ -428,7 +453,7 @@ impl Worker {
             let Some(id) = id else {
                 continue; // not there (yet): polling sees the file appear, then we watch
             };
-            match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            match watcher.watch(&dir) {
                 Ok(()) => {
                     debug!(dir = %dir.display(), "watching directory");
                     self.warned.remove(&dir);
@@ -503,7 +528,7 @@ fn parent_dir(path: &Path) -> Option<&Path> {
 
 /// Drops the events we cause ourselves (every reload opens and reads the files, and
 /// treating that as a change would reload forever) and writes to files not watched.
-fn worth_a_look(res: &notify::Result<Event>, interest: &[PathBuf]) -> bool {
+fn worth_a_look(res: &io::Result<Event>, interest: &[PathBuf]) -> bool {
     let names_one = |event: &Event| event.paths.iter().any(|p| interest.contains(p));
     match res {
         Ok(event) => match event.kind {
@@ -816,7 +841,7 @@ mod tests {
             worth_a_look(&Ok(Event::new(kind).add_path(path.into())), &interest)
         };
         let close = |mode| EventKind::Access(AccessKind::Close(mode));
-        let write = EventKind::Modify(ModifyKind::Data(notify::event::DataChange::Any));
+        let write = EventKind::Modify(ModifyKind::Data(notify_types::event::DataChange::Any));
         assert!(!look(
             EventKind::Access(AccessKind::Open(AccessMode::Any)),
             &rules
@@ -831,21 +856,18 @@ mod tests {
         assert!(!look(close(AccessMode::Write), &log));
         // What may change which file a path is goes through, whatever it names.
         assert!(look(
-            EventKind::Create(notify::event::CreateKind::Any),
+            EventKind::Create(notify_types::event::CreateKind::Any),
             &log
         ));
-        let rename = ModifyKind::Name(notify::event::RenameMode::Any);
+        let rename = ModifyKind::Name(notify_types::event::RenameMode::Any);
         assert!(look(EventKind::Modify(rename), Path::new("/etc/g/..data")));
         assert!(look(
-            EventKind::Remove(notify::event::RemoveKind::Any),
+            EventKind::Remove(notify_types::event::RemoveKind::Any),
             &log
         ));
-        assert!(worth_a_look(
-            &Err(notify::Error::generic("lost")),
-            &interest
-        ));
+        assert!(worth_a_look(&Err(io::Error::other("lost")), &interest));
         assert!(!is_content_change(&EventKind::Modify(
-            ModifyKind::Metadata(notify::event::MetadataKind::Any)
+            ModifyKind::Metadata(notify_types::event::MetadataKind::Any)
         )));
     }
 }
