@@ -28,8 +28,9 @@ use crate::state::{ConnCtx, Shared};
 const NONE: u64 = u64::MAX;
 
 /// What the watchdog needs to know about a connection, updated by the IO wrapper (reads)
-/// and the service (requests in flight). Atomics because hyper's h2 streams run on other
-/// tasks; all accesses are `Relaxed`: the watchdog re-checks before acting.
+/// and the service (requests in flight). Atomics because hyper's h2 streams may run on
+/// other tasks (h2c whose preface came in pieces goes to hyper's own executor); all
+/// accesses are `Relaxed`: the watchdog re-checks before acting.
 #[derive(Debug)]
 pub(super) struct ConnState {
     /// When the connection was accepted: `at` turns the times below into instants.

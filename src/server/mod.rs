@@ -328,8 +328,9 @@ fn h2_header_list(shared: &Shared) -> u32 {
     u32::try_from(shared.config.limits.max_header_bytes).unwrap_or(u32::MAX)
 }
 
-/// The server side of one HTTP/2-over-TLS connection, its streams run by `exec` (see
-/// `streams`); configured as `http_builder`'s HTTP/2 half, which serves h2c.
+/// The server side of one HTTP/2 connection (over TLS, or h2c whose preface the own loop
+/// read whole), its streams run by `exec` (see `streams`); configured as
+/// `http_builder`'s HTTP/2 half, which serves h2c whose preface came in pieces.
 fn h2_builder(
     shared: &Shared,
     exec: streams::StreamExec,

@@ -6,8 +6,10 @@
 //! queues the streams instead, and `InTask` polls them where it polls the connection:
 //! streams woken by their upstreams first, then the connection (which takes their answers
 //! and reads new streams), then the streams it just accepted, up to their first wait.
-//! The queue is std's channel, which wakes nobody: `execute` is only ever called from
-//! inside the connection's poll, and `InTask` empties the queue right after it.
+//! The queue is std's channel, which wakes nobody: hyper calls `execute` only from inside
+//! this task's polls (the connection's, for a new stream; a stream's, for the sender of a
+//! CONNECT tunnel it answered 2xx), and `InTask` polls what it queued until the queue
+//! stays empty.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -79,14 +81,23 @@ impl<C> InTask<C> {
         self.get_mut().conn.as_mut()
     }
 
-    /// Polls every stream that is due; the queue is emptied first.
+    /// Polls every stream that is due, the queued ones too, until polling them queues
+    /// nothing more.
     fn poll_streams(&mut self, cx: &mut Context<'_>) {
-        while let Ok(s) = self.queued.0.try_recv() {
-            self.streams.push(AssertUnwindSafe(s).catch_unwind());
-        }
-        while let Poll::Ready(Some(done)) = self.streams.poll_next_unpin(cx) {
-            if done.is_err() {
-                tracing::error!("an HTTP/2 stream panicked; it was reset");
+        let mut next = self.queued.0.try_recv().ok();
+        while next.is_some() || !self.streams.is_empty() {
+            while let Some(s) = next {
+                self.streams.push(AssertUnwindSafe(s).catch_unwind());
+                next = self.queued.0.try_recv().ok();
+            }
+            while let Poll::Ready(Some(done)) = self.streams.poll_next_unpin(cx) {
+                if done.is_err() {
+                    tracing::error!("an HTTP/2 stream panicked; it was reset");
+                }
+            }
+            next = self.queued.0.try_recv().ok();
+            if next.is_none() {
+                break;
             }
         }
     }
@@ -152,6 +163,7 @@ mod tests {
     use std::pin::pin;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
+    use std::time::Duration;
 
     use hyper::rt::Executor;
 
@@ -163,15 +175,21 @@ mod tests {
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let started = Arc::new(AtomicBool::new(false));
         let finished = Arc::new(AtomicBool::new(false));
-        let (s, f) = (started.clone(), finished.clone());
-        // Stands for hyper's connection: hands two streams to the executor as it reads
-        // them, then ends (as a connection under a graceful shutdown does).
+        let tunnel = Arc::new(AtomicBool::new(false));
+        let (s, f, t) = (started.clone(), finished.clone(), tunnel.clone());
+        let from_stream = exec.clone();
+        // Stands for hyper's connection: hands three streams to the executor as it reads
+        // them, then ends (as a connection under a graceful shutdown does). The third
+        // hands over a future of its own, as hyper does with a CONNECT tunnel's sender.
         let conn = async move {
             exec.execute(async { panic!("a stream's bug") });
             exec.execute(async move {
                 s.store(true, Ordering::SeqCst);
                 let _ = released.await;
                 f.store(true, Ordering::SeqCst);
+            });
+            exec.execute(async move {
+                from_stream.execute(async move { t.store(true, Ordering::SeqCst) });
             });
             Ok(())
         };
@@ -182,9 +200,16 @@ mod tests {
             started.load(Ordering::SeqCst),
             "a stream accepted by a poll runs to its first wait in that poll"
         );
+        assert!(
+            tunnel.load(Ordering::SeqCst),
+            "a future a stream hands over runs in the same poll"
+        );
         assert!(!finished.load(Ordering::SeqCst));
         release.send(()).unwrap();
-        task.await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the released stream woke the task")
+            .unwrap();
         assert!(finished.load(Ordering::SeqCst));
     }
 }

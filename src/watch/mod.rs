@@ -28,9 +28,10 @@
 //! with a timeout, and a thread works the same whether or not the caller is inside a
 //! runtime. The directories are watched for names created, deleted and renamed, files
 //! closed after writing, attributes and the directories themselves (see `dirs`), not for
-//! every write or open: a log written next to the rules file costs nothing. The inotify
-//! reader also drops a close-after-write of a file that is not watched before it reaches
-//! the watch thread. Where there is no inotify (not Linux), the poll alone watches.
+//! every write or open: a log written next to the rules file costs nothing. Each watched
+//! file has a watch of its own for its writes. The inotify reader drops a close-after-
+//! write of a file that is not watched before it reaches the watch thread. Where there
+//! is no inotify (not Linux), the poll alone watches.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::Metadata;
@@ -44,8 +45,10 @@ use arc_swap::ArcSwap;
 
 #[cfg(target_os = "linux")]
 mod dirs;
+#[cfg(not(target_os = "linux"))]
+#[path = "no_dirs.rs"]
+mod dirs;
 mod fingerprint;
-#[cfg(target_os = "linux")]
 use dirs::DirWatcher;
 
 use fingerprint::{FileId, Fingerprint};
@@ -53,26 +56,6 @@ use fingerprint::{FileId, Fingerprint};
 use notify_types::event::{AccessKind, AccessMode, Event, EventKind, ModifyKind};
 use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, warn};
-
-/// No directory watches where there is no inotify: the poll alone watches.
-#[cfg(not(target_os = "linux"))]
-#[derive(Debug)]
-enum DirWatcher {}
-
-#[cfg(not(target_os = "linux"))]
-impl DirWatcher {
-    fn start<F>(_: F) -> io::Result<DirWatcher> {
-        Err(io::ErrorKind::Unsupported.into())
-    }
-
-    fn watch(&mut self, _: &Path) -> io::Result<()> {
-        match *self {}
-    }
-
-    fn unwatch(&mut self, _: &Path) -> io::Result<()> {
-        match *self {}
-    }
-}
 
 /// Quiet time after the last change before we notify: long enough for a writer to finish
 /// its chunks, short enough to leave most of the 1 s budget to the reload itself.
@@ -161,6 +144,7 @@ impl FileWatcher {
             files,
             interest: interest.clone(),
             dirs: HashMap::new(),
+            file_watches: HashMap::new(),
             warned: HashSet::new(),
             pending: None,
         };
@@ -234,6 +218,9 @@ struct Worker {
     /// Directories under an inotify watch, with the identity they had when the watch was
     /// set, so a directory deleted and re-created (a new inode) gets watched again.
     dirs: HashMap<PathBuf, FileId>,
+    /// The watched files under a watch of their own (for their writes), likewise: a file
+    /// replaced by rename is a new inode, which needs a new watch.
+    file_watches: HashMap<PathBuf, FileId>,
     /// Directories whose watch failed and that we already warned about, to warn once
     /// rather than every poll.
     warned: HashSet<PathBuf>,
@@ -392,6 +379,9 @@ impl Worker {
         if moved {
             // A symlink now points elsewhere (a ConfigMap's new timestamped directory).
             self.interest.store(Arc::new(interest_of(&self.files)));
+        }
+        if moved || changed {
+            // Also for a file replaced where it was: its own watch follows the old inode.
             self.reconcile_dirs();
         }
     }
@@ -408,8 +398,9 @@ impl Worker {
         }
     }
 
-    /// Makes the set of directory watches match the watched files: adds missing ones,
-    /// drops unneeded ones, and re-watches a directory whose inode changed.
+    /// Makes the set of watches match the watched files, their directories' and each
+    /// file's own: adds missing ones, drops unneeded ones, and re-watches a directory or
+    /// file whose inode changed.
     fn reconcile_dirs(&mut self) {
         let Some(watcher) = self.watcher.as_mut() else {
             return;
@@ -464,6 +455,36 @@ impl Worker {
                         warn!(dir = %dir.display(), %error, poll_ms = POLL.as_millis() as u64,
                             "cannot watch directory; changes in it are seen by polling only");
                     }
+                }
+            }
+        }
+        // Each file's own writes (its directory's watch leaves writes out).
+        let files = &self.files;
+        self.file_watches.retain(|path, _| {
+            if files.iter().any(|f| f.path == *path) {
+                return true;
+            }
+            // Fails when the file is already gone, taking its watch along.
+            let _ = watcher.unwatch(path);
+            false
+        });
+        for f in files {
+            let id = std::fs::metadata(&f.path)
+                .ok()
+                .filter(Metadata::is_file)
+                .map(|m| FileId::of(&m));
+            let watched = self.file_watches.get(&f.path).copied();
+            if id == watched {
+                continue;
+            }
+            if watched.is_some() {
+                let _ = watcher.unwatch(&f.path);
+                self.file_watches.remove(&f.path);
+            }
+            // Not there, or not watchable: its directory's events and the poll still see it.
+            if let Some(id) = id {
+                if watcher.watch_file(&f.path).is_ok() {
+                    self.file_watches.insert(f.path.clone(), id);
                 }
             }
         }
@@ -789,6 +810,7 @@ mod tests {
             }],
             interest: Arc::new(ArcSwap::from_pointee(Vec::new())),
             dirs: HashMap::new(),
+            file_watches: HashMap::new(),
             warned: HashSet::new(),
             pending: None,
         };
@@ -809,6 +831,75 @@ mod tests {
         ] {
             assert!(!about(no), "{no} looked at");
         }
+    }
+
+    /// A file written in place and left open is seen through its own watch, and that
+    /// watch moves to the new file when an editor replaces it by rename.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn each_file_has_a_watch_of_its_own_that_follows_a_replacement() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = dir.path().join("rules.yaml");
+        std::fs::write(&rules, "rules: []\n").unwrap();
+        let (events, rx) = std_mpsc::channel();
+        let watcher = DirWatcher::start(move |res| {
+            let _ = events.send(Msg::Event(res));
+        })
+        .unwrap();
+        let (tx, _notes) = mpsc::channel(1);
+        let files = snapshot(vec![rules.clone()]);
+        let mut worker = Worker {
+            watcher: Some(watcher),
+            rx,
+            tx,
+            interest: Arc::new(ArcSwap::from_pointee(interest_of(&files))),
+            files,
+            dirs: HashMap::new(),
+            file_watches: HashMap::new(),
+            warned: HashSet::new(),
+            pending: None,
+        };
+        worker.reconcile_dirs();
+        let id = |p: &Path| FileId::of(&std::fs::metadata(p).unwrap());
+        assert_eq!(worker.file_watches.get(&rules), Some(&id(&rules)));
+
+        let mut open = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&rules)
+            .unwrap();
+        writeln!(open, "# more").unwrap();
+        let written = |worker: &Worker| loop {
+            match worker.rx.recv_timeout(GENEROUS) {
+                Ok(Msg::Event(Ok(e)))
+                    if e.kind
+                        == EventKind::Modify(ModifyKind::Data(
+                            notify_types::event::DataChange::Any,
+                        )) =>
+                {
+                    return e;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("no write event: {e}"),
+            }
+        };
+        assert_eq!(written(&worker).paths, std::slice::from_ref(&rules));
+        drop(open);
+
+        let tmp = dir.path().join(".rules.yaml.swp");
+        std::fs::write(&tmp, "rules: [x]\n").unwrap();
+        std::fs::rename(&tmp, &rules).unwrap();
+        worker.scan(Instant::now());
+        assert_eq!(
+            worker.file_watches.get(&rules),
+            Some(&id(&rules)),
+            "not moved to the new file"
+        );
+        let mut open = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&rules)
+            .unwrap();
+        writeln!(open, "# more").unwrap();
+        assert_eq!(written(&worker).paths, std::slice::from_ref(&rules));
     }
 
     #[test]
