@@ -248,6 +248,29 @@ mod tests {
         }
     }
 
+    /// A directory reached through a symlink (`/etc/graylane -> /opt/...`) is watched
+    /// through it, its events named by the path through the link.
+    #[test]
+    fn a_symlinked_directory_is_watched_through_the_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("release-7");
+        std::fs::create_dir(&real).unwrap();
+        let link = dir.path().join("current");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let mut w = DirWatcher::start(move |e| {
+            let _ = tx.send(e);
+        })
+        .unwrap();
+        w.watch(&link).unwrap();
+        std::fs::write(real.join("rules.yaml"), "rules: []\n").unwrap();
+        expect(
+            &rx,
+            &link.join("rules.yaml"),
+            EventKind::Create(CreateKind::Any),
+        );
+    }
+
     #[test]
     fn writes_and_opens_raise_nothing_names_and_closes_do() {
         let dir = tempfile::tempdir().unwrap();
