@@ -361,10 +361,9 @@ impl<'a> Forward<'a> {
         }
         let body = self.body.attempt();
         let Some(uri) = h2_uri else {
-            let target = self.uri.path_and_query().map_or("/", |pq| pq.as_str());
             let req = h1::Outgoing {
                 method: self.method,
-                target,
+                target: h1::origin_form(self.uri),
                 headers: head,
             };
             return Ok((Attempt::H1(req, body), added));

@@ -102,7 +102,7 @@ pub(super) fn send(
                     Protocol::Http1 => Attempt::H1(
                         h1::Outgoing {
                             method: &method,
-                            target: uri.path_and_query().map_or("/", |pq| pq.as_str()),
+                            target: h1::origin_form(&uri),
                             headers: head,
                         },
                         UpBody::Empty,

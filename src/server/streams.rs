@@ -84,20 +84,20 @@ impl<C> InTask<C> {
     /// Polls every stream that is due, the queued ones too, until polling them queues
     /// nothing more.
     fn poll_streams(&mut self, cx: &mut Context<'_>) {
-        let mut next = self.queued.0.try_recv().ok();
-        while next.is_some() || !self.streams.is_empty() {
-            while let Some(s) = next {
+        loop {
+            while let Ok(s) = self.queued.0.try_recv() {
                 self.streams.push(AssertUnwindSafe(s).catch_unwind());
-                next = self.queued.0.try_recv().ok();
             }
             while let Poll::Ready(Some(done)) = self.streams.poll_next_unpin(cx) {
                 if done.is_err() {
                     tracing::error!("an HTTP/2 stream panicked; it was reset");
                 }
             }
-            next = self.queued.0.try_recv().ok();
-            if next.is_none() {
-                break;
+            // Polling a stream may have queued a future of its own (a CONNECT tunnel's
+            // sender): polled in this round too.
+            match self.queued.0.try_recv() {
+                Ok(s) => self.streams.push(AssertUnwindSafe(s).catch_unwind()),
+                Err(_) => return,
             }
         }
     }

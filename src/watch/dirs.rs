@@ -47,16 +47,16 @@ const FILE_MASK: WatchMask = WatchMask::MODIFY;
 /// was dropped: the most it outlives it.
 const STOP_CHECK: Duration = Duration::from_secs(1);
 
-/// Watched directories and files by watch descriptor, shared with the reading thread,
-/// which names each event's path from it. A lock, not on the request path: taken per watch change
-/// and per event batch.
-type Dirs = Arc<Mutex<HashMap<WatchDescriptor, PathBuf>>>;
+/// The watched directories' and files' paths by watch descriptor, shared with the reading
+/// thread, which names each event's path from it. A lock, not on the request path: taken
+/// per watch change and per event batch.
+type Named = Arc<Mutex<HashMap<WatchDescriptor, PathBuf>>>;
 
-/// Watches directories (non-recursively) and files; a thread reads the events and hands each to
-/// the callback. Dropping it stops the thread within [`STOP_CHECK`].
+/// Watches directories (non-recursively) and files; a thread reads the events and hands
+/// each to the callback. Dropping it stops the thread within [`STOP_CHECK`].
 pub(super) struct DirWatcher {
     watches: Watches,
-    dirs: Dirs,
+    named: Named,
     stop: Arc<AtomicBool>,
 }
 
@@ -75,9 +75,9 @@ impl DirWatcher {
     {
         let mut inotify = Inotify::init()?;
         let watches = inotify.watches();
-        let dirs: Dirs = Arc::default();
+        let named: Named = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let (named, stopped) = (dirs.clone(), stop.clone());
+        let (paths, stopped) = (named.clone(), stop.clone());
         std::thread::Builder::new()
             .name("graylane-inotify".into())
             .spawn(move || {
@@ -85,14 +85,14 @@ impl DirWatcher {
                 while !stopped.load(Ordering::Relaxed) {
                     match inotify.read_events(&mut buf) {
                         Ok(events) => {
-                            let mut dirs = named.lock().unwrap_or_else(|p| p.into_inner());
+                            let mut paths = paths.lock().unwrap_or_else(|p| p.into_inner());
                             for e in events {
                                 if e.mask.contains(EventMask::IGNORED) {
                                     // The watch is gone (its directory deleted, or unwatched).
-                                    dirs.remove(&e.wd);
+                                    paths.remove(&e.wd);
                                     continue;
                                 }
-                                if let Some(event) = translate(e.mask, dirs.get(&e.wd), e.name) {
+                                if let Some(event) = translate(e.mask, paths.get(&e.wd), e.name) {
                                     on_event(Ok(event));
                                 }
                             }
@@ -109,7 +109,7 @@ impl DirWatcher {
             })?;
         Ok(DirWatcher {
             watches,
-            dirs,
+            named,
             stop,
         })
     }
@@ -128,23 +128,23 @@ impl DirWatcher {
     fn add(&mut self, path: &Path, mask: WatchMask) -> io::Result<()> {
         // Locked across the add: the reading thread names an event by its descriptor, and
         // one that came between the add and the insert would be dropped unnamed.
-        let mut dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut named = self.named.lock().unwrap_or_else(|p| p.into_inner());
         let wd = self.watches.add(path, mask)?;
-        dirs.insert(wd, path.to_path_buf());
+        named.insert(wd, path.to_path_buf());
         Ok(())
     }
 
-    /// Stops watching `dir` (or a file); an error when it was not watched, or its watch
-    /// went with it.
-    pub(super) fn unwatch(&mut self, dir: &Path) -> io::Result<()> {
+    /// Stops watching `path` (a directory or a file); an error when it was not watched,
+    /// or its watch went with it.
+    pub(super) fn unwatch(&mut self, path: &Path) -> io::Result<()> {
         let wd = {
-            let mut dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
-            let wd = dirs
+            let mut named = self.named.lock().unwrap_or_else(|p| p.into_inner());
+            let wd = named
                 .iter()
-                .find(|(_, d)| d.as_path() == dir)
+                .find(|(_, p)| p.as_path() == path)
                 .map(|(wd, _)| wd.clone());
             wd.inspect(|wd| {
-                dirs.remove(wd);
+                named.remove(wd);
             })
         };
         match wd {
@@ -352,7 +352,7 @@ mod tests {
         assert!(removed.last().unwrap().kind.is_remove(), "{removed:?}");
         // The kernel drops a deleted directory's watch; its name goes from the map too.
         let deadline = std::time::Instant::now() + GENEROUS;
-        while w.dirs.lock().unwrap().values().any(|p| *p == gone) {
+        while w.named.lock().unwrap().values().any(|p| *p == gone) {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the dead watch stayed named"

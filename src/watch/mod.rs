@@ -149,7 +149,7 @@ impl FileWatcher {
             pending: None,
         };
         // Watches go in before we return, so the first change already has an event to ride.
-        worker.reconcile_dirs();
+        worker.reconcile_watches();
         std::thread::Builder::new()
             .name("graylane-watch".into())
             .spawn(move || worker.run())
@@ -255,7 +255,7 @@ impl Worker {
             }
             let now = Instant::now();
             if now >= next_poll {
-                self.reconcile_dirs();
+                self.reconcile_watches();
                 look = true;
                 next_poll = now + POLL;
             }
@@ -290,7 +290,7 @@ impl Worker {
             Msg::Event(Err(error)) => {
                 // Possibly lost events (queue overflow, watch limits): look at everything.
                 warn!(%error, "file watch error; rescanning the rules files");
-                self.reconcile_dirs();
+                self.reconcile_watches();
             }
             Msg::SetPaths(files) => {
                 let mut old: HashMap<PathBuf, WatchedFile> =
@@ -301,7 +301,7 @@ impl Worker {
                     .collect();
                 // Again here: a scan since `set_paths` may have stored the old set's.
                 self.interest.store(Arc::new(interest_of(&self.files)));
-                self.reconcile_dirs();
+                self.reconcile_watches();
             }
         }
         Step::Look
@@ -330,7 +330,7 @@ impl Worker {
                     }
                 }
             }
-            self.reconcile_dirs();
+            self.reconcile_watches();
         }
     }
 
@@ -382,7 +382,7 @@ impl Worker {
         }
         if moved || changed {
             // Also for a file replaced where it was: its own watch follows the old inode.
-            self.reconcile_dirs();
+            self.reconcile_watches();
         }
     }
 
@@ -401,7 +401,7 @@ impl Worker {
     /// Makes the set of watches match the watched files, their directories' and each
     /// file's own: adds missing ones, drops unneeded ones, and re-watches a directory or
     /// file whose inode changed.
-    fn reconcile_dirs(&mut self) {
+    fn reconcile_watches(&mut self) {
         let Some(watcher) = self.watcher.as_mut() else {
             return;
         };
@@ -547,8 +547,9 @@ fn parent_dir(path: &Path) -> Option<&Path> {
     path.parent().filter(|p| !p.as_os_str().is_empty())
 }
 
-/// Drops the events we cause ourselves (every reload opens and reads the files, and
-/// treating that as a change would reload forever) and writes to files not watched.
+/// Drops writes (a close after writing, or a write) to files not watched. The reloader's
+/// own opens and reads raise no event under `dirs`' masks; were they let through, every
+/// reload would cause the next.
 fn worth_a_look(res: &io::Result<Event>, interest: &[PathBuf]) -> bool {
     let names_one = |event: &Event| event.paths.iter().any(|p| interest.contains(p));
     match res {
@@ -859,7 +860,7 @@ mod tests {
             warned: HashSet::new(),
             pending: None,
         };
-        worker.reconcile_dirs();
+        worker.reconcile_watches();
         let id = |p: &Path| FileId::of(&std::fs::metadata(p).unwrap());
         assert_eq!(worker.file_watches.get(&rules), Some(&id(&rules)));
 

@@ -129,11 +129,17 @@ pub(crate) struct SendFailure {
 #[derive(Debug)]
 pub(crate) struct Outgoing<'a> {
     pub method: &'a Method,
-    /// Origin form: path and query.
+    /// Origin form: path and query ([`origin_form`]).
     pub target: &'a str,
     /// Written before graylane's added fields; empty when the own loop's head is
     /// written instead (`received`).
     pub headers: HeaderMap,
+}
+
+/// A URI's origin form (RFC 9112 §3.2.1), the target an HTTP/1.1 upstream is sent: its
+/// path and query, `/` when it has none.
+pub(crate) fn origin_form(uri: &http::Uri) -> &str {
+    uri.path_and_query().map_or("/", |pq| pq.as_str())
 }
 
 /// Sends `req` with `body` (without `Host`, `origin` is sent as one) to `addr` on an
