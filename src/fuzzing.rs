@@ -61,6 +61,35 @@ pub fn h1_response(data: &[u8]) {
     crate::upstream::h1::parse_response_for_fuzzing(data);
 }
 
+/// A header block through graylane's HPACK decoder twice (the second time against the
+/// table the first left), with a table limit taken from the first byte; every field it
+/// gave is then encoded the way graylane answers and must decode to the same fields.
+pub fn hpack(data: &[u8]) {
+    use crate::http2::hpack::{encode_field, Decoder};
+    let Some((&limit, block)) = data.split_first() else {
+        return;
+    };
+    let mut d = Decoder::new(usize::from(limit) * 32);
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        if d.decode(block, |n, v| got.push((n.to_vec(), v.to_vec())))
+            .is_err()
+        {
+            return;
+        }
+    }
+    let mut again = Vec::new();
+    for (n, v) in &got {
+        encode_field(n, v, &mut again);
+    }
+    let mut back = Vec::with_capacity(got.len());
+    let decoded = Decoder::new(0).decode(&again, |n, v| back.push((n.to_vec(), v.to_vec())));
+    assert!(
+        decoded.is_ok() && back == got,
+        "encoder and decoder disagree"
+    );
+}
+
 /// A whole client connection: the bytes go to a plaintext listener over memory, with a
 /// config whose upstreams refuse connections (so every request ends in graylane's own
 /// answer). Build once per fuzzing process; `run` each input.

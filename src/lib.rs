@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | `config` | `graylane.yaml`: `raw` serde types → `validate` → [`Config`]; `yamlpos` for `FILE:LINE:COLUMN` | §3 |
 //! | `server` | listeners, accept loop, `max_connections`, drain; `conn`: timeouts (408, idle); `lean`: the own HTTP/1.1 loop for bodiless requests, hyper for the rest; `streams`: HTTP/2 streams in their connection's task; `tls` | §3 limits, §8 |
+//! | `http2` | HTTP/2's frames and HPACK for an own HTTP/2 path (not serving yet) | — |
 //! | `fields` | a request head's fields as the path reads and edits them: hyper's header map, or the head as the own loop received it | §3 forwarding |
 //! | `markers` | reads the `xdw-kefu-*` markers from headers, cookies, query ([`MarkerReader`]) | §1 |
 //! | `routing` | picks the service by host and longest path prefix | §3 services |
@@ -44,6 +45,7 @@ pub(crate) mod fields;
 #[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod guard;
+pub(crate) mod http2;
 pub(crate) mod lifecycle;
 pub(crate) mod longlink;
 pub(crate) mod markers;
