@@ -261,7 +261,10 @@ fn huffman_padding_and_eos_are_checked() {
         Err(HpackError::Huffman)
     );
     // ... nor is a whole byte of padding allowed (more than 7 bits) ...
-    assert_eq!(huffman::decode(&[0xff], &mut Vec::new()), Err(HpackError::Huffman));
+    assert_eq!(
+        huffman::decode(&[0xff], &mut Vec::new()),
+        Err(HpackError::Huffman)
+    );
     assert_eq!(
         huffman::decode(&[0b0001_1111, 0xff], &mut Vec::new()),
         Err(HpackError::Huffman)
@@ -467,4 +470,172 @@ fn a_large_header_block_is_split_into_continuation_frames() {
     let mut out = Vec::new();
     frame::headers(&mut out, 1, b"ab", false, 16);
     assert_eq!(&out[3..5], &[kind::HEADERS, flag::END_HEADERS]);
+}
+
+// === requests ===
+
+use super::request::{Assembler, Refused};
+use crate::fields::{Fields, Received};
+
+fn assemble(list: &[(&str, &str)]) -> Result<(super::request::Request, Received), Refused> {
+    let mut a = Assembler::new(16_384);
+    for (n, v) in list {
+        a.field(n.as_bytes(), v.as_bytes());
+    }
+    let mut received = Received::default();
+    a.finish(&mut received).map(|r| (r, received))
+}
+
+fn lines(r: &Received) -> String {
+    let mut out = Vec::new();
+    r.write(&mut out);
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn a_browser_request_becomes_parts_and_http1_field_lines() {
+    let (req, received) = assemble(&[
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":authority", "console.example:8443"),
+        (":path", "/api/chat?x=1"),
+        ("accept", "*/*"),
+        ("cookie", "xdw-kefu-uid=42"),
+        ("xdw-kefu-group", "staff"),
+        ("cookie", "theme=dark"),
+        ("te", "trailers"),
+    ])
+    .unwrap();
+    assert_eq!(req.parts.method, http::Method::GET);
+    assert_eq!(req.parts.uri, "https://console.example:8443/api/chat?x=1");
+    assert_eq!(req.parts.version, http::Version::HTTP_2);
+    assert_eq!(req.content_length, None);
+    // Cookies joined into one field (RFC 9113 §8.2.3), :authority as Host.
+    assert_eq!(
+        lines(&received),
+        "accept: */*\r\nxdw-kefu-group: staff\r\nte: trailers\r\n\
+         cookie: xdw-kefu-uid=42; theme=dark\r\nhost: console.example:8443\r\n"
+    );
+    let f = Fields::Received(&received);
+    assert_eq!(
+        f.get(&http::header::COOKIE),
+        Some(&b"xdw-kefu-uid=42; theme=dark"[..])
+    );
+    assert_eq!(f.host(), (Some(&b"console.example:8443"[..]), false));
+}
+
+#[test]
+fn a_host_field_is_kept_and_none_added() {
+    let (req, received) = assemble(&[
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/up"),
+        ("host", "im.example"),
+        ("content-length", "5"),
+        ("content-length", "5"),
+    ])
+    .unwrap();
+    assert_eq!(req.parts.uri, "/up", "no :authority: origin form");
+    assert_eq!(req.content_length, Some(5));
+    assert_eq!(
+        lines(&received),
+        "host: im.example\r\ncontent-length: 5\r\ncontent-length: 5\r\n"
+    );
+}
+
+#[test]
+fn malformed_requests_are_refused() {
+    let base = [(":method", "GET"), (":scheme", "https"), (":path", "/")];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut l = base.to_vec();
+        l.extend_from_slice(extra);
+        assemble(&l).err()
+    };
+    let m = |why| Some(Refused::Malformed(why));
+    assert_eq!(with(&[]), None);
+    assert_eq!(with(&[("Accept", "x")]), m("invalid field name"));
+    assert_eq!(with(&[("acc ept", "x")]), m("invalid field name"));
+    assert_eq!(with(&[("accept", "a\r\nb")]), m("invalid field value"));
+    assert_eq!(with(&[("accept", " x")]), m("invalid field value"));
+    assert_eq!(with(&[("accept", "x\t")]), m("invalid field value"));
+    assert_eq!(
+        with(&[("connection", "close")]),
+        m("connection-specific field")
+    );
+    assert_eq!(
+        with(&[("transfer-encoding", "chunked")]),
+        m("connection-specific field")
+    );
+    assert_eq!(
+        with(&[("upgrade", "websocket")]),
+        m("connection-specific field")
+    );
+    assert_eq!(with(&[("te", "gzip")]), m("te other than trailers"));
+    assert_eq!(
+        with(&[("accept", "x"), (":authority", "a")]),
+        m("pseudo-header field after a regular field")
+    );
+    assert_eq!(
+        with(&[(":status", "200")]),
+        m("unknown pseudo-header field")
+    );
+    assert_eq!(
+        with(&[(":path", "/again")]),
+        m("repeated pseudo-header field")
+    );
+    assert_eq!(
+        with(&[("content-length", "1"), ("content-length", "2")]),
+        m("content-length fields differ")
+    );
+    assert_eq!(
+        with(&[("content-length", "+1")]),
+        m("invalid content-length")
+    );
+    let only = |l: &[(&str, &str)]| assemble(l).err();
+    assert_eq!(
+        only(&[(":scheme", "https"), (":path", "/")]),
+        m("no :method")
+    );
+    assert_eq!(
+        only(&[(":method", "GET"), (":scheme", "https")]),
+        m("no :path")
+    );
+    assert_eq!(only(&[(":method", "GET"), (":path", "/")]), m("no :scheme"));
+    assert_eq!(
+        only(&[(":method", "GET"), (":scheme", "https"), (":path", "x")]),
+        m("invalid :path")
+    );
+    assert_eq!(
+        only(&[
+            (":method", "CONNECT"),
+            (":authority", "a:1"),
+            (":path", "/")
+        ]),
+        m("CONNECT with :scheme or :path")
+    );
+    let (connect, _) = assemble(&[(":method", "CONNECT"), (":authority", "a:1")]).unwrap();
+    assert_eq!(connect.parts.uri, "a:1");
+    let (star, _) =
+        assemble(&[(":method", "OPTIONS"), (":scheme", "https"), (":path", "*")]).unwrap();
+    assert_eq!(star.parts.uri, "*");
+}
+
+#[test]
+fn an_oversized_list_is_431_and_the_assembler_starts_over() {
+    let mut a = Assembler::new(200);
+    a.field(b":method", b"GET");
+    a.field(b"x-big", &[b'a'; 160]);
+    a.field(b"Bad", b"never looked at");
+    let mut received = Received::default();
+    assert_eq!(a.finish(&mut received).err(), Some(Refused::TooLarge));
+    for (n, v) in [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/"),
+        ("a", "b"),
+    ] {
+        a.field(n.as_bytes(), v.as_bytes());
+    }
+    assert!(a.finish(&mut received).is_ok());
+    assert_eq!(lines(&received), "a: b\r\n");
 }

@@ -1,0 +1,298 @@
+//! A request's decoded header block, made into what the request path takes from
+//! graylane's own HTTP/1.1 loop: `Parts` from the pseudo-header fields, and a
+//! [`Received`] whose head holds the regular fields as HTTP/1.1 field lines
+//! (`name: value` CRLF), so that forwarding to an HTTP/1.1 upstream copies them as they
+//! are instead of building a header map and writing it out again.
+//!
+//! The checks are RFC 9113 §8.2 and §8.3's, held as strictly as the HTTP/1.1 loop holds
+//! its heads: names are lowercase tokens, values carry no control characters and no
+//! whitespace at either end, the pseudo-header fields are the four a request has, once
+//! each and before the others, and the fields that only mean something to one HTTP/1.1
+//! connection are not there. A request that fails them is malformed: a stream error
+//! (PROTOCOL_ERROR), not an answer.
+
+use bytes::{Bytes, BytesMut};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Uri, Version};
+
+use crate::fields::{Received, Tally};
+
+/// Why a header block is not a request graylane passes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Malformed (RFC 9113 §8.1.1): the stream is reset with PROTOCOL_ERROR.
+    Malformed(&'static str),
+    /// Larger than the header list size graylane announced: answered 431, as an
+    /// HTTP/1.1 head over `max_header_bytes` is.
+    TooLarge,
+}
+
+/// What the pseudo-header fields said, and the body's declared length.
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub(crate) parts: http::request::Parts,
+    pub(crate) content_length: Option<u64>,
+}
+
+/// Collects one header block's fields as the decoder hands them over.
+#[derive(Debug)]
+pub(crate) struct Assembler {
+    /// The regular fields as HTTP/1.1 lines, and where each name and value lies.
+    lines: BytesMut,
+    spans: Vec<[u32; 4]>,
+    tally: Tally,
+    /// `cookie` fields, joined with "; " (RFC 9113 §8.2.3) into one line at the end.
+    cookie: Vec<u8>,
+    /// The pseudo-header fields' values, side by side, and where each lies.
+    pseudo: Vec<u8>,
+    method: Option<(usize, usize)>,
+    scheme: Option<(usize, usize)>,
+    authority: Option<(usize, usize)>,
+    path: Option<(usize, usize)>,
+    content_length: Option<u64>,
+    has_host: bool,
+    /// The list's size as RFC 9113 §6.5.2 counts it, against `limit`.
+    size: usize,
+    limit: usize,
+    /// The first reason the block is refused: the decoder still reads the rest of it,
+    /// so that the connection's table stays right.
+    refused: Option<Refused>,
+}
+
+impl Assembler {
+    /// An assembler for blocks of at most `limit` bytes (name, value and 32 per field).
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            lines: BytesMut::new(),
+            spans: Vec::new(),
+            tally: Tally::default(),
+            cookie: Vec::new(),
+            pseudo: Vec::new(),
+            method: None,
+            scheme: None,
+            authority: None,
+            path: None,
+            content_length: None,
+            has_host: false,
+            size: 0,
+            limit,
+            refused: None,
+        }
+    }
+
+    /// Takes one field; the decoder's callback.
+    pub(crate) fn field(&mut self, name: &[u8], value: &[u8]) {
+        self.size += name.len() + value.len() + 32;
+        if self.refused.is_some() {
+            return;
+        }
+        if self.size > self.limit {
+            self.refused = Some(Refused::TooLarge);
+            return;
+        }
+        if let Err(why) = self.take(name, value) {
+            self.refused = Some(Refused::Malformed(why));
+        }
+    }
+
+    fn take(&mut self, name: &[u8], value: &[u8]) -> Result<(), &'static str> {
+        if !valid_value(value) {
+            return Err("invalid field value");
+        }
+        if let Some(pseudo) = name.strip_prefix(b":") {
+            if !self.spans.is_empty() || !self.cookie.is_empty() {
+                return Err("pseudo-header field after a regular field");
+            }
+            let slot = match pseudo {
+                b"method" => &mut self.method,
+                b"scheme" => &mut self.scheme,
+                b"authority" => &mut self.authority,
+                b"path" => &mut self.path,
+                _ => return Err("unknown pseudo-header field"),
+            };
+            if slot.is_some() {
+                return Err("repeated pseudo-header field");
+            }
+            *slot = Some((self.pseudo.len(), self.pseudo.len() + value.len()));
+            self.pseudo.extend_from_slice(value);
+            return Ok(());
+        }
+        if name.is_empty() || !name.iter().all(|&b| LOWER_TCHAR[usize::from(b)]) {
+            return Err("invalid field name");
+        }
+        match name {
+            b"connection" | b"proxy-connection" | b"keep-alive" | b"transfer-encoding"
+            | b"upgrade" => return Err("connection-specific field"),
+            b"te" if !value.eq_ignore_ascii_case(b"trailers") => {
+                return Err("te other than trailers")
+            }
+            b"cookie" => {
+                if !self.cookie.is_empty() {
+                    self.cookie.extend_from_slice(b"; ");
+                }
+                self.cookie.extend_from_slice(value);
+                return Ok(());
+            }
+            b"content-length" => {
+                let n = std::str::from_utf8(value)
+                    .ok()
+                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or("invalid content-length")?;
+                if self.content_length.is_some_and(|m| m != n) {
+                    return Err("content-length fields differ");
+                }
+                self.content_length = Some(n);
+            }
+            b"host" => self.has_host = true,
+            _ => {}
+        }
+        self.line(name, value);
+        Ok(())
+    }
+
+    fn line(&mut self, name: &[u8], value: &[u8]) {
+        let ns = self.lines.len();
+        self.lines.extend_from_slice(name);
+        self.lines.extend_from_slice(b": ");
+        let vs = self.lines.len();
+        self.lines.extend_from_slice(value);
+        let ve = self.lines.len();
+        self.lines.extend_from_slice(b"\r\n");
+        self.tally.note(self.spans.len(), name);
+        // A block is limited far below 4 GiB (`limit`): positions fit in `u32`.
+        self.spans
+            .push([ns as u32, (ns + name.len()) as u32, vs as u32, ve as u32]);
+    }
+
+    /// The request, its regular fields moved into `received`; the assembler is ready
+    /// for the connection's next block.
+    pub(crate) fn finish(&mut self, received: &mut Received) -> Result<Request, Refused> {
+        let result = self.request(received);
+        self.lines.clear();
+        self.spans.clear();
+        self.tally = Tally::default();
+        self.cookie.clear();
+        self.pseudo.clear();
+        (self.method, self.scheme, self.authority, self.path) = (None, None, None, None);
+        self.content_length = None;
+        self.has_host = false;
+        self.size = 0;
+        self.refused = None;
+        result
+    }
+
+    fn request(&mut self, received: &mut Received) -> Result<Request, Refused> {
+        if let Some(refused) = self.refused {
+            return Err(refused);
+        }
+        let malformed = Refused::Malformed;
+        let pseudo = Bytes::from(std::mem::take(&mut self.pseudo));
+        let get = |slot: Option<(usize, usize)>| slot.map(|(s, e)| pseudo.slice(s..e));
+        let method = get(self.method).ok_or(malformed("no :method"))?;
+        let method = Method::from_bytes(&method).map_err(|_| malformed("invalid :method"))?;
+        let authority = get(self.authority).filter(|a| !a.is_empty());
+        let mut uri = http::uri::Parts::default();
+        if method == Method::CONNECT {
+            // RFC 9113 §8.5: :authority only (extended CONNECT is not offered).
+            if self.scheme.is_some() || self.path.is_some() {
+                return Err(malformed("CONNECT with :scheme or :path"));
+            }
+            let authority = authority.ok_or(malformed("CONNECT without :authority"))?;
+            uri.authority = Some(
+                Authority::from_maybe_shared(authority)
+                    .map_err(|_| malformed("invalid :authority"))?,
+            );
+        } else {
+            let scheme = get(self.scheme).ok_or(malformed("no :scheme"))?;
+            let path = get(self.path)
+                .filter(|p| !p.is_empty())
+                .ok_or(malformed("no :path"))?;
+            if path[0] != b'/' && !(&path[..] == b"*" && method == Method::OPTIONS) {
+                return Err(malformed("invalid :path"));
+            }
+            uri.scheme =
+                Some(Scheme::try_from(&scheme[..]).map_err(|_| malformed("invalid :scheme"))?);
+            uri.authority = match authority {
+                Some(a) => Some(
+                    Authority::from_maybe_shared(a).map_err(|_| malformed("invalid :authority"))?,
+                ),
+                // `http` wants an authority beside a scheme; the Host field then names
+                // the target, as in HTTP/1.1.
+                None => None,
+            };
+            if uri.authority.is_none() {
+                uri.scheme = None;
+            }
+            uri.path_and_query = Some(
+                PathAndQuery::from_maybe_shared(path).map_err(|_| malformed("invalid :path"))?,
+            );
+        }
+        let uri = Uri::from_parts(uri).map_err(|_| malformed("invalid target"))?;
+        if !self.cookie.is_empty() {
+            let cookie = std::mem::take(&mut self.cookie);
+            self.line(b"cookie", &cookie);
+            self.cookie = cookie;
+        }
+        if !self.has_host {
+            // The upstream's HTTP/1.1 head needs a Host (RFC 9112 §3.2): :authority's.
+            if let Some(a) = uri.authority() {
+                let a = a.as_str().as_bytes().to_vec();
+                self.line(b"host", &a);
+            }
+        }
+        let lines = self.lines.split().freeze();
+        received
+            .spans_for(self.spans.len())
+            .copy_from_slice(&self.spans);
+        received.refill(lines, self.tally);
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts.method = method;
+        parts.uri = uri;
+        parts.version = Version::HTTP_2;
+        Ok(Request {
+            parts,
+            content_length: self.content_length,
+        })
+    }
+}
+
+/// RFC 9113 §8.2.1 with HTTP's field value rules: no NUL, CR, LF or other control
+/// character but HTAB, and no whitespace at either end.
+fn valid_value(v: &[u8]) -> bool {
+    let ws = |b: &u8| *b == b' ' || *b == b'\t';
+    v.iter().all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
+        && !v.first().is_some_and(ws)
+        && !v.last().is_some_and(ws)
+}
+
+/// Lowercase token characters (RFC 9110 §5.6.2, no uppercase): what a field name in
+/// HTTP/2 may hold.
+const LOWER_TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_lowercase()
+            || c.is_ascii_digit()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    t
+};
