@@ -1,6 +1,7 @@
 //! HTTP/2's wire format as graylane's own HTTP/2 server path reads and writes it:
 //! frames (`frame`), header compression (`hpack`, with `huffman`), and a request's
-//! decoded fields made into what the request path takes (`request`).
+//! decoded fields made into what the request path takes (`request`), and an answer's
+//! head as a header block (`response`).
 //!
 //! hyper's HTTP/2 server (the `h2` crate) costs about 17,000 of the 43,000 instructions
 //! an HTTP/2-over-TLS request takes end to end: each request's fields are decoded into a
@@ -18,6 +19,7 @@ pub(crate) mod frame;
 pub(crate) mod hpack;
 mod huffman;
 pub(crate) mod request;
+pub(crate) mod response;
 #[cfg(test)]
 mod tests;
 

@@ -639,3 +639,34 @@ fn an_oversized_list_is_431_and_the_assembler_starts_over() {
     assert!(a.finish(&mut received).is_ok());
     assert_eq!(lines(&received), "a: b\r\n");
 }
+
+// === answers ===
+
+#[test]
+fn an_answer_head_leaves_out_what_concerns_one_http1_connection() {
+    let head: [(&[u8], &[u8]); 8] = [
+        (b"Content-Type", b"text/plain"),
+        (b"connection", b"keep-alive, X-Hop"),
+        (b"keep-alive", b"timeout=5"),
+        (b"x-hop", b"1"),
+        (b"transfer-encoding", b"chunked"),
+        (b"Upgrade", b"h2c"),
+        (b"proxy-connection", b"close"),
+        (b"set-cookie", b"a=b"),
+    ];
+    let mut block = Vec::new();
+    super::response::head_block(404, head, &mut block);
+    let got = decode(&mut Decoder::new(4096), &block).unwrap();
+    assert_eq!(
+        got,
+        fields(&[
+            (":status", "404"),
+            ("content-type", "text/plain"),
+            ("set-cookie", "a=b")
+        ])
+    );
+    let mut plain = Vec::new();
+    super::response::head_block(200, [(&b"vary"[..], &b"accept"[..])], &mut plain);
+    let got = decode(&mut Decoder::new(4096), &plain).unwrap();
+    assert_eq!(got, fields(&[(":status", "200"), ("vary", "accept")]));
+}

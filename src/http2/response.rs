@@ -1,0 +1,61 @@
+//! An answer's head as an HTTP/2 header block, from its fields as they are (a header
+//! map's, or an HTTP/1.1 upstream's head as received).
+
+use super::hpack::{encode_field, encode_status};
+
+/// Writes `:status` and every field but those that concern one HTTP/1.1 connection only
+/// (RFC 9113 §8.2.2: Connection and the fields it names, Keep-Alive, Proxy-Connection,
+/// Transfer-Encoding, Upgrade), which an HTTP/2 client treats as malformed. Names are
+/// written lowercase, as HTTP/2 requires (§8.2.1).
+pub(crate) fn head_block<'a, I>(status: u16, fields: I, out: &mut Vec<u8>)
+where
+    I: IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    I::IntoIter: Clone,
+{
+    let fields = fields.into_iter();
+    let mut listed = fields
+        .clone()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+        .peekable();
+    let has_connection = listed.peek().is_some();
+    encode_status(status, out);
+    let mut lower = Vec::new();
+    for (name, value) in fields.clone() {
+        if connection_specific(name) {
+            continue;
+        }
+        if has_connection && named_by_connection(fields.clone(), name) {
+            continue;
+        }
+        if name.iter().any(u8::is_ascii_uppercase) {
+            lower.clear();
+            lower.extend(name.iter().map(u8::to_ascii_lowercase));
+            encode_field(&lower, value, out);
+        } else {
+            encode_field(name, value, out);
+        }
+    }
+}
+
+fn connection_specific(name: &[u8]) -> bool {
+    [
+        &b"connection"[..],
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"upgrade",
+    ]
+    .iter()
+    .any(|c| name.eq_ignore_ascii_case(c))
+}
+
+/// Whether a Connection field among `fields` lists `name`.
+fn named_by_connection<'a>(
+    fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    name: &[u8],
+) -> bool {
+    fields
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+        .flat_map(|(_, v)| v.split(|&b| b == b','))
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(name))
+}
