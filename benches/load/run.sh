@@ -19,6 +19,10 @@
 #                on epoll with a read tried straight after each write (floor-eager), and on
 #                io_uring (floor-uring); the floor of a lean HTTP/1.1 path, and the kernel
 #                levers measured beside graylane and the peers
+#   --syscalls   TLS modes also count each proxy's system calls per request (perf stat on
+#                its syscall tracepoints during each measured run; a table in the report).
+#                The counting adds work to every system call of every proxy: the CPU
+#                columns of such a run are not comparable with those of a run without it
 #   --quick      1 round; plain 3 s per run after 1 s warm-up; TLS 40000 requests per run
 #   default      3 rounds; plain 10 s per run after 2 s warm-up, 64 connections, workers
 #                "1 2"; TLS 200000 requests per run after 20000 warm-up requests, h2load 1
@@ -50,6 +54,7 @@ PROTOS="h2 h1"
 RUN_PLAIN=1
 RUN_TLS=0
 RUN_FLOOR=0
+SYSCALLS=0
 OUT=""
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -62,13 +67,14 @@ while [[ $# -gt 0 ]]; do
     --tls) RUN_PLAIN=0 RUN_TLS=1 ;;
     --all) RUN_PLAIN=1 RUN_TLS=1 ;;
     --floor) RUN_FLOOR=1 ;;
+    --syscalls) SYSCALLS=1 ;;
     --requests) REQUESTS=$2; shift ;;
     --tls-connections) TLS_CONNS=$2; shift ;;
     --streams) STREAMS=$2; shift ;;
     --protos) PROTOS=$2; shift ;;
     --out) OUT=$2; shift ;;
     --no-build) export NO_BUILD=1 ;;
-    -h | --help) sed -n '2,37p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,41p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
     esac
     shift
@@ -111,6 +117,7 @@ log "run directory: $RUN_DIR; load average at start: $LOADAVG_START"
 tools=(nginx:nginx haproxy:haproxy curl:curl taskset:util-linux)
 [[ $RUN_PLAIN == 1 ]] && tools+=(wrk:wrk)
 [[ $RUN_TLS == 1 ]] && tools+=(h2load:nghttp2-client openssl:openssl)
+[[ $RUN_TLS == 1 && $SYSCALLS == 1 ]] && tools+=(perf:linux-perf)
 ensure_tools "${tools[@]}"
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY_BIN=$(command -v haproxy || echo /usr/sbin/haproxy)
@@ -390,6 +397,39 @@ measure_plain() { # KIND WORKERS ROUND
     record plain-h1 "$kind" "$w" "$round" "$rps" "$p50" "$p99" "$reqs" $((${non2xx:-0} + ${sockerr:-0})) "$out"
 }
 
+# The system calls counted by --syscalls: reads from and writes to either side, and the
+# event loop's waits; `raw_syscalls:sys_enter` counts every call.
+SYSCALL_EVENTS=(raw_syscalls:sys_enter syscalls:sys_enter_read syscalls:sys_enter_recvfrom
+    syscalls:sys_enter_recvmsg syscalls:sys_enter_write syscalls:sys_enter_writev
+    syscalls:sys_enter_sendto syscalls:sys_enter_sendmsg syscalls:sys_enter_epoll_wait
+    syscalls:sys_enter_epoll_pwait)
+
+# syscalls_begin : starts perf stat on the proxy's processes (SAMPLE_PIDS).
+syscalls_begin() {
+    local events
+    events=$(IFS=,; echo "${SYSCALL_EVENTS[*]}")
+    SYSCALLS_OUT="$RUN_DIR/perf-stat.csv"
+    perf stat -x, -e "$events" -p "$(IFS=,; echo "${SAMPLE_PIDS[*]}")" -o "$SYSCALLS_OUT" &
+    SYSCALLS_PID=$!
+    sleep 0.5 # perf attaches before the measured requests start
+}
+
+# syscalls_end MODE KIND ROUND H2LOAD_OUT : stops perf; appends "mode kind round total reads
+# writes waits" per request to syscalls.tsv.
+syscalls_end() {
+    kill -INT "$SYSCALLS_PID" 2>/dev/null || true
+    wait "$SYSCALLS_PID" 2>/dev/null || true
+    local n
+    n=$(awk '/^requests:/ {print $6 - $10}' "$4")
+    awk -F, -v mode="$1" -v kind="$2" -v round="$3" -v n="$n" '
+        $3 ~ /raw_syscalls:sys_enter/ { total = $1 }
+        $3 ~ /sys_enter_(read|recvfrom|recvmsg)$/ { reads += $1 }
+        $3 ~ /sys_enter_(write|writev|sendto|sendmsg)$/ { writes += $1 }
+        $3 ~ /sys_enter_epoll_p?wait$/ { waits += $1 }
+        END { if (n > 0) printf "%s\t%s\t%s\t%.2f\t%.2f\t%.2f\t%.2f\n", mode, kind, round, total / n, reads / n, writes / n, waits / n }
+    ' "$SYSCALLS_OUT" >>"$RUN_DIR/syscalls.tsv"
+}
+
 measure_tls() { # KIND PROTO ROUND
     local kind=$1 proto=$2 round=$3
     local out="$RUN_DIR/h2load-$1-$2-r$3.txt" lat="$RUN_DIR/h2load-$1-$2-r$3.log"
@@ -398,7 +438,9 @@ measure_tls() { # KIND PROTO ROUND
     verify_routing "$kind"
     h2load_run "$PROXY_PORT" "$proto" "$WARMUP_REQUESTS" "$RUN_DIR/warmup.txt"
     sample_begin
+    [[ $SYSCALLS == 1 ]] && syscalls_begin
     h2load_run "$PROXY_PORT" "$proto" "$REQUESTS" "$out" "$lat"
+    [[ $SYSCALLS == 1 ]] && syscalls_end "tls-$proto" "$kind" "$round" "$out"
     sample_end "$kind"
 
     # finished in 3.03s, 16381.00 req/s, 1.08MB/s
@@ -606,6 +648,23 @@ report() {
     for mode in plain-h1 tls-h2 tls-h1; do
         mode_section "$mode"
     done
+    if [[ -s $RUN_DIR/syscalls.tsv ]]; then
+        echo "### System calls per request (\`--syscalls\`)"
+        echo
+        echo "\`perf stat\` on the proxy's processes during each measured h2load run, divided by the"
+        echo "responses; medians over rounds. Reads: read, recvfrom, recvmsg; writes: write, writev,"
+        echo "sendto, sendmsg; waits: epoll_wait, epoll_pwait; all: every system call."
+        echo
+        echo "| mode | proxy | all | reads | writes | waits |"
+        echo "|---|---|---:|---:|---:|---:|"
+        awk -F'\t' "$AWK_LIB"'
+            { key = $1 "\t" $2; if (!(key in seen)) { seen[key] = 1; order[++n] = key }
+              for (i = 4; i <= 7; i++) v[key, i] = v[key, i] " " $i }
+            END { for (k = 1; k <= n; k++) { split(order[k], p, "\t"); printf "| %s | %s |", p[1], p[2]
+                  for (i = 4; i <= 7; i++) printf " %.2f |", median(v[order[k], i]); printf "\n" } }
+        ' "$RUN_DIR/syscalls.tsv"
+        echo
+    fi
     local shares
     shares=$(awk -F'\t' '$2 == "graylane" && $13 != "" {printf "%s%s %s", sep, $1, $13; sep = ", "}' "$RESULTS")
     [[ -n $shares ]] && echo "graylane's own metrics counted these gray shares per run (plain: 20% expected; TLS: 0%, one stable uid): $shares." && echo
