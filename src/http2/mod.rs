@@ -1,20 +1,17 @@
-//! HTTP/2's wire format as graylane's own HTTP/2 server path reads and writes it:
-//! frames (`frame`), header compression (`hpack`, with `huffman`), and a request's
-//! decoded fields made into what the request path takes (`request`), and an answer's
-//! head as a header block (`response`).
+//! HTTP/2's wire format as graylane's own HTTP/2 server (`server::h2own`) reads and
+//! writes it: frames (`frame`), header compression (`hpack`, with `huffman`), a
+//! request's decoded fields made into what the request path takes (`request`), its body
+//! as DATA frames bring it (`body`), and an answer's head as a header block (`response`).
 //!
-//! hyper's HTTP/2 server (the `h2` crate) costs about 17,000 of the 43,000 instructions
-//! an HTTP/2-over-TLS request takes end to end: each request's fields are decoded into a
-//! header map, each answer's map is checked, indexed and Huffman-coded; the answer is
-//! then queued per stream and framed. A proxy that forwards over HTTP/1.1 needs the
-//! fields only as bytes: these are the pieces of a path that writes a request's fields
-//! straight into the upstream's head and frames the upstream's answer as it comes.
-//!
-//! Not serving yet: the connection that will read and write with these is still to come,
-//! so their users today are their tests and the fuzz target (`fuzz/fuzz_targets/hpack.rs`),
-//! and what only that connection will call is allowed to stand unused until then.
-#![allow(dead_code)]
+//! hyper's HTTP/2 server (the `h2` crate) cost about 17,000 of the 43,000 instructions
+//! an HTTP/2-over-TLS request took end to end: each request's fields are decoded into a
+//! header map, each answer's map was checked, indexed and Huffman-coded; the answer
+//! was then queued per stream and framed. A proxy that forwards over HTTP/1.1 needs the
+//! fields only as bytes: with these, a request's fields go from the decoder straight
+//! into the upstream's head, and the upstream's answer is framed as it comes.
 
+
+pub(crate) mod body;
 pub(crate) mod frame;
 pub(crate) mod hpack;
 mod huffman;

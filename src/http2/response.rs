@@ -7,24 +7,20 @@ use super::hpack::{encode_field, encode_status};
 /// (RFC 9113 §8.2.2: Connection and the fields it names, Keep-Alive, Proxy-Connection,
 /// Transfer-Encoding, Upgrade), which an HTTP/2 client treats as malformed. Names are
 /// written lowercase, as HTTP/2 requires (§8.2.1).
-pub(crate) fn head_block<'a, I>(status: u16, fields: I, out: &mut Vec<u8>)
+/// `fields` gives the fields each time it is called (a second time only when there is a
+/// Connection field).
+pub(crate) fn head_block<'a, I>(status: u16, fields: impl Fn() -> I, out: &mut Vec<u8>)
 where
-    I: IntoIterator<Item = (&'a [u8], &'a [u8])>,
-    I::IntoIter: Clone,
+    I: Iterator<Item = (&'a [u8], &'a [u8])>,
 {
-    let fields = fields.into_iter();
-    let mut listed = fields
-        .clone()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
-        .peekable();
-    let has_connection = listed.peek().is_some();
+    let has_connection = fields().any(|(n, _)| n.eq_ignore_ascii_case(b"connection"));
     encode_status(status, out);
     let mut lower = Vec::new();
-    for (name, value) in fields.clone() {
+    for (name, value) in fields() {
         if connection_specific(name) {
             continue;
         }
-        if has_connection && named_by_connection(fields.clone(), name) {
+        if has_connection && named_by_connection(fields(), name) {
             continue;
         }
         if name.iter().any(u8::is_ascii_uppercase) {

@@ -655,7 +655,7 @@ fn an_answer_head_leaves_out_what_concerns_one_http1_connection() {
         (b"set-cookie", b"a=b"),
     ];
     let mut block = Vec::new();
-    super::response::head_block(404, head, &mut block);
+    super::response::head_block(404, || head.into_iter(), &mut block);
     let got = decode(&mut Decoder::new(4096), &block).unwrap();
     assert_eq!(
         got,
@@ -666,7 +666,11 @@ fn an_answer_head_leaves_out_what_concerns_one_http1_connection() {
         ])
     );
     let mut plain = Vec::new();
-    super::response::head_block(200, [(&b"vary"[..], &b"accept"[..])], &mut plain);
+    super::response::head_block(
+        200,
+        || [(&b"vary"[..], &b"accept"[..])].into_iter(),
+        &mut plain,
+    );
     let got = decode(&mut Decoder::new(4096), &plain).unwrap();
     assert_eq!(got, fields(&[(":status", "200"), ("vary", "accept")]));
 }

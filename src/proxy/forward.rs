@@ -12,7 +12,6 @@ use std::sync::Arc;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use crate::config::{OnUnavailable, Protocol, Service, GRAY};
@@ -21,7 +20,7 @@ use crate::fields::Received;
 use crate::guard::GuardState;
 use crate::metrics::ServiceMetrics;
 use crate::state::Shared;
-use crate::upstream::{self, h1, DownBody, ReclaimableBody, UpBody};
+use crate::upstream::{self, h1, ClientBody, DownBody, ReclaimableBody, UpBody};
 use crate::upstream::{Endpoint, Outcome as EndpointOutcome, PoolUpstream};
 
 use super::deadline::{response_deadline, Deadline};
@@ -37,7 +36,7 @@ pub(super) enum Replay {
 
 impl Replay {
     /// Wraps the client's body; a body that is already complete needs no wrapper.
-    pub(super) fn new(body: Incoming) -> Self {
+    pub(super) fn new(body: ClientBody) -> Self {
         if body.is_end_stream() {
             Replay::Empty
         } else {

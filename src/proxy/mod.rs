@@ -28,7 +28,7 @@ use crate::routing::strip_port;
 use crate::rules::Decision;
 use crate::state::{ConnCtx, Live, Outcome, Shadow, Shared};
 use crate::upstream::h1::Tunnel;
-use crate::upstream::DownBody;
+use crate::upstream::{ClientBody, DownBody};
 use forward::{Forward, Replay};
 
 /// A response on its way up the request's futures. Boxed: a `Response` is 160 bytes, and
@@ -49,7 +49,7 @@ pub(crate) async fn handle(
         parts,
         None,
         None,
-        Replay::new(body),
+        Replay::new(ClientBody::Hyper(body)),
         client_upgrade,
         shared,
         conn,
@@ -77,6 +77,35 @@ pub(crate) async fn handle_bodiless(
         Some(fields),
         Some(timer),
         Replay::Empty,
+        None,
+        shared,
+        conn,
+        start,
+    )
+    .await
+}
+
+/// Handles a request read by graylane's own HTTP/2 connection: its fields are HTTP/1.1
+/// field lines (`parts` has none), as the own HTTP/1.1 loop's are, and its body, if it
+/// has one, arrives in DATA frames. HTTP/2 has no upgrade (extended CONNECT is not
+/// offered), and no per-connection response timer: each attempt arms its own.
+pub(crate) async fn handle_own_h2(
+    parts: http::request::Parts,
+    mut fields: Received,
+    body: Option<crate::http2::body::OwnBody>,
+    shared: &Arc<Shared>,
+    conn: &ConnCtx,
+) -> Answer {
+    let start = Instant::now();
+    let body = match body {
+        Some(b) => Replay::new(ClientBody::Own(b)),
+        None => Replay::Empty,
+    };
+    route(
+        parts,
+        Some(&mut fields),
+        None,
+        body,
         None,
         shared,
         conn,

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::gate::Gate;
-use super::{lean, streams, Serving};
+use super::{lean, Serving};
 use crate::error::Refusal;
 use crate::proxy;
 use crate::state::{ConnCtx, Shared};
@@ -343,25 +343,14 @@ pub(super) async fn serve<S>(
         peer,
         listener,
     };
-    // hyper's HTTP/2 server, its streams polled in this task (see `streams`). hyper moves
-    // each stream's future into the executor, and that into a box of its own: the
-    // request's future, a state machine of several KiB, is boxed so that only a pointer
-    // moves (unboxed: +150 instructions per request). HTTP/1.1 polls the future where it
-    // lies, where a box would only add a copy.
-    let h2_conn = {
-        let respond = respond.clone();
-        move |io| {
-            let service = service_fn(move |req| Box::pin(respond(req)));
-            let (exec, queued) = streams::queue();
-            let conn = super::h2_builder(shared, exec).serve_connection(TokioIo::new(io), service);
-            streams::InTask::new(conn, queued)
-        }
-    };
+    // graylane's own HTTP/2 server connection (see `h2own`), its streams in this task.
+    let h2_ctx = ctx.clone();
+    let h2_conn = |io| super::h2own::Conn::new(io, shared.clone(), h2_ctx.clone(), state.clone());
     if h2 {
         let conn = h2_conn(lean::Prefixed::bare(io));
         tokio::pin!(conn);
         watched
-            .run(conn, |c| c.conn().graceful_shutdown(), stop)
+            .run(conn, |c| c.get_mut().graceful_shutdown(), stop)
             .await;
     } else {
         // graylane's own loop serves the plain requests; hyper the rest of a connection
@@ -370,26 +359,54 @@ pub(super) async fn serve<S>(
         let own = lean::serve(io, shared.clone(), ctx, state.clone());
         let make = |io: lean::Prefixed<_>| {
             if io.starts_h2() {
-                streams::Handed::H2(h2_conn(io))
+                Handed::H2(h2_conn(io))
             } else {
-                streams::Handed::Auto(Box::pin(
-                    serving
-                        .builder
-                        .serve_connection_with_upgrades(TokioIo::new(io), service_fn(respond)),
-                ))
+                Handed::Auto(Box::pin(serving.builder.serve_connection_with_upgrades(
+                    TokioIo::new(io),
+                    service_fn(respond),
+                )))
             }
         };
         let conn = lean::Lean::new(
             own,
             make,
-            |c: Pin<&mut streams::Handed<_, _>>| match c.get_mut() {
-                streams::Handed::Auto(a) => a.as_mut().graceful_shutdown(),
-                streams::Handed::H2(h) => Pin::new(h).conn().graceful_shutdown(),
+            |c: Pin<&mut Handed<_, _>>| match c.get_mut() {
+                Handed::Auto(a) => a.as_mut().graceful_shutdown(),
+                Handed::H2(h) => h.graceful_shutdown(),
             },
             state.clone(),
         );
         tokio::pin!(conn);
         watched.run(conn, |c| c.graceful_shutdown(), stop).await;
+    }
+}
+
+/// What serves a connection that graylane's own HTTP/1.1 loop handed over: graylane's
+/// own HTTP/2 connection when the bytes read so far are the HTTP/2 preface, else hyper's
+/// HTTP/1.1-or-2 server (which looks at the version itself: a preface that arrived in
+/// pieces, or any request the loop leaves to hyper).
+pub(super) enum Handed<A, C> {
+    /// Boxed: hyper's connection is not `Unpin`; a hand-over happens once per
+    /// connection at most.
+    Auto(Pin<Box<A>>),
+    H2(C),
+}
+
+type AnyError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<A, C, E> Future for Handed<A, C>
+where
+    A: Future<Output = Result<(), E>>,
+    E: Into<AnyError>,
+    C: Future<Output = Result<(), super::h2own::ConnError>> + Unpin,
+{
+    type Output = Result<(), AnyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Handed::Auto(a) => a.as_mut().poll(cx).map_err(Into::into),
+            Handed::H2(h) => Pin::new(h).poll(cx).map_err(Into::into),
+        }
     }
 }
 

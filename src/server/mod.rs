@@ -19,11 +19,11 @@
 
 mod conn;
 mod gate;
+mod h2own;
 mod lean;
 #[cfg(test)]
 pub(crate) use lean::received;
 mod sockio;
-mod streams;
 pub(crate) mod tls;
 
 use std::future::Future;
@@ -326,20 +326,6 @@ const H2_MAX_STREAMS: u32 = 1024;
 /// The header list an HTTP/2 client may send: the HTTP/1.1 head's limit.
 fn h2_header_list(shared: &Shared) -> u32 {
     u32::try_from(shared.config.limits.max_header_bytes).unwrap_or(u32::MAX)
-}
-
-/// The server side of one HTTP/2 connection (over TLS, or h2c whose preface the own loop
-/// read whole), its streams run by `exec` (see `streams`); configured as
-/// `http_builder`'s HTTP/2 half, which serves h2c whose preface came in pieces.
-fn h2_builder(
-    shared: &Shared,
-    exec: streams::StreamExec,
-) -> hyper::server::conn::http2::Builder<streams::StreamExec> {
-    let mut b = hyper::server::conn::http2::Builder::new(exec);
-    b.timer(TokioTimer::new())
-        .max_header_list_size(h2_header_list(shared))
-        .max_concurrent_streams(H2_MAX_STREAMS);
-    b
 }
 
 /// Accepts until told to stop, then drains this listener's connections. Returns whether

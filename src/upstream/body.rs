@@ -11,6 +11,52 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::h1::{H1Body, H1Error, RawFields, Tunnel};
+use crate::http2::body::{BodyCut, OwnBody};
+
+/// A client's request body: hyper's, or one graylane's own HTTP/2 connection feeds.
+#[derive(Debug)]
+pub(crate) enum ClientBody {
+    Hyper(Incoming),
+    Own(OwnBody),
+}
+
+/// Why reading a client's request body failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ClientBodyError {
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error(transparent)]
+    Cut(#[from] BodyCut),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(ClientBodyError::from),
+            ClientBody::Own(b) => Pin::new(b).poll_frame(cx).map_err(ClientBodyError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::Own(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::Own(b) => b.size_hint(),
+        }
+    }
+}
 
 /// The request body sent upstream. An enum rather than a boxed trait object: no
 /// allocation per request, and a body-less request can be replayed on retry.
@@ -31,7 +77,7 @@ pub(crate) struct ReclaimableBody(Arc<BodySlot>);
 #[derive(Debug)]
 struct BodySlot {
     touched: AtomicBool,
-    body: Mutex<Option<Incoming>>,
+    body: Mutex<Option<ClientBody>>,
     /// The last byte went upstream: the wait for the response head starts now.
     sent: AtomicBool,
     /// Frames handed upstream so far: an upload that stops moving still times out.
@@ -45,7 +91,7 @@ struct BodySlot {
 
 impl ReclaimableBody {
     /// Wraps a client body.
-    pub(crate) fn new(b: Incoming) -> Self {
+    pub(crate) fn new(b: ClientBody) -> Self {
         Self(Arc::new(BodySlot {
             touched: AtomicBool::new(false),
             body: Mutex::new(Some(b)),
@@ -87,12 +133,12 @@ impl ReclaimableBody {
 
 impl Body for UpBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
             UpBody::Empty => Poll::Ready(None),
             UpBody::Reclaimable(r) => {

@@ -19,7 +19,9 @@ mod pick;
 mod pool;
 mod resolve;
 
-pub(crate) use body::{DownBody, DownBodyError, ReclaimableBody, UpBody};
+pub(crate) use body::{
+    ClientBody, ClientBodyError, DownBody, DownBodyError, ReclaimableBody, UpBody,
+};
 pub(crate) use endpoint::{Endpoint, Outcome};
 pub(crate) use h2::{classify, endpoint_uri, H2Client};
 pub(crate) use pool::PoolEndpoints;

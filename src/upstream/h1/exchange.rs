@@ -46,14 +46,15 @@ pub(super) async fn exchange(
     body: &mut UpBody,
 ) -> Result<Response<Box<H1Body>>, Exchange> {
     let raw = received.is_some();
+    let fields = Fields::of(&req.headers, received);
     let framing = match body {
         UpBody::Empty => ReqFraming::None,
-        UpBody::Reclaimable(_) if req.headers.contains_key(header::CONTENT_LENGTH) => {
+        // The fields as the client sent them: hyper's map, or the head as received.
+        UpBody::Reclaimable(_) if fields.get(&header::CONTENT_LENGTH).is_some() => {
             ReqFraming::Length
         }
         UpBody::Reclaimable(_) => ReqFraming::Chunked,
     };
-    let fields = Fields::of(&req.headers, received);
     encode_head(
         &mut conn.wbuf,
         req.method,

@@ -87,7 +87,7 @@ pub(crate) enum H1Error {
     Parse(&'static str),
     /// Reading the client's request body failed (the client went away mid-upload).
     #[error("reading the client's request body: {0}")]
-    RequestBody(#[source] hyper::Error),
+    RequestBody(#[source] crate::upstream::ClientBodyError),
 }
 
 impl H1Error {

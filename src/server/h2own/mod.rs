@@ -1,0 +1,284 @@
+//! graylane's own HTTP/2 server connection: frames read and written by `crate::http2`,
+//! each stream's request handed to the request path with its fields as HTTP/1.1 field
+//! lines (no header map), each answer framed from its fields as they came from the
+//! upstream. One future per connection: it reads (`read`), runs its streams in its own
+//! task, and writes everything it has in one go per wake-up (`write`).
+//!
+//! What hyper's HTTP/2 server held against hostile clients holds here too: a header
+//! block is bounded as it arrives (CONTINUATION), and as it decodes (HPACK bombs: the
+//! list size); streams reset before their answer count against the connection (rapid
+//! reset); output waiting for the client stops the reading (SETTINGS and PING floods).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::{AbortHandle, Abortable};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::conn::{ConnState, InFlight};
+use crate::http2::body::{BodyCut, BodySender, Returned};
+use crate::http2::frame::{self, Reason};
+use crate::http2::hpack::Decoder;
+use crate::http2::request::Assembler;
+use crate::proxy::Answer;
+use crate::state::{ConnCtx, Shared};
+use crate::upstream::DownBody;
+
+mod read;
+mod write;
+
+use write::NextFrame;
+
+/// The receive windows graylane opens: per stream (SETTINGS_INITIAL_WINDOW_SIZE) and for
+/// the connection, as hyper's server does by default.
+const STREAM_WINDOW: u32 = 1 << 20;
+const CONN_WINDOW: u32 = 1 << 20;
+/// Output held for the client beyond which the connection stops reading and stops
+/// taking answer bodies, until the client reads.
+const WRITE_HIGH: usize = 256 * 1024;
+/// Streams a client may reset before their answer, beyond those answered, before the
+/// connection is refused (rapid reset, CVE-2023-44487).
+const EARLY_RESETS: usize = 100;
+
+type Handler = Abortable<Pin<Box<dyn Future<Output = Option<Answer>> + Send>>>;
+/// A stream's handler as the connection polls it: its answer, and the mark that keeps
+/// the connection from idling out while the stream lives.
+type Running = Pin<Box<dyn Future<Output = (u32, Option<Answer>, InFlight)> + Send>>;
+type Guarded = DownBody<InFlight>;
+
+/// Why the connection ended with an error.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ConnError {
+    #[error("client connection: {0}")]
+    Io(#[from] io::Error),
+    #[error("HTTP/2 connection error {0:?}")]
+    Protocol(Reason),
+}
+
+struct Stream {
+    /// The request body's sender while the client may still send DATA.
+    body: Option<BodySender>,
+    /// The client sent END_STREAM (or the stream was refused).
+    recv_closed: bool,
+    recv_window: i64,
+    /// Bytes taken off this stream's window not yet given back.
+    unacked: u64,
+    length: Option<u64>,
+    got: u64,
+    send_window: i64,
+    /// The request's handler, and then its answer's body, until each is done.
+    handler: AbortHandle,
+    body_next: Option<AbortHandle>,
+    /// Answer data the windows had no room for, with the body it came from.
+    parked: Option<(Box<Guarded>, Bytes, bool)>,
+    answered: bool,
+}
+
+/// One HTTP/2 connection, from the client's preface on.
+pub(super) struct Conn<S> {
+    io: S,
+    shared: Arc<Shared>,
+    ctx: Arc<ConnCtx>,
+    state: Arc<ConnState>,
+    rbuf: BytesMut,
+    wbuf: Vec<u8>,
+    written: usize,
+    /// Reading the preface, then the client's first SETTINGS, then frames.
+    preface: bool,
+    first_settings: bool,
+    decoder: Decoder,
+    assembler: Assembler,
+    /// A header block still arriving in CONTINUATION frames.
+    cont: Option<(u32, bool, Vec<u8>)>,
+    block_limit: usize,
+    streams: HashMap<u32, Stream>,
+    last_id: u32,
+    handlers: FuturesUnordered<Running>,
+    bodies: FuturesUnordered<Abortable<NextFrame>>,
+    send_window: i64,
+    peer_window: i64,
+    peer_frame: usize,
+    recv_window: i64,
+    conn_unacked: u64,
+    returned: Arc<Returned>,
+    /// GOAWAY sent: no new streams; the connection ends when its streams have.
+    goaway: bool,
+    /// A connection error: what is written goes out, then the connection ends.
+    failed: Option<Reason>,
+    read_closed: bool,
+    early_resets: usize,
+    answered: usize,
+    block: Vec<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    pub(super) fn new(
+        io: S,
+        shared: Arc<Shared>,
+        ctx: Arc<ConnCtx>,
+        state: Arc<ConnState>,
+    ) -> Self {
+        let list = super::h2_header_list(&shared) as usize;
+        let mut wbuf = Vec::with_capacity(4096);
+        frame::settings(
+            &mut wbuf,
+            &[
+                (
+                    frame::setting::MAX_CONCURRENT_STREAMS,
+                    super::H2_MAX_STREAMS,
+                ),
+                (frame::setting::INITIAL_WINDOW_SIZE, STREAM_WINDOW),
+                (frame::setting::MAX_HEADER_LIST_SIZE, list as u32),
+            ],
+        );
+        frame::window_update(&mut wbuf, 0, CONN_WINDOW - frame::DEFAULT_WINDOW);
+        Self {
+            io,
+            shared,
+            ctx,
+            state,
+            rbuf: BytesMut::with_capacity(16 * 1024),
+            wbuf,
+            written: 0,
+            preface: true,
+            first_settings: true,
+            decoder: Decoder::new(4096),
+            assembler: Assembler::new(list),
+            cont: None,
+            block_limit: list.max(16 * 1024),
+            streams: HashMap::new(),
+            last_id: 0,
+            handlers: FuturesUnordered::new(),
+            bodies: FuturesUnordered::new(),
+            send_window: i64::from(frame::DEFAULT_WINDOW),
+            peer_window: i64::from(frame::DEFAULT_WINDOW),
+            peer_frame: frame::DEFAULT_MAX_FRAME as usize,
+            recv_window: i64::from(CONN_WINDOW),
+            conn_unacked: 0,
+            returned: Arc::new(Returned::default()),
+            goaway: false,
+            failed: None,
+            read_closed: false,
+            early_resets: 0,
+            answered: 0,
+            block: Vec::new(),
+        }
+    }
+
+    /// Sends GOAWAY: streams open now finish, new ones are refused, and the connection
+    /// ends once they have.
+    pub(super) fn graceful_shutdown(&mut self) {
+        if !self.goaway {
+            self.goaway = true;
+            frame::goaway(&mut self.wbuf, self.last_id, Reason::NoError);
+            self.returned.waker.wake();
+        }
+    }
+
+    fn fail(&mut self, reason: Reason) {
+        if self.failed.is_none() {
+            self.failed = Some(reason);
+            frame::goaway(&mut self.wbuf, self.last_id, reason);
+            for (_, s) in self.streams.drain() {
+                close_stream(s, BodyCut::Closed);
+            }
+        }
+    }
+
+    fn reset(&mut self, id: u32, reason: Reason) {
+        frame::rst_stream(&mut self.wbuf, id, reason);
+        if let Some(s) = self.streams.remove(&id) {
+            close_stream(s, BodyCut::Reset);
+        }
+    }
+}
+
+fn close_stream(s: Stream, why: BodyCut) {
+    s.handler.abort();
+    if let Some(h) = s.body_next {
+        h.abort();
+    }
+    if let Some(tx) = s.body {
+        tx.cut(why);
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Future for Conn<S> {
+    type Output = Result<(), ConnError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        this.returned.waker.register(cx.waker());
+        // Bounded, so that a client that keeps sending cannot hold the worker.
+        for _ in 0..32 {
+            let mut progress = false;
+            if this.failed.is_none() && !this.read_closed && this.wbuf.len() < WRITE_HIGH {
+                if this.rbuf.capacity() - this.rbuf.len() < 4096 {
+                    this.rbuf.reserve(16 * 1024);
+                }
+                match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.rbuf) {
+                    Poll::Ready(Ok(0)) => {
+                        this.read_closed = true;
+                        progress = true;
+                    }
+                    Poll::Ready(Ok(_)) => progress = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                    Poll::Pending => {}
+                }
+                if let Err(reason) = this.read_frames() {
+                    this.fail(reason);
+                }
+            }
+            while let Poll::Ready(Some((id, answer, inflight))) = this.handlers.poll_next_unpin(cx)
+            {
+                this.answer(id, answer, inflight);
+                progress = true;
+            }
+            while this.wbuf.len() < WRITE_HIGH {
+                match this.bodies.poll_next_unpin(cx) {
+                    Poll::Ready(Some(Ok(polled))) => {
+                        this.body_frame(polled);
+                        progress = true;
+                    }
+                    Poll::Ready(Some(Err(_aborted))) => progress = true,
+                    _ => break,
+                }
+            }
+            if this.failed.is_none() {
+                this.return_windows();
+            }
+            if !this.wbuf.is_empty() {
+                match this.poll_write(cx) {
+                    Poll::Ready(Ok(())) => progress = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                    Poll::Pending => {}
+                }
+            }
+            let idle = this.streams.is_empty() && this.wbuf.is_empty();
+            if let Some(reason) = this.failed.filter(|_| this.wbuf.is_empty()) {
+                return Poll::Ready(Err(ConnError::Protocol(reason)));
+            }
+            if idle && (this.goaway || this.read_closed) {
+                return Poll::Ready(Ok(()));
+            }
+            if this.read_closed && !this.streams.is_empty() {
+                // The client is gone: nobody reads the answers.
+                for (_, s) in this.streams.drain() {
+                    close_stream(s, BodyCut::Closed);
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}

@@ -1,0 +1,437 @@
+//! Reading: the preface, frames, and what each does to the connection and its streams.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+
+use bytes::{Buf, Bytes};
+use futures_util::future::{abortable, AbortHandle};
+use futures_util::FutureExt;
+use http::HeaderMap;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{close_stream, Conn, Handler, Stream, CONN_WINDOW, EARLY_RESETS, STREAM_WINDOW};
+use crate::fields::Received;
+use crate::http2::body::{self, BodyCut, BodySender};
+use crate::http2::frame::{self, flag, kind, Head, Reason, Settings};
+use crate::http2::request::Refused;
+use crate::http2::response::head_block;
+use crate::proxy::{self, Answer};
+use crate::server::conn::InFlight;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    // === reading ===
+
+    /// Handles every whole frame in the read buffer.
+    pub(super) fn read_frames(&mut self) -> Result<(), Reason> {
+        if self.preface {
+            if self.rbuf.len() < frame::PREFACE.len() {
+                return Ok(());
+            }
+            if &self.rbuf[..frame::PREFACE.len()] != frame::PREFACE {
+                return Err(Reason::Protocol);
+            }
+            self.rbuf.advance(frame::PREFACE.len());
+            self.preface = false;
+        }
+        while self.failed.is_none() && self.rbuf.len() >= frame::HEAD_LEN {
+            let mut h = [0; frame::HEAD_LEN];
+            h.copy_from_slice(&self.rbuf[..frame::HEAD_LEN]);
+            let head = Head::parse(&h);
+            if head.len > frame::DEFAULT_MAX_FRAME as usize {
+                return Err(Reason::FrameSize);
+            }
+            if self.rbuf.len() < frame::HEAD_LEN + head.len {
+                self.rbuf
+                    .reserve(frame::HEAD_LEN + head.len - self.rbuf.len());
+                return Ok(());
+            }
+            self.rbuf.advance(frame::HEAD_LEN);
+            let payload = self.rbuf.split_to(head.len).freeze();
+            if self.first_settings && head.kind != kind::SETTINGS {
+                return Err(Reason::Protocol);
+            }
+            if let Some((id, _, _)) = &self.cont {
+                if head.kind != kind::CONTINUATION || head.stream != *id {
+                    return Err(Reason::Protocol);
+                }
+            }
+            self.frame(head, payload)?;
+        }
+        Ok(())
+    }
+
+    fn frame(&mut self, head: Head, payload: Bytes) -> Result<(), Reason> {
+        let id = head.stream;
+        match head.kind {
+            kind::DATA => self.data(head, payload)?,
+            kind::HEADERS => {
+                if id == 0 || id % 2 == 0 {
+                    return Err(Reason::Protocol);
+                }
+                let (fragment, dep) = frame::headers_fragment(head.flags, &payload)?;
+                let end_stream = head.flags & flag::END_STREAM != 0;
+                if !self.streams.contains_key(&id) && id > self.last_id {
+                    self.last_id = id;
+                }
+                if head.flags & flag::END_HEADERS != 0 {
+                    self.block(id, end_stream, fragment, dep == Some(id))?;
+                } else {
+                    self.cont = Some((id, end_stream, fragment.to_vec()));
+                }
+            }
+            kind::CONTINUATION => {
+                let Some((cid, end_stream, mut block)) = self.cont.take() else {
+                    return Err(Reason::Protocol);
+                };
+                block.extend_from_slice(&payload);
+                if block.len() > self.block_limit {
+                    return Err(Reason::EnhanceYourCalm);
+                }
+                if head.flags & flag::END_HEADERS != 0 {
+                    self.block(cid, end_stream, &block, false)?;
+                } else {
+                    self.cont = Some((cid, end_stream, block));
+                }
+            }
+            kind::PRIORITY => {
+                if id == 0 {
+                    return Err(Reason::Protocol);
+                }
+                if payload.len() != 5 {
+                    self.reset(id, Reason::FrameSize);
+                }
+            }
+            kind::RST_STREAM => {
+                if payload.len() != 4 {
+                    return Err(Reason::FrameSize);
+                }
+                if id == 0 || id > self.last_id {
+                    return Err(Reason::Protocol);
+                }
+                if let Some(s) = self.streams.remove(&id) {
+                    if !s.answered {
+                        self.early_resets += 1;
+                    }
+                    close_stream(s, BodyCut::Reset);
+                    if self.early_resets > EARLY_RESETS + self.answered {
+                        return Err(Reason::EnhanceYourCalm);
+                    }
+                }
+            }
+            kind::SETTINGS => {
+                if id != 0 {
+                    return Err(Reason::Protocol);
+                }
+                if head.flags & flag::ACK != 0 {
+                    if !payload.is_empty() {
+                        return Err(Reason::FrameSize);
+                    }
+                } else {
+                    self.settings(Settings::parse(&payload)?)?;
+                    frame::settings_ack(&mut self.wbuf);
+                    self.first_settings = false;
+                }
+            }
+            kind::PING => {
+                if payload.len() != 8 {
+                    return Err(Reason::FrameSize);
+                }
+                if id != 0 {
+                    return Err(Reason::Protocol);
+                }
+                if head.flags & flag::ACK == 0 {
+                    let mut data = [0; 8];
+                    data.copy_from_slice(&payload);
+                    frame::ping_ack(&mut self.wbuf, &data);
+                }
+            }
+            kind::GOAWAY => {
+                if id != 0 {
+                    return Err(Reason::Protocol);
+                }
+                // The client opens no more streams; those open finish.
+                self.goaway = true;
+            }
+            kind::WINDOW_UPDATE => self.window_update(id, &payload)?,
+            kind::PUSH_PROMISE => return Err(Reason::Protocol),
+            _ => {} // unknown frame types are ignored (§4.1)
+        }
+        Ok(())
+    }
+
+    fn settings(&mut self, s: Settings) -> Result<(), Reason> {
+        if let Some(w) = s.initial_window_size {
+            let delta = i64::from(w) - self.peer_window;
+            self.peer_window = i64::from(w);
+            for st in self.streams.values_mut() {
+                st.send_window += delta;
+                if st.send_window > i64::from(frame::MAX_WINDOW) {
+                    return Err(Reason::FlowControl);
+                }
+            }
+        }
+        if let Some(f) = s.max_frame_size {
+            self.peer_frame = f as usize;
+        }
+        Ok(())
+    }
+
+    fn window_update(&mut self, id: u32, payload: &[u8]) -> Result<(), Reason> {
+        let [a, b, c, d] = <[u8; 4]>::try_from(payload).map_err(|_| Reason::FrameSize)?;
+        let inc = i64::from(u32::from_be_bytes([a, b, c, d]) & frame::MAX_WINDOW);
+        if id == 0 {
+            if inc == 0 {
+                return Err(Reason::Protocol);
+            }
+            self.send_window += inc;
+            if self.send_window > i64::from(frame::MAX_WINDOW) {
+                return Err(Reason::FlowControl);
+            }
+            let parked: Vec<u32> = self
+                .streams
+                .iter()
+                .filter(|(_, s)| s.parked.is_some())
+                .map(|(&id, _)| id)
+                .collect();
+            for id in parked {
+                self.resume(id);
+            }
+            return Ok(());
+        }
+        let Some(s) = self.streams.get_mut(&id) else {
+            return if id > self.last_id {
+                Err(Reason::Protocol)
+            } else {
+                Ok(())
+            };
+        };
+        if inc == 0 {
+            self.reset(id, Reason::Protocol);
+            return Ok(());
+        }
+        s.send_window += inc;
+        if s.send_window > i64::from(frame::MAX_WINDOW) {
+            self.reset(id, Reason::FlowControl);
+            return Ok(());
+        }
+        self.resume(id);
+        Ok(())
+    }
+
+    fn data(&mut self, head: Head, payload: Bytes) -> Result<(), Reason> {
+        let id = head.stream;
+        if id == 0 {
+            return Err(Reason::Protocol);
+        }
+        let len = payload.len() as u64;
+        self.recv_window -= len as i64;
+        if self.recv_window < 0 {
+            return Err(Reason::FlowControl);
+        }
+        let data = frame::unpad(head.flags, &payload)?;
+        let data = payload.slice_ref(data);
+        let end = head.flags & flag::END_STREAM != 0;
+        let Some(s) = self.streams.get_mut(&id) else {
+            if id > self.last_id {
+                return Err(Reason::Protocol);
+            }
+            // A stream already closed: DATA still in flight when it was.
+            self.conn_unacked += len;
+            return Ok(());
+        };
+        if s.recv_closed {
+            self.conn_unacked += len;
+            self.reset(id, Reason::StreamClosed);
+            return Ok(());
+        }
+        s.recv_window -= len as i64;
+        if s.recv_window < 0 {
+            self.conn_unacked += len;
+            self.reset(id, Reason::FlowControl);
+            return Ok(());
+        }
+        s.got += data.len() as u64;
+        let short = end && s.length.is_some_and(|n| n != s.got);
+        if s.length.is_some_and(|n| s.got > n) || short {
+            // RFC 9113 §8.1.1: DATA that does not add up to content-length is malformed.
+            self.conn_unacked += len;
+            self.reset(id, Reason::Protocol);
+            return Ok(());
+        }
+        // Padding, and data nobody reads any more, go back to the client at once.
+        let padding = len - data.len() as u64;
+        let reading = s.body.as_ref().is_some_and(BodySender::is_read);
+        let back = if reading { padding } else { len };
+        self.conn_unacked += back;
+        s.unacked += back;
+        if let Some(tx) = s.body.as_ref().filter(|_| reading && !data.is_empty()) {
+            tx.data(data);
+        }
+        if end {
+            s.recv_closed = true;
+            s.body = None;
+            if s.parked.is_none() && s.body_next.is_none() && s.answered {
+                self.streams.remove(&id);
+            }
+        }
+        Ok(())
+    }
+
+    /// A whole header block: a new request, or a stream's trailers.
+    fn block(
+        &mut self,
+        id: u32,
+        end_stream: bool,
+        block: &[u8],
+        self_dep: bool,
+    ) -> Result<(), Reason> {
+        if !self.streams.contains_key(&id) && id < self.last_id {
+            // A stream already closed (answered, or reset): its block still goes through
+            // the decoder, whose table the client's encoder keeps in step with.
+            self.decoder
+                .decode(block, |_, _| {})
+                .map_err(|_| Reason::Compression)?;
+            frame::rst_stream(&mut self.wbuf, id, Reason::StreamClosed);
+            return Ok(());
+        }
+        if self.streams.contains_key(&id) {
+            let mut trailers = HeaderMap::new();
+            self.decoder
+                .decode(block, |n, v| {
+                    if let (Ok(n), Ok(v)) = (
+                        http::HeaderName::from_bytes(n),
+                        http::HeaderValue::from_bytes(v),
+                    ) {
+                        trailers.append(n, v);
+                    }
+                })
+                .map_err(|_| Reason::Compression)?;
+            let Some(s) = self.streams.get_mut(&id) else {
+                return Ok(());
+            };
+            if !end_stream || s.recv_closed {
+                self.reset(id, Reason::Protocol);
+                return Ok(());
+            }
+            s.recv_closed = true;
+            if let Some(tx) = s.body.take() {
+                tx.trailers(trailers);
+            }
+            return Ok(());
+        }
+        let assembler = &mut self.assembler;
+        self.decoder
+            .decode(block, |n, v| assembler.field(n, v))
+            .map_err(|_| Reason::Compression)?;
+        let mut received = Received::default();
+        let request = self.assembler.finish(&mut received);
+        if self.goaway {
+            frame::rst_stream(&mut self.wbuf, id, Reason::RefusedStream);
+            return Ok(());
+        }
+        if self_dep {
+            frame::rst_stream(&mut self.wbuf, id, Reason::Protocol);
+            return Ok(());
+        }
+        if self.streams.len() >= super::super::H2_MAX_STREAMS as usize {
+            frame::rst_stream(&mut self.wbuf, id, Reason::RefusedStream);
+            return Ok(());
+        }
+        let request = match request {
+            Ok(r) => r,
+            Err(Refused::Malformed(why)) => {
+                tracing::debug!(peer = %self.ctx.peer, stream = id, why, "malformed HTTP/2 request");
+                frame::rst_stream(&mut self.wbuf, id, Reason::Protocol);
+                return Ok(());
+            }
+            Err(Refused::TooLarge) => {
+                self.block.clear();
+                head_block(431, std::iter::empty, &mut self.block);
+                frame::headers(&mut self.wbuf, id, &self.block, true, self.peer_frame);
+                if !end_stream {
+                    frame::rst_stream(&mut self.wbuf, id, Reason::NoError);
+                }
+                return Ok(());
+            }
+        };
+        if end_stream && request.content_length.is_some_and(|n| n != 0) {
+            frame::rst_stream(&mut self.wbuf, id, Reason::Protocol);
+            return Ok(());
+        }
+        self.start(id, request, received, end_stream);
+        Ok(())
+    }
+
+    fn start(
+        &mut self,
+        id: u32,
+        request: crate::http2::request::Request,
+        received: Received,
+        end_stream: bool,
+    ) {
+        let inflight = InFlight::new(self.state.clone());
+        let (tx, rx) = if end_stream {
+            (None, None)
+        } else {
+            let (tx, rx) = body::channel(self.returned.clone(), request.content_length);
+            (Some(tx), Some(rx))
+        };
+        let shared = self.shared.clone();
+        let ctx = self.ctx.clone();
+        let parts = request.parts;
+        let peer = self.ctx.peer;
+        let handle = async move { proxy::handle_own_h2(parts, received, rx, &shared, &ctx).await };
+        // A request whose handling panics is reset alone (its answer `None`); the
+        // connection and its other streams go on.
+        let fut: Pin<Box<dyn Future<Output = Option<Answer>> + Send>> =
+            Box::pin(AssertUnwindSafe(handle).catch_unwind().map(move |r| {
+                r.map_err(|_| tracing::error!(%peer, stream = id, "request handling panicked"))
+                    .ok()
+            }));
+        let (fut, handler): (Handler, AbortHandle) = abortable(fut);
+        self.handlers.push(Box::pin(async move {
+            let answer = fut.await.ok().flatten();
+            (id, answer, inflight)
+        }));
+        self.streams.insert(
+            id,
+            Stream {
+                body: tx,
+                recv_closed: end_stream,
+                recv_window: i64::from(STREAM_WINDOW),
+                unacked: 0,
+                length: request.content_length,
+                got: 0,
+                send_window: self.peer_window,
+                handler,
+                body_next: None,
+                parked: None,
+                answered: false,
+            },
+        );
+    }
+
+    /// WINDOW_UPDATEs for what the request path took, once half a window's worth.
+    pub(super) fn return_windows(&mut self) {
+        self.conn_unacked += self
+            .returned
+            .bytes
+            .swap(0, std::sync::atomic::Ordering::Relaxed);
+        if self.conn_unacked >= u64::from(CONN_WINDOW / 2) {
+            frame::window_update(&mut self.wbuf, 0, self.conn_unacked as u32);
+            self.recv_window += self.conn_unacked as i64;
+            self.conn_unacked = 0;
+        }
+        for (&id, s) in self.streams.iter_mut() {
+            if let Some(tx) = &s.body {
+                s.unacked += tx.taken.swap(0, std::sync::atomic::Ordering::Relaxed);
+            }
+            if !s.recv_closed && s.unacked >= u64::from(STREAM_WINDOW / 2) {
+                frame::window_update(&mut self.wbuf, id, s.unacked as u32);
+                s.recv_window += s.unacked as i64;
+                s.unacked = 0;
+            }
+        }
+    }
+}
