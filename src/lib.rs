@@ -8,8 +8,8 @@
 //! | module | what it holds | SPEC |
 //! |---|---|---|
 //! | `config` | `graylane.yaml`: `raw` serde types → `validate` → [`Config`]; `yamlpos` for `FILE:LINE:COLUMN` | §3 |
-//! | `server` | listeners, accept loop, `max_connections`, drain; `conn`: timeouts (408, idle); `lean`: the own HTTP/1.1 loop for bodiless requests, hyper for the rest; `streams`: HTTP/2 streams in their connection's task; `tls` | §3 limits, §8 |
-//! | `http2` | HTTP/2's frames and HPACK for an own HTTP/2 path (not serving yet) | — |
+//! | `server` | listeners, accept loop, `max_connections`, drain; `conn`: timeouts (408, idle); `lean`: the own HTTP/1.1 loop for bodiless requests, hyper for the rest; `h2own`: the own HTTP/2 server connection; `tls` | §3 limits, §8 |
+//! | `http2` | HTTP/2's wire format for the own HTTP/2 server (`server::h2own`): frames, HPACK, request assembly, answer heads, request bodies | §3 limits |
 //! | `fields` | a request head's fields as the path reads and edits them: hyper's header map, or the head as the own loop received it | §3 forwarding |
 //! | `markers` | reads the `xdw-kefu-*` markers from headers, cookies, query ([`MarkerReader`]) | §1 |
 //! | `routing` | picks the service by host and longest path prefix | §3 services |

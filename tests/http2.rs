@@ -139,3 +139,202 @@ async fn answers_waiting_on_the_connection_window_resume_when_it_opens() {
     }
     p.stop().await;
 }
+
+// === frames written by hand ===
+
+use common::hostile::h2::{self as h2raw, Conn as H2Conn};
+use std::time::Duration;
+
+fn settings(pairs: &[(u16, u32)]) -> Vec<u8> {
+    let mut p = Vec::new();
+    for (id, v) in pairs {
+        p.extend(id.to_be_bytes());
+        p.extend(v.to_be_bytes());
+    }
+    h2raw::frame(h2raw::SETTINGS, 0, 0, &p)
+}
+
+/// RFC 9113 §8.1.1: a body whose DATA does not add up to its content-length is
+/// malformed, and trailers end it as END_STREAM on DATA does: the stream is reset, and
+/// the upstream never gets a request whose body is shorter than its length says.
+#[tokio::test]
+async fn trailers_do_not_end_a_body_short_of_its_length() {
+    let stable = spawn_upstream("stable").await;
+    let gray = spawn_upstream("gray").await;
+    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), "rules: []\n").await;
+    let mut c = H2Conn::open(p.addr()).await;
+    let block = h2raw::request_block("POST", "/count", &[("content-length", "10")]);
+    c.send(&h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS, 1, &block))
+        .await
+        .unwrap();
+    c.send(&h2raw::frame(h2raw::DATA, 0, 1, b"abc"))
+        .await
+        .unwrap();
+    let mut trailer = Vec::new();
+    h2raw::literal(b"x-sum", b"1", &mut trailer);
+    c.send(&h2raw::frame(
+        h2raw::HEADERS,
+        h2raw::END_HEADERS | h2raw::END_STREAM,
+        1,
+        &trailer,
+    ))
+    .await
+    .unwrap();
+    let o = c.outcome(1, Duration::from_secs(3)).await;
+    assert_eq!(o.reset, Some(0x1), "{o:?}");
+    assert!(o.status.is_none_or(|s| s != 200), "{o:?}");
+    p.stop().await;
+}
+
+/// A client may change its settings at any time: a larger initial window resumes an
+/// answer that waited on the old one (§6.9.2), and a new HPACK table size is
+/// acknowledged at the start of the next header block (RFC 7541 §4.2).
+#[tokio::test]
+async fn settings_changes_resume_answers_and_update_the_table_size() {
+    let stable = spawn_upstream("stable").await;
+    let gray = spawn_upstream("gray").await;
+    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), "rules: []\n").await;
+    let mut c = H2Conn::open(p.addr()).await;
+    // No room for any answer data, and a smaller table.
+    c.send(&settings(&[(0x4, 0), (0x1, 0)])).await.unwrap();
+    c.send(&h2raw::frame(
+        h2raw::HEADERS,
+        h2raw::END_HEADERS | h2raw::END_STREAM,
+        1,
+        &h2raw::get_block("/", &[]),
+    ))
+    .await
+    .unwrap();
+    let o = c.outcome(1, Duration::from_millis(800)).await;
+    assert!(
+        o.data.is_empty() && !o.ended,
+        "data sent without window: {o:?}"
+    );
+    let head = c
+        .frames
+        .iter()
+        .find(|f| f.ty == h2raw::HEADERS && f.stream == 1)
+        .expect("the answer's head");
+    assert_eq!(
+        head.payload.first(),
+        Some(&0x20),
+        "no table size update first"
+    );
+    c.send(&settings(&[(0x4, 65_535)])).await.unwrap();
+    let o = c.outcome(1, Duration::from_secs(3)).await;
+    assert!(o.ended, "the answer did not resume: {o:?}");
+    assert_eq!(o.data, b"stable");
+    p.stop().await;
+}
+
+/// What the request path never read of a body (refused before it, or the upstream
+/// answered first) goes back to the client's windows: later uploads on the connection
+/// do not stall.
+#[tokio::test]
+async fn bodies_left_unread_give_their_window_back() {
+    let stable = spawn_upstream("stable").await;
+    let gray = spawn_upstream("gray").await;
+    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), "rules: []\n").await;
+    let c = h2c_client();
+    let run = async {
+        for _ in 0..4 {
+            // Refused for its Host before a byte of its body is read: the DATA that came
+            // with the HEADERS was queued for nobody.
+            let (st, _, _) = send(
+                &c,
+                "POST",
+                &p.url("/count"),
+                &[("host", "bad host")],
+                Bytes::from(vec![b'z'; 900 << 10]),
+            )
+            .await;
+            assert_eq!(st.as_u16(), 400);
+            // The upstream answers at once, reading nothing of the 900 KiB.
+            let (st, _, _) = send(
+                &c,
+                "POST",
+                &p.url("/status/413"),
+                &[],
+                Bytes::from(vec![b'z'; 900 << 10]),
+            )
+            .await;
+            assert_eq!(st.as_u16(), 413);
+        }
+        let (st, _, n) = send(
+            &c,
+            "POST",
+            &p.url("/count"),
+            &[],
+            Bytes::from(vec![b'z'; 2 << 20]),
+        )
+        .await;
+        assert_eq!((st.as_u16(), n.as_str()), (200, "2097152"));
+    };
+    tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("an upload stalled on windows never given back");
+    p.stop().await;
+}
+
+/// DATA that came in with its HEADERS is queued before the request is handled; when the
+/// request is refused without reading it, those bytes still go back to the connection's
+/// window. A hundred such requests carry 1.5 MB, more than the window graylane opens:
+/// were they not given back, the client would run out of window and graylane would call
+/// it a flow-control error.
+#[tokio::test]
+async fn data_queued_for_a_refused_request_goes_back_to_the_window() {
+    let stable = spawn_upstream("stable").await;
+    let gray = spawn_upstream("gray").await;
+    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), "rules: []\n").await;
+    let mut c = H2Conn::open(p.addr()).await;
+    let body = vec![b'q'; 15_000];
+    for i in 0..100u32 {
+        let id = 1 + 2 * i;
+        let block = h2raw::request_block(
+            "POST",
+            "/count",
+            &[("host", "bad host"), ("content-length", "15000")],
+        );
+        let mut burst = h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS, id, &block);
+        burst.extend(h2raw::frame(h2raw::DATA, h2raw::END_STREAM, id, &body));
+        c.send(&burst).await.unwrap();
+        let o = c.outcome(id, Duration::from_secs(3)).await;
+        assert!(o.goaway.is_none() && !o.closed, "request {i}: {o:?}");
+        assert_eq!(o.status, Some(400), "request {i}: {o:?}");
+    }
+    p.stop().await;
+}
+
+/// An HTTP/2 upstream may end a body with an empty DATA frame; the client still gets
+/// END_STREAM (an answer that never ends would hang the browser's request).
+#[tokio::test]
+async fn answers_from_an_http2_upstream_end_for_an_http2_client() {
+    let stable = spawn_upstream("stable").await;
+    let cfg = config_yaml(
+        &format!(
+            "  - name: chat\n    match: {{ path_prefix: / }}\n    pools:\n      stable: {{ endpoints: [\"{}\"], protocol: h2 }}\n",
+            stable.addr
+        ),
+        "",
+    );
+    let p = spawn_proxy(&cfg, "rules: []\n").await;
+    let c = narrow_h2c_client();
+    let run = async {
+        for total in [0u64, 1, 70_000, 1 << 20] {
+            let req = http::Request::post(p.url("/echo"))
+                .body(streamed_body(total, 16 * 1024))
+                .unwrap();
+            let resp = c.request(req).await.unwrap();
+            assert_eq!(resp.status().as_u16(), 200);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body.len() as u64, total);
+        }
+        let (st, _, body) = get(&c, &p.url("/x"), &[]).await;
+        assert_eq!((st.as_u16(), body.as_str()), (200, "stable"));
+    };
+    tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("an answer never ended");
+    assert_eq!(stable.last().version, http::Version::HTTP_2);
+    p.stop().await;
+}

@@ -46,8 +46,9 @@ pub(crate) struct BodySender {
 }
 
 impl BodySender {
-    pub(crate) fn data(&self, b: Bytes) {
-        let _ = self.tx.send(Item::Data(b));
+    /// Queues DATA for the request path; false when nobody reads the body any more.
+    pub(crate) fn data(&self, b: Bytes) -> bool {
+        self.tx.send(Item::Data(b)).is_ok()
     }
 
     pub(crate) fn trailers(&self, t: HeaderMap) {
@@ -56,11 +57,6 @@ impl BodySender {
 
     pub(crate) fn cut(self, why: BodyCut) {
         let _ = self.tx.send(Item::Cut(why));
-    }
-
-    /// Whether the request path still reads this body.
-    pub(crate) fn is_read(&self) -> bool {
-        !self.tx.is_closed()
     }
 }
 
@@ -101,6 +97,26 @@ pub(crate) fn channel(returned: Arc<Returned>, length: Option<u64>) -> (BodySend
             ended: false,
         },
     )
+}
+
+impl Drop for OwnBody {
+    /// What was queued but never taken goes back to the client's windows: a body
+    /// dropped halfway (the upstream answered early, the request was refused, the stream
+    /// was reset) must not shrink the connection's window for good.
+    fn drop(&mut self) {
+        self.rx.close();
+        let mut left = 0;
+        while let Ok(item) = self.rx.try_recv() {
+            if let Item::Data(b) = item {
+                left += b.len() as u64;
+            }
+        }
+        if left > 0 {
+            self.taken.fetch_add(left, Ordering::Relaxed);
+            self.returned.bytes.fetch_add(left, Ordering::Relaxed);
+            self.returned.waker.wake();
+        }
+    }
 }
 
 impl Body for OwnBody {

@@ -10,7 +10,6 @@
 //! fields only as bytes: with these, a request's fields go from the decoder straight
 //! into the upstream's head, and the upstream's answer is framed as it comes.
 
-
 pub(crate) mod body;
 pub(crate) mod frame;
 pub(crate) mod hpack;

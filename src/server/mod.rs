@@ -18,6 +18,7 @@
 //! instead of quietly taking a share of the connections.
 
 mod conn;
+mod date;
 mod gate;
 mod h2own;
 mod lean;

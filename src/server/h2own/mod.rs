@@ -42,9 +42,13 @@ const CONN_WINDOW: u32 = 1 << 20;
 /// Output held for the client beyond which the connection stops reading and stops
 /// taking answer bodies, until the client reads.
 const WRITE_HIGH: usize = 256 * 1024;
-/// Streams a client may reset before their answer, beyond those answered, before the
+/// Streams a client may end before their answer (resetting them, or provoking graylane
+/// to) within `RESET_WINDOW_MS`, before the connection is refused (rapid reset,
+/// CVE-2023-44487, and its "MadeYouReset" variant, CVE-2025-8671).
+const RESET_WINDOW_MS: u64 = 10_000;
+/// (See `RESET_WINDOW_MS`.)
 /// connection is refused (rapid reset, CVE-2023-44487).
-const EARLY_RESETS: usize = 100;
+const EARLY_RESETS: usize = 200;
 
 type Handler = Abortable<Pin<Box<dyn Future<Output = Option<Answer>> + Send>>>;
 /// A stream's handler as the connection polls it: its answer, and the mark that keeps
@@ -95,7 +99,9 @@ pub(super) struct Conn<S> {
     decoder: Decoder,
     assembler: Assembler,
     /// A header block still arriving in CONTINUATION frames.
-    cont: Option<(u32, bool, Vec<u8>)>,
+    cont: Option<(u32, bool, read::BlockFor, Vec<u8>)>,
+    /// The header list size graylane announces, and what an encoded block may reach.
+    list_limit: usize,
     block_limit: usize,
     streams: HashMap<u32, Stream>,
     last_id: u32,
@@ -112,8 +118,13 @@ pub(super) struct Conn<S> {
     /// A connection error: what is written goes out, then the connection ends.
     failed: Option<Reason>,
     read_closed: bool,
-    early_resets: usize,
-    answered: usize,
+    /// Streams ended early in the current window: (its start, coarse ms; how many).
+    resets: (u64, usize),
+    /// The client's HPACK table size, and whether its decoder waits for a size update.
+    peer_table: u32,
+    table_update: bool,
+    /// Some stream may have an answer parked for want of window.
+    maybe_parked: bool,
     block: Vec<u8>,
 }
 
@@ -151,6 +162,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             decoder: Decoder::new(4096),
             assembler: Assembler::new(list),
             cont: None,
+            list_limit: list,
             block_limit: list.max(16 * 1024),
             streams: HashMap::new(),
             last_id: 0,
@@ -165,8 +177,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             goaway: false,
             failed: None,
             read_closed: false,
-            early_resets: 0,
-            answered: 0,
+            resets: (0, 0),
+            peer_table: 4096,
+            table_update: false,
+            maybe_parked: false,
             block: Vec::new(),
         }
     }
@@ -255,7 +269,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Conn<S> {
             }
             if !this.wbuf.is_empty() {
                 match this.poll_write(cx) {
-                    Poll::Ready(Ok(())) => progress = true,
+                    Poll::Ready(Ok(())) => {
+                        progress = true;
+                        this.resume_parked();
+                    }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
                     Poll::Pending => {}
                 }
@@ -268,11 +285,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Conn<S> {
                 return Poll::Ready(Ok(()));
             }
             if this.read_closed && !this.streams.is_empty() {
-                // The client is gone: nobody reads the answers.
+                // The client is gone (HTTP/2 has no half-close): its streams' work stops,
+                // and what is already written goes out before the connection ends.
                 for (_, s) in this.streams.drain() {
                     close_stream(s, BodyCut::Closed);
                 }
-                return Poll::Ready(Ok(()));
+                progress = true;
             }
             if !progress {
                 return Poll::Pending;

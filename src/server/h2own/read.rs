@@ -7,12 +7,14 @@ use std::pin::Pin;
 use bytes::{Buf, Bytes};
 use futures_util::future::{abortable, AbortHandle};
 use futures_util::FutureExt;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{close_stream, Conn, Handler, Stream, CONN_WINDOW, EARLY_RESETS, STREAM_WINDOW};
+use super::{
+    close_stream, Conn, Handler, Stream, CONN_WINDOW, EARLY_RESETS, RESET_WINDOW_MS, STREAM_WINDOW,
+};
 use crate::fields::Received;
-use crate::http2::body::{self, BodyCut, BodySender};
+use crate::http2::body::{self, BodyCut};
 use crate::http2::frame::{self, flag, kind, Head, Reason, Settings};
 use crate::http2::request::Refused;
 use crate::http2::response::head_block;
@@ -51,7 +53,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if self.first_settings && head.kind != kind::SETTINGS {
                 return Err(Reason::Protocol);
             }
-            if let Some((id, _, _)) = &self.cont {
+            if let Some((id, _, _, _)) = &self.cont {
                 if head.kind != kind::CONTINUATION || head.stream != *id {
                     return Err(Reason::Protocol);
                 }
@@ -71,17 +73,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
                 let (fragment, dep) = frame::headers_fragment(head.flags, &payload)?;
                 let end_stream = head.flags & flag::END_STREAM != 0;
-                if !self.streams.contains_key(&id) && id > self.last_id {
+                let to = if self.streams.contains_key(&id) {
+                    BlockFor::Trailers
+                } else if id > self.last_id {
                     self.last_id = id;
-                }
-                if head.flags & flag::END_HEADERS != 0 {
-                    self.block(id, end_stream, fragment, dep == Some(id))?;
+                    BlockFor::New {
+                        self_dep: dep == Some(id),
+                    }
                 } else {
-                    self.cont = Some((id, end_stream, fragment.to_vec()));
+                    // A stream id that is not new may not open a stream (§5.1.1).
+                    return Err(Reason::Protocol);
+                };
+                if head.flags & flag::END_HEADERS != 0 {
+                    self.block(id, end_stream, fragment, to)?;
+                } else {
+                    self.cont = Some((id, end_stream, to, fragment.to_vec()));
                 }
             }
             kind::CONTINUATION => {
-                let Some((cid, end_stream, mut block)) = self.cont.take() else {
+                let Some((cid, end_stream, to, mut block)) = self.cont.take() else {
                     return Err(Reason::Protocol);
                 };
                 block.extend_from_slice(&payload);
@@ -89,17 +99,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     return Err(Reason::EnhanceYourCalm);
                 }
                 if head.flags & flag::END_HEADERS != 0 {
-                    self.block(cid, end_stream, &block, false)?;
+                    self.block(cid, end_stream, &block, to)?;
                 } else {
-                    self.cont = Some((cid, end_stream, block));
+                    self.cont = Some((cid, end_stream, to, block));
                 }
             }
             kind::PRIORITY => {
                 if id == 0 {
                     return Err(Reason::Protocol);
                 }
-                if payload.len() != 5 {
-                    self.reset(id, Reason::FrameSize);
+                if payload.len() != 5 && self.streams.contains_key(&id) {
+                    self.client_fault(id, Reason::FrameSize)?;
                 }
             }
             kind::RST_STREAM => {
@@ -110,12 +120,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     return Err(Reason::Protocol);
                 }
                 if let Some(s) = self.streams.remove(&id) {
-                    if !s.answered {
-                        self.early_resets += 1;
-                    }
+                    let answered = s.answered;
                     close_stream(s, BodyCut::Reset);
-                    if self.early_resets > EARLY_RESETS + self.answered {
-                        return Err(Reason::EnhanceYourCalm);
+                    if !answered {
+                        self.count_reset()?;
                     }
                 }
             }
@@ -160,6 +168,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(())
     }
 
+    /// A stream's trailers: held to the header list size as a request's fields are, and
+    /// ending its body, whose length must then add up (RFC 9113 §8.1.1).
+    fn trailers(&mut self, id: u32, end_stream: bool, block: &[u8]) -> Result<(), Reason> {
+        let mut trailers = HeaderMap::new();
+        let (mut size, mut bad) = (0usize, false);
+        let limit = self.list_limit;
+        self.decoder
+            .decode(block, |n, v| {
+                size += n.len() + v.len() + 32;
+                if bad || size > limit {
+                    bad = true;
+                    return;
+                }
+                match (HeaderName::from_bytes(n), HeaderValue::from_bytes(v)) {
+                    (Ok(n), Ok(v)) => bad |= trailers.try_append(n, v).is_err(),
+                    _ => bad = true,
+                }
+            })
+            .map_err(|_| Reason::Compression)?;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return Ok(());
+        };
+        let short = s.length.is_some_and(|n| n != s.got);
+        if bad || !end_stream || s.recv_closed || short {
+            return self.client_fault(id, Reason::Protocol);
+        }
+        s.recv_closed = true;
+        if let Some(tx) = s.body.take() {
+            tx.trailers(trailers);
+        }
+        Ok(())
+    }
+
     fn settings(&mut self, s: Settings) -> Result<(), Reason> {
         if let Some(w) = s.initial_window_size {
             let delta = i64::from(w) - self.peer_window;
@@ -173,6 +214,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         if let Some(f) = s.max_frame_size {
             self.peer_frame = f as usize;
+        }
+        if let Some(size) = s.header_table_size {
+            // The client's decoder waits for a size update at the start of the next
+            // block once its table's size changed (RFC 7541 §4.2); graylane's table is
+            // empty at any size, so the update says 0.
+            if size != self.peer_table {
+                self.peer_table = size;
+                self.table_update = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// A stream error the client provoked: counted with its resets, since a client can
+    /// make a server abandon work this way as well as with RST_STREAM.
+    fn client_fault(&mut self, id: u32, reason: Reason) -> Result<(), Reason> {
+        self.reset(id, reason);
+        self.count_reset()
+    }
+
+    /// Counts a stream ended before its answer, by the client or by its fault: more than
+    /// `EARLY_RESETS` within `RESET_WINDOW_MS` ends the connection (rapid reset,
+    /// CVE-2023-44487; "MadeYouReset", CVE-2025-8671). A browser that cancels a few
+    /// fetches now and then stays far below.
+    fn count_reset(&mut self) -> Result<(), Reason> {
+        let now = crate::clock::coarse_ms();
+        if now.saturating_sub(self.resets.0) > RESET_WINDOW_MS {
+            self.resets = (now, 0);
+        }
+        self.resets.1 += 1;
+        if self.resets.1 > EARLY_RESETS {
+            return Err(Reason::EnhanceYourCalm);
         }
         Ok(())
     }
@@ -188,15 +261,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if self.send_window > i64::from(frame::MAX_WINDOW) {
                 return Err(Reason::FlowControl);
             }
-            let parked: Vec<u32> = self
-                .streams
-                .iter()
-                .filter(|(_, s)| s.parked.is_some())
-                .map(|(&id, _)| id)
-                .collect();
-            for id in parked {
-                self.resume(id);
-            }
+            self.resume_parked();
             return Ok(());
         }
         let Some(s) = self.streams.get_mut(&id) else {
@@ -207,13 +272,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             };
         };
         if inc == 0 {
-            self.reset(id, Reason::Protocol);
-            return Ok(());
+            return self.client_fault(id, Reason::Protocol);
         }
         s.send_window += inc;
         if s.send_window > i64::from(frame::MAX_WINDOW) {
-            self.reset(id, Reason::FlowControl);
-            return Ok(());
+            return self.client_fault(id, Reason::FlowControl);
         }
         self.resume(id);
         Ok(())
@@ -242,32 +305,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         };
         if s.recv_closed {
             self.conn_unacked += len;
-            self.reset(id, Reason::StreamClosed);
-            return Ok(());
+            return self.client_fault(id, Reason::StreamClosed);
         }
         s.recv_window -= len as i64;
         if s.recv_window < 0 {
             self.conn_unacked += len;
-            self.reset(id, Reason::FlowControl);
-            return Ok(());
+            return self.client_fault(id, Reason::FlowControl);
         }
         s.got += data.len() as u64;
         let short = end && s.length.is_some_and(|n| n != s.got);
         if s.length.is_some_and(|n| s.got > n) || short {
             // RFC 9113 §8.1.1: DATA that does not add up to content-length is malformed.
             self.conn_unacked += len;
-            self.reset(id, Reason::Protocol);
-            return Ok(());
+            return self.client_fault(id, Reason::Protocol);
         }
-        // Padding, and data nobody reads any more, go back to the client at once.
+        // Padding, and data nobody reads any more, go back to the client at once (what
+        // a body still held when it is dropped gives back itself, see `OwnBody`).
         let padding = len - data.len() as u64;
-        let reading = s.body.as_ref().is_some_and(BodySender::is_read);
-        let back = if reading { padding } else { len };
+        let delivered = data.is_empty() || s.body.as_ref().is_some_and(|tx| tx.data(data));
+        let back = if delivered { padding } else { len };
         self.conn_unacked += back;
         s.unacked += back;
-        if let Some(tx) = s.body.as_ref().filter(|_| reading && !data.is_empty()) {
-            tx.data(data);
-        }
         if end {
             s.recv_closed = true;
             s.body = None;
@@ -284,42 +342,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         id: u32,
         end_stream: bool,
         block: &[u8],
-        self_dep: bool,
+        to: BlockFor,
     ) -> Result<(), Reason> {
-        if !self.streams.contains_key(&id) && id < self.last_id {
-            // A stream already closed (answered, or reset): its block still goes through
-            // the decoder, whose table the client's encoder keeps in step with.
-            self.decoder
-                .decode(block, |_, _| {})
-                .map_err(|_| Reason::Compression)?;
-            frame::rst_stream(&mut self.wbuf, id, Reason::StreamClosed);
-            return Ok(());
-        }
-        if self.streams.contains_key(&id) {
-            let mut trailers = HeaderMap::new();
-            self.decoder
-                .decode(block, |n, v| {
-                    if let (Ok(n), Ok(v)) = (
-                        http::HeaderName::from_bytes(n),
-                        http::HeaderValue::from_bytes(v),
-                    ) {
-                        trailers.append(n, v);
-                    }
-                })
-                .map_err(|_| Reason::Compression)?;
-            let Some(s) = self.streams.get_mut(&id) else {
-                return Ok(());
-            };
-            if !end_stream || s.recv_closed {
-                self.reset(id, Reason::Protocol);
-                return Ok(());
-            }
-            s.recv_closed = true;
-            if let Some(tx) = s.body.take() {
-                tx.trailers(trailers);
-            }
-            return Ok(());
-        }
+        let self_dep = match to {
+            BlockFor::New { self_dep } => self_dep,
+            BlockFor::Trailers => return self.trailers(id, end_stream, block),
+        };
         let assembler = &mut self.assembler;
         self.decoder
             .decode(block, |n, v| assembler.field(n, v))
@@ -346,7 +374,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 return Ok(());
             }
             Err(Refused::TooLarge) => {
-                self.block.clear();
+                self.start_block();
                 head_block(431, std::iter::empty, &mut self.block);
                 frame::headers(&mut self.wbuf, id, &self.block, true, self.peer_frame);
                 if !end_stream {
@@ -434,4 +462,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
         }
     }
+}
+
+/// What a header block is for, known from its HEADERS frame.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum BlockFor {
+    /// A new stream's request; `self_dep`: its priority fields named itself (§5.3.1).
+    New { self_dep: bool },
+    /// The trailers of a stream's request body.
+    Trailers,
 }

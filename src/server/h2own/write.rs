@@ -11,7 +11,7 @@ use futures_util::future::abortable;
 use http_body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{Conn, Guarded};
+use super::{Conn, Guarded, WRITE_HIGH};
 use crate::http2::body::BodyCut;
 use crate::http2::frame::{self, Reason};
 use crate::http2::hpack::encode_field;
@@ -70,11 +70,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             return;
         };
         s.answered = true;
-        self.answered += 1;
         let raw = answer.body_mut().take_raw();
         let status = answer.status().as_u16();
         let end = answer.body().is_end_stream();
-        self.block.clear();
+        self.start_block();
         let map = answer.headers();
         let fields = || {
             let raw = raw.iter().flat_map(|r| r.spans().map(|span| r.field(span)));
@@ -83,12 +82,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
             )
         };
-        let has_length = fields().any(|(n, _)| n == b"content-length");
+        let (mut has_length, mut has_date) = (false, false);
+        for (n, _) in fields() {
+            has_length |= n == b"content-length";
+            has_date |= n == b"date";
+        }
         head_block(status, fields, &mut self.block);
         if !end && !has_length {
             if let Some(n) = answer.body().size_hint().exact() {
                 encode_field(b"content-length", n.to_string().as_bytes(), &mut self.block);
             }
+        }
+        if !has_date {
+            // graylane's own answers (and an upstream's without one), as hyper dated them.
+            let mut date = Vec::with_capacity(29);
+            crate::server::date::extend(&mut date);
+            encode_field(b"date", &date, &mut self.block);
         }
         frame::headers(&mut self.wbuf, id, &self.block, end, self.peer_frame);
         if end {
@@ -135,7 +144,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     self.send_data(id, body, data, end);
                 }
                 Err(f) => {
-                    self.block.clear();
+                    self.start_block();
                     if let Ok(t) = f.into_trailers() {
                         for (n, v) in &t {
                             encode_field(n.as_str().as_bytes(), v.as_bytes(), &mut self.block);
@@ -153,11 +162,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
+        if data.is_empty() && end {
+            // An upstream body may end with an empty frame: END_STREAM all the same.
+            frame::data_head(&mut self.wbuf, id, 0, true);
+        }
         while !data.is_empty() {
             let room = self.send_window.min(s.send_window).max(0) as usize;
             let n = data.len().min(room).min(self.peer_frame);
             if n == 0 {
                 s.parked = Some((body, data, end));
+                self.maybe_parked = true;
                 return;
             }
             let last = n == data.len() && end;
@@ -172,6 +186,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         } else {
             self.next_frame(id, body);
         }
+    }
+
+    /// Starts a header block, with the table size update the client's decoder waits for
+    /// after a change of its table's size (RFC 7541 §4.2).
+    pub(super) fn start_block(&mut self) {
+        self.block.clear();
+        if std::mem::take(&mut self.table_update) {
+            self.block.push(0x20);
+        }
+    }
+
+    /// Resumes parked answers while the connection's window and the output buffer have
+    /// room; what is left waits for the next WINDOW_UPDATE or write.
+    pub(super) fn resume_parked(&mut self) {
+        if !self.maybe_parked {
+            return;
+        }
+        let parked: Vec<u32> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.parked.is_some())
+            .map(|(&id, _)| id)
+            .collect();
+        let mut left = false;
+        for id in parked {
+            if self.send_window <= 0 || self.wbuf.len() >= WRITE_HIGH {
+                left = true;
+                break;
+            }
+            self.resume(id);
+        }
+        self.maybe_parked = left || self.streams.values().any(|s| s.parked.is_some());
     }
 
     pub(super) fn resume(&mut self, id: u32) {
@@ -209,6 +255,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.written += n;
         }
         self.wbuf.clear();
+        if self.wbuf.capacity() > 2 * WRITE_HIGH {
+            // A burst's buffer is not kept for the connection's life.
+            self.wbuf.shrink_to(WRITE_HIGH);
+        }
         self.written = 0;
         Pin::new(&mut self.io).poll_flush(cx)
     }
