@@ -282,7 +282,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Conn<S> {
                 return Poll::Ready(Err(ConnError::Protocol(reason)));
             }
             if idle && (this.goaway || this.read_closed) {
-                return Poll::Ready(Ok(()));
+                // TLS's close_notify (and TCP's FIN) after the last frame; a client that
+                // does not take it is cut by the connection's timeouts.
+                return match Pin::new(&mut this.io).poll_shutdown(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(_) => Poll::Ready(Ok(())),
+                };
             }
             if this.read_closed && !this.streams.is_empty() {
                 // The client is gone (HTTP/2 has no half-close): its streams' work stops,
