@@ -674,3 +674,40 @@ fn an_answer_head_leaves_out_what_concerns_one_http1_connection() {
     let got = decode(&mut Decoder::new(4096), &plain).unwrap();
     assert_eq!(got, fields(&[(":status", "200"), ("vary", "accept")]));
 }
+
+#[test]
+fn the_eight_byte_value_check_agrees_with_the_byte_by_byte_one() {
+    let reference = |v: &[u8]| {
+        let ws = |b: &u8| *b == b' ' || *b == b'\t';
+        v.iter().all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
+            && !v.first().is_some_and(ws)
+            && !v.last().is_some_and(ws)
+    };
+    // Every byte value at every position of a printable value, and a pseudo-random mix.
+    let base = b"abcdefghijklmnopqrstuvwx".to_vec();
+    for pos in 0..base.len() {
+        for b in 0..=255u8 {
+            let mut v = base.clone();
+            v[pos] = b;
+            assert_eq!(super::request::valid_value(&v), reference(&v), "{v:?}");
+        }
+    }
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for _ in 0..20_000 {
+        let len = (x % 40) as usize;
+        let v: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // Mostly printable, now and then anything.
+                if x % 16 == 0 {
+                    (x >> 8) as u8
+                } else {
+                    0x20 + ((x >> 8) % 95) as u8
+                }
+            })
+            .collect();
+        assert_eq!(super::request::valid_value(&v), reference(&v), "{v:?}");
+    }
+}
