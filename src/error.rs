@@ -77,8 +77,10 @@ pub(crate) enum Fault {
 /// that each status and body is decided in one place ([`Refusal::status`] is exhaustive,
 /// and a test pins it).
 ///
-/// Not here: answers hyper's server makes on its own before a request reaches
-/// graylane (`400` for a malformed head, `431` for a head over `max_header_bytes`).
+/// Not here: answers the servers make on their own before a request reaches the request
+/// path: hyper's HTTP/1.1 (`400` for a malformed head, `431` for a head over
+/// `max_header_bytes`), and graylane's own HTTP/2 (`431` for a header list over
+/// `max_header_bytes`; a malformed request is reset, not answered).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
     /// No service matches host and path.

@@ -338,3 +338,21 @@ async fn answers_from_an_http2_upstream_end_for_an_http2_client() {
     assert_eq!(stable.last().version, http::Version::HTTP_2);
     p.stop().await;
 }
+
+/// An answer carries one `date` and, when its length is known, one `content-length`:
+/// graylane's own answers get both as hyper gave them, an upstream's keep its own.
+#[tokio::test]
+async fn answers_are_dated_and_sized_once() {
+    let stable = spawn_upstream("stable").await;
+    let gray = spawn_upstream("gray").await;
+    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), "rules: []\n").await;
+    let c = h2c_client();
+    for (headers, status) in [(vec![], 200), (vec![("host", "bad host")], 400)] {
+        let (st, h, body) = get(&c, &p.url("/x"), &headers).await;
+        assert_eq!(st.as_u16(), status);
+        assert_eq!(h.get_all("date").iter().count(), 1, "{h:?}");
+        let lengths: Vec<_> = h.get_all("content-length").iter().collect();
+        assert_eq!(lengths, [body.len().to_string().as_str()], "{h:?}");
+    }
+    p.stop().await;
+}

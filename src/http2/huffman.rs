@@ -11,6 +11,9 @@ use super::HpackError;
 
 /// Decodes `src` onto the end of `out`. The padding must be the shortest possible prefix
 /// of EOS (at most 7 one bits), and EOS itself must not appear (RFC 7541 §5.2).
+/// Inlined into its one caller (`hpack::string`): left out of line by the compiler it
+/// measured ~180 instructions more per HTTP/2 request.
+#[inline]
 pub(super) fn decode(src: &[u8], out: &mut Vec<u8>) -> Result<(), HpackError> {
     let mut acc: u64 = 0;
     let mut bits: u32 = 0;

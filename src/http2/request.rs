@@ -134,11 +134,7 @@ impl Assembler {
                 return Ok(());
             }
             b"content-length" => {
-                let n = std::str::from_utf8(value)
-                    .ok()
-                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .ok_or("invalid content-length")?;
+                let n = crate::markers::parse_u64(value).ok_or("invalid content-length")?;
                 if self.content_length.is_some_and(|m| m != n) {
                     return Err("content-length fields differ");
                 }

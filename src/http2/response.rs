@@ -3,17 +3,30 @@
 
 use super::hpack::{encode_field, encode_status};
 
+/// What [`head_block`] saw among the fields (lowercase names, as both sources give them),
+/// for what the caller adds after them.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Seen {
+    pub(crate) length: bool,
+    pub(crate) date: bool,
+}
+
 /// Writes `:status` and every field but those that concern one HTTP/1.1 connection only
 /// (RFC 9113 §8.2.2: Connection and the fields it names, Keep-Alive, Proxy-Connection,
 /// Transfer-Encoding, Upgrade), which an HTTP/2 client treats as malformed. Names are
-/// written lowercase, as HTTP/2 requires (§8.2.1).
-/// `fields` gives the fields each time it is called (a second time only when there is a
-/// Connection field).
-pub(crate) fn head_block<'a, I>(status: u16, fields: impl Fn() -> I, out: &mut Vec<u8>)
+/// written lowercase, as HTTP/2 requires (§8.2.1). `fields` gives the fields each time it
+/// is called: twice, and once more per field when there is a Connection field.
+pub(crate) fn head_block<'a, I>(status: u16, fields: impl Fn() -> I, out: &mut Vec<u8>) -> Seen
 where
     I: Iterator<Item = (&'a [u8], &'a [u8])>,
 {
-    let has_connection = fields().any(|(n, _)| n.eq_ignore_ascii_case(b"connection"));
+    let mut seen = Seen::default();
+    let mut has_connection = false;
+    for (n, _) in fields() {
+        seen.date |= n == b"date";
+        seen.length |= n == b"content-length";
+        has_connection |= n.eq_ignore_ascii_case(b"connection");
+    }
     encode_status(status, out);
     let mut lower = Vec::new();
     for (name, value) in fields() {
@@ -31,18 +44,18 @@ where
             encode_field(name, value, out);
         }
     }
+    seen
 }
 
 fn connection_specific(name: &[u8]) -> bool {
-    [
-        &b"connection"[..],
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"upgrade",
-    ]
-    .iter()
-    .any(|c| name.eq_ignore_ascii_case(c))
+    let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
+    match name.len() {
+        7 => is(b"upgrade"),
+        10 => is(b"connection") || is(b"keep-alive"),
+        16 => is(b"proxy-connection"),
+        17 => is(b"transfer-encoding"),
+        _ => false,
+    }
 }
 
 /// Whether a Connection field among `fields` lists `name`.

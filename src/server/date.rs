@@ -10,7 +10,13 @@ thread_local! {
     static CACHED: RefCell<(u64, [u8; LEN])> = const { RefCell::new((u64::MAX, [0; LEN])) };
 }
 
+/// Appends the current `Date` value.
 pub(super) fn extend(out: &mut Vec<u8>) {
+    out.extend_from_slice(&now());
+}
+
+/// The current `Date` value.
+pub(super) fn now() -> [u8; LEN] {
     // Whole seconds: the kernel's last tick is enough (see `crate::clock`).
     let secs = crate::clock::coarse_unix_secs();
     CACHED.with(|c| {
@@ -22,6 +28,6 @@ pub(super) fn extend(out: &mut Vec<u8>) {
                 c.0 = secs;
             }
         }
-        out.extend_from_slice(&c.1);
-    });
+        c.1
+    })
 }

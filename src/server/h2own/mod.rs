@@ -141,6 +141,9 @@ pub(super) struct Conn<S> {
     peer_frame: usize,
     recv_window: i64,
     conn_unacked: u64,
+    /// DATA was given back to a window at once (padding, a body nobody reads): the
+    /// streams are looked at for WINDOW_UPDATE even though no body was read.
+    credit_pending: bool,
     returned: Arc<Returned>,
     /// GOAWAY sent: no new streams; the connection ends when its streams have.
     goaway: bool,
@@ -202,6 +205,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             peer_frame: frame::DEFAULT_MAX_FRAME as usize,
             recv_window: i64::from(CONN_WINDOW),
             conn_unacked: 0,
+            credit_pending: false,
             returned: Arc::new(Returned::default()),
             goaway: false,
             failed: None,

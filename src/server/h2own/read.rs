@@ -329,10 +329,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if end {
             s.recv_closed = true;
             s.body = None;
-            if s.parked.is_none() && s.body_next.is_none() && s.answered {
-                self.streams.remove(&id);
-            }
         }
+        self.credit_pending |= back > 0;
         Ok(())
     }
 
@@ -440,16 +438,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         );
     }
 
-    /// WINDOW_UPDATEs for what the request path took, once half a window's worth.
+    /// WINDOW_UPDATEs for what the request path took, once half a window's worth. The
+    /// streams are looked at only when some body was read (or a stream's DATA was given
+    /// back at once) since the last look: a connection of bodiless requests skips them.
     pub(super) fn return_windows(&mut self) {
-        self.conn_unacked += self
+        let taken = self
             .returned
             .bytes
             .swap(0, std::sync::atomic::Ordering::Relaxed);
+        self.conn_unacked += taken;
         if self.conn_unacked >= u64::from(CONN_WINDOW / 2) {
             frame::window_update(&mut self.wbuf, 0, self.conn_unacked as u32);
             self.recv_window += self.conn_unacked as i64;
             self.conn_unacked = 0;
+        }
+        if taken == 0 && !std::mem::take(&mut self.credit_pending) {
+            return;
         }
         for (&id, s) in self.streams.iter_mut() {
             if let Some(tx) = &s.body {

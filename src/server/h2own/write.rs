@@ -82,22 +82,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
             )
         };
-        let (mut has_length, mut has_date) = (false, false);
-        for (n, _) in fields() {
-            has_length |= n == b"content-length";
-            has_date |= n == b"date";
-        }
-        head_block(status, fields, &mut self.block);
-        if !end && !has_length {
+        let seen = head_block(status, fields, &mut self.block);
+        if !end && !seen.length {
             if let Some(n) = answer.body().size_hint().exact() {
                 encode_field(b"content-length", n.to_string().as_bytes(), &mut self.block);
             }
         }
-        if !has_date {
+        if !seen.date {
             // graylane's own answers (and an upstream's without one), as hyper dated them.
-            let mut date = Vec::with_capacity(29);
-            crate::server::date::extend(&mut date);
-            encode_field(b"date", &date, &mut self.block);
+            encode_field(b"date", &crate::server::date::now(), &mut self.block);
         }
         frame::headers(&mut self.wbuf, id, &self.block, end, self.peer_frame);
         if end {
@@ -222,12 +215,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     pub(super) fn resume(&mut self, id: u32) {
         if let Some((body, data, end)) = self.streams.get_mut(&id).and_then(|s| s.parked.take()) {
-            if data.is_empty() && end {
-                frame::data_head(&mut self.wbuf, id, 0, true);
-                self.sent_all(id);
-            } else {
-                self.send_data(id, body, data, end);
-            }
+            self.send_data(id, body, data, end);
         }
     }
 
