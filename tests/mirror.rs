@@ -135,8 +135,10 @@ async fn a_hanging_mirror_target_adds_no_latency_and_is_counted() {
         worst = worst.max(t.elapsed());
         assert_eq!((st.as_u16(), body.as_str()), (200, "stable"));
     }
+    // A request held by its copy would take the copy's 1 s upstream_response at least;
+    // the bound leaves a busy machine room below that.
     assert!(
-        worst < Duration::from_millis(300),
+        worst < Duration::from_millis(700),
         "a real request took {worst:?}"
     );
     // Two copies hang until upstream_response (1 s) and end as errors; the rest were
