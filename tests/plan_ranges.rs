@@ -56,7 +56,7 @@ fn generate(n: usize) -> Vec<(u64, u64)> {
     let mut vols = Vec::with_capacity(n);
     for _ in 0..n {
         uid += 1 + rng.next() % 12;
-        let requests = if rng.next() % 25 == 0 {
+        let requests = if rng.next().is_multiple_of(25) {
             0
         } else {
             (3.0 * rng.unit().powf(-0.6)) as u64
@@ -130,7 +130,7 @@ fn grouped(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -136,7 +136,7 @@ impl Settings {
     /// Reads a SETTINGS payload (not an ACK's, which must be empty). Unknown settings
     /// are ignored (§6.5.2); a value out of its range is the error §6.5.2 names.
     pub(crate) fn parse(payload: &[u8]) -> Result<Self, Reason> {
-        if payload.len() % 6 != 0 {
+        if !payload.len().is_multiple_of(6) {
             return Err(Reason::FrameSize);
         }
         let mut s = Settings::default();

@@ -701,7 +701,7 @@ fn the_eight_byte_value_check_agrees_with_the_byte_by_byte_one() {
                 x ^= x >> 7;
                 x ^= x << 17;
                 // Mostly printable, now and then anything.
-                if x % 16 == 0 {
+                if x.is_multiple_of(16) {
                     (x >> 8) as u8
                 } else {
                     0x20 + ((x >> 8) % 95) as u8

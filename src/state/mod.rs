@@ -283,7 +283,11 @@ impl Shared {
     /// Whether this request is one the access log samples.
     pub fn sample_access(&self) -> bool {
         let every = self.config.access_log_every;
-        every != 0 && self.access_seq.fetch_add(1, Ordering::Relaxed) % u64::from(every) == 0
+        every != 0
+            && self
+                .access_seq
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(u64::from(every))
     }
 
     /// Whether a pool can take a request right now, without side effects (for
