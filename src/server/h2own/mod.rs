@@ -51,12 +51,10 @@ const EARLY_RESETS: usize = 200;
 /// The window `EARLY_RESETS` is counted in.
 const RESET_WINDOW_MS: u64 = 10_000;
 
-/// A stream's request future, boxed where it is made: the request path's future is
-/// several KiB, and moved unboxed through `abortable` into the connection's list it was
-/// copied at each step (+10,000 instructions per request, measured).
-type Handler = Abortable<Pin<Box<dyn Future<Output = Option<Answer>> + Send>>>;
 /// A stream's handler as the connection polls it: its answer, and the mark that keeps
-/// the connection from idling out while the stream lives.
+/// the connection from idling out while the stream lives. Boxed where it is made: the
+/// request path's future is several KiB, and moved unboxed into the connection's list it
+/// was copied at each step (+10,000 instructions per request, measured).
 type Running = Pin<Box<dyn Future<Output = (u32, Option<Answer>, InFlight)> + Send>>;
 type Guarded = DownBody<InFlight>;
 
