@@ -410,8 +410,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         // `memcpy` under load.
         let (handler, registration) = AbortHandle::new_pair();
         self.handlers.push(boxed_in_place(move || async move {
-            let handle =
-                async move { proxy::handle_own_h2(parts, received, rx, &shared, &ctx).await };
+            let handle = proxy::handle_own_h2(parts, received, rx, &shared, &ctx);
             // A request whose handling panics is reset alone (its answer `None`); the
             // connection and its other streams go on.
             let answer =
