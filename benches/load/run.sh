@@ -23,6 +23,10 @@
 #                its syscall tracepoints during each measured run; a table in the report).
 #                The counting adds work to every system call of every proxy: the CPU
 #                columns of such a run are not comparable with those of a run without it
+#   --segments   every mode also counts TCP segments per response (nstat's TcpOutSegs over the
+#                measured run, all loopback traffic: client, proxy and upstream sides) and
+#                the pure and delayed ACKs among them; a table in the report. The
+#                kernel's TCP work per request grows with the segments sent for it
 #   --quick      1 round; plain 3 s per run after 1 s warm-up; TLS 40000 requests per run
 #   default      3 rounds; plain 10 s per run after 2 s warm-up, 64 connections, workers
 #                "1 2"; TLS 200000 requests per run after 20000 warm-up requests, h2load 1
@@ -55,6 +59,7 @@ RUN_PLAIN=1
 RUN_TLS=0
 RUN_FLOOR=0
 SYSCALLS=0
+SEGMENTS=0
 OUT=""
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -68,13 +73,14 @@ while [[ $# -gt 0 ]]; do
     --all) RUN_PLAIN=1 RUN_TLS=1 ;;
     --floor) RUN_FLOOR=1 ;;
     --syscalls) SYSCALLS=1 ;;
+    --segments) SEGMENTS=1 ;;
     --requests) REQUESTS=$2; shift ;;
     --tls-connections) TLS_CONNS=$2; shift ;;
     --streams) STREAMS=$2; shift ;;
     --protos) PROTOS=$2; shift ;;
     --out) OUT=$2; shift ;;
     --no-build) export NO_BUILD=1 ;;
-    -h | --help) sed -n '2,41p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,46p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
     esac
     shift
@@ -118,6 +124,7 @@ tools=(nginx:nginx haproxy:haproxy curl:curl taskset:util-linux)
 [[ $RUN_PLAIN == 1 ]] && tools+=(wrk:wrk)
 [[ $RUN_TLS == 1 ]] && tools+=(h2load:nghttp2-client openssl:openssl)
 [[ $RUN_TLS == 1 && $SYSCALLS == 1 ]] && tools+=(perf:linux-perf)
+[[ $SEGMENTS == 1 ]] && tools+=(nstat:iproute2)
 ensure_tools "${tools[@]}"
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY_BIN=$(command -v haproxy || echo /usr/sbin/haproxy)
@@ -383,7 +390,9 @@ measure_plain() { # KIND WORKERS ROUND
     verify_routing "$kind"
     wrk_run "$PROXY_PORT" "$WARMUP" "$RUN_DIR/warmup.txt"
     sample_begin
+    [[ $SEGMENTS == 1 ]] && segments_begin
     wrk_run "$PROXY_PORT" "$DURATION" "$out"
+    [[ $SEGMENTS == 1 ]] && segments_end plain-h1 "$kind" "$round" "$(awk '/requests in/ {print $1}' "$out")"
     sample_end "$kind"
 
     local reqs rps p50 p99 non2xx sockerr
@@ -430,6 +439,23 @@ syscalls_end() {
     ' "$SYSCALLS_OUT" >>"$RUN_DIR/syscalls.tsv"
 }
 
+# segments_begin : zeroes nstat's history so that the next call reports this run alone.
+segments_begin() {
+    nstat -n >/dev/null
+}
+
+# segments_end MODE KIND ROUND RESPONSES : appends "mode kind round segments pure-acks
+# delayed-acks" per response to segments.tsv (counters of the whole machine's TCP; only
+# this run's loopback traffic moves them meanwhile).
+segments_end() {
+    nstat -z 2>/dev/null | awk -v mode="$1" -v kind="$2" -v round="$3" -v n="$4" '
+        $1 == "TcpOutSegs" { segs = $2 }
+        $1 == "TcpExtTCPPureAcks" { pure = $2 }
+        $1 == "TcpExtDelayedACKs" { delayed = $2 }
+        END { if (n > 0) printf "%s\t%s\t%s\t%.3f\t%.4f\t%.4f\n", mode, kind, round, segs / n, pure / n, delayed / n }
+    ' >>"$RUN_DIR/segments.tsv"
+}
+
 measure_tls() { # KIND PROTO ROUND
     local kind=$1 proto=$2 round=$3
     local out="$RUN_DIR/h2load-$1-$2-r$3.txt" lat="$RUN_DIR/h2load-$1-$2-r$3.log"
@@ -439,7 +465,9 @@ measure_tls() { # KIND PROTO ROUND
     h2load_run "$PROXY_PORT" "$proto" "$WARMUP_REQUESTS" "$RUN_DIR/warmup.txt"
     sample_begin
     [[ $SYSCALLS == 1 ]] && syscalls_begin
+    [[ $SEGMENTS == 1 ]] && segments_begin
     h2load_run "$PROXY_PORT" "$proto" "$REQUESTS" "$out" "$lat"
+    [[ $SEGMENTS == 1 ]] && segments_end "tls-$proto" "$kind" "$round" "$(awk '/^requests:/ {print $6 - $10}' "$out")"
     [[ $SYSCALLS == 1 ]] && syscalls_end "tls-$proto" "$kind" "$round" "$out"
     sample_end "$kind"
 
@@ -663,6 +691,23 @@ report() {
             END { for (k = 1; k <= n; k++) { split(order[k], p, "\t"); printf "| %s | %s |", p[1], p[2]
                   for (i = 4; i <= 7; i++) printf " %.2f |", median(v[order[k], i]); printf "\n" } }
         ' "$RUN_DIR/syscalls.tsv"
+        echo
+    fi
+    if [[ -s $RUN_DIR/segments.tsv ]]; then
+        echo "### TCP segments per response (\`--segments\`)"
+        echo
+        echo "\`nstat\` over each measured run: every TCP segment sent on the machine (the client's, the"
+        echo "proxy's both ways and the upstream's; all loopback), divided by the responses; medians"
+        echo "over rounds. Pure ACKs carry no data; delayed ACKs are those a timer sent."
+        echo
+        echo "| mode | proxy | segments | pure ACKs | delayed ACKs |"
+        echo "|---|---|---:|---:|---:|"
+        awk -F'\t' "$AWK_LIB"'
+            { key = $1 "\t" $2; if (!(key in seen)) { seen[key] = 1; order[++n] = key }
+              for (i = 4; i <= 6; i++) v[key, i] = v[key, i] " " $i }
+            END { for (k = 1; k <= n; k++) { split(order[k], p, "\t"); printf "| %s | %s |", p[1], p[2]
+                  printf " %.2f | %.3f | %.3f |\n", median(v[order[k], 4]), median(v[order[k], 5]), median(v[order[k], 6]) } }
+        ' "$RUN_DIR/segments.tsv"
         echo
     fi
     local shares
