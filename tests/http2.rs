@@ -186,6 +186,38 @@ async fn trailers_do_not_end_a_body_short_of_its_length() {
     p.stop().await;
 }
 
+/// RFC 9113 §5.1: a stream the client has ended is half-closed (remote), and a HEADERS
+/// frame on it is a stream error of type STREAM_CLOSED (the upstream is slow so that the
+/// stream is still open when the frame arrives).
+#[tokio::test]
+async fn headers_on_a_stream_the_client_ended_reset_it_stream_closed() {
+    let stable = spawn_upstream("stable").await;
+    stable.delay(2000);
+    let gray = spawn_upstream("gray").await;
+    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), "rules: []\n").await;
+    let mut c = H2Conn::open(p.addr()).await;
+    let block = h2raw::request_block("POST", "/count", &[("content-length", "3")]);
+    c.send(&h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS, 1, &block))
+        .await
+        .unwrap();
+    c.send(&h2raw::frame(h2raw::DATA, h2raw::END_STREAM, 1, b"abc"))
+        .await
+        .unwrap();
+    let mut trailer = Vec::new();
+    h2raw::literal(b"x-sum", b"1", &mut trailer);
+    c.send(&h2raw::frame(
+        h2raw::HEADERS,
+        h2raw::END_HEADERS | h2raw::END_STREAM,
+        1,
+        &trailer,
+    ))
+    .await
+    .unwrap();
+    let o = c.outcome(1, Duration::from_secs(3)).await;
+    assert_eq!(o.reset, Some(0x5), "{o:?}");
+    p.stop().await;
+}
+
 /// A client may change its settings at any time: a larger initial window resumes an
 /// answer that waited on the old one (§6.9.2), and a new HPACK table size is
 /// acknowledged at the start of the next header block (RFC 7541 §4.2).

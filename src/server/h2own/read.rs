@@ -188,8 +188,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let Some(s) = self.streams.get_mut(&id) else {
             return Ok(());
         };
+        if s.recv_closed {
+            // Half-closed (remote): RFC 9113 §5.1 names the error.
+            return self.client_fault(id, Reason::StreamClosed);
+        }
         let short = s.length.is_some_and(|n| n != s.got);
-        if bad || !end_stream || s.recv_closed || short {
+        if bad || !end_stream || short {
             return self.client_fault(id, Reason::Protocol);
         }
         s.recv_closed = true;
