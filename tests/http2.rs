@@ -218,6 +218,58 @@ async fn headers_on_a_stream_the_client_ended_reset_it_stream_closed() {
     p.stop().await;
 }
 
+/// A body sent as thousands of tiny DATA frames reaches the upstream whole and in order,
+/// in a few chunks: one queue entry (and one upstream write) per frame would let a
+/// client turn the 1 MiB window into a million entries.
+#[tokio::test]
+async fn tiny_data_frames_reach_the_upstream_whole_in_few_chunks() {
+    let stable = common::hostile::spawn_recorder(Default::default()).await;
+    let gray = common::hostile::spawn_recorder(Default::default()).await;
+    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), "rules: []\n").await;
+    let mut c = H2Conn::open(p.addr()).await;
+    let block = h2raw::request_block("POST", "/tiny", &[]);
+    let mut out = h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS, 1, &block);
+    let mut want = Vec::new();
+    for i in 0..5000u32 {
+        let b = [b'a' + (i % 26) as u8];
+        out.extend(h2raw::frame(h2raw::DATA, 0, 1, &b));
+        want.extend_from_slice(&b);
+    }
+    // A large frame between small ones keeps its place.
+    let big = vec![b'Z'; 4096];
+    out.extend(h2raw::frame(h2raw::DATA, 0, 1, &big));
+    want.extend_from_slice(&big);
+    for i in 0..3000u32 {
+        let b = [b'0' + (i % 10) as u8];
+        out.extend(h2raw::frame(h2raw::DATA, 0, 1, &b));
+        want.extend_from_slice(&b);
+    }
+    let mut trailer = Vec::new();
+    h2raw::literal(b"x-sum", b"1", &mut trailer);
+    out.extend(h2raw::frame(
+        h2raw::HEADERS,
+        h2raw::END_HEADERS | h2raw::END_STREAM,
+        1,
+        &trailer,
+    ));
+    c.send(&out).await.unwrap();
+    let o = c.outcome(1, Duration::from_secs(5)).await;
+    assert_eq!(o.status, Some(200), "{o:?}");
+    let seen = stable.last();
+    assert!(
+        seen.body == want,
+        "{} bytes of {}",
+        seen.body.len(),
+        want.len()
+    );
+    assert!(
+        seen.chunks <= 20,
+        "{} chunks for 8,001 DATA frames",
+        seen.chunks
+    );
+    p.stop().await;
+}
+
 /// A client may change its settings at any time: a larger initial window resumes an
 /// answer that waited on the old one (§6.9.2), and a new HPACK table size is
 /// acknowledged at the start of the next header block (RFC 7541 §4.2).

@@ -224,6 +224,8 @@ pub struct RawSeen {
     /// Field names lowercased, values raw.
     pub headers: Fields,
     pub body: Vec<u8>,
+    /// The data chunks of a chunked body (0 otherwise).
+    pub chunks: usize,
 }
 
 impl RawSeen {
@@ -363,7 +365,7 @@ async fn read_body(
     s: &mut TcpStream,
     buf: &mut Vec<u8>,
     headers: &[(String, Vec<u8>)],
-) -> Option<Vec<u8>> {
+) -> Option<(Vec<u8>, usize)> {
     let field = |n: &str| {
         headers
             .iter()
@@ -372,6 +374,7 @@ async fn read_body(
     };
     if field("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
         let mut body = Vec::new();
+        let mut chunks = 0;
         loop {
             let eol = loop {
                 if let Some(e) = find(buf, b"\r\n") {
@@ -397,7 +400,7 @@ async fn read_body(
                     };
                     buf.drain(..e + 2);
                     if e == 0 {
-                        return Some(body);
+                        return Some((body, chunks));
                     }
                 }
             }
@@ -408,6 +411,7 @@ async fn read_body(
             }
             body.extend_from_slice(&buf[..size]);
             buf.drain(..size + 2);
+            chunks += 1;
         }
     }
     let len: usize = match field("content-length") {
@@ -419,7 +423,7 @@ async fn read_body(
             return None;
         }
     }
-    Some(buf.drain(..len).collect())
+    Some((buf.drain(..len).collect(), 0))
 }
 
 async fn record_conn(
@@ -435,7 +439,7 @@ async fn record_conn(
         let Some((method, target, headers)) = parse_request_head(&head) else {
             return;
         };
-        let Some(body) = read_body(&mut s, &mut buf, &headers).await else {
+        let Some((body, chunks)) = read_body(&mut s, &mut buf, &headers).await else {
             return;
         };
         let req = RawSeen {
@@ -443,6 +447,7 @@ async fn record_conn(
             target,
             headers,
             body,
+            chunks,
         };
         if let Ok(mut v) = seen.lock() {
             v.push(req.clone());

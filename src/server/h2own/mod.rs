@@ -131,6 +131,8 @@ pub(super) struct Conn<S> {
     list_limit: usize,
     block_limit: usize,
     streams: HashMap<u32, Stream, BuildHasherDefault<StreamIdHasher>>,
+    /// Streams that hold small DATA not yet queued for their request path.
+    held: Vec<u32>,
     last_id: u32,
     handlers: FuturesUnordered<Running>,
     bodies: FuturesUnordered<Abortable<NextFrame>>,
@@ -195,6 +197,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             list_limit: list,
             block_limit: list.max(16 * 1024),
             streams: HashMap::default(),
+            held: Vec::new(),
             last_id: 0,
             handlers: FuturesUnordered::new(),
             bodies: FuturesUnordered::new(),
@@ -296,6 +299,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Conn<S> {
                 }
             }
             if this.failed.is_none() {
+                if !this.held.is_empty() && this.release_held() {
+                    progress = true;
+                }
                 this.return_windows();
             }
             if !this.wbuf.is_empty() {

@@ -12,7 +12,7 @@ use super::{
     close_stream, Conn, Stream, CONN_WINDOW, EARLY_RESETS, RESET_WINDOW_MS, STREAM_WINDOW,
 };
 use crate::fields::Received;
-use crate::http2::body::{self, BodyCut};
+use crate::http2::body::{self, BodyCut, BodySender};
 use crate::http2::frame::{self, flag, kind, Head, Reason, Settings};
 use crate::http2::request::Refused;
 use crate::http2::response::head_block;
@@ -322,18 +322,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             return self.client_fault(id, Reason::Protocol);
         }
         // Padding, and data nobody reads any more, go back to the client at once (what
-        // a body still held when it is dropped gives back itself, see `OwnBody`).
+        // a body still held when it is dropped gives back itself, see `OwnBody` and
+        // `BodySender`).
         let padding = len - data.len() as u64;
-        let delivered = data.is_empty() || s.body.as_ref().is_some_and(|tx| tx.data(data));
+        let was_holding = s.body.as_ref().is_some_and(BodySender::holding);
+        let delivered = data.is_empty() || s.body.as_mut().is_some_and(|tx| tx.data(data));
         let back = if delivered { padding } else { len };
         self.conn_unacked += back;
         s.unacked += back;
         if end {
             s.recv_closed = true;
-            s.body = None;
+            if let Some(mut tx) = s.body.take() {
+                tx.flush();
+            }
+        } else if !was_holding && s.body.as_ref().is_some_and(BodySender::holding) {
+            self.held.push(id);
         }
         self.credit_pending |= back > 0;
         Ok(())
+    }
+
+    /// Queues the small DATA the streams hold (see `http2::body`), once a batch of frames
+    /// is handled; a stream whose request path is behind keeps holding until it takes
+    /// what is queued (which wakes the connection).
+    /// True when some was queued (the request paths that take it are to be polled).
+    pub(super) fn release_held(&mut self) -> bool {
+        let before = self.held.len();
+        let mut i = 0;
+        while i < self.held.len() {
+            let id = self.held[i];
+            let done = match self.streams.get_mut(&id).and_then(|s| s.body.as_mut()) {
+                Some(tx) => tx.release(),
+                None => true,
+            };
+            if done {
+                self.held.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        self.held.len() < before
     }
 
     /// A whole header block: a new request, or a stream's trailers.
@@ -465,7 +493,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         for (&id, s) in self.streams.iter_mut() {
             if let Some(tx) = &s.body {
-                s.unacked += tx.taken.swap(0, std::sync::atomic::Ordering::Relaxed);
+                s.unacked += tx.take_taken();
             }
             if !s.recv_closed && s.unacked >= u64::from(STREAM_WINDOW / 2) {
                 frame::window_update(&mut self.wbuf, id, s.unacked as u32);
