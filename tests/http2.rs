@@ -142,7 +142,7 @@ async fn answers_waiting_on_the_connection_window_resume_when_it_opens() {
 
 // === frames written by hand ===
 
-use common::hostile::h2::{self as h2raw, Conn as H2Conn};
+use common::hostile::h2::{self as h2raw, Conn as H2Conn, Outcome};
 use std::time::Duration;
 
 fn settings(pairs: &[(u16, u32)]) -> Vec<u8> {
@@ -159,31 +159,9 @@ fn settings(pairs: &[(u16, u32)]) -> Vec<u8> {
 /// the upstream never gets a request whose body is shorter than its length says.
 #[tokio::test]
 async fn trailers_do_not_end_a_body_short_of_its_length() {
-    let stable = spawn_upstream("stable").await;
-    let gray = spawn_upstream("gray").await;
-    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), "rules: []\n").await;
-    let mut c = H2Conn::open(p.addr()).await;
-    let block = h2raw::request_block("POST", "/count", &[("content-length", "10")]);
-    c.send(&h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS, 1, &block))
-        .await
-        .unwrap();
-    c.send(&h2raw::frame(h2raw::DATA, 0, 1, b"abc"))
-        .await
-        .unwrap();
-    let mut trailer = Vec::new();
-    h2raw::literal(b"x-sum", b"1", &mut trailer);
-    c.send(&h2raw::frame(
-        h2raw::HEADERS,
-        h2raw::END_HEADERS | h2raw::END_STREAM,
-        1,
-        &trailer,
-    ))
-    .await
-    .unwrap();
-    let o = c.outcome(1, Duration::from_secs(3)).await;
+    let o = post_abc_then_trailers("10", 0, 0).await;
     assert_eq!(o.reset, Some(0x1), "{o:?}");
     assert!(o.status.is_none_or(|s| s != 200), "{o:?}");
-    p.stop().await;
 }
 
 /// RFC 9113 §5.1: a stream the client has ended is half-closed (remote), and a HEADERS
@@ -191,31 +169,39 @@ async fn trailers_do_not_end_a_body_short_of_its_length() {
 /// stream is still open when the frame arrives).
 #[tokio::test]
 async fn headers_on_a_stream_the_client_ended_reset_it_stream_closed() {
+    let o = post_abc_then_trailers("3", h2raw::END_STREAM, 2000).await;
+    assert_eq!(o.reset, Some(0x5), "{o:?}");
+}
+
+/// A trailer block (`x-sum: 1`) ending stream `id`.
+fn trailers_ending(id: u32) -> Vec<u8> {
+    let mut trailer = Vec::new();
+    h2raw::literal(b"x-sum", b"1", &mut trailer);
+    h2raw::frame(
+        h2raw::HEADERS,
+        h2raw::END_HEADERS | h2raw::END_STREAM,
+        id,
+        &trailer,
+    )
+}
+
+/// On one h2c connection: a POST with `content-length`, DATA `abc` with `data_flags`,
+/// then a trailer block ending the stream; what became of the stream. The upstream
+/// answers after `delay_ms`.
+async fn post_abc_then_trailers(length: &str, data_flags: u8, delay_ms: u64) -> Outcome {
     let stable = spawn_upstream("stable").await;
-    stable.delay(2000);
+    stable.delay(delay_ms);
     let gray = spawn_upstream("gray").await;
     let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), "rules: []\n").await;
     let mut c = H2Conn::open(p.addr()).await;
-    let block = h2raw::request_block("POST", "/count", &[("content-length", "3")]);
-    c.send(&h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS, 1, &block))
-        .await
-        .unwrap();
-    c.send(&h2raw::frame(h2raw::DATA, h2raw::END_STREAM, 1, b"abc"))
-        .await
-        .unwrap();
-    let mut trailer = Vec::new();
-    h2raw::literal(b"x-sum", b"1", &mut trailer);
-    c.send(&h2raw::frame(
-        h2raw::HEADERS,
-        h2raw::END_HEADERS | h2raw::END_STREAM,
-        1,
-        &trailer,
-    ))
-    .await
-    .unwrap();
+    let block = h2raw::request_block("POST", "/count", &[("content-length", length)]);
+    let mut out = h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS, 1, &block);
+    out.extend(h2raw::frame(h2raw::DATA, data_flags, 1, b"abc"));
+    out.extend(trailers_ending(1));
+    c.send(&out).await.unwrap();
     let o = c.outcome(1, Duration::from_secs(3)).await;
-    assert_eq!(o.reset, Some(0x5), "{o:?}");
     p.stop().await;
+    o
 }
 
 /// A body sent as thousands of tiny DATA frames reaches the upstream whole and in order,
@@ -244,14 +230,7 @@ async fn tiny_data_frames_reach_the_upstream_whole_in_few_chunks() {
         out.extend(h2raw::frame(h2raw::DATA, 0, 1, &b));
         want.extend_from_slice(&b);
     }
-    let mut trailer = Vec::new();
-    h2raw::literal(b"x-sum", b"1", &mut trailer);
-    out.extend(h2raw::frame(
-        h2raw::HEADERS,
-        h2raw::END_HEADERS | h2raw::END_STREAM,
-        1,
-        &trailer,
-    ));
+    out.extend(trailers_ending(1));
     c.send(&out).await.unwrap();
     let o = c.outcome(1, Duration::from_secs(5)).await;
     assert_eq!(o.status, Some(200), "{o:?}");
