@@ -97,6 +97,15 @@ impl BodySender {
     /// Queues the held DATA unless the request path is behind; true when nothing is
     /// held any more.
     pub(crate) fn release(&mut self) -> bool {
+        if self.tx.is_closed() {
+            // Nobody will read them: back to the windows now, not when the stream ends.
+            let n = self.hold.len() as u64;
+            self.hold.clear();
+            if n > 0 {
+                self.give_back(n);
+            }
+            return true;
+        }
         if self.counts.queued.load(Ordering::Relaxed) >= QUEUED_MAX {
             return !self.holding();
         }

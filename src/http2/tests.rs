@@ -711,3 +711,81 @@ fn the_eight_byte_value_check_agrees_with_the_byte_by_byte_one() {
         assert_eq!(super::request::valid_value(&v), reference(&v), "{v:?}");
     }
 }
+
+// === request bodies: small DATA held and copied together ===
+
+mod bodies {
+    use std::pin::Pin;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use futures_util::FutureExt;
+    use http_body::Body;
+
+    use crate::http2::body::{channel, OwnBody, Returned};
+
+    /// The next data chunk the request path gets, if one is queued.
+    fn take(body: &mut OwnBody) -> Option<Bytes> {
+        std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx))
+            .now_or_never()
+            .flatten()
+            .and_then(|f| f.ok())
+            .and_then(|f| f.into_data().ok())
+    }
+
+    #[test]
+    fn small_frames_reach_the_reader_as_one_chunk_in_order() {
+        let (mut tx, mut rx) = channel(Arc::new(Returned::default()), None);
+        for b in [&b"ab"[..], b"c", b"de"] {
+            assert!(tx.data(Bytes::copy_from_slice(b)));
+        }
+        assert!(take(&mut rx).is_none(), "held until released");
+        assert!(tx.release());
+        assert!(tx.data(Bytes::from(vec![b'x'; 2000])));
+        assert!(tx.data(Bytes::from_static(b"f")));
+        tx.flush();
+        let got: Vec<Bytes> = std::iter::from_fn(|| take(&mut rx)).collect();
+        assert_eq!(got, [&b"abcde"[..], &[b'x'; 2000][..], b"f"]);
+    }
+
+    #[test]
+    fn held_bytes_wait_while_the_reader_is_behind() {
+        let (mut tx, mut rx) = channel(Arc::new(Returned::default()), None);
+        for _ in 0..8 {
+            assert!(tx.data(Bytes::from(vec![b'L'; 1024])));
+        }
+        assert!(tx.data(Bytes::from_static(b"s")));
+        assert!(!tx.release(), "eight chunks untaken: keep holding");
+        assert!(take(&mut rx).is_some());
+        assert!(tx.release(), "seven untaken: queue it");
+        let rest: Vec<Bytes> = std::iter::from_fn(|| take(&mut rx)).collect();
+        assert_eq!(rest.len(), 8);
+        assert_eq!(rest[7], &b"s"[..]);
+    }
+
+    #[test]
+    fn held_bytes_nobody_will_read_go_back_to_the_windows() {
+        let returned = Arc::new(Returned::default());
+        let (mut tx, rx) = channel(returned.clone(), None);
+        for _ in 0..8 {
+            assert!(tx.data(Bytes::from(vec![b'L'; 1024])));
+        }
+        assert!(tx.data(Bytes::from_static(b"abc")));
+        drop(rx);
+        // The reader went away behind: what it never took and what was held, at once.
+        assert!(tx.release());
+        assert_eq!(returned.bytes.load(Ordering::Relaxed), 8 * 1024 + 3);
+        assert_eq!(tx.take_taken(), 8 * 1024 + 3);
+        assert!(
+            !tx.data(Bytes::from_static(b"d")),
+            "a closed body takes nothing"
+        );
+
+        let returned = Arc::new(Returned::default());
+        let (mut tx, _rx) = channel(returned.clone(), None);
+        assert!(tx.data(Bytes::from_static(b"abcd")));
+        drop(tx);
+        assert_eq!(returned.bytes.load(Ordering::Relaxed), 4, "a reset stream");
+    }
+}
