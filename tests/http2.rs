@@ -204,6 +204,48 @@ async fn post_abc_then_trailers(length: &str, data_flags: u8, delay_ms: u64) -> 
     o
 }
 
+/// RFC 9113 §5.1: frames the client sent before it saw graylane's RST_STREAM are
+/// ignored. Here the upstream answers an upload at once, graylane ends the stream with
+/// RST_STREAM(NO_ERROR), and the client's trailers arrive after: they are decoded and
+/// dropped, and the connection goes on serving. A stream that ended otherwise is not
+/// reopened by a header block.
+#[tokio::test]
+async fn trailers_after_an_early_answer_leave_the_connection_serving() {
+    let stable = spawn_upstream("stable").await;
+    let gray = spawn_upstream("gray").await;
+    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), "rules: []\n").await;
+    let mut c = H2Conn::open(p.addr()).await;
+    let block = h2raw::request_block("POST", "/status/413", &[]);
+    let mut out = h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS, 1, &block);
+    out.extend(h2raw::frame(h2raw::DATA, 0, 1, b"abc"));
+    c.send(&out).await.unwrap();
+    let o = c.outcome(1, Duration::from_secs(3)).await;
+    assert_eq!((o.status, o.ended), (Some(413), true), "{o:?}");
+    let mut out = trailers_ending(1);
+    out.extend(h2raw::frame(
+        h2raw::HEADERS,
+        h2raw::END_HEADERS | h2raw::END_STREAM,
+        3,
+        &h2raw::get_block("/after", &[]),
+    ));
+    c.send(&out).await.unwrap();
+    let o = c.outcome(3, Duration::from_secs(3)).await;
+    assert_eq!((o.status, o.goaway), (Some(200), None), "{o:?}");
+    // Stream 3 ended without a reset: a header block on it reuses a stream id, a
+    // connection error (§5.1.1), END_STREAM or not.
+    c.send(&h2raw::frame(
+        h2raw::HEADERS,
+        h2raw::END_HEADERS | h2raw::END_STREAM,
+        3,
+        &h2raw::get_block("/again", &[]),
+    ))
+    .await
+    .unwrap();
+    let o = c.outcome(3, Duration::from_secs(3)).await;
+    assert_eq!(o.goaway, Some(0x1), "{o:?}");
+    p.stop().await;
+}
+
 /// A body sent as thousands of tiny DATA frames reaches the upstream whole and in order,
 /// in a few chunks: one queue entry (and one upstream write) per frame would let a
 /// client turn the 1 MiB window into a million entries.

@@ -100,7 +100,7 @@ impl BodySender {
         if self.tx.is_closed() {
             // Nobody will read them: back to the windows now, not when the stream ends.
             let n = self.hold.len() as u64;
-            self.hold.clear();
+            self.hold = BytesMut::new();
             if n > 0 {
                 self.give_back(n);
             }
@@ -116,7 +116,9 @@ impl BodySender {
     /// Queues the held DATA now: what follows must come after it.
     pub(crate) fn flush(&mut self) {
         if !self.hold.is_empty() {
-            let b = self.hold.split().freeze();
+            // The chunk takes the whole buffer: `split` would leave its spare room held
+            // by an idle stream.
+            let b = std::mem::take(&mut self.hold).freeze();
             let n = b.len() as u64;
             if !self.send(b) {
                 self.give_back(n);

@@ -50,6 +50,9 @@ const WRITE_HIGH: usize = 256 * 1024;
 const EARLY_RESETS: usize = 200;
 /// The window `EARLY_RESETS` is counted in.
 const RESET_WINDOW_MS: u64 = 10_000;
+/// How many of the streams graylane reset last are remembered, for the client's frames
+/// still in flight on them.
+const RESETS_KEPT: usize = 32;
 
 /// A stream's handler as the connection polls it: its answer, and the mark that keeps
 /// the connection from idling out while the stream lives. Boxed where it is made: the
@@ -70,6 +73,8 @@ pub(super) enum ConnError {
 struct Stream {
     /// The request body's sender while the client may still send DATA.
     body: Option<BodySender>,
+    /// The stream is in the connection's list of streams holding DATA.
+    listed: bool,
     /// The client sent END_STREAM (or the stream was refused).
     recv_closed: bool,
     recv_window: i64,
@@ -133,6 +138,9 @@ pub(super) struct Conn<S> {
     streams: HashMap<u32, Stream, BuildHasherDefault<StreamIdHasher>>,
     /// Streams that hold small DATA not yet queued for their request path.
     held: Vec<u32>,
+    /// The last streams graylane reset, newest at `reset_next - 1`.
+    reset_sent: [u32; RESETS_KEPT],
+    reset_next: usize,
     last_id: u32,
     handlers: FuturesUnordered<Running>,
     bodies: FuturesUnordered<Abortable<NextFrame>>,
@@ -198,6 +206,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             block_limit: list.max(16 * 1024),
             streams: HashMap::default(),
             held: Vec::new(),
+            reset_sent: [0; RESETS_KEPT],
+            reset_next: 0,
             last_id: 0,
             handlers: FuturesUnordered::new(),
             bodies: FuturesUnordered::new(),
@@ -229,6 +239,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// RST_STREAM for `id`, noted: frames the client sent before it saw it are ignored
+    /// (RFC 9113 §5.1), and a header block among them must not read as a stream id
+    /// reused.
+    fn rst(&mut self, id: u32, reason: Reason) {
+        frame::rst_stream(&mut self.wbuf, id, reason);
+        self.reset_sent[self.reset_next % RESETS_KEPT] = id;
+        self.reset_next = self.reset_next.wrapping_add(1);
+    }
+
     fn fail(&mut self, reason: Reason) {
         if self.failed.is_none() {
             self.failed = Some(reason);
@@ -240,7 +259,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     fn reset(&mut self, id: u32, reason: Reason) {
-        frame::rst_stream(&mut self.wbuf, id, reason);
+        self.rst(id, reason);
         if let Some(s) = self.streams.remove(&id) {
             close_stream(s, BodyCut::Reset);
         }

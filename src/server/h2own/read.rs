@@ -78,6 +78,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     BlockFor::New {
                         self_dep: dep == Some(id),
                     }
+                } else if self.reset_sent.contains(&id) {
+                    // Sent before the client saw graylane's RST_STREAM (trailers after an
+                    // early answer): decoded, for the HPACK table, and ignored (§5.1).
+                    BlockFor::Trailers
                 } else {
                     // A stream id that is not new may not open a stream (§5.1.1).
                     return Err(Reason::Protocol);
@@ -325,7 +329,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         // a body still held when it is dropped gives back itself, see `OwnBody` and
         // `BodySender`).
         let padding = len - data.len() as u64;
-        let was_holding = s.body.as_ref().is_some_and(BodySender::holding);
         let delivered = data.is_empty() || s.body.as_mut().is_some_and(|tx| tx.data(data));
         let back = if delivered { padding } else { len };
         self.conn_unacked += back;
@@ -335,7 +338,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if let Some(mut tx) = s.body.take() {
                 tx.flush();
             }
-        } else if !was_holding && s.body.as_ref().is_some_and(BodySender::holding) {
+        } else if !s.listed && s.body.as_ref().is_some_and(BodySender::holding) {
+            s.listed = true;
             self.held.push(id);
         }
         self.credit_pending |= back > 0;
@@ -351,8 +355,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let mut i = 0;
         while i < self.held.len() {
             let id = self.held[i];
-            let done = match self.streams.get_mut(&id).and_then(|s| s.body.as_mut()) {
-                Some(tx) => tx.release(),
+            let done = match self.streams.get_mut(&id) {
+                Some(s) => {
+                    let done = s.body.as_mut().is_none_or(BodySender::release);
+                    s.listed = !done;
+                    done
+                }
                 None => true,
             };
             if done {
@@ -383,22 +391,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let mut received = Received::default();
         let request = self.assembler.finish(&mut received);
         if self.goaway {
-            frame::rst_stream(&mut self.wbuf, id, Reason::RefusedStream);
+            self.rst(id, Reason::RefusedStream);
             return Ok(());
         }
         if self_dep {
-            frame::rst_stream(&mut self.wbuf, id, Reason::Protocol);
+            self.rst(id, Reason::Protocol);
             return Ok(());
         }
         if self.streams.len() >= super::super::H2_MAX_STREAMS as usize {
-            frame::rst_stream(&mut self.wbuf, id, Reason::RefusedStream);
+            self.rst(id, Reason::RefusedStream);
             return Ok(());
         }
         let request = match request {
             Ok(r) => r,
             Err(Refused::Malformed(why)) => {
                 tracing::debug!(peer = %self.ctx.peer, stream = id, why, "malformed HTTP/2 request");
-                frame::rst_stream(&mut self.wbuf, id, Reason::Protocol);
+                self.rst(id, Reason::Protocol);
                 return Ok(());
             }
             Err(Refused::TooLarge) => {
@@ -406,13 +414,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 head_block(431, std::iter::empty, &mut self.block);
                 frame::headers(&mut self.wbuf, id, &self.block, true, self.peer_frame);
                 if !end_stream {
-                    frame::rst_stream(&mut self.wbuf, id, Reason::NoError);
+                    self.rst(id, Reason::NoError);
                 }
                 return Ok(());
             }
         };
         if end_stream && request.content_length.is_some_and(|n| n != 0) {
-            frame::rst_stream(&mut self.wbuf, id, Reason::Protocol);
+            self.rst(id, Reason::Protocol);
             return Ok(());
         }
         self.start(id, request, received, end_stream);
@@ -467,6 +475,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 got: 0,
                 send_window: self.peer_window,
                 handler,
+                listed: false,
                 body_next: None,
                 parked: None,
                 answered: false,

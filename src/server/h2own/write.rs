@@ -224,7 +224,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     fn sent_all(&mut self, id: u32) {
         if let Some(s) = self.streams.remove(&id) {
             if !s.recv_closed {
-                frame::rst_stream(&mut self.wbuf, id, Reason::NoError);
+                self.rst(id, Reason::NoError);
             }
             if let Some(tx) = s.body {
                 tx.cut(BodyCut::Reset);
