@@ -246,6 +246,45 @@ async fn trailers_after_an_early_answer_leave_the_connection_serving() {
     p.stop().await;
 }
 
+/// RFC 9113 §8.3.1: a request whose Host names another authority than its `:authority`
+/// is malformed: routing reads `:authority`, and a name-based virtual host behind
+/// graylane must not be sent elsewhere by the Host an HTTP/1.1 upstream gets. The same
+/// Host (any case) goes through; without `:authority` the client's Host is the one.
+#[tokio::test]
+async fn a_host_other_than_the_authority_is_refused() {
+    let stable = common::hostile::spawn_recorder(Default::default()).await;
+    let gray = common::hostile::spawn_recorder(Default::default()).await;
+    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), "rules: []\n").await;
+    let mut c = H2Conn::open(p.addr()).await;
+    let get = |id: u32, block: Vec<u8>| {
+        h2raw::frame(
+            h2raw::HEADERS,
+            h2raw::END_HEADERS | h2raw::END_STREAM,
+            id,
+            &block,
+        )
+    };
+    let mut bare = vec![0x82, 0x86, 0x84]; // GET, http, / and no :authority
+    h2raw::literal(b"host", b"h.test", &mut bare);
+    // `request_block` sends `:authority: t`.
+    for (id, block, status) in [
+        (
+            1,
+            h2raw::get_block("/a", &[("host", "elsewhere.test")]),
+            400,
+        ),
+        (3, h2raw::get_block("/b", &[("host", "T")]), 200),
+        (5, bare, 200),
+    ] {
+        c.send(&get(id, block)).await.unwrap();
+        let o = c.outcome(id, Duration::from_secs(3)).await;
+        assert_eq!(o.status, Some(status), "stream {id}: {o:?}");
+    }
+    let hosts: Vec<Vec<String>> = stable.seen().iter().map(|s| s.all("host")).collect();
+    assert_eq!(hosts, [vec!["T".to_owned()], vec!["h.test".to_owned()]]);
+    p.stop().await;
+}
+
 /// A body sent as thousands of tiny DATA frames reaches the upstream whole and in order,
 /// in a few chunks: one queue entry (and one upstream write) per frame would let a
 /// client turn the 1 MiB window into a million entries.

@@ -131,7 +131,7 @@ async fn route(
         return refuse_unrouted(shared, conn, start, Refusal::Connect);
     }
     let head = Fields::of(&parts.headers, received.as_deref());
-    if let Some(refusal) = host_problem(parts.version, head) {
+    if let Some(refusal) = host_problem(&parts, head) {
         return refuse_unrouted(shared, conn, start, refusal);
     }
 
@@ -472,12 +472,21 @@ fn refuse_unrouted(shared: &Shared, conn: &ConnCtx, start: Instant, refusal: Ref
 
 /// RFC 9112 §3.2: an HTTP/1.1 request must carry exactly one valid `Host` (any version:
 /// at most one, and valid). Routing reads it, so a request that gets it wrong is refused
-/// before anything is decided on it.
-fn host_problem(version: http::Version, fields: Fields<'_>) -> Option<Refusal> {
+/// before anything is decided on it. RFC 9113 §8.3.1: an HTTP/2 request whose `Host`
+/// names another authority than its `:authority` is malformed; routing reads
+/// `:authority`, and an upstream must not be sent a `Host` that says otherwise.
+fn host_problem(parts: &http::request::Parts, fields: Fields<'_>) -> Option<Refusal> {
     match fields.host() {
-        (None, _) if version == http::Version::HTTP_11 => Some(Refusal::BadHost),
+        (None, _) if parts.version == http::Version::HTTP_11 => Some(Refusal::BadHost),
         (None, _) => None,
         (Some(_), true) => Some(Refusal::BadHost),
+        (Some(h), false) if parts.version == http::Version::HTTP_2 => {
+            let other = parts
+                .uri
+                .authority()
+                .is_some_and(|a| !a.as_str().as_bytes().eq_ignore_ascii_case(h));
+            (other || !valid_host(h)).then_some(Refusal::BadHost)
+        }
         (Some(h), false) => (!valid_host(h)).then_some(Refusal::BadHost),
     }
 }
