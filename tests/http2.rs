@@ -159,7 +159,7 @@ fn settings(pairs: &[(u16, u32)]) -> Vec<u8> {
 /// the upstream never gets a request whose body is shorter than its length says.
 #[tokio::test]
 async fn trailers_do_not_end_a_body_short_of_its_length() {
-    let o = post_abc_then_trailers("10", 0, 0).await;
+    let o = post_abc_then_trailers("10", 0, 0, b"x-sum").await;
     assert_eq!(o.reset, Some(0x1), "{o:?}");
     assert!(o.status.is_none_or(|s| s != 200), "{o:?}");
 }
@@ -169,14 +169,29 @@ async fn trailers_do_not_end_a_body_short_of_its_length() {
 /// stream is still open when the frame arrives).
 #[tokio::test]
 async fn headers_on_a_stream_the_client_ended_reset_it_stream_closed() {
-    let o = post_abc_then_trailers("3", h2raw::END_STREAM, 2000).await;
+    let o = post_abc_then_trailers("3", h2raw::END_STREAM, 2000, b"x-sum").await;
     assert_eq!(o.reset, Some(0x5), "{o:?}");
+}
+
+/// RFC 9113 §8.1, §8.2.2: trailers follow the rules of a request's fields; one with a
+/// connection-specific field is malformed, reset, and never reaches the upstream
+/// (whose HTTP/1.1 chunked trailer section would carry it on).
+#[tokio::test]
+async fn trailers_with_a_connection_specific_field_are_refused() {
+    let o = post_abc_then_trailers("3", 0, 0, b"upgrade").await;
+    assert_eq!(o.reset, Some(0x1), "{o:?}");
+    assert!(o.status.is_none_or(|s| s != 200), "{o:?}");
 }
 
 /// A trailer block (`x-sum: 1`) ending stream `id`.
 fn trailers_ending(id: u32) -> Vec<u8> {
+    trailer_ending(id, b"x-sum")
+}
+
+/// A trailer block of one field named `name` (value `1`) ending stream `id`.
+fn trailer_ending(id: u32, name: &[u8]) -> Vec<u8> {
     let mut trailer = Vec::new();
-    h2raw::literal(b"x-sum", b"1", &mut trailer);
+    h2raw::literal(name, b"1", &mut trailer);
     h2raw::frame(
         h2raw::HEADERS,
         h2raw::END_HEADERS | h2raw::END_STREAM,
@@ -186,9 +201,14 @@ fn trailers_ending(id: u32) -> Vec<u8> {
 }
 
 /// On one h2c connection: a POST with `content-length`, DATA `abc` with `data_flags`,
-/// then a trailer block ending the stream; what became of the stream. The upstream
-/// answers after `delay_ms`.
-async fn post_abc_then_trailers(length: &str, data_flags: u8, delay_ms: u64) -> Outcome {
+/// then a trailer block of one field `trailer` ending the stream; what became of the
+/// stream. The upstream answers after `delay_ms`.
+async fn post_abc_then_trailers(
+    length: &str,
+    data_flags: u8,
+    delay_ms: u64,
+    trailer: &[u8],
+) -> Outcome {
     let stable = spawn_upstream("stable").await;
     stable.delay(delay_ms);
     let gray = spawn_upstream("gray").await;
@@ -197,7 +217,7 @@ async fn post_abc_then_trailers(length: &str, data_flags: u8, delay_ms: u64) -> 
     let block = h2raw::request_block("POST", "/count", &[("content-length", length)]);
     let mut out = h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS, 1, &block);
     out.extend(h2raw::frame(h2raw::DATA, data_flags, 1, b"abc"));
-    out.extend(trailers_ending(1));
+    out.extend(trailer_ending(1, trailer));
     c.send(&out).await.unwrap();
     let o = c.outcome(1, Duration::from_secs(3)).await;
     p.stop().await;
@@ -282,6 +302,35 @@ async fn a_host_other_than_the_authority_is_refused() {
     }
     let hosts: Vec<Vec<String>> = stable.seen().iter().map(|s| s.all("host")).collect();
     assert_eq!(hosts, [vec!["T".to_owned()], vec!["h.test".to_owned()]]);
+    p.stop().await;
+}
+
+/// A rule's `header: host` reads `:authority` over HTTP/2: a browser sends no Host field
+/// there, and the request is the one an HTTP/1.1 upstream will get, Host included.
+#[tokio::test]
+async fn a_host_rule_reads_the_authority() {
+    let stable = spawn_upstream("stable").await;
+    let gray = spawn_upstream("gray").await;
+    let rules =
+        "rules:\n  - name: h\n    when: { header: { host: { in: [t] } } }\n    route: gray\n";
+    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), rules).await;
+    let mut c = H2Conn::open(p.addr()).await;
+    // `request_block` sends `:authority: t`.
+    let block = h2raw::get_block("/a", &[]);
+    c.send(&h2raw::frame(
+        h2raw::HEADERS,
+        h2raw::END_HEADERS | h2raw::END_STREAM,
+        1,
+        &block,
+    ))
+    .await
+    .unwrap();
+    let o = c.outcome(1, Duration::from_secs(3)).await;
+    assert_eq!(
+        (o.status, o.data.as_slice()),
+        (Some(200), &b"gray"[..]),
+        "{o:?}"
+    );
     p.stop().await;
 }
 

@@ -117,15 +117,8 @@ impl Assembler {
             self.pseudo.extend_from_slice(value);
             return Ok(());
         }
-        if name.is_empty() || !name.iter().all(|&b| LOWER_TCHAR[usize::from(b)]) {
-            return Err("invalid field name");
-        }
+        regular_field(name, value)?;
         match name {
-            b"connection" | b"proxy-connection" | b"keep-alive" | b"transfer-encoding"
-            | b"upgrade" => return Err("connection-specific field"),
-            b"te" if !value.eq_ignore_ascii_case(b"trailers") => {
-                return Err("te other than trailers")
-            }
             b"cookie" => {
                 if !self.cookie.is_empty() {
                     self.cookie.extend_from_slice(b"; ");
@@ -187,7 +180,11 @@ impl Assembler {
         let get = |slot: Option<(usize, usize)>| slot.map(|(s, e)| pseudo.slice(s..e));
         let method = get(self.method).ok_or(malformed("no :method"))?;
         let method = Method::from_bytes(&method).map_err(|_| malformed("invalid :method"))?;
-        let authority = get(self.authority).filter(|a| !a.is_empty());
+        // RFC 9113 §8.3.1: present, it must not be empty.
+        let authority = get(self.authority);
+        if authority.as_ref().is_some_and(|a| a.is_empty()) {
+            return Err(malformed("empty :authority"));
+        }
         let mut uri = http::uri::Parts::default();
         if method == Method::CONNECT {
             // RFC 9113 §8.5: :authority only (extended CONNECT is not offered).
@@ -254,6 +251,27 @@ impl Assembler {
             content_length: self.content_length,
         })
     }
+}
+
+/// RFC 9113 §8.2.1–§8.2.2 for a field that is not a pseudo-header, in a request's fields
+/// and in its trailers alike: a lowercase token name, no connection-specific field, `te`
+/// only as `trailers`. (The value is checked by the caller: a request's first of all.)
+pub(crate) fn regular_field(name: &[u8], value: &[u8]) -> Result<(), &'static str> {
+    if name.is_empty() || !name.iter().all(|&b| LOWER_TCHAR[usize::from(b)]) {
+        return Err("invalid field name");
+    }
+    match name {
+        b"connection" | b"proxy-connection" | b"keep-alive" | b"transfer-encoding" | b"upgrade" => {
+            Err("connection-specific field")
+        }
+        b"te" if !value.eq_ignore_ascii_case(b"trailers") => Err("te other than trailers"),
+        _ => Ok(()),
+    }
+}
+
+/// Whether a trailer field may pass on: a regular field with a valid value.
+pub(crate) fn trailer_ok(name: &[u8], value: &[u8]) -> bool {
+    valid_value(value) && regular_field(name, value).is_ok()
 }
 
 /// Room made for a request's field lines before its first field: a browser's request

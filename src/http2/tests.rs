@@ -602,6 +602,15 @@ fn malformed_requests_are_refused() {
     );
     assert_eq!(only(&[(":method", "GET"), (":path", "/")]), m("no :scheme"));
     assert_eq!(
+        only(&[
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":authority", ""),
+            (":path", "/")
+        ]),
+        m("empty :authority")
+    );
+    assert_eq!(
         only(&[(":method", "GET"), (":scheme", "https"), (":path", "x")]),
         m("invalid :path")
     );
@@ -709,6 +718,28 @@ fn the_eight_byte_value_check_agrees_with_the_byte_by_byte_one() {
             })
             .collect();
         assert_eq!(super::request::valid_value(&v), reference(&v), "{v:?}");
+    }
+}
+
+#[test]
+fn trailers_follow_the_rules_of_request_fields() {
+    use super::request::trailer_ok;
+    assert!(trailer_ok(b"x-sum", b"1"));
+    assert!(trailer_ok(b"grpc-status", b"0"));
+    for (n, v) in [
+        (&b":path"[..], &b"/x"[..]),
+        (b"X-Sum", b"1"),
+        (b"upgrade", b"websocket"),
+        (b"connection", b"close"),
+        (b"keep-alive", b"5"),
+        (b"proxy-connection", b"x"),
+        (b"transfer-encoding", b"chunked"),
+        (b"te", b"gzip"),
+        (b"x-sum", b"a\rb"),
+        (b"x-sum", b" 1"),
+        (b"", b"1"),
+    ] {
+        assert!(!trailer_ok(n, v), "{:?}", String::from_utf8_lossy(n));
     }
 }
 

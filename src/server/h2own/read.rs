@@ -179,7 +179,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.decoder
             .decode(block, |n, v| {
                 size += n.len() + v.len() + 32;
-                if bad || size > limit {
+                // Trailers follow the rules of a request's fields (RFC 9113 §8.1): no
+                // pseudo-header, no connection-specific field.
+                if bad || size > limit || !crate::http2::request::trailer_ok(n, v) {
                     bad = true;
                     return;
                 }
