@@ -301,11 +301,7 @@ async fn each_request_on_a_connection_gets_the_whole_upstream_response_time() {
 
 #[tokio::test]
 async fn dead_upstream_is_502_and_slow_one_504() {
-    // A port nobody listens on: bind, learn the port, close.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_held, dead) = refused_addr();
     let slow = spawn_upstream("slow").await;
     // Stable is dead (nothing to fall back to), gray is slow.
     let p = spawn_proxy(

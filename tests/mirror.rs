@@ -154,10 +154,7 @@ async fn a_hanging_mirror_target_adds_no_latency_and_is_counted() {
 #[tokio::test]
 async fn a_dead_mirror_target_is_an_error_not_a_delay() {
     let stable = spawn_upstream("stable").await;
-    let dead: std::net::SocketAddr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let (_held, dead) = refused_addr();
     let p = spawn_proxy(
         &config(stable.addr, dead, "{ to: gray, percent: 100 }"),
         RULES,

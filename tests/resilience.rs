@@ -211,10 +211,7 @@ async fn active_health_check_marks_gray_down_and_traffic_falls_back() {
 #[tokio::test]
 async fn on_unavailable_fail_answers_503() {
     let s = Faulty::start("stable").await;
-    let dead: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_held, dead) = refused_addr();
     let cfg = pools_config(
         &[s.addr],
         &[dead],
@@ -507,10 +504,7 @@ async fn least_request_prefers_the_idle_endpoint() {
 
 #[tokio::test]
 async fn a_post_whose_connect_failed_is_replayed_with_its_body() {
-    let dead: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_held, dead) = refused_addr();
     let stable = spawn_upstream("stable").await;
     // Stable: a dead endpoint and a live one; gray: dead only.
     let cfg = pools_config(&[dead, stable.addr], &[dead], "", "", "");
@@ -544,10 +538,7 @@ async fn a_post_whose_connect_failed_is_replayed_with_its_body() {
 /// an attempt and gets it back from a failed one, so a lost field would show here.
 #[tokio::test]
 async fn replayed_requests_keep_every_header() {
-    let dead: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_held, dead) = refused_addr();
     let resetting = Faulty::start("resetting").await;
     resetting.set(RESET);
     let stable = spawn_upstream("stable").await;

@@ -27,6 +27,17 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// An address whose connects are refused while the returned socket lives: bound and
+/// never listening, so no other test can take its port meanwhile. (A port bound and then
+/// closed can be taken by a test running beside, whose listener then holds the connect
+/// open instead of refusing it.)
+pub fn refused_addr() -> (tokio::net::TcpSocket, SocketAddr) {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = s.local_addr().unwrap();
+    (s, addr)
+}
+
 /// What an upstream saw of one request.
 #[derive(Debug, Clone)]
 pub struct Seen {
