@@ -286,6 +286,11 @@ async fn a_host_other_than_the_authority_is_refused() {
     };
     let mut bare = vec![0x82, 0x86, 0x84]; // GET, http, / and no :authority
     h2raw::literal(b"host", b"h.test", &mut bare);
+    let authority = |a: &[u8]| {
+        let mut b = vec![0x82, 0x86, 0x84];
+        h2raw::literal(b":authority", a, &mut b);
+        b
+    };
     // `request_block` sends `:authority: t`.
     for (id, block, status) in [
         (
@@ -295,13 +300,17 @@ async fn a_host_other_than_the_authority_is_refused() {
         ),
         (3, h2raw::get_block("/b", &[("host", "T")]), 200),
         (5, bare, 200),
+        (7, h2raw::get_block("/c", &[("host", "t:8080")]), 400),
+        (9, authority(b"u@t"), 400),
+        (11, authority(b"t:abc"), 400),
+        (13, authority(b"t:8080"), 200),
     ] {
         c.send(&get(id, block)).await.unwrap();
         let o = c.outcome(id, Duration::from_secs(3)).await;
         assert_eq!(o.status, Some(status), "stream {id}: {o:?}");
     }
     let hosts: Vec<Vec<String>> = stable.seen().iter().map(|s| s.all("host")).collect();
-    assert_eq!(hosts, [vec!["T".to_owned()], vec!["h.test".to_owned()]]);
+    assert_eq!(hosts, [["T"], ["h.test"], ["t:8080"]]);
     p.stop().await;
 }
 
