@@ -145,6 +145,31 @@ async fn answers_waiting_on_the_connection_window_resume_when_it_opens() {
 use common::hostile::h2::{self as h2raw, Conn as H2Conn, Outcome};
 use std::time::Duration;
 
+/// A header block ending stream `id` in one HEADERS frame (END_HEADERS, END_STREAM).
+fn whole_block(id: u32, block: &[u8]) -> Vec<u8> {
+    h2raw::frame(
+        h2raw::HEADERS,
+        h2raw::END_HEADERS | h2raw::END_STREAM,
+        id,
+        block,
+    )
+}
+
+/// graylane (no rules) in front of two recording upstreams, stable's first, and an h2c
+/// connection to it.
+async fn recorded() -> (
+    common::hostile::Recorder,
+    common::hostile::Recorder,
+    Proxy,
+    H2Conn,
+) {
+    let stable = common::hostile::spawn_recorder(Default::default()).await;
+    let gray = common::hostile::spawn_recorder(Default::default()).await;
+    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), "rules: []\n").await;
+    let c = H2Conn::open(p.addr()).await;
+    (stable, gray, p, c)
+}
+
 fn settings(pairs: &[(u16, u32)]) -> Vec<u8> {
     let mut p = Vec::new();
     for (id, v) in pairs {
@@ -192,12 +217,7 @@ fn trailers_ending(id: u32) -> Vec<u8> {
 fn trailer_ending(id: u32, name: &[u8]) -> Vec<u8> {
     let mut trailer = Vec::new();
     h2raw::literal(name, b"1", &mut trailer);
-    h2raw::frame(
-        h2raw::HEADERS,
-        h2raw::END_HEADERS | h2raw::END_STREAM,
-        id,
-        &trailer,
-    )
+    whole_block(id, &trailer)
 }
 
 /// On one h2c connection: a POST with `content-length`, DATA `abc` with `data_flags`,
@@ -242,25 +262,15 @@ async fn trailers_after_an_early_answer_leave_the_connection_serving() {
     let o = c.outcome(1, Duration::from_secs(3)).await;
     assert_eq!((o.status, o.ended), (Some(413), true), "{o:?}");
     let mut out = trailers_ending(1);
-    out.extend(h2raw::frame(
-        h2raw::HEADERS,
-        h2raw::END_HEADERS | h2raw::END_STREAM,
-        3,
-        &h2raw::get_block("/after", &[]),
-    ));
+    out.extend(whole_block(3, &h2raw::get_block("/after", &[])));
     c.send(&out).await.unwrap();
     let o = c.outcome(3, Duration::from_secs(3)).await;
     assert_eq!((o.status, o.goaway), (Some(200), None), "{o:?}");
     // Stream 3 ended without a reset: a header block on it reuses a stream id, a
     // connection error (§5.1.1), END_STREAM or not.
-    c.send(&h2raw::frame(
-        h2raw::HEADERS,
-        h2raw::END_HEADERS | h2raw::END_STREAM,
-        3,
-        &h2raw::get_block("/again", &[]),
-    ))
-    .await
-    .unwrap();
+    c.send(&whole_block(3, &h2raw::get_block("/again", &[])))
+        .await
+        .unwrap();
     let o = c.outcome(3, Duration::from_secs(3)).await;
     assert_eq!(o.goaway, Some(0x1), "{o:?}");
     p.stop().await;
@@ -272,18 +282,7 @@ async fn trailers_after_an_early_answer_leave_the_connection_serving() {
 /// Host (any case) goes through; without `:authority` the client's Host is the one.
 #[tokio::test]
 async fn a_host_other_than_the_authority_is_refused() {
-    let stable = common::hostile::spawn_recorder(Default::default()).await;
-    let gray = common::hostile::spawn_recorder(Default::default()).await;
-    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), "rules: []\n").await;
-    let mut c = H2Conn::open(p.addr()).await;
-    let get = |id: u32, block: Vec<u8>| {
-        h2raw::frame(
-            h2raw::HEADERS,
-            h2raw::END_HEADERS | h2raw::END_STREAM,
-            id,
-            &block,
-        )
-    };
+    let (stable, _gray, p, mut c) = recorded().await;
     let mut bare = vec![0x82, 0x86, 0x84]; // GET, http, / and no :authority
     h2raw::literal(b"host", b"h.test", &mut bare);
     let authority = |a: &[u8]| {
@@ -305,7 +304,7 @@ async fn a_host_other_than_the_authority_is_refused() {
         (11, authority(b"t:abc"), 400),
         (13, authority(b"t:8080"), 200),
     ] {
-        c.send(&get(id, block)).await.unwrap();
+        c.send(&whole_block(id, &block)).await.unwrap();
         let o = c.outcome(id, Duration::from_secs(3)).await;
         assert_eq!(o.status, Some(status), "stream {id}: {o:?}");
     }
@@ -326,14 +325,7 @@ async fn a_host_rule_reads_the_authority() {
     let mut c = H2Conn::open(p.addr()).await;
     // `request_block` sends `:authority: t`.
     let block = h2raw::get_block("/a", &[]);
-    c.send(&h2raw::frame(
-        h2raw::HEADERS,
-        h2raw::END_HEADERS | h2raw::END_STREAM,
-        1,
-        &block,
-    ))
-    .await
-    .unwrap();
+    c.send(&whole_block(1, &block)).await.unwrap();
     let o = c.outcome(1, Duration::from_secs(3)).await;
     assert_eq!(
         (o.status, o.data.as_slice()),
@@ -348,10 +340,7 @@ async fn a_host_rule_reads_the_authority() {
 /// client turn the 1 MiB window into a million entries.
 #[tokio::test]
 async fn tiny_data_frames_reach_the_upstream_whole_in_few_chunks() {
-    let stable = common::hostile::spawn_recorder(Default::default()).await;
-    let gray = common::hostile::spawn_recorder(Default::default()).await;
-    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), "rules: []\n").await;
-    let mut c = H2Conn::open(p.addr()).await;
+    let (stable, _gray, p, mut c) = recorded().await;
     let block = h2raw::request_block("POST", "/tiny", &[]);
     let mut out = h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS, 1, &block);
     let mut want = Vec::new();
@@ -399,14 +388,9 @@ async fn settings_changes_resume_answers_and_update_the_table_size() {
     let mut c = H2Conn::open(p.addr()).await;
     // No room for any answer data, and a smaller table.
     c.send(&settings(&[(0x4, 0), (0x1, 0)])).await.unwrap();
-    c.send(&h2raw::frame(
-        h2raw::HEADERS,
-        h2raw::END_HEADERS | h2raw::END_STREAM,
-        1,
-        &h2raw::get_block("/", &[]),
-    ))
-    .await
-    .unwrap();
+    c.send(&whole_block(1, &h2raw::get_block("/", &[])))
+        .await
+        .unwrap();
     let o = c.outcome(1, Duration::from_millis(800)).await;
     assert!(
         o.data.is_empty() && !o.ended,
