@@ -481,10 +481,12 @@ fn host_problem(parts: &http::request::Parts, fields: Fields<'_>) -> Option<Refu
         (None, _) => None,
         (Some(_), true) => Some(Refusal::BadHost),
         (Some(h), false) if parts.version == http::Version::HTTP_2 => {
-            let other = parts
-                .uri
-                .authority()
-                .is_some_and(|a| !a.as_str().as_bytes().eq_ignore_ascii_case(h));
+            // Usually the Host line the HTTP/2 server made from `:authority`: equal as
+            // bytes, and compared so first.
+            let other = parts.uri.authority().is_some_and(|a| {
+                let a = a.as_str().as_bytes();
+                a != h && !a.eq_ignore_ascii_case(h)
+            });
             (other || !valid_host(h)).then_some(Refusal::BadHost)
         }
         (Some(h), false) => (!valid_host(h)).then_some(Refusal::BadHost),
