@@ -15,7 +15,7 @@
 //! | `routing` | picks the service by host and longest path prefix | §3 services |
 //! | `rules` | `rules.yaml` → [`RuleSet`]; `decide()` is pure; ramps, owner/expires | §2, §9.2, §9.3 |
 //! | `state` | [`Shared`], the `Live` snapshot a reload swaps (with the shadow candidate), what a connection knows; `history`: reload outcomes | §2 reload, §9.4, §9.6 |
-//! | `proxy` | `handle`: markers → decide → admit → forward → respond; `forward`: attempts, retries, fallback; `headers`: hop-by-hop, `x-forwarded-*`; `mirror` | §3 forwarding, retries, fallback, §9.5 |
+//! | `proxy` | `handle`: markers → decide → admit → forward → respond; `forward`: attempts, retries, fallback; `headers`: hop-by-hop, `x-forwarded-*`; `host`: the Host routed on; `mirror` | §3 forwarding, retries, fallback, §9.5 |
 //! | `guard` | the rollback breaker: gray judged against stable (errors, latency) | §3 guard, §9.1 |
 //! | `upstream` | endpoints, DNS, health and ejection, picking; `h1`: graylane's HTTP/1.1 client; `h2` | §3 endpoints, health |
 //! | `longlink` | WebSocket relays, re-homing after a reload, closing last in a drain | §4 |

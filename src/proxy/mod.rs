@@ -3,10 +3,12 @@
 //!
 //! - `headers`: what changes in a head on its way through (hop-by-hop, `x-forwarded-*`).
 //! - `forward`: the attempts: retries within the pool, the per-request fallback to stable.
+//! - `host`: whether a request's `Host` (and HTTP/2's `:authority`) may be routed on.
 
 mod deadline;
 mod forward;
 pub(crate) mod headers;
+mod host;
 mod mirror;
 
 use std::pin::Pin;
@@ -24,12 +26,12 @@ use crate::error::{FallbackReason, Refusal};
 use crate::fields::{Fields, Received};
 use crate::longlink::{self, Handshake};
 use crate::markers::Markers;
-use crate::routing::strip_port;
 use crate::rules::Decision;
 use crate::state::{ConnCtx, Live, Outcome, Shadow, Shared};
 use crate::upstream::h1::Tunnel;
 use crate::upstream::{ClientBody, DownBody};
 use forward::{Forward, Replay};
+use host::{host_problem, request_host};
 
 /// A response on its way up the request's futures. Boxed: a `Response` is 160 bytes, and
 /// it is moved (a `memcpy` each time) some fifteen times between the upstream exchange
@@ -470,97 +472,6 @@ fn refuse_unrouted(shared: &Shared, conn: &ConnCtx, start: Instant, refusal: Ref
     resp
 }
 
-/// RFC 9112 §3.2: an HTTP/1.1 request must carry exactly one valid `Host` (any version:
-/// at most one, and valid). Routing reads it, so a request that gets it wrong is refused
-/// before anything is decided on it. RFC 9113 §8.3.1: an HTTP/2 request whose `Host`
-/// names another authority than its `:authority` is malformed; routing reads
-/// `:authority`, and an upstream must not be sent a `Host` that says otherwise.
-fn host_problem(parts: &http::request::Parts, fields: Fields<'_>) -> Option<Refusal> {
-    match fields.host() {
-        (None, _) if parts.version == http::Version::HTTP_11 => Some(Refusal::BadHost),
-        (None, _) => None,
-        (Some(_), true) => Some(Refusal::BadHost),
-        (Some(h), false) if parts.version == http::Version::HTTP_2 => {
-            // Usually the Host line the HTTP/2 server made from `:authority`: equal as
-            // bytes, and compared so first.
-            let other = parts.uri.authority().is_some_and(|a| {
-                let a = a.as_str().as_bytes();
-                a != h && !a.eq_ignore_ascii_case(h)
-            });
-            (other || !valid_host(h)).then_some(Refusal::BadHost)
-        }
-        (Some(h), false) => (!valid_host(h)).then_some(Refusal::BadHost),
-    }
-}
-
-/// RFC 9110 §7.2 and RFC 3986 §3.2.2–3: `uri-host [ ":" port ]`, where the host is an IP
-/// literal in brackets or a reg-name (unreserved, percent-encoded or sub-delims bytes)
-/// and the port is digits. Stricter than `http::uri::Authority`, which takes userinfo
-/// (`evil@t`) and a port of letters: both would reach the upstream as they came, and a
-/// name-based virtual host behind it could read them otherwise than graylane routed.
-fn valid_host(h: &[u8]) -> bool {
-    let (host, port) = match h.first() {
-        Some(b'[') => match h.iter().position(|&b| b == b']') {
-            Some(end) => {
-                let inside = &h[1..end];
-                let ip = !inside.is_empty()
-                    && inside
-                        .iter()
-                        .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'));
-                if !ip {
-                    return false;
-                }
-                (&h[..=end], &h[end + 1..])
-            }
-            None => return false,
-        },
-        _ => match h.iter().position(|&b| b == b':') {
-            Some(colon) => (&h[..colon], &h[colon..]),
-            None => (h, &h[h.len()..]),
-        },
-    };
-    let port_ok = match port.split_first() {
-        None => true,
-        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
-        Some(_) => false,
-    };
-    port_ok && !host.is_empty() && (host[0] == b'[' || reg_name(host))
-}
-
-fn reg_name(h: &[u8]) -> bool {
-    let mut i = 0;
-    while let Some(&b) = h.get(i) {
-        let ok = match b {
-            b'%' => {
-                let hex = h.get(i + 1..i + 3);
-                if !hex.is_some_and(|x| x.iter().all(u8::is_ascii_hexdigit)) {
-                    return false;
-                }
-                i += 2;
-                true
-            }
-            b'-' | b'.' | b'_' | b'~' => true,
-            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => true,
-            b => b.is_ascii_alphanumeric(),
-        };
-        if !ok {
-            return false;
-        }
-        i += 1;
-    }
-    true
-}
-
-/// The host a request addresses, without port: the URI authority (HTTP/2, absolute
-/// form) or the `Host` header.
-fn request_host<'a>(uri: &'a http::Uri, fields: Fields<'a>) -> Option<&'a str> {
-    let raw = match uri.host() {
-        Some(h) => h,
-        None => crate::fields::to_str(fields.host().0?)?,
-    };
-    Some(strip_port(raw))
-}
-
 /// graylane's own answer for a refusal (see [`Refusal`]).
 fn local(refusal: Refusal) -> Answer {
     let mut r = Box::new(Response::new(DownBody::full(refusal.body())));
@@ -598,33 +509,4 @@ fn is_websocket<B>(req: &Request<B>) -> bool {
     req.version() == http::Version::HTTP_11
         && has_token(header::CONNECTION, "upgrade")
         && has_token(header::UPGRADE, "websocket")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::valid_host;
-
-    #[test]
-    fn hosts_follow_rfc_3986() {
-        for ok in [
-            "t",
-            "t:80",
-            "t:",
-            "chat.example.com",
-            "127.0.0.1:8080",
-            "[::1]",
-            "[::1]:443",
-            "[2001:db8::1]",
-            "a%2Db",
-            "x_y~z",
-        ] {
-            assert!(valid_host(ok.as_bytes()), "{ok} refused");
-        }
-        for bad in [
-            "", "t:abc", "evil@t", "t:80:90", "[::1", "[]", "[::1]x", ":80", "a b", "a/b", "a%zz",
-            "a%2", "t\u{7f}", "é",
-        ] {
-            assert!(!valid_host(bad.as_bytes()), "{bad} accepted");
-        }
-    }
 }
