@@ -13,7 +13,7 @@ mod value;
 
 pub(crate) use read::cookie;
 pub use read::MarkerReader;
-pub(crate) use value::parse_u64;
+pub(crate) use value::{itoa, parse_u64};
 pub(crate) use value::{Device, GidList, Version};
 
 use value::{is_visible_ascii, trim_ows};

@@ -232,6 +232,21 @@ pub(crate) fn parse_u64(s: &[u8]) -> Option<u64> {
     Some(n)
 }
 
+/// Decimal digits of `n`, without leading zeros, into `buf`: [`parse_u64`]'s inverse,
+/// for ids hashed by their digits and lengths written into heads, without a `String`.
+pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

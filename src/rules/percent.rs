@@ -6,7 +6,7 @@ use super::compile::{CResult, VErr};
 use super::raw::RawPercent;
 use super::time::parse_instant;
 use crate::config::yamlpos::YamlPath;
-use crate::markers::{MarkerKind, Markers};
+use crate::markers::{itoa, MarkerKind, Markers};
 
 /// Buckets per `percent` condition: P% with two decimals is `round(P×100)` buckets.
 const BUCKETS: u64 = 10_000;
@@ -134,20 +134,6 @@ pub(super) fn bucket(prefix: &[u8], key: &[u8]) -> u32 {
         s.digest()
     };
     (h % BUCKETS) as u32
-}
-
-/// Decimal digits of `n`, without leading zeros, into `buf`.
-pub(super) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &buf[i..]
 }
 
 pub(super) fn percent(p: &YamlPath, raw: RawPercent, rule: &str) -> CResult<Percent> {

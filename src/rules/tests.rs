@@ -1,6 +1,7 @@
-use super::percent::{bucket, itoa};
+use super::percent::bucket;
 use super::*;
 use crate::config::{Topology, GRAY};
+use crate::markers::itoa;
 use crate::markers::MarkerKind;
 use std::path::{Path, PathBuf};
 

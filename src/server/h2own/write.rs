@@ -85,7 +85,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let seen = head_block(status, fields, &mut self.block);
         if !end && !seen.length {
             if let Some(n) = answer.body().size_hint().exact() {
-                encode_field(b"content-length", n.to_string().as_bytes(), &mut self.block);
+                let mut digits = [0; 20];
+                let n = crate::markers::itoa(n, &mut digits);
+                encode_field(b"content-length", n, &mut self.block);
             }
         }
         if !seen.date {

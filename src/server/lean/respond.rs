@@ -99,7 +99,9 @@ fn encode_head(
             Framing::Length(0)
         }
         (None, Some(Some(n))) if !no_content => {
-            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(crate::markers::itoa(n, &mut [0; 20]));
+            out.extend_from_slice(b"\r\n");
             Framing::Length(n)
         }
         (None, Some(Some(_))) => Framing::Length(0),
