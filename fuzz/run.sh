@@ -24,14 +24,14 @@ MAX_TIME="${MAX_TIME:-0}"
 TIMEOUT="${TIMEOUT:-10}"          # seconds per input before libFuzzer calls it a timeout
 TOOLCHAIN="${TOOLCHAIN:-+nightly}"
 SANITIZER="${SANITIZER:-address}"
-ALL_TARGETS=(rules config markers h1_response connection hpack)
+ALL_TARGETS=(rules config markers h1_response h1_head connection hpack)
 if [ "$#" -gt 0 ]; then TARGETS=("$@"); else TARGETS=("${ALL_TARGETS[@]}"); fi
 
 max_len() {
     case "$1" in
         rules | config) echo 4096 ;;
         markers) echo 4096 ;;
-        h1_response) echo 8192 ;;
+        h1_response | h1_head) echo 8192 ;;
         hpack) echo 4096 ;;
         connection) echo 16384 ;;
         *) echo 4096 ;;

@@ -186,6 +186,18 @@ impl Received {
         &mut self.spans
     }
 
+    /// The positions emptied (their allocation kept) for the next head's, which the head
+    /// scanner pushes as it reads them.
+    pub(crate) fn spans_emptied(&mut self) -> &mut Vec<[u32; 4]> {
+        self.spans.clear();
+        &mut self.spans
+    }
+
+    /// Each field's position, in the order received.
+    pub(crate) fn spans(&self) -> &[[u32; 4]] {
+        &self.spans
+    }
+
     /// Takes `head`, whose fields are at the positions [`Received::spans_for`] gave room
     /// for (names httparse took as tokens, which `http` takes too, shorter than 64 KiB
     /// and lowercase; values httparse took), with what `tally` noted of their names.

@@ -56,6 +56,14 @@ pub fn markers(data: &[u8]) {
     let _ = cookie(&headers, "xdw-kefu-uid");
 }
 
+/// Bytes as a request head and as a response head through the one-pass head scanner,
+/// held to httparse's reading of the same bytes (a difference panics).
+pub fn h1_head(data: &[u8]) {
+    if let Err(e) = crate::head::agrees_with_httparse(data) {
+        panic!("the head scanner and httparse differ: {e}");
+    }
+}
+
 /// An upstream response (head and chunked body) through graylane's HTTP/1.1 client parser.
 pub fn h1_response(data: &[u8]) {
     crate::upstream::h1::parse_response_for_fuzzing(data);

@@ -10,6 +10,7 @@
 //! | `config` | `graylane.yaml`: `raw` serde types → `validate` → [`Config`]; `yamlpos` for `FILE:LINE:COLUMN` | §3 |
 //! | `server` | listeners, accept loop, `max_connections`, drain; `conn`: timeouts (408, idle); `lean`: the own HTTP/1.1 loop for bodiless requests, hyper for the rest; `h2own`: the own HTTP/2 server connection; `tls` | §3 limits, §8 |
 //! | `http2` | HTTP/2's wire format for the own HTTP/2 server (`server::h2own`): frames, HPACK, request assembly, answer heads, request bodies | §3 limits |
+//! | `head` | HTTP/1.1 heads in their usual shape read in one pass (names lowercased), for the own loop and the HTTP/1.1 client; httparse for every other head | §3 limits |
 //! | `fields` | a request head's fields as the path reads and edits them: hyper's header map, or the head as the own loop received it | §3 forwarding |
 //! | `markers` | reads the `xdw-kefu-*` markers from headers, cookies, query ([`MarkerReader`]) | §1 |
 //! | `routing` | picks the service by host and longest path prefix | §3 services |
@@ -45,6 +46,7 @@ pub(crate) mod fields;
 #[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod guard;
+pub(crate) mod head;
 pub(crate) mod http2;
 pub(crate) mod lifecycle;
 pub(crate) mod longlink;

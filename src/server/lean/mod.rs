@@ -1,7 +1,8 @@
 //! HTTP/1.1 requests served by graylane's own loop instead of hyper's.
 //!
 //! Almost every request on the IM and console listeners is a head with no body: for those
-//! the loop parses the head with httparse straight from the connection's buffer, hands the
+//! the loop reads the head straight from the connection's buffer (`crate::head`'s one
+//! pass; httparse for a head of another shape), hands the
 //! request to the proxy, and writes the response itself, skipping hyper's dispatcher and
 //! its per-request buffering. Anything the loop does not serve exactly as hyper would
 //! (a body, `Expect`, an upgrade, `TE`, HTTP/1.0, an absolute or `*` target, a head hyper
@@ -27,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use super::conn::{ConnIo, ConnState, InFlight};
 use super::gate::Gate;
 use crate::fields::{Received, Tally};
+use crate::head::{self, RequestLine};
 use crate::proxy;
 use crate::state::{ConnCtx, Shared};
 use crate::upstream::h1::{field_spans, lowercase_names};
@@ -350,27 +352,26 @@ fn handoff<S>(io: ConnIo<S>, buf: BytesMut) -> Exit<ConnIo<S>> {
 
 /// Parses the head at the front of `buf`; consumes it only when the loop serves it.
 fn parse(buf: &mut BytesMut, max: usize, received: &mut Received) -> Parsed {
-    let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
-    let mut req = httparse::Request::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
-        &mut req,
-        buf,
-        &mut fields,
-    ) {
-        Ok(httparse::Status::Complete(n)) if n < max => n,
-        Ok(httparse::Status::Partial) if buf.len() < max => return Parsed::Partial,
-        _ => return Parsed::Hyper,
+    // A head must end before `max` (which keeps positions within `u32`).
+    let limit = buf.len().min(max.saturating_sub(1));
+    let spans = received.spans_emptied();
+    let scanned = head::request(&mut buf[..limit], |span| {
+        spans.push(span);
+        spans.len() <= MAX_FIELDS
+    });
+    let (line, len) = match scanned {
+        Some(read) => read,
+        None => match by_httparse(buf, max, received) {
+            Ok(read) => read,
+            Err(Wait::MoreBytes) => return Parsed::Partial,
+            Err(Wait::Hyper) => return Parsed::Hyper,
+        },
     };
-    if req.version != Some(1) {
+    let at = |[s, e]: [u32; 2]| s as usize..e as usize;
+    if line.minor != 1 || buf.get(at(line.target)).and_then(|t| t.first()) != Some(&b'/') {
         return Parsed::Hyper;
     }
-    let Some(method) = req
-        .method
-        .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
-    else {
-        return Parsed::Hyper;
-    };
-    let Some(path) = req.path.filter(|p| p.starts_with('/')) else {
+    let Ok(method) = Method::from_bytes(&buf[at(line.method)]) else {
         return Parsed::Hyper;
     };
     if method == Method::CONNECT {
@@ -379,38 +380,32 @@ fn parse(buf: &mut BytesMut, max: usize, received: &mut Received) -> Parsed {
     let mut close = false;
     let mut length_seen = false;
     let mut tally = Tally::default();
-    for (i, f) in req.headers.iter().enumerate() {
-        let n = f.name.as_bytes();
+    for (i, &[ns, ne, vs, ve]) in received.spans().iter().enumerate() {
+        let (n, value) = (
+            &buf[ns as usize..ne as usize],
+            &buf[vs as usize..ve as usize],
+        );
         tally.note(i, n);
         if n.len() > MAX_NAME {
             // Over what `http` takes as a name: hyper refuses it.
             return Parsed::Hyper;
         }
-        let is = |name: &str| n.eq_ignore_ascii_case(name.as_bytes());
-        match n.len() {
-            2 if is("te") => return Parsed::Hyper,
-            6 if is("expect") => return Parsed::Hyper,
-            7 if is("upgrade") => return Parsed::Hyper,
-            10 if is("connection") => close |= has_token(f.value, b"close"),
-            14 if is("content-length") => {
+        // Names are lowercase: both readers lowercase them.
+        match n {
+            b"te" | b"expect" | b"upgrade" | b"transfer-encoding" => return Parsed::Hyper,
+            b"connection" => close |= has_token(value, b"close"),
+            b"content-length" => {
                 // An empty body said outright; any other length is a body hyper reads.
-                if length_seen || f.value != b"0" {
+                if length_seen || value != b"0" {
                     return Parsed::Hyper;
                 }
                 length_seen = true;
             }
-            17 if is("transfer-encoding") => return Parsed::Hyper,
             _ => {}
         }
     }
-    // `max` keeps heads below 4 GiB: positions fit in `u32` (see `field_spans`).
-    let at = path.as_ptr() as usize - buf.as_ptr() as usize;
-    let target = [at as u32, (at + path.len()) as u32];
-    let spans = received.spans_for(req.headers.len());
-    field_spans(buf, req.headers, spans);
-    lowercase_names(buf, spans);
     let head = buf.split_to(len).freeze();
-    match build(&head, method, target) {
+    match build(&head, method, line.target) {
         Some(parts) => {
             received.refill(head, tally);
             Parsed::Lean(Head { parts, close })
@@ -426,6 +421,52 @@ fn parse(buf: &mut BytesMut, max: usize, received: &mut Received) -> Parsed {
     }
 }
 
+/// What the loop does with a head httparse did not give it whole.
+enum Wait {
+    /// Reads more: the head is not all there yet.
+    MoreBytes,
+    /// Hands it to hyper, which answers or refuses it.
+    Hyper,
+}
+
+/// httparse's reading of a head the scanner left to it (see `head`), in the scanner's
+/// terms: the fields' positions in `received`, names lowercased. `Err`: what the loop does
+/// instead.
+fn by_httparse(
+    buf: &mut BytesMut,
+    max: usize,
+    received: &mut Received,
+) -> Result<(RequestLine, usize), Wait> {
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut req,
+        buf,
+        &mut fields,
+    ) {
+        Ok(httparse::Status::Complete(n)) if n < max => n,
+        Ok(httparse::Status::Partial) if buf.len() < max => return Err(Wait::MoreBytes),
+        _ => return Err(Wait::Hyper),
+    };
+    let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(Wait::Hyper);
+    };
+    // `max` keeps heads below 4 GiB: positions fit in `u32` (see `field_spans`).
+    let span = |s: &str| {
+        let at = s.as_ptr() as usize - buf.as_ptr() as usize;
+        [at as u32, (at + s.len()) as u32]
+    };
+    let line = RequestLine {
+        method: span(method),
+        target: span(path),
+        minor,
+    };
+    let spans = received.spans_for(req.headers.len());
+    field_spans(buf, req.headers, spans);
+    lowercase_names(buf, spans);
+    Ok((line, len))
+}
+
 /// The fields of the head `raw` as the loop keeps them after its own parse, for the
 /// tests of what the request path does with them; `None` for a head it leaves to hyper.
 #[cfg(test)]
@@ -438,13 +479,11 @@ pub(crate) fn received(raw: &str) -> Option<Received> {
     }
 }
 
-type Span = [u32; 2];
-
 /// The request's method, target and version, the target a slice of `head` (no copy);
 /// `None` where hyper's own parse would refuse the target. The fields stay as received:
 /// httparse took their names as tokens, which `http` takes too (the length is checked
 /// above), and their values as `http` takes them.
-fn build(head: &Bytes, method: Method, target: Span) -> Option<http::request::Parts> {
+fn build(head: &Bytes, method: Method, target: [u32; 2]) -> Option<http::request::Parts> {
     let at = |i: u32| i as usize;
     let uri = Uri::from_maybe_shared(head.slice(at(target[0])..at(target[1]))).ok()?;
     let (mut parts, ()) = Request::new(()).into_parts();
@@ -499,8 +538,21 @@ mod tests {
                 ),
                 "{hyper:?}"
             );
-            // What hyper gets is every byte, the head included.
-            assert_eq!(&b[..], hyper.as_bytes());
+            // What hyper gets is every byte, the head included; the names may be
+            // lowercase by then (the scanner lowercases as it reads), which hyper reads
+            // as it reads any case.
+            let names_lowered: Vec<String> = hyper
+                .split_inclusive("\r\n")
+                .enumerate()
+                .map(|(i, line)| match line.split_once(':') {
+                    Some((name, rest)) if i > 0 => format!("{}:{rest}", name.to_lowercase()),
+                    _ => line.to_string(),
+                })
+                .collect();
+            assert!(
+                b[..] == *hyper.as_bytes() || b[..] == *names_lowered.concat().as_bytes(),
+                "{hyper:?}"
+            );
         }
         // A target `http` refuses (over 64 KiB) is put back whole for hyper's answer.
         let long = format!(

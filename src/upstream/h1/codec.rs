@@ -1,4 +1,5 @@
-//! Response heads and chunked bodies as RFC 9112 frames them, parsed with httparse.
+//! Response heads and chunked bodies as RFC 9112 frames them: a head in the usual shape
+//! read by `crate::head`'s one pass, any other by httparse.
 
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use super::exchange::Upload;
 use super::idle::Conn;
 use super::raw::{self, Kind, RawFields, RAW_MAX};
 use super::{H1Error, MAX_HEAD, MAX_HEADERS, MAX_TRAILERS};
+use crate::head;
 
 /// A parsed response head, before it becomes a [`Response`].
 #[derive(Debug)]
@@ -62,6 +64,31 @@ pub(super) fn parse_head(
     method: &Method,
     raw: bool,
 ) -> Result<Option<Head>, H1Error> {
+    if raw {
+        let mut spans = [[0u32; 4]; RAW_MAX];
+        let mut count = 0;
+        let limit = buf.len().min(MAX_HEAD);
+        let scanned = head::response(&mut buf[..limit], |span| {
+            let Some(slot) = spans.get_mut(count) else {
+                return false;
+            };
+            *slot = span;
+            count += 1;
+            true
+        });
+        // Interim responses and `101` take the long way below.
+        if let Some((line, len)) = scanned.filter(|(line, _)| line.code >= 200) {
+            let status = StatusCode::from_u16(line.code)
+                .map_err(|_| H1Error::Parse("invalid status code"))?;
+            let version = if line.minor == 0 {
+                Version::HTTP_10
+            } else {
+                Version::HTTP_11
+            };
+            let head = buf.split_to(len).freeze();
+            return raw::head(head, &spans[..count], status, version, method).map(Some);
+        }
+    }
     loop {
         let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
