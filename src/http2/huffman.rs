@@ -22,6 +22,17 @@ pub(super) fn decode(src: &[u8], out: &mut Vec<u8>) -> Result<(), HpackError> {
         bits += 8;
         // Every whole symbol now in `acc`; what is left is shorter than its code.
         'symbols: while bits >= MIN_LEN {
+            if bits >= 8 {
+                // Codes of up to 8 bits (every byte a path or a token is made of but
+                // `X`, `Z` and a few marks) in one lookup.
+                let entry = FAST[((acc >> (bits - 8)) & 0xff) as usize];
+                let len = u32::from(entry >> 8);
+                if len != 0 {
+                    out.push(entry as u8);
+                    bits -= len;
+                    continue;
+                }
+            }
             let mut len = MIN_LEN;
             loop {
                 if len > bits {
@@ -108,6 +119,32 @@ const fn canon() -> Canon {
 }
 
 pub(super) static CANON: Canon = canon();
+
+/// For each value of the next 8 bits, the symbol whose code of at most 8 bits begins
+/// them and that code's length (`len << 8 | symbol`); 0 where the code is longer. Most
+/// symbols decode with this one lookup instead of a walk over the lengths.
+static FAST: [u16; 256] = fast();
+
+const fn fast() -> [u16; 256] {
+    let c = canon();
+    let mut t = [0u16; 256];
+    let mut bits = 0;
+    while bits < 256 {
+        let mut len = MIN_LEN as usize;
+        while len <= 8 {
+            let code = (bits >> (8 - len)) as u32;
+            let rank = code.wrapping_sub(c.first[len]);
+            if rank < c.count[len] as u32 {
+                let sym = c.syms[c.base[len] as usize + rank as usize];
+                t[bits] = ((len as u16) << 8) | sym;
+                break;
+            }
+            len += 1;
+        }
+        bits += 1;
+    }
+    t
+}
 
 /// RFC 7541 Appendix B: each byte's code (right-aligned) ... (decoding needs only the
 /// lengths: the tests encode with these, and hold the tables built from the lengths to

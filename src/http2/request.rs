@@ -67,7 +67,7 @@ impl Assembler {
             spans: Vec::new(),
             tally: Tally::default(),
             cookie: Vec::new(),
-            pseudo: Vec::new(),
+            pseudo: Vec::with_capacity(PSEUDO_HINT),
             method: None,
             scheme: None,
             authority: None,
@@ -175,7 +175,12 @@ impl Assembler {
             return Err(refused);
         }
         let malformed = Refused::Malformed;
-        let pseudo = Bytes::from(std::mem::take(&mut self.pseudo));
+        // The values go with the request (its target is a slice of them); the next
+        // request's get one allocation rather than growing theirs field by field.
+        let pseudo = Bytes::from(std::mem::replace(
+            &mut self.pseudo,
+            Vec::with_capacity(PSEUDO_HINT),
+        ));
         let get = |slot: Option<(usize, usize)>| slot.map(|(s, e)| pseudo.slice(s..e));
         let method = get(self.method).ok_or(malformed("no :method"))?;
         let method = Method::from_bytes(&method).map_err(|_| malformed("invalid :method"))?;
@@ -289,6 +294,10 @@ pub(crate) fn trailer_ok(name: &[u8], value: &[u8]) -> bool {
 /// Room made for a request's field lines before its first field: a browser's request
 /// with its cookies fits.
 const LINES_HINT: usize = 2048;
+
+/// Room for a request's pseudo-header values (method, scheme, authority, path): a path
+/// longer than what is left grows it once.
+const PSEUDO_HINT: usize = 256;
 
 /// RFC 9113 §8.2.1 with HTTP's field value rules: no NUL, CR, LF or other control
 /// character but HTAB, and no whitespace at either end. Inlined into the request's field
