@@ -23,8 +23,8 @@ pub(super) fn decode(src: &[u8], out: &mut Vec<u8>) -> Result<(), HpackError> {
         // Every whole symbol now in `acc`; what is left is shorter than its code.
         'symbols: while bits >= MIN_LEN {
             if bits >= 8 {
-                // Codes of up to 8 bits (every byte a path or a token is made of but
-                // `X`, `Z` and a few marks) in one lookup.
+                // Codes of up to 8 bits (letters, digits, space and `%&*,-./:;=_`,
+                // most of what paths and field values are made of) in one lookup.
                 let entry = FAST[((acc >> (bits - 8)) & 0xff) as usize];
                 let len = u32::from(entry >> 8);
                 if len != 0 {
