@@ -198,9 +198,10 @@ impl Received {
         &self.spans
     }
 
-    /// Takes `head`, whose fields are at the positions [`Received::spans_for`] gave room
-    /// for (names httparse took as tokens, which `http` takes too, shorter than 64 KiB
-    /// and lowercase; values httparse took), with what `tally` noted of their names.
+    /// Takes `head`, whose fields are at the positions filled in since
+    /// [`Received::spans_for`] or [`Received::spans_emptied`] (names read as tokens, which
+    /// `http` takes too, shorter than 64 KiB and lowercase; values as httparse takes
+    /// them), with what `tally` noted of their names.
     pub(crate) fn refill(&mut self, head: Bytes, tally: Tally) {
         self.head = head;
         self.extra.clear();

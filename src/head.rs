@@ -232,13 +232,17 @@ fn fields(buf: &mut [u8], mut at: usize, mut put: impl FnMut(Span) -> bool) -> O
 /// first line, fields); names aside, the scanner must leave the bytes as they were.
 /// The error says what differs.
 pub(crate) fn agrees_with_httparse(data: &[u8]) -> Result<(), String> {
+    // Room for as many fields as httparse is given below.
+    fn collect(spans: &mut Vec<Span>) -> impl FnMut(Span) -> bool + '_ {
+        spans.clear();
+        move |s| {
+            spans.push(s);
+            spans.len() <= 64
+        }
+    }
     let mut spans = Vec::new();
-    let mut put = |s: Span| {
-        spans.push(s);
-        spans.len() <= 64
-    };
     let mut ours = data.to_vec();
-    if let Some((line, len)) = request(&mut ours, &mut put) {
+    if let Some((line, len)) = request(&mut ours, collect(&mut spans)) {
         let mut fields = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut fields);
         let theirs = req.parse(data);
@@ -253,13 +257,8 @@ pub(crate) fn agrees_with_httparse(data: &[u8]) -> Result<(), String> {
         }
         same_fields(data, &ours, &spans, req.headers)?;
     }
-    spans.clear();
-    let mut put = |s: Span| {
-        spans.push(s);
-        spans.len() <= 64
-    };
     let mut ours = data.to_vec();
-    if let Some((line, len)) = response(&mut ours, &mut put) {
+    if let Some((line, len)) = response(&mut ours, collect(&mut spans)) {
         let mut fields = [httparse::EMPTY_HEADER; 64];
         let mut resp = httparse::Response::new(&mut fields);
         let theirs = resp.parse(data);

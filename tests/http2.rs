@@ -22,9 +22,7 @@ fn narrow_h2c_client() -> HttpClient {
 
 #[tokio::test]
 async fn uploads_and_downloads_larger_than_every_window_come_through_whole() {
-    let stable = spawn_upstream("stable").await;
-    let gray = spawn_upstream("gray").await;
-    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), "rules: []\n").await;
+    let (stable, _gray, p) = served("rules: []\n").await;
     let c = narrow_h2c_client();
 
     // 4 MiB streamed up (graylane's windows are 1 MiB: it must give them back as the
@@ -76,9 +74,7 @@ async fn uploads_and_downloads_larger_than_every_window_come_through_whole() {
 
 #[tokio::test]
 async fn streams_share_the_connection_window_without_stalling() {
-    let stable = spawn_upstream("stable").await;
-    let gray = spawn_upstream("gray").await;
-    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), "rules: []\n").await;
+    let (_stable, _gray, p) = served("rules: []\n").await;
     let c = narrow_h2c_client();
     // Eight 768 KiB uploads at once on one connection: together six times graylane's
     // connection window, each under its stream window.
@@ -108,9 +104,7 @@ async fn streams_share_the_connection_window_without_stalling() {
 
 #[tokio::test]
 async fn answers_waiting_on_the_connection_window_resume_when_it_opens() {
-    let stable = spawn_upstream("stable").await;
-    let gray = spawn_upstream("gray").await;
-    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), "rules: []\n").await;
+    let (_stable, _gray, p) = served("rules: []\n").await;
     // Stream windows of 4 MiB but a connection window of 64 KiB: the answers wait on the
     // connection's window, which the client opens as it reads.
     let c: HttpClient = Client::builder(TokioExecutor::new())
@@ -153,6 +147,14 @@ fn whole_block(id: u32, block: &[u8]) -> Vec<u8> {
         id,
         block,
     )
+}
+
+/// graylane with `rules` in front of a stable and a gray upstream, stable's first.
+async fn served(rules: &str) -> (Upstream, Upstream, Proxy) {
+    let stable = spawn_upstream("stable").await;
+    let gray = spawn_upstream("gray").await;
+    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), rules).await;
+    (stable, gray, p)
 }
 
 /// graylane (no rules) in front of two recording upstreams, stable's first, and an h2c
@@ -229,10 +231,8 @@ async fn post_abc_then_trailers(
     delay_ms: u64,
     trailer: &[u8],
 ) -> Outcome {
-    let stable = spawn_upstream("stable").await;
+    let (stable, _gray, p) = served("rules: []\n").await;
     stable.delay(delay_ms);
-    let gray = spawn_upstream("gray").await;
-    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), "rules: []\n").await;
     let mut c = H2Conn::open(p.addr()).await;
     let block = h2raw::request_block("POST", "/count", &[("content-length", length)]);
     let mut out = h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS, 1, &block);
@@ -251,9 +251,7 @@ async fn post_abc_then_trailers(
 /// reopened by a header block.
 #[tokio::test]
 async fn trailers_after_an_early_answer_leave_the_connection_serving() {
-    let stable = spawn_upstream("stable").await;
-    let gray = spawn_upstream("gray").await;
-    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), "rules: []\n").await;
+    let (_stable, _gray, p) = served("rules: []\n").await;
     let mut c = H2Conn::open(p.addr()).await;
     let block = h2raw::request_block("POST", "/status/413", &[]);
     let mut out = h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS, 1, &block);
@@ -317,11 +315,9 @@ async fn a_host_other_than_the_authority_is_refused() {
 /// there, and the request is the one an HTTP/1.1 upstream will get, Host included.
 #[tokio::test]
 async fn a_host_rule_reads_the_authority() {
-    let stable = spawn_upstream("stable").await;
-    let gray = spawn_upstream("gray").await;
     let rules =
         "rules:\n  - name: h\n    when: { header: { host: { in: [t] } } }\n    route: gray\n";
-    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), rules).await;
+    let (_stable, _gray, p) = served(rules).await;
     let mut c = H2Conn::open(p.addr()).await;
     // `request_block` sends `:authority: t`.
     let block = h2raw::get_block("/a", &[]);
@@ -382,9 +378,7 @@ async fn tiny_data_frames_reach_the_upstream_whole_in_few_chunks() {
 /// acknowledged at the start of the next header block (RFC 7541 §4.2).
 #[tokio::test]
 async fn settings_changes_resume_answers_and_update_the_table_size() {
-    let stable = spawn_upstream("stable").await;
-    let gray = spawn_upstream("gray").await;
-    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), "rules: []\n").await;
+    let (_stable, _gray, p) = served("rules: []\n").await;
     let mut c = H2Conn::open(p.addr()).await;
     // No room for any answer data, and a smaller table.
     c.send(&settings(&[(0x4, 0), (0x1, 0)])).await.unwrap();
@@ -418,9 +412,7 @@ async fn settings_changes_resume_answers_and_update_the_table_size() {
 /// do not stall.
 #[tokio::test]
 async fn bodies_left_unread_give_their_window_back() {
-    let stable = spawn_upstream("stable").await;
-    let gray = spawn_upstream("gray").await;
-    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), "rules: []\n").await;
+    let (_stable, _gray, p) = served("rules: []\n").await;
     let c = h2c_client();
     let run = async {
         for _ in 0..4 {
@@ -469,9 +461,7 @@ async fn bodies_left_unread_give_their_window_back() {
 /// it a flow-control error.
 #[tokio::test]
 async fn data_queued_for_a_refused_request_goes_back_to_the_window() {
-    let stable = spawn_upstream("stable").await;
-    let gray = spawn_upstream("gray").await;
-    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), "rules: []\n").await;
+    let (_stable, _gray, p) = served("rules: []\n").await;
     let mut c = H2Conn::open(p.addr()).await;
     let body = vec![b'q'; 15_000];
     for i in 0..100u32 {
@@ -529,9 +519,7 @@ async fn answers_from_an_http2_upstream_end_for_an_http2_client() {
 /// graylane's own answers get both as hyper gave them, an upstream's keep its own.
 #[tokio::test]
 async fn answers_are_dated_and_sized_once() {
-    let stable = spawn_upstream("stable").await;
-    let gray = spawn_upstream("gray").await;
-    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), "rules: []\n").await;
+    let (_stable, _gray, p) = served("rules: []\n").await;
     let c = h2c_client();
     for (headers, status) in [(vec![], 200), (vec![("host", "bad host")], 400)] {
         let (st, h, body) = get(&c, &p.url("/x"), &headers).await;

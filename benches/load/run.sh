@@ -538,6 +538,19 @@ function num(x, fmt) { return (x == "" || x == "nan") ? "–" : sprintf(fmt, x) 
 function min2(x, y) { if (x == "" || x == "nan") return y; if (y == "" || y == "nan") return x; return x + 0 < y + 0 ? x : y }
 '
 
+# One table row per (mode, proxy) of a TSV whose lines are mode, proxy, round, then
+# values: the median over rounds of each value, printed with the printf format in FORMATS
+# (space-separated, one per value column).
+median_rows() {
+    awk -F'\t' -v formats="$2" "$AWK_LIB"'
+        BEGIN { nf = split(formats, f, " ") }
+        { key = $1 "\t" $2; if (!(key in seen)) { seen[key] = 1; order[++n] = key }
+          for (i = 1; i <= nf; i++) v[key, i] = v[key, i] " " $(i + 3) }
+        END { for (k = 1; k <= n; k++) { split(order[k], p, "\t"); printf "| %s | %s |", p[1], p[2]
+              for (i = 1; i <= nf; i++) printf(" " f[i] " |", median(v[order[k], i])); printf "\n" } }
+    ' "$1"
+}
+
 # table MODE : the markdown table of one mode.
 table() {
     echo "| proxy | workers | req/s (median) | vs nginx | vs haproxy | p50 µs | p99 µs | CPU µs/req user | kernel | total | total vs best peer | user vs nginx | peak RSS MiB | failed |"
@@ -685,12 +698,7 @@ report() {
         echo
         echo "| mode | proxy | all | reads | writes | waits |"
         echo "|---|---|---:|---:|---:|---:|"
-        awk -F'\t' "$AWK_LIB"'
-            { key = $1 "\t" $2; if (!(key in seen)) { seen[key] = 1; order[++n] = key }
-              for (i = 4; i <= 7; i++) v[key, i] = v[key, i] " " $i }
-            END { for (k = 1; k <= n; k++) { split(order[k], p, "\t"); printf "| %s | %s |", p[1], p[2]
-                  for (i = 4; i <= 7; i++) printf " %.2f |", median(v[order[k], i]); printf "\n" } }
-        ' "$RUN_DIR/syscalls.tsv"
+        median_rows "$RUN_DIR/syscalls.tsv" "%.2f %.2f %.2f %.2f"
         echo
     fi
     if [[ -s $RUN_DIR/segments.tsv ]]; then
@@ -702,12 +710,7 @@ report() {
         echo
         echo "| mode | proxy | segments | pure ACKs | delayed ACKs |"
         echo "|---|---|---:|---:|---:|"
-        awk -F'\t' "$AWK_LIB"'
-            { key = $1 "\t" $2; if (!(key in seen)) { seen[key] = 1; order[++n] = key }
-              for (i = 4; i <= 6; i++) v[key, i] = v[key, i] " " $i }
-            END { for (k = 1; k <= n; k++) { split(order[k], p, "\t"); printf "| %s | %s |", p[1], p[2]
-                  printf " %.2f | %.3f | %.3f |\n", median(v[order[k], 4]), median(v[order[k], 5]), median(v[order[k], 6]) } }
-        ' "$RUN_DIR/segments.tsv"
+        median_rows "$RUN_DIR/segments.tsv" "%.2f %.3f %.3f"
         echo
     fi
     local shares

@@ -60,6 +60,14 @@ struct Counts {
     queued: AtomicUsize,
 }
 
+/// Counts `n` bytes of a stream as taken, for the connection to return them to the
+/// client's windows, and wakes it: what the request path reads, and what nobody will.
+fn credit(counts: &Counts, returned: &Returned, n: u64) {
+    counts.taken.fetch_add(n, Ordering::Relaxed);
+    returned.bytes.fetch_add(n, Ordering::Relaxed);
+    returned.waker.wake();
+}
+
 /// The connection's end of one stream's body.
 #[derive(Debug)]
 pub(crate) struct BodySender {
@@ -133,9 +141,7 @@ impl BodySender {
 
     /// Bytes that will never be read go back to the client's windows, as if taken.
     fn give_back(&self, n: u64) {
-        self.counts.taken.fetch_add(n, Ordering::Relaxed);
-        self.returned.bytes.fetch_add(n, Ordering::Relaxed);
-        self.returned.waker.wake();
+        credit(&self.counts, &self.returned, n);
     }
 
     /// Bytes the request path took from this stream since the last call.
@@ -216,9 +222,7 @@ impl Drop for OwnBody {
             }
         }
         if left > 0 {
-            self.counts.taken.fetch_add(left, Ordering::Relaxed);
-            self.returned.bytes.fetch_add(left, Ordering::Relaxed);
-            self.returned.waker.wake();
+            credit(&self.counts, &self.returned, left);
         }
     }
 }
@@ -238,9 +242,7 @@ impl Body for OwnBody {
             Some(Item::Data(b)) => {
                 let n = b.len() as u64;
                 self.counts.queued.fetch_sub(1, Ordering::Relaxed);
-                self.counts.taken.fetch_add(n, Ordering::Relaxed);
-                self.returned.bytes.fetch_add(n, Ordering::Relaxed);
-                self.returned.waker.wake();
+                credit(&self.counts, &self.returned, n);
                 Poll::Ready(Some(Ok(Frame::data(b))))
             }
             Some(Item::Trailers(t)) => {
