@@ -9,7 +9,7 @@
 # Every row: req/s, p50, p99, and the proxy's CPU per request split into user and kernel
 # time (utime/stime of all its processes and threads, /proc/PID/stat).
 #
-# Usage: benches/load/run.sh [--tls | --all] [--floor] [--quick] [--rounds N] [--no-build] [--out FILE]
+# Usage: benches/load/run.sh [--tls | --all] [--floor] [--syscalls] [--segments] [--where] [--quick] [--rounds N] [--no-build] [--out FILE]
 #          plain: [--duration SECONDS] [--warmup SECONDS] [--connections N] [--workers "1 2"]
 #          TLS:   [--requests N] [--tls-connections N] [--streams N] [--protos "h2 h1"]
 #   (none)       plain mode only; report to benches/load/results.md
@@ -23,6 +23,13 @@
 #                its syscall tracepoints during each measured run; a table in the report).
 #                The counting adds work to every system call of every proxy: the CPU
 #                columns of such a run are not comparable with those of a run without it
+#   --where      every mode also samples where each proxy's CPU goes (perf record -g on its
+#                processes during each measured run): user space, the kernel's socket writes
+#                (tcp_sendmsg) and within them the receiving side's TCP input that loopback
+#                runs in the sender's context (net_rx_action), socket reads (tcp_recvmsg),
+#                event waits (do_epoll_wait), the rest of the kernel; shares of the samples,
+#                a table in the report. Sampling slows every proxy a little: read the CPU
+#                columns of such a run only against each other
 #   --segments   every mode also counts TCP segments per response (nstat's TcpOutSegs over the
 #                measured run, all loopback traffic: client, proxy and upstream sides) and
 #                the pure and delayed ACKs among them; a table in the report. The
@@ -60,6 +67,7 @@ RUN_TLS=0
 RUN_FLOOR=0
 SYSCALLS=0
 SEGMENTS=0
+WHERE=0
 OUT=""
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -74,13 +82,14 @@ while [[ $# -gt 0 ]]; do
     --floor) RUN_FLOOR=1 ;;
     --syscalls) SYSCALLS=1 ;;
     --segments) SEGMENTS=1 ;;
+    --where) WHERE=1 ;;
     --requests) REQUESTS=$2; shift ;;
     --tls-connections) TLS_CONNS=$2; shift ;;
     --streams) STREAMS=$2; shift ;;
     --protos) PROTOS=$2; shift ;;
     --out) OUT=$2; shift ;;
     --no-build) export NO_BUILD=1 ;;
-    -h | --help) sed -n '2,46p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,50p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
     esac
     shift
@@ -123,7 +132,7 @@ log "run directory: $RUN_DIR; load average at start: $LOADAVG_START"
 tools=(nginx:nginx haproxy:haproxy curl:curl taskset:util-linux)
 [[ $RUN_PLAIN == 1 ]] && tools+=(wrk:wrk)
 [[ $RUN_TLS == 1 ]] && tools+=(h2load:nghttp2-client openssl:openssl)
-[[ $RUN_TLS == 1 && $SYSCALLS == 1 ]] && tools+=(perf:linux-perf)
+[[ ($RUN_TLS == 1 && $SYSCALLS == 1) || $WHERE == 1 ]] && tools+=(perf:linux-perf)
 [[ $SEGMENTS == 1 ]] && tools+=(nstat:iproute2)
 ensure_tools "${tools[@]}"
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
@@ -391,7 +400,9 @@ measure_plain() { # KIND WORKERS ROUND
     wrk_run "$PROXY_PORT" "$WARMUP" "$RUN_DIR/warmup.txt"
     sample_begin
     [[ $SEGMENTS == 1 ]] && segments_begin
+    [[ $WHERE == 1 && -n $PROXY_PID ]] && where_begin
     wrk_run "$PROXY_PORT" "$DURATION" "$out"
+    [[ $WHERE == 1 && -n $PROXY_PID ]] && where_end plain-h1 "$kind" "$round"
     [[ $SEGMENTS == 1 ]] && segments_end plain-h1 "$kind" "$round" "$(awk '/requests in/ {print $1}' "$out")"
     sample_end "$kind"
 
@@ -456,6 +467,36 @@ segments_end() {
     ' >>"$RUN_DIR/segments.tsv"
 }
 
+# where_begin : starts sampling the proxy's processes (SAMPLE_PIDS) with call graphs.
+where_begin() {
+    WHERE_OUT="$RUN_DIR/perf-where.data"
+    perf record -q -F 1999 -g -o "$WHERE_OUT" -p "$(IFS=,; echo "${SAMPLE_PIDS[*]}")" >/dev/null 2>&1 &
+    WHERE_PID=$!
+    sleep 0.5 # perf attaches before the measured requests start
+}
+
+# where_end MODE KIND ROUND : stops sampling; appends "mode kind round user send rx recv
+# wait other" (percent of the proxy's samples) to where.tsv. send, recv and wait are
+# inclusive (their callees counted), rx is part of send or recv, other is the kernel's
+# rest.
+where_end() {
+    kill -INT "$WHERE_PID" 2>/dev/null || true
+    wait "$WHERE_PID" 2>/dev/null || true
+    local kernel
+    kernel=$(perf report -i "$WHERE_OUT" --no-children --sort dso --stdio -g none 2>/dev/null |
+        awk '$2 == "[kernel.kallsyms]" {sub("%", "", $1); print $1}')
+    perf report -i "$WHERE_OUT" --children --sort sym --stdio -g none 2>/dev/null | awk \
+        -v mode="$1" -v kind="$2" -v round="$3" -v kernel="${kernel:-0}" '
+        $3 == "[k]" { sub("%", "", $1); v[$4] = $1 }
+        END {
+            send = v["tcp_sendmsg"] + 0; recv = v["tcp_recvmsg"] + 0; wait = v["do_epoll_wait"] + 0
+            other = kernel - send - recv - wait; if (other < 0) other = 0
+            printf "%s\t%s\t%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\n", mode, kind, round,
+                100 - kernel, send, v["net_rx_action"] + 0, recv, wait, other
+        }' >>"$RUN_DIR/where.tsv"
+    rm -f "$WHERE_OUT"
+}
+
 measure_tls() { # KIND PROTO ROUND
     local kind=$1 proto=$2 round=$3
     local out="$RUN_DIR/h2load-$1-$2-r$3.txt" lat="$RUN_DIR/h2load-$1-$2-r$3.log"
@@ -466,7 +507,9 @@ measure_tls() { # KIND PROTO ROUND
     sample_begin
     [[ $SYSCALLS == 1 ]] && syscalls_begin
     [[ $SEGMENTS == 1 ]] && segments_begin
+    [[ $WHERE == 1 ]] && where_begin
     h2load_run "$PROXY_PORT" "$proto" "$REQUESTS" "$out" "$lat"
+    [[ $WHERE == 1 ]] && where_end "tls-$proto" "$kind" "$round"
     [[ $SEGMENTS == 1 ]] && segments_end "tls-$proto" "$kind" "$round" "$(awk '/^requests:/ {print $6 - $10}' "$out")"
     [[ $SYSCALLS == 1 ]] && syscalls_end "tls-$proto" "$kind" "$round" "$out"
     sample_end "$kind"
@@ -699,6 +742,21 @@ report() {
         echo "| mode | proxy | all | reads | writes | waits |"
         echo "|---|---|---:|---:|---:|---:|"
         median_rows "$RUN_DIR/syscalls.tsv" "%.2f %.2f %.2f %.2f"
+        echo
+    fi
+    if [[ -s $RUN_DIR/where.tsv ]]; then
+        echo "### Where the proxy's CPU goes (\`--where\`)"
+        echo
+        echo "\`perf record -g\` (1999 Hz) on the proxy's processes during each measured run; percent"
+        echo "of its samples, medians over rounds. *socket writes*, *reads* and *event waits* are the"
+        echo "kernel's \`tcp_sendmsg\`, \`tcp_recvmsg\` and \`do_epoll_wait\` with all they call; on"
+        echo "loopback a write also runs the receiving socket's TCP input (\`net_rx_action\`, the"
+        echo "column after it; the peer's share of the work, which a network card would move to the"
+        echo "receiving host); *other kernel* is the rest of the kernel's samples."
+        echo
+        echo "| mode | proxy | user space | socket writes | of which receiver's TCP input | socket reads | event waits | other kernel |"
+        echo "|---|---|---:|---:|---:|---:|---:|---:|"
+        median_rows "$RUN_DIR/where.tsv" "%.1f%% %.1f%% %.1f%% %.1f%% %.1f%% %.1f%%"
         echo
     fi
     if [[ -s $RUN_DIR/segments.tsv ]]; then
