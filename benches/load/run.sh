@@ -424,21 +424,33 @@ SYSCALL_EVENTS=(raw_syscalls:sys_enter syscalls:sys_enter_read syscalls:sys_ente
     syscalls:sys_enter_sendto syscalls:sys_enter_sendmsg syscalls:sys_enter_epoll_wait
     syscalls:sys_enter_epoll_pwait)
 
-# syscalls_begin : starts perf stat on the proxy's processes (SAMPLE_PIDS).
+# perf_attach VAR ARGS... : runs `perf ARGS...` on the proxy's processes (SAMPLE_PIDS) in
+# the background, its PID in VAR (--syscalls and --where may each have one running), and
+# gives it the time to attach before the measured requests.
+perf_attach() {
+    local var=$1
+    shift
+    perf "$@" -p "$(IFS=,; echo "${SAMPLE_PIDS[*]}")" >/dev/null 2>&1 &
+    printf -v "$var" '%s' "$!"
+    sleep 0.5
+}
+
+# perf_detach PID : stops it (on SIGINT perf writes what it gathered) and waits for it.
+perf_detach() {
+    kill -INT "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+# syscalls_begin : starts counting the proxy's system calls.
 syscalls_begin() {
-    local events
-    events=$(IFS=,; echo "${SYSCALL_EVENTS[*]}")
     SYSCALLS_OUT="$RUN_DIR/perf-stat.csv"
-    perf stat -x, -e "$events" -p "$(IFS=,; echo "${SAMPLE_PIDS[*]}")" -o "$SYSCALLS_OUT" &
-    SYSCALLS_PID=$!
-    sleep 0.5 # perf attaches before the measured requests start
+    perf_attach SYSCALLS_PID stat -x, -e "$(IFS=,; echo "${SYSCALL_EVENTS[*]}")" -o "$SYSCALLS_OUT"
 }
 
 # syscalls_end MODE KIND ROUND H2LOAD_OUT : stops perf; appends "mode kind round total reads
 # writes waits" per request to syscalls.tsv.
 syscalls_end() {
-    kill -INT "$SYSCALLS_PID" 2>/dev/null || true
-    wait "$SYSCALLS_PID" 2>/dev/null || true
+    perf_detach "$SYSCALLS_PID"
     local n
     n=$(awk '/^requests:/ {print $6 - $10}' "$4")
     awk -F, -v mode="$1" -v kind="$2" -v round="$3" -v n="$n" '
@@ -467,12 +479,10 @@ segments_end() {
     ' >>"$RUN_DIR/segments.tsv"
 }
 
-# where_begin : starts sampling the proxy's processes (SAMPLE_PIDS) with call graphs.
+# where_begin : starts sampling the proxy's processes with call graphs.
 where_begin() {
     WHERE_OUT="$RUN_DIR/perf-where.data"
-    perf record -q -F 1999 -g -o "$WHERE_OUT" -p "$(IFS=,; echo "${SAMPLE_PIDS[*]}")" >/dev/null 2>&1 &
-    WHERE_PID=$!
-    sleep 0.5 # perf attaches before the measured requests start
+    perf_attach WHERE_PID record -q -F 1999 -g -o "$WHERE_OUT"
 }
 
 # where_end MODE KIND ROUND : stops sampling; appends "mode kind round user send rx recv
@@ -480,8 +490,7 @@ where_begin() {
 # inclusive (their callees counted), rx is part of send or recv, other is the kernel's
 # rest.
 where_end() {
-    kill -INT "$WHERE_PID" 2>/dev/null || true
-    wait "$WHERE_PID" 2>/dev/null || true
+    perf_detach "$WHERE_PID"
     local kernel
     kernel=$(perf report -i "$WHERE_OUT" --no-children --sort dso --stdio -g none 2>/dev/null |
         awk '$2 == "[kernel.kallsyms]" {sub("%", "", $1); print $1}')
