@@ -21,12 +21,27 @@
 #            user-space comparison
 #   --floor  also count benches/floor's relay (the same routing with nothing else, on
 #            epoll and on io_uring): the floor of a lean HTTP/1.1 path
+#   --connections C  plaintext: spread the requests over C connections at once (default
+#            1: one after another); with many, the proxy serves several per wake-up and
+#            its data for all of them competes for the caches, as under wrk
+#   --cache  also simulate the caches and branch predictor (callgrind --cache-sim=yes
+#            --branch-sim=yes): first-level data and instruction misses, last-level misses
+#            and mispredicted branches per request, what instructions alone do not show.
+#            The first levels are the host's (32 KiB each here); the last level is set to
+#            32 MiB, 16-way (an EPYC's L3), because this VM's CPUID reports one of 256 MiB,
+#            direct-mapped. The simulator does not see the kernel write the bytes a read
+#            returns, so its last-level misses include first reads of such bytes, which
+#            are warm on a real CPU
+#   --atomics  also count the locked read-modify-write instructions executed per request
+#            (atomic increments, compare-and-swaps, swaps; locked.py), which a
+#            single-threaded worker pays for in its libraries' reference counts and wakers
 #   --profile DIR  keep each run's callgrind dump as DIR/callgrind-K.out (K: the row
 #            number), to read with `callgrind_annotate --inclusive=yes DIR/callgrind-1.out`
 # Each binary runs under callgrind with the load benchmark's config (1 worker, metrics
 # and a 1% access log on) in front of the load benchmark's upstream nginx; one client
 # connection sends the requests one after another (seq_client.py, uids.lua's mix), so
-# the runtime's batching does not vary between runs. The counters are zeroed after the
+# the runtime's batching does not vary between runs (with --connections it does: such
+# counts move by a few percent from run to run). The counters are zeroed after the
 # warm-up and read after the last request: startup and shutdown are not counted.
 set -euo pipefail
 
@@ -40,6 +55,9 @@ PROFILE_DIR=""
 TLS=""
 PEERS=0
 FLOOR=0
+CONNS=1
+CACHE=0
+ATOMICS=0
 while [[ $# -gt 0 ]]; do
     case $1 in
     --requests) N=$2; shift ;;
@@ -50,7 +68,10 @@ while [[ $# -gt 0 ]]; do
     --tls) TLS=$2; shift ;;
     --peers) PEERS=1 ;;
     --floor) FLOOR=1 ;;
-    -h | --help) sed -n "2,24p" "$0"; exit 0 ;;
+    --connections) CONNS=$2; shift ;;
+    --cache) CACHE=1 ;;
+    --atomics) ATOMICS=1 ;;
+    -h | --help) sed -n "2,45p" "$0"; exit 0 ;;
     -*) die "unknown argument $1 (see --help)" ;;
     *) BINS+=("$1") ;;
     esac
@@ -58,6 +79,9 @@ while [[ $# -gt 0 ]]; do
 done
 
 [[ -z $TLS || $TLS == h2 || $TLS == h1 ]] || die "--tls takes h2 or h1, not '$TLS'"
+[[ $CONNS =~ ^[1-9][0-9]*$ ]] || die "--connections takes a positive number, not '$CONNS'"
+[[ $CONNS == 1 || -z $TLS ]] || die "--connections is for the plaintext load (h2load opens 10)"
+((N % CONNS == 0)) || die "--requests must be a multiple of --connections"
 [[ -z $TLS || $FLOOR == 0 ]] || die "--floor is plaintext HTTP/1.1 only"
 
 STABLE_PORT=18101
@@ -117,7 +141,7 @@ fi
 # load COUNT: COUNT requests of the benchmark's mix (plaintext), or over TLS with h2load.
 load() {
     if [[ -z $TLS ]]; then
-        python3 "$LOAD_DIR/seq_client.py" "$GRAYLANE_PORT" "$1"
+        python3 "$LOAD_DIR/seq_client.py" "$GRAYLANE_PORT" "$1" "$CONNS"
         return
     fi
     local proto=() streams=10
@@ -155,7 +179,21 @@ if [[ $FLOOR == 1 ]]; then
     RUNS+=("$FLOOR_BIN|epoll" "$FLOOR_BIN|uring")
 fi
 
-printf '| binary | config | instructions per request |\n|---|---|---|\n'
+SIM=()
+HEADER="| binary | config | instructions per request |"
+RULE="|---|---|---:|"
+if [[ $CACHE == 1 ]]; then
+    SIM+=(--cache-sim=yes --branch-sim=yes --LL=33554432,16,64)
+    HEADER+=" D1 misses | I1 misses | LL misses | mispredicted branches |"
+    RULE+="---:|---:|---:|---:|"
+fi
+if [[ $ATOMICS == 1 ]]; then
+    ensure_tools objdump:binutils
+    SIM+=(--dump-instr=yes --compress-pos=no --compress-strings=no)
+    HEADER+=" locked instructions |"
+    RULE+="---:|"
+fi
+printf '%s\n%s\n' "$HEADER" "$RULE"
 for run in "${RUNS[@]}"; do
     bin=${run%%|*}
     cfg=${run#*|}
@@ -171,7 +209,7 @@ for run in "${RUNS[@]}"; do
     *) args=(run --config "$RUN_DIR/$cfg") ;;
     esac
     RUST_LOG=warn,graylane::access=info start_bg callgrind valgrind --tool=callgrind \
-        --callgrind-out-file="$out" "$bin" "${args[@]}"
+        "${SIM[@]+"${SIM[@]}"}" --callgrind-out-file="$out" "$bin" "${args[@]}"
     pid=$BG_PID
     wait_http "$SCHEME://127.0.0.1:$GRAYLANE_PORT/" 60 "$pid" || die "$bin did not start under valgrind"
     load 200
@@ -180,6 +218,16 @@ for run in "${RUNS[@]}"; do
     callgrind_control --dump "$pid" >/dev/null 2>&1
     ir=$(awk '/^summary:/{print $2}' "$out.1")
     [[ -n $ir ]] || die "no callgrind dump for $bin"
+    sim=""
+    if [[ $CACHE == 1 ]]; then
+        # The events line names the summary's columns.
+        sim=$(awk -v n="$N" '/^events:/ {for (i = 2; i <= NF; i++) col[$i] = i}
+            /^summary:/ {
+                d1 = $col["D1mr"] + $col["D1mw"]; i1 = $col["I1mr"]
+                ll = $col["DLmr"] + $col["DLmw"] + $col["ILmr"]; bm = $col["Bcm"] + $col["Bim"]
+                printf " %.1f | %.1f | %.2f | %.1f |", d1 / n, i1 / n, ll / n, bm / n }' "$out.1")
+    fi
+    [[ $ATOMICS == 1 ]] && sim+=" $(python3 "$LOAD_DIR/locked.py" "$out.1" "$N") |"
     stop_pid "$pid"
     ROW=$((${ROW:-0} + 1))
     if [[ -n $PROFILE_DIR ]]; then
@@ -187,5 +235,5 @@ for run in "${RUNS[@]}"; do
         cp "$out.1" "$PROFILE_DIR/callgrind-$ROW.out"
     fi
     rm -f "$out" "$out".*
-    printf '| %s | %s | %s |\n' "$bin" "$cfg${TLS:+ (TLS $TLS)}" "$((ir / N))"
+    printf '| %s | %s | %s |%s\n' "$bin" "$cfg${TLS:+ (TLS $TLS)}$([[ $CONNS != 1 ]] && echo ", $CONNS connections")" "$((ir / N))" "$sim"
 done
