@@ -212,7 +212,7 @@ for run in "${RUNS[@]}"; do
         "${SIM[@]+"${SIM[@]}"}" --callgrind-out-file="$out" "$bin" "${args[@]}"
     pid=$BG_PID
     wait_http "$SCHEME://127.0.0.1:$GRAYLANE_PORT/" 60 "$pid" || die "$bin did not start under valgrind"
-    load 200
+    load $(((200 + CONNS - 1) / CONNS * CONNS)) # every connection warmed up
     callgrind_control --zero "$pid" >/dev/null 2>&1
     load "$N"
     callgrind_control --dump "$pid" >/dev/null 2>&1

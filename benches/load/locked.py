@@ -14,7 +14,21 @@ import re
 import subprocess
 import sys
 
-LOCKED = re.compile(r"\block\b|\bxchg\w*\s+\S*\(")
+REGISTER = re.compile(r"^%[a-z0-9]+$")
+
+
+def is_locked(ins):
+    """Whether an objdump instruction text (mnemonic, then operands) is a locked
+    read-modify-write: a `lock` prefix, or `xchg` with an operand in memory."""
+    words = ins.split()
+    if not words:
+        return False
+    if words[0] in ("lock", "xacquire", "xrelease"):
+        return True
+    if words[0].startswith("xchg") and len(words) > 1:
+        operands = words[1].split("#")[0].split(",")
+        return any(not REGISTER.match(o) for o in operands)
+    return False
 
 
 def locked_addresses(path):
@@ -23,8 +37,8 @@ def locked_addresses(path):
                          capture_output=True, text=True, check=False).stdout
     found = set()
     for line in out.splitlines():
-        addr, sep, ins = line.partition(":")
-        if sep and LOCKED.search(ins):
+        addr, sep, ins = line.partition(":\t")
+        if sep and is_locked(ins):
             try:
                 found.add(int(addr.strip(), 16))
             except ValueError:
@@ -38,9 +52,12 @@ def main():
     counts = collections.Counter()
     obj = None
     after_call = False
+    cost = 2  # the Ir column after "positions: instr line"
     with open(dump) as f:
         for line in f:
-            if line.startswith("ob="):
+            if line.startswith("positions:"):
+                cost = len(line.split()) - 1
+            elif line.startswith("ob="):
                 obj = line[3:].strip()
                 if obj not in per_object:
                     per_object[obj] = locked_addresses(obj) if os.path.isfile(obj) else set()
@@ -51,8 +68,8 @@ def main():
                     after_call = False
                     continue
                 fields = line.split()
-                if obj and len(fields) >= 3 and int(fields[0], 16) in per_object[obj]:
-                    counts[obj] += int(fields[2])
+                if obj and len(fields) > cost and int(fields[0], 16) in per_object[obj]:
+                    counts[obj] += int(fields[cost])
     print(f"{sum(counts.values()) / requests:.1f}")
 
 

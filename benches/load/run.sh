@@ -402,8 +402,9 @@ measure_plain() { # KIND WORKERS ROUND
     [[ $SEGMENTS == 1 ]] && segments_begin
     [[ $WHERE == 1 && -n $PROXY_PID ]] && where_begin
     wrk_run "$PROXY_PORT" "$DURATION" "$out"
-    [[ $WHERE == 1 && -n $PROXY_PID ]] && where_end plain-h1 "$kind" "$round"
-    [[ $SEGMENTS == 1 ]] && segments_end plain-h1 "$kind" "$round" "$(awk '/requests in/ {print $1}' "$out")"
+    # Rows per proxy and worker count: the tables take medians over rows of one key.
+    [[ $WHERE == 1 && -n $PROXY_PID ]] && where_end plain-h1 "$kind w$w" "$round"
+    [[ $SEGMENTS == 1 ]] && segments_end plain-h1 "$kind w$w" "$round" "$(awk '/requests in/ {print $1}' "$out")"
     sample_end "$kind"
 
     local reqs rps p50 p99 non2xx sockerr
@@ -425,12 +426,13 @@ SYSCALL_EVENTS=(raw_syscalls:sys_enter syscalls:sys_enter_read syscalls:sys_ente
     syscalls:sys_enter_epoll_pwait)
 
 # perf_attach VAR ARGS... : runs `perf ARGS...` on the proxy's processes (SAMPLE_PIDS) in
-# the background, its PID in VAR (--syscalls and --where may each have one running), and
-# gives it the time to attach before the measured requests.
+# the background, its PID in VAR (--syscalls and --where may each have one running) and
+# what it prints in perf-VAR.log, and gives it the time to attach before the measured
+# requests.
 perf_attach() {
     local var=$1
     shift
-    perf "$@" -p "$(IFS=,; echo "${SAMPLE_PIDS[*]}")" >/dev/null 2>&1 &
+    perf "$@" -p "$(IFS=,; echo "${SAMPLE_PIDS[*]}")" >"$RUN_DIR/perf-$var.log" 2>&1 &
     printf -v "$var" '%s' "$!"
     sleep 0.5
 }
@@ -486,19 +488,23 @@ where_begin() {
 }
 
 # where_end MODE KIND ROUND : stops sampling; appends "mode kind round user send rx recv
-# wait other" (percent of the proxy's samples) to where.tsv. send, recv and wait are
-# inclusive (their callees counted), rx is part of send or recv, other is the kernel's
-# rest.
+# wait other" (percent of the proxy's samples) to where.tsv. The kernel's share is the
+# self time of its symbols; send, recv and wait are inclusive (their callees counted); rx
+# is every softirq's receive processing, nearly all of it within send; other is the
+# kernel's rest.
 where_end() {
     perf_detach "$WHERE_PID"
-    local kernel
-    kernel=$(perf report -i "$WHERE_OUT" --no-children --sort dso --stdio -g none 2>/dev/null |
-        awk '$2 == "[kernel.kallsyms]" {sub("%", "", $1); print $1}')
-    perf report -i "$WHERE_OUT" --children --sort sym --stdio -g none 2>/dev/null | awk \
-        -v mode="$1" -v kind="$2" -v round="$3" -v kernel="${kernel:-0}" '
-        $3 == "[k]" { sub("%", "", $1); v[$4] = $1 }
+    if [[ ! -s $WHERE_OUT ]]; then
+        log "WARNING: perf record wrote nothing for $1 $2 (see $RUN_DIR/perf-WHERE_PID.log); no --where row"
+        return 0
+    fi
+    { perf report -i "$WHERE_OUT" --children --sort sym --stdio -g none 2>/dev/null || true; } | awk \
+        -v mode="$1" -v kind="$2" -v round="$3" '
+        $3 == "[k]" { c = $1; s = $2; sub("%", "", c); sub("%", "", s); v[$4] = c; kernel += s }
         END {
             send = v["tcp_sendmsg"] + 0; recv = v["tcp_recvmsg"] + 0; wait = v["do_epoll_wait"] + 0
+            if (kernel > 0 && send + recv + wait == 0)
+                print "WARNING: no socket symbols in the kernel samples (unresolved?)" > "/dev/stderr"
             other = kernel - send - recv - wait; if (other < 0) other = 0
             printf "%s\t%s\t%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\n", mode, kind, round,
                 100 - kernel, send, v["net_rx_action"] + 0, recv, wait, other
@@ -760,10 +766,11 @@ report() {
         echo "of its samples, medians over rounds. *socket writes*, *reads* and *event waits* are the"
         echo "kernel's \`tcp_sendmsg\`, \`tcp_recvmsg\` and \`do_epoll_wait\` with all they call; on"
         echo "loopback a write also runs the receiving socket's TCP input (\`net_rx_action\`, the"
-        echo "column after it; the peer's share of the work, which a network card would move to the"
-        echo "receiving host); *other kernel* is the rest of the kernel's samples."
+        echo "column after it, counted wherever it runs, nearly all within writes; the peer's share of"
+        echo "the work, which a network card would move to the receiving host); *other kernel* is the"
+        echo "rest of the kernel's samples."
         echo
-        echo "| mode | proxy | user space | socket writes | of which receiver's TCP input | socket reads | event waits | other kernel |"
+        echo "| mode | proxy | user space | socket writes | receiver's TCP input | socket reads | event waits | other kernel |"
         echo "|---|---|---:|---:|---:|---:|---:|---:|"
         median_rows "$RUN_DIR/where.tsv" "%.1f%% %.1f%% %.1f%% %.1f%% %.1f%% %.1f%%"
         echo
