@@ -202,5 +202,5 @@ machine_notes() {
     echo "- load average when the report was written: $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min; other work on the machine skews every row alike only if it is steady)"
     # GRAYLANE_COMMIT: what the binary was built from, when the tree may have moved on
     # since (a long run copies the binary at its start).
-    echo "- graylane ${GRAYLANE_COMMIT:-$(cd "$ROOT_DIR" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT_DIR" && git diff --quiet HEAD -- src 2>/dev/null || echo ' (+ uncommitted src changes)')} (release profile)"
+    echo "- graylane ${GRAYLANE_COMMIT:-$(cd "$ROOT_DIR" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT_DIR" && git diff --quiet HEAD -- src 2>/dev/null || echo ' (+ uncommitted src changes)')} ($([[ ${GRAYLANE_BIN:-} == */pgo/release/* ]] && echo "release profile, profile-guided: benches/load/pgo.sh" || echo "release profile"))"
 }

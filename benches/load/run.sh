@@ -120,6 +120,8 @@ TLS_UID=52345678
 # included).
 CMDLINE="bash benches/load/run.sh$(printf ' %q' "${ORIG_ARGS[@]+"${ORIG_ARGS[@]}"}")"
 [[ ${PROXY_CPUS} == 1 && ${LOAD_CPUS} == 0 ]] || CMDLINE="PROXY_CPUS=$PROXY_CPUS LOAD_CPUS=$LOAD_CPUS $CMDLINE"
+# Which build was measured (benches/load/pgo.sh's lands in target/pgo).
+[[ -z ${CARGO_TARGET_DIR:-} ]] || CMDLINE="CARGO_TARGET_DIR=$CARGO_TARGET_DIR $CMDLINE"
 LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 trap cleanup EXIT
