@@ -37,12 +37,12 @@ make_run_dir
 ensure_tools nginx:nginx wrk:wrk h2load:nghttp2-client openssl:openssl curl:curl
 
 # llvm-profdata must match rustc's LLVM: take it from the toolchain's llvm-tools.
-sysroot=$(rustc --print sysroot)
-host=$(rustc -vV | awk '/^host:/ {print $2}')
+sysroot=$(cd "$ROOT_DIR" && rustc --print sysroot)
+host=$(cd "$ROOT_DIR" && rustc -vV | awk '/^host:/ {print $2}')
 PROFDATA="$sysroot/lib/rustlib/$host/bin/llvm-profdata"
 if [[ ! -x $PROFDATA ]]; then
     log "rustup component add llvm-tools"
-    rustup component add llvm-tools >&2 || die "cannot add rustup's llvm-tools (llvm-profdata)"
+    (cd "$ROOT_DIR" && rustup component add llvm-tools) >&2 || die "cannot add rustup's llvm-tools (llvm-profdata)"
 fi
 [[ -x $PROFDATA ]] || die "no llvm-profdata at $PROFDATA"
 
