@@ -56,9 +56,15 @@ static NAME: [u8; 256] = {
     t
 };
 
+/// Whether `b` may be in a field name as HTTP/2 requires it: a token character that is
+/// not an uppercase letter.
+pub(crate) fn lowercase_name_byte(b: u8) -> bool {
+    b != 0 && NAME[b as usize] == b
+}
+
 /// Each byte a field value (or a reason phrase) may hold: HTAB, SP, VCHAR, obs-text —
-/// httparse's set.
-fn value_byte(b: u8) -> bool {
+/// httparse's set, and HTTP/2's.
+pub(crate) fn value_byte(b: u8) -> bool {
     b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80
 }
 
@@ -69,6 +75,13 @@ const HIGHS: u64 = 0x8080_8080_8080_8080;
 /// the bytes above it, so the lowest mark is always exact.
 fn below(x: u64, n: u8) -> u64 {
     x.wrapping_sub(ONES * n as u64) & !x & HIGHS
+}
+
+/// The high bit of each control byte (HTAB included) or DEL in `x`: 0 exactly when all
+/// eight are value bytes other than HTAB (see [`below`] for why any mark is a real one
+/// or above one).
+pub(crate) fn controls(x: u64) -> u64 {
+    below(x, 0x20) | below(x ^ (ONES * 0x7f), 1)
 }
 
 /// The eight bytes at `at`, when there are eight.
@@ -83,7 +96,7 @@ fn word(buf: &[u8], at: usize) -> Option<u64> {
 fn skip_value(buf: &[u8], mut at: usize) -> Option<usize> {
     loop {
         if let Some(x) = word(buf, at) {
-            let marks = below(x, 0x20) | below(x ^ (ONES * 0x7f), 1);
+            let marks = controls(x);
             if marks == 0 {
                 at += 8;
                 continue;
@@ -229,8 +242,9 @@ fn fields(buf: &mut [u8], mut at: usize, mut put: impl FnMut(Span) -> bool) -> O
 
 /// Holds the scanner to httparse on `data` taken as a request head and as a response
 /// head: where the scanner reads a head, httparse must read the same one (length,
-/// first line, fields); names aside, the scanner must leave the bytes as they were.
-/// The error says what differs.
+/// first line, fields); names aside, the scanner must leave the bytes as they were. And
+/// where it leaves the head to httparse, httparse must read what the scanner left (some
+/// names lowercased) as it reads `data`. The error says what differs.
 pub(crate) fn agrees_with_httparse(data: &[u8]) -> Result<(), String> {
     // Room for as many fields as httparse is given below.
     fn collect(spans: &mut Vec<Span>) -> impl FnMut(Span) -> bool + '_ {
@@ -256,6 +270,28 @@ pub(crate) fn agrees_with_httparse(data: &[u8]) -> Result<(), String> {
             ));
         }
         same_fields(data, &ours, &spans, req.headers)?;
+    } else {
+        let read = |bytes: &[u8]| {
+            let mut fields = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut fields);
+            let status = req.parse(bytes);
+            let fields: Vec<(String, &[u8])> = req
+                .headers
+                .iter()
+                .map(|h| (h.name.to_ascii_lowercase(), h.value))
+                .collect();
+            format!(
+                "{status:?} {:?} {:?} {:?} {fields:?}",
+                req.method, req.path, req.version
+            )
+        };
+        if read(data) != read(&ours) {
+            return Err(format!(
+                "request left to httparse: {} / {}",
+                read(data),
+                read(&ours)
+            ));
+        }
     }
     let mut ours = data.to_vec();
     if let Some((line, len)) = response(&mut ours, collect(&mut spans)) {
@@ -269,6 +305,25 @@ pub(crate) fn agrees_with_httparse(data: &[u8]) -> Result<(), String> {
             ));
         }
         same_fields(data, &ours, &spans, resp.headers)?;
+    } else {
+        let read = |bytes: &[u8]| {
+            let mut fields = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut fields);
+            let status = resp.parse(bytes);
+            let fields: Vec<(String, &[u8])> = resp
+                .headers
+                .iter()
+                .map(|h| (h.name.to_ascii_lowercase(), h.value))
+                .collect();
+            format!("{status:?} {:?} {:?} {fields:?}", resp.code, resp.version)
+        };
+        if read(data) != read(&ours) {
+            return Err(format!(
+                "response left to httparse: {} / {}",
+                read(data),
+                read(&ours)
+            ));
+        }
     }
     Ok(())
 }

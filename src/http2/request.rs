@@ -16,6 +16,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Uri, Version};
 
 use crate::fields::{Received, Tally};
+use crate::head::{controls, lowercase_name_byte, value_byte};
 
 /// Why a header block is not a request graylane passes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,7 +272,7 @@ pub(crate) enum Regular {
 /// is checked by the caller: a request's first of all.)
 #[inline(always)]
 pub(crate) fn regular_field(name: &[u8], value: &[u8]) -> Result<Regular, &'static str> {
-    if name.is_empty() || !name.iter().all(|&b| LOWER_TCHAR[usize::from(b)]) {
+    if name.is_empty() || !name.iter().all(|&b| lowercase_name_byte(b)) {
         return Err("invalid field name");
     }
     match name {
@@ -308,62 +309,14 @@ pub(super) fn valid_value(v: &[u8]) -> bool {
     if v.first().is_some_and(ws) || v.last().is_some_and(ws) {
         return false;
     }
-    // Eight bytes at a time while they are printable ASCII, the usual case; a chunk
-    // with anything else is looked at byte by byte.
+    // Eight bytes at a time while none is a control byte, the usual case; a chunk with
+    // one is looked at byte by byte (a tab is allowed).
     let mut chunks = v.chunks_exact(8);
     for chunk in &mut chunks {
-        let printable =
-            <[u8; 8]>::try_from(chunk).is_ok_and(|a| printable_ascii(u64::from_le_bytes(a)));
-        if !printable && !chunk.iter().all(|&b| value_byte(b)) {
+        let plain = <[u8; 8]>::try_from(chunk).is_ok_and(|a| controls(u64::from_le_bytes(a)) == 0);
+        if !plain && !chunk.iter().all(|&b| value_byte(b)) {
             return false;
         }
     }
     chunks.remainder().iter().all(|&b| value_byte(b))
 }
-
-fn value_byte(b: u8) -> bool {
-    (b >= 0x20 && b != 0x7f) || b == b'\t'
-}
-
-/// Whether all eight bytes of `x` are in 0x20..=0x7e. With every byte below 0x80 the
-/// borrow tricks below are exact: a byte below 0x20 leaves its high bit set in
-/// `x - 0x20…` where `x` had it clear, and a byte equal to 0x7f is a zero of `x ^ 0x7f…`.
-fn printable_ascii(x: u64) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
-    let del = x ^ (ONES * 0x7f);
-    let has_del = del.wrapping_sub(ONES) & !del & HIGH;
-    x & HIGH == 0 && below_space == 0 && has_del == 0
-}
-
-/// Lowercase token characters (RFC 9110 §5.6.2, no uppercase): what a field name in
-/// HTTP/2 may hold.
-const LOWER_TCHAR: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        t[b] = c.is_ascii_lowercase()
-            || c.is_ascii_digit()
-            || matches!(
-                c,
-                b'!' | b'#'
-                    | b'$'
-                    | b'%'
-                    | b'&'
-                    | b'\''
-                    | b'*'
-                    | b'+'
-                    | b'-'
-                    | b'.'
-                    | b'^'
-                    | b'_'
-                    | b'`'
-                    | b'|'
-                    | b'~'
-            );
-        b += 1;
-    }
-    t
-};

@@ -721,6 +721,21 @@ fn the_eight_byte_value_check_agrees_with_the_byte_by_byte_one() {
     }
 }
 
+/// A field name is lowercase token characters and nothing else, byte by byte.
+#[test]
+fn field_names_are_lowercase_tokens() {
+    for b in 0..=255u8 {
+        let token = b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b);
+        let name = [b'x', b, b'y'];
+        assert_eq!(
+            super::request::regular_field(&name, b"v").is_ok(),
+            token,
+            "{name:?}"
+        );
+    }
+    assert!(super::request::regular_field(b"", b"v").is_err());
+}
+
 #[test]
 fn trailers_follow_the_rules_of_request_fields() {
     use super::request::trailer_ok;
