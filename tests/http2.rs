@@ -530,3 +530,49 @@ async fn answers_are_dated_and_sized_once() {
     }
     p.stop().await;
 }
+
+/// An answer whose body came whole with its head leaves in one DATA frame and counts
+/// against the connection's window as a streamed one does: of the 65,535 bytes the
+/// connection starts with, thirteen 5,000-byte answers take 65,000, and the fourteenth
+/// gets the 535 left until the client opens the window further.
+#[tokio::test]
+async fn whole_answers_count_against_the_connection_window() {
+    let body = vec![b'a'; 5000];
+    let mut script = b"HTTP/1.1 200 OK\r\ncontent-length: 5000\r\n\r\n".to_vec();
+    script.extend(&body);
+    let stable = common::hostile::spawn_recorder([("/resp/big".to_owned(), script)].into()).await;
+    let gray = common::hostile::spawn_recorder(Default::default()).await;
+    let p = spawn_proxy(&simple_config(stable.addr, gray.addr, ""), "rules: []\n").await;
+    let mut c = H2Conn::open(p.addr()).await;
+    let mut whole = 0;
+    for i in 0..13 {
+        let id = 2 * i + 1;
+        c.send(&whole_block(id, &h2raw::get_block("/resp/big", &[])))
+            .await
+            .unwrap();
+        let o = c.outcome(id, Duration::from_secs(3)).await;
+        assert!(o.ended && o.data == body, "answer {i}: {o:?}");
+        let frames = c
+            .frames
+            .iter()
+            .filter(|f| f.ty == h2raw::DATA && f.stream == id);
+        whole += usize::from(frames.count() == 1);
+    }
+    // The first answer at least came whole in one read (a later one may be cut by the
+    // connection's read buffer and streamed): both ways count against the window.
+    assert!(whole >= 1, "no answer went out in one DATA frame");
+    c.send(&whole_block(27, &h2raw::get_block("/resp/big", &[])))
+        .await
+        .unwrap();
+    let o = c.outcome(27, Duration::from_millis(500)).await;
+    assert!(!o.ended && o.data.len() == 535, "past the window: {o:?}");
+    c.send(&h2raw::frame(0x8, 0, 0, &5000u32.to_be_bytes()))
+        .await
+        .unwrap();
+    let o = c.outcome(27, Duration::from_secs(3)).await;
+    assert!(
+        o.ended && o.data.len() == 4465,
+        "after WINDOW_UPDATE: {o:?}"
+    );
+    p.stop().await;
+}

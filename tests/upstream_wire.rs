@@ -221,6 +221,8 @@ async fn answer(s: &mut TcpStream, method: &str, path: &str) -> bool {
         "/head" if method == "head" => (w(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n"), true),
         // Dropped after the answer, without saying so (a keep-alive timeout).
         "/close-after" => (w(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"), false),
+        // More bytes than the length says, as a broken upstream might send.
+        "/extra" => (w(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA"), true),
         "/bad-length" => (w(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\nok"), false),
         "/hop" => (
             w(b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\nKeep-Alive: timeout=5, max=100\r\nx-kept: yes\r\ncontent-length: 2\r\n\r\nok"),
@@ -348,6 +350,26 @@ async fn a_keep_alive_connection_the_upstream_dropped_is_not_used() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (st, _, body) = send(&c, "POST", &p.url("/"), &[], Bytes::from("y")).await;
     assert_eq!((st.as_u16(), body.as_str()), (200, "ok"));
+    assert_eq!(raw.conns.load(Ordering::SeqCst), 2);
+    assert!(p.stop().await);
+}
+
+/// The client gets the body its length says and nothing after it; a connection with
+/// bytes left over is not used again (they would be read as the next answer's head).
+#[tokio::test]
+async fn bytes_past_a_bodys_length_are_dropped_with_their_connection() {
+    let raw = raw_upstream().await;
+    let p = proxy_to(&raw).await;
+    let c = client();
+    for path in ["/extra", "/"] {
+        let (st, h, body) = get(&c, &p.url(path), &[]).await;
+        assert_eq!((st.as_u16(), body.as_str()), (200, "ok"), "{path}");
+        assert_eq!(h["content-length"], "2", "{path}");
+    }
+    assert_eq!(raw.conns.load(Ordering::SeqCst), 2);
+    // An answer that ends where its length says leaves the connection to the next.
+    let (_, _, body) = get(&c, &p.url("/"), &[]).await;
+    assert_eq!(body, "ok");
     assert_eq!(raw.conns.load(Ordering::SeqCst), 2);
     assert!(p.stop().await);
 }

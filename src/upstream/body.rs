@@ -279,6 +279,24 @@ impl DownBody<()> {
         }
     }
 
+    /// Appends a body of `len` bytes that is already whole in memory to `out` and ends
+    /// it (see [`H1Body::take_whole_into`]); `false` when it is not, with nothing done.
+    pub(crate) fn take_whole_into(&mut self, out: &mut Vec<u8>, len: u64) -> bool {
+        let done = match &mut self.inner {
+            DownInner::H1(b) => b.take_whole_into(out, len),
+            DownInner::Full(Some(b)) if b.len() as u64 == len => {
+                out.extend_from_slice(b);
+                self.inner = DownInner::Full(None);
+                true
+            }
+            DownInner::H2(_) | DownInner::Full(_) => false,
+        };
+        if done {
+            self._guard = None;
+        }
+        done
+    }
+
     /// Attaches a value dropped when the body is done or abandoned.
     pub(crate) fn with_guard<G>(self, guard: G) -> DownBody<G> {
         DownBody {

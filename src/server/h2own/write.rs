@@ -18,7 +18,7 @@ use crate::http2::hpack::encode_field;
 use crate::http2::response::head_block;
 use crate::proxy::Answer;
 use crate::server::conn::InFlight;
-use crate::upstream::DownBodyError;
+use crate::upstream::{DownBody, DownBodyError};
 
 /// Polls an answer body for its next frame.
 pub(super) struct NextFrame {
@@ -95,12 +95,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             encode_field(b"date", &crate::server::date::now(), &mut self.block);
         }
         frame::headers(&mut self.wbuf, id, &self.block, end, self.peer_frame);
-        if end {
+        if end || self.send_whole(id, answer.body_mut()) {
             self.sent_all(id);
             return;
         }
         let body = Box::new((*answer).into_body().with_guard(inflight));
         self.next_frame(id, body);
+    }
+
+    /// Frames a body already whole in memory (the usual short answer, read with its
+    /// head) as one DATA frame that ends the stream, when the windows and the frame size
+    /// take it whole, rather than polling it as a stream; `false`, with nothing written,
+    /// otherwise.
+    fn send_whole(&mut self, id: u32, body: &mut DownBody) -> bool {
+        let Some(n) = body.size_hint().exact() else {
+            return false;
+        };
+        let Some(s) = self.streams.get_mut(&id) else {
+            return false;
+        };
+        let room = self.send_window.min(s.send_window).max(0) as u64;
+        if n == 0 || n > room || n > self.peer_frame as u64 {
+            return false;
+        }
+        let mark = self.wbuf.len();
+        // `n <= peer_frame`, a `usize`: the cast cannot truncate.
+        frame::data_head(&mut self.wbuf, id, n as usize, true);
+        if !body.take_whole_into(&mut self.wbuf, n) {
+            self.wbuf.truncate(mark);
+            return false;
+        }
+        self.send_window -= n as i64;
+        s.send_window -= n as i64;
+        true
     }
 
     fn next_frame(&mut self, id: u32, body: Box<Guarded>) {

@@ -227,6 +227,13 @@ async fn write_body<S: AsyncRead + AsyncWrite + Unpin>(
     body: &mut DownBody,
     framing: Framing,
 ) -> io::Result<bool> {
+    // A short body already whole in memory (the usual answer: it came in the head's
+    // read) joins the head without being handed on frame by frame.
+    if let Framing::Length(n) = framing {
+        if out.len() as u64 + n <= GATHER_MAX as u64 && body.take_whole_into(out, n) {
+            return Ok(true);
+        }
+    }
     let mut left = match framing {
         Framing::Length(n) => n,
         Framing::Chunked => u64::MAX,

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -61,6 +61,30 @@ impl H1Body {
                 put(self.addr, conn);
             }
         }
+    }
+
+    /// Appends a body of `len` bytes that is already whole in the read buffer to `out`
+    /// and ends it (the connection goes back to the pool): a short answer, most of them,
+    /// then skips being handed on frame by frame. `false`, with nothing done, when the
+    /// body is not that (not a length of `len`, bytes still to read, an upload still
+    /// going out).
+    pub(crate) fn take_whole_into(&mut self, out: &mut Vec<u8>, len: u64) -> bool {
+        let Some(conn) = self.conn.as_mut() else {
+            return false;
+        };
+        let Framing::Length(rem) = self.framing else {
+            return false;
+        };
+        if rem != len || self.upload.is_some() || (conn.rbuf.len() as u64) < rem {
+            return false;
+        }
+        // `rem <= rbuf.len()`: the cast cannot truncate.
+        let n = rem as usize;
+        out.extend_from_slice(&conn.rbuf[..n]);
+        conn.rbuf.advance(n);
+        self.framing = Framing::Done;
+        self.finish();
+        true
     }
 
     pub(super) fn poll_next(
