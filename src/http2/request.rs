@@ -235,17 +235,14 @@ impl Assembler {
         if !self.has_host {
             // The upstream's HTTP/1.1 head needs a Host (RFC 9112 §3.2): :authority's.
             if let Some(a) = uri.authority() {
-                let a = a.as_str().as_bytes().to_vec();
-                self.line(b"host", &a);
+                self.line(b"host", a.as_str().as_bytes());
             }
         }
         let lines = self.lines.split().freeze();
         // The next request's lines in one allocation, not grown field by field (the
         // bytes just split off go with the request).
         self.lines.reserve(LINES_HINT);
-        received
-            .spans_for(self.spans.len())
-            .copy_from_slice(&self.spans);
+        received.spans_emptied().extend_from_slice(&self.spans);
         received.refill(lines, self.tally);
         let (mut parts, ()) = http::Request::new(()).into_parts();
         parts.method = method;

@@ -88,16 +88,53 @@ fn reg_name(h: &[u8]) -> bool {
 /// The host a request addresses, without port: the URI authority (HTTP/2, absolute
 /// form) or the `Host` header.
 pub(super) fn request_host<'a>(uri: &'a http::Uri, fields: Fields<'a>) -> Option<&'a str> {
-    let raw = match uri.host() {
-        Some(h) => h,
+    let raw = match uri.authority() {
+        Some(a) => authority_host(a.as_str()),
         None => crate::fields::to_str(fields.host().0?)?,
     };
     Some(strip_port(raw))
 }
 
+/// What `http::uri::Authority::host` returns (the authority without userinfo and port,
+/// an IP literal with its brackets), found byte by byte: its `str` splits decode
+/// characters, ~400 instructions for every HTTP/2 request's `:authority`.
+fn authority_host(auth: &str) -> &str {
+    let b = auth.as_bytes();
+    let from = b.iter().rposition(|&c| c == b'@').map_or(0, |i| i + 1);
+    let rest = &b[from..];
+    let len = if rest.first() == Some(&b'[') {
+        rest.iter()
+            .position(|&c| c == b']')
+            .map_or(rest.len(), |i| i + 1)
+    } else {
+        rest.iter().position(|&c| c == b':').unwrap_or(rest.len())
+    };
+    // Cut at ASCII bytes: both ends are character boundaries.
+    auth.get(from..from + len).unwrap_or(auth)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::valid_host;
+    use super::{authority_host, valid_host};
+
+    #[test]
+    fn authority_hosts_are_what_the_http_crate_reads() {
+        for a in [
+            "t",
+            "t:80",
+            "chat.example.com:8443",
+            "user@t:80",
+            "a@b@t",
+            "[::1]",
+            "[::1]:443",
+            "u:p@[2001:db8::1]:8080",
+            "127.0.0.1:8080",
+            "xn--bcher-kva.example",
+        ] {
+            let expected = http::uri::Authority::from_static(a);
+            assert_eq!(authority_host(a), expected.host(), "{a}");
+        }
+    }
 
     #[test]
     fn hosts_follow_rfc_3986() {
