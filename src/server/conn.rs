@@ -64,7 +64,7 @@ pub(super) struct ConnState {
 
 impl ConnState {
     /// `accepted`: when the connection was accepted, the start of its first head's time.
-    fn new(accepted: Instant) -> Self {
+    pub(super) fn new(accepted: Instant) -> Self {
         Self {
             base: accepted,
             base_ms: crate::clock::coarse_ms().saturating_sub(crate::millis(accepted.elapsed())),

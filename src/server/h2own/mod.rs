@@ -32,6 +32,8 @@ use crate::state::{ConnCtx, Shared};
 use crate::upstream::DownBody;
 
 mod read;
+#[cfg(test)]
+mod tests;
 mod write;
 
 use write::NextFrame;

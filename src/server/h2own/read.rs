@@ -452,7 +452,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         // `memcpy` under load.
         let (handler, registration) = AbortHandle::new_pair();
         self.handlers.push(boxed_in_place(move || async move {
+            #[cfg(test)]
+            let panics = super::tests::asks_to_panic(&parts);
             let handle = proxy::handle_own_h2(parts, received, rx, &shared, &ctx);
+            #[cfg(test)]
+            let handle = super::tests::panic_if(panics, handle);
             // A request whose handling panics is reset alone (its answer `None`); the
             // connection and its other streams go on.
             let answer =
