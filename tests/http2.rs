@@ -576,3 +576,65 @@ async fn whole_answers_count_against_the_connection_window() {
     );
     p.stop().await;
 }
+
+/// An h2c preface that arrives in pieces, however it is cut, is waited for whole and
+/// then served by graylane's own HTTP/2 server (its SETTINGS: three values, the stream
+/// limit first).
+#[tokio::test]
+async fn a_preface_in_pieces_is_served_over_http2() {
+    let (_stable, _gray, p) = served("rules: []\n").await;
+    for cuts in [&[16][..], &[2, 13, 21], &[18]] {
+        let mut c = H2Conn::open_in_pieces(p.addr(), cuts).await;
+        let settings = c
+            .frames
+            .iter()
+            .find(|f| f.ty == h2raw::SETTINGS && f.flags & h2raw::ACK == 0)
+            .expect("the server's SETTINGS");
+        assert_eq!(
+            settings.payload.len(),
+            18,
+            "{cuts:?}: {:?}",
+            settings.payload
+        );
+        assert_eq!(&settings.payload[..2], &[0, 3], "{cuts:?}");
+        c.send(&whole_block(1, &h2raw::get_block("/", &[])))
+            .await
+            .unwrap();
+        let o = c.outcome(1, Duration::from_secs(3)).await;
+        assert_eq!(
+            (o.status, o.data.as_slice()),
+            (Some(200), &b"stable"[..]),
+            "{cuts:?}"
+        );
+    }
+    p.stop().await;
+}
+
+/// A preface that stops short is a head like any other: `request_header` ends it with
+/// `408`.
+#[tokio::test]
+async fn a_preface_that_stops_short_gets_408_within_request_header() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stable = spawn_upstream("stable").await;
+    let gray = spawn_upstream("gray").await;
+    let p = spawn_proxy(
+        &simple_config(stable.addr, gray.addr, "timeouts: { request_header: 1s }"),
+        "rules: []\n",
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .expect("the connection stayed open")
+        .ok();
+    assert!(
+        got.starts_with(b"HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    p.stop().await;
+}

@@ -29,7 +29,7 @@ const NONE: u64 = u64::MAX;
 
 /// What the watchdog needs to know about a connection, updated by the IO wrapper (reads)
 /// and the service (requests in flight). Atomics because hyper's h2 streams may run on
-/// other tasks (h2c whose preface came in pieces goes to hyper's own executor); all
+/// other tasks (a connection the own loop hands to hyper's server); all
 /// accesses are `Relaxed`: the watchdog re-checks before acting.
 #[derive(Debug)]
 pub(super) struct ConnState {
@@ -134,12 +134,13 @@ impl Drop for InFlight {
 pub(super) struct ConnIo<S> {
     stream: S,
     state: Arc<ConnState>,
-    /// How many bytes of the HTTP/2 preface's first four (`PRI `) have been matched so
-    /// far; 4 = HTTP/2, `usize::MAX` = decided (not HTTP/2). The preface may arrive split.
+    /// How many bytes of the HTTP/2 preface have been matched so far; all of them =
+    /// HTTP/2, `usize::MAX` = decided (not HTTP/2). The preface may arrive split; until
+    /// it is whole, the head timeout applies to it as to any head.
     preface: usize,
 }
 
-const PREFACE_START: &[u8; 4] = b"PRI ";
+const PREFACE: &[u8] = crate::http2::frame::PREFACE;
 
 /// The `408` a head that took too long gets, written by [`ConnIo`] itself: hyper never
 /// writes one.
@@ -170,19 +171,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<S> {
             let s = &this.state;
             let now = s.now_ms();
             s.last_activity.store(now, Ordering::Relaxed);
-            if this.preface < PREFACE_START.len() {
+            if this.preface < PREFACE.len() {
                 for &b in &buf.filled()[before..] {
-                    if this.preface == PREFACE_START.len() {
+                    if this.preface == PREFACE.len() {
                         break;
                     }
-                    if b == PREFACE_START[this.preface] {
+                    if b == PREFACE[this.preface] {
                         this.preface += 1;
                     } else {
                         this.preface = usize::MAX;
                         break;
                     }
                 }
-                if this.preface == PREFACE_START.len() {
+                if this.preface == PREFACE.len() {
                     s.h2.store(true, Ordering::Relaxed);
                 }
             }
@@ -382,9 +383,9 @@ pub(super) async fn serve<S>(
 }
 
 /// What serves a connection that graylane's own HTTP/1.1 loop handed over: graylane's
-/// own HTTP/2 connection when the bytes read so far are the HTTP/2 preface, else hyper's
-/// HTTP/1.1-or-2 server (which looks at the version itself: a preface that arrived in
-/// pieces, or any request the loop leaves to hyper).
+/// own HTTP/2 connection when the bytes read so far are the HTTP/2 preface (the loop
+/// waits for all of it), else hyper's HTTP/1.1-or-2 server (any request the loop leaves
+/// to hyper).
 pub(super) enum Handed<A, C> {
     /// Boxed: hyper's connection is not `Unpin`; a hand-over happens once per
     /// connection at most.

@@ -709,6 +709,36 @@ pub mod h2 {
             c
         }
 
+        /// As [`Conn::open`], with the preface sent in pieces cut at `cuts` (byte
+        /// offsets), a short pause after each.
+        pub async fn open_in_pieces(addr: SocketAddr, cuts: &[usize]) -> Conn {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            let mut from = 0;
+            for &cut in cuts {
+                s.write_all(&PREFACE[from..cut])
+                    .await
+                    .expect("preface piece");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                from = cut;
+            }
+            let mut rest = PREFACE[from..].to_vec();
+            rest.extend(frame(SETTINGS, 0, 0, &[]));
+            s.write_all(&rest).await.expect("preface");
+            let mut c = Conn {
+                s,
+                buf: Vec::new(),
+                frames: Vec::new(),
+            };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let f = c.next_until(deadline).await.expect("the server's SETTINGS");
+                if f.ty == SETTINGS && f.flags & ACK == 0 {
+                    break;
+                }
+            }
+            c
+        }
+
         pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
             self.s.write_all(bytes).await
         }

@@ -59,7 +59,14 @@ pub(super) struct Prefixed<S> {
 }
 
 /// The whole connection preface of HTTP/2 with prior knowledge (RFC 9113 §3.4).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const H2_PREFACE: &[u8] = crate::http2::frame::PREFACE;
+
+/// Whether `buf` is the start of the HTTP/2 preface and not all of it: the rest is
+/// waited for, so that the connection goes to graylane's HTTP/2 server (which takes it
+/// only whole) rather than to hyper's HTTP/1.1 server as a bad head.
+fn preface_cut_short(buf: &[u8]) -> bool {
+    buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(buf)
+}
 
 impl<S> Prefixed<S> {
     /// A socket nothing was read from yet (HTTP/2 negotiated by TLS).
@@ -446,6 +453,10 @@ fn by_httparse(
     ) {
         Ok(httparse::Status::Complete(n)) if n < max => n,
         Ok(httparse::Status::Partial) if buf.len() < max => return Err(Wait::MoreBytes),
+        // The HTTP/2 preface cut short (prior knowledge, sent in pieces): waited for
+        // whole, so that graylane's own HTTP/2 server takes the connection rather than
+        // hyper's (which cannot tell HTTP/2 from a bad head before it has all 24 bytes).
+        Err(_) if preface_cut_short(buf) => return Err(Wait::MoreBytes),
         _ => return Err(Wait::Hyper),
     };
     let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
@@ -570,6 +581,33 @@ mod tests {
         let mut b = BytesMut::from("GET / HTTP/1.1\r\nHost: t\r\n");
         assert!(matches!(
             parse(&mut b, 16, &mut Received::default()),
+            Parsed::Hyper
+        ));
+    }
+
+    /// The HTTP/2 preface is waited for whole, however it is cut, and then left to the
+    /// connection's HTTP/2 server.
+    #[test]
+    fn a_preface_in_pieces_is_waited_for_whole() {
+        for cut in 1..H2_PREFACE.len() {
+            let mut b = BytesMut::from(&H2_PREFACE[..cut]);
+            assert!(
+                matches!(
+                    parse(&mut b, 65536, &mut Received::default()),
+                    Parsed::Partial
+                ),
+                "{cut} bytes"
+            );
+        }
+        let mut b = BytesMut::from(H2_PREFACE);
+        assert!(matches!(
+            parse(&mut b, 65536, &mut Received::default()),
+            Parsed::Hyper
+        ));
+        // Not a preface: hyper's answer as before.
+        let mut b = BytesMut::from("PRI * HTTP/2.1\r\n");
+        assert!(matches!(
+            parse(&mut b, 65536, &mut Received::default()),
             Parsed::Hyper
         ));
     }
