@@ -221,6 +221,11 @@ async fn answer(s: &mut TcpStream, method: &str, path: &str) -> bool {
         "/head" if method == "head" => (w(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n"), true),
         // Dropped after the answer, without saying so (a keep-alive timeout).
         "/close-after" => (w(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"), false),
+        // The largest length there is, and then the connection ends.
+        "/huge-length" => (
+            w(b"HTTP/1.1 200 OK\r\ncontent-length: 18446744073709551615\r\n\r\nok"),
+            false,
+        ),
         // More bytes than the length says, as a broken upstream might send.
         "/extra" => (w(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA"), true),
         "/bad-length" => (w(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\nok"), false),
@@ -371,6 +376,31 @@ async fn bytes_past_a_bodys_length_are_dropped_with_their_connection() {
     let (_, _, body) = get(&c, &p.url("/"), &[]).await;
     assert_eq!(body, "ok");
     assert_eq!(raw.conns.load(Ordering::SeqCst), 2);
+    assert!(p.stop().await);
+}
+
+/// A length as large as a `u64` goes: the head is relayed, and the body, which breaks
+/// off, ends the client's connection (never a crash of the connection's task).
+#[tokio::test]
+async fn the_largest_length_is_relayed_and_its_short_body_cuts_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let raw = raw_upstream().await;
+    let p = proxy_to(&raw).await;
+    let mut s = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
+    s.write_all(b"GET /huge-length HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .expect("the connection ended")
+        .ok();
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
+    assert!(
+        got.contains("content-length: 18446744073709551615"),
+        "{got:?}"
+    );
     assert!(p.stop().await);
 }
 

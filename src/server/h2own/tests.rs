@@ -2,6 +2,7 @@
 //! go on. The panic is asked for by a path only this module's hook knows (compiled into
 //! test builds only), since no request makes the request path panic.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
@@ -43,26 +44,31 @@ fn request(stream: u32, path: &str, out: &mut Vec<u8>) {
     frame::headers(out, stream, &block, true, 16_384);
 }
 
-/// Reads frames until `stream` is answered (HEADERS) or reset; `Err(code)` for a reset.
-async fn outcome(client: &mut DuplexStream, stream: u32) -> Result<(), u32> {
-    loop {
+/// Reads frames until each of `streams` is answered (HEADERS) or reset, in whatever
+/// order; `Err(code)` for a reset.
+async fn outcomes(client: &mut DuplexStream, streams: &[u32]) -> HashMap<u32, Result<(), u32>> {
+    let mut seen = HashMap::new();
+    while seen.len() < streams.len() {
         let mut head = [0u8; HEAD_LEN];
         client.read_exact(&mut head).await.expect("a frame");
         let h = Head::parse(&head);
         let mut payload = vec![0u8; h.len];
         client.read_exact(&mut payload).await.expect("its payload");
-        if h.stream != stream {
+        if !streams.contains(&h.stream) || seen.contains_key(&h.stream) {
             continue;
         }
         match h.kind {
-            kind::HEADERS => return Ok(()),
+            kind::HEADERS => {
+                seen.insert(h.stream, Ok(()));
+            }
             kind::RST_STREAM => {
                 let code = payload.get(..4).and_then(|b| b.try_into().ok());
-                return Err(code.map_or(u32::MAX, u32::from_be_bytes));
+                seen.insert(h.stream, Err(code.map_or(u32::MAX, u32::from_be_bytes)));
             }
             _ => {}
         }
     }
+    seen
 }
 
 #[tokio::test]
@@ -87,16 +93,19 @@ async fn a_panicking_stream_is_reset_alone() {
     request(3, "/chat/a", &mut out);
     client.write_all(&out).await.expect("send");
     let within = Duration::from_secs(10);
-    let first = tokio::time::timeout(within, outcome(&mut client, 1)).await;
-    assert_eq!(first.expect("stream 1"), Err(Reason::Internal as u32));
-    let second = tokio::time::timeout(within, outcome(&mut client, 3)).await;
-    assert_eq!(second.expect("stream 3"), Ok(()));
+    let seen = tokio::time::timeout(within, outcomes(&mut client, &[1, 3]))
+        .await
+        .expect("streams 1 and 3 ended");
+    assert_eq!(seen[&1], Err(Reason::Internal as u32));
+    assert_eq!(seen[&3], Ok(()));
     // A stream opened after the panic is served on the same connection.
     out.clear();
     request(5, "/chat/b", &mut out);
     client.write_all(&out).await.expect("send");
-    let third = tokio::time::timeout(within, outcome(&mut client, 5)).await;
-    assert_eq!(third.expect("stream 5"), Ok(()));
+    let seen = tokio::time::timeout(within, outcomes(&mut client, &[5]))
+        .await
+        .expect("stream 5 ended");
+    assert_eq!(seen[&5], Ok(()));
     assert!(!conn.is_finished(), "the connection ended");
     conn.abort();
 }

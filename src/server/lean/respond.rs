@@ -230,7 +230,8 @@ async fn write_body<S: AsyncRead + AsyncWrite + Unpin>(
     // A short body already whole in memory (the usual answer: it came in the head's
     // read) joins the head without being handed on frame by frame.
     if let Framing::Length(n) = framing {
-        if out.len() as u64 + n <= GATHER_MAX as u64 && body.take_whole_into(out, n) {
+        // `n` is the upstream's to say (up to `u64::MAX`): compared, not added to.
+        if n <= GATHER_MAX.saturating_sub(out.len()) as u64 && body.take_whole_into(out, n) {
             return Ok(true);
         }
     }
