@@ -240,6 +240,14 @@ fn fields(buf: &mut [u8], mut at: usize, mut put: impl FnMut(Span) -> bool) -> O
     }
 }
 
+/// httparse's fields with their names lowercased, as the scanner leaves them.
+fn lowered<'b>(headers: &[httparse::Header<'b>]) -> Vec<(String, &'b [u8])> {
+    headers
+        .iter()
+        .map(|h| (h.name.to_ascii_lowercase(), h.value))
+        .collect()
+}
+
 /// Holds the scanner to httparse on `data` taken as a request head and as a response
 /// head: where the scanner reads a head, httparse must read the same one (length,
 /// first line, fields); names aside, the scanner must leave the bytes as they were. And
@@ -275,11 +283,7 @@ pub(crate) fn agrees_with_httparse(data: &[u8]) -> Result<(), String> {
             let mut fields = [httparse::EMPTY_HEADER; 64];
             let mut req = httparse::Request::new(&mut fields);
             let status = req.parse(bytes);
-            let fields: Vec<(String, &[u8])> = req
-                .headers
-                .iter()
-                .map(|h| (h.name.to_ascii_lowercase(), h.value))
-                .collect();
+            let fields = lowered(req.headers);
             format!(
                 "{status:?} {:?} {:?} {:?} {fields:?}",
                 req.method, req.path, req.version
@@ -310,11 +314,7 @@ pub(crate) fn agrees_with_httparse(data: &[u8]) -> Result<(), String> {
             let mut fields = [httparse::EMPTY_HEADER; 64];
             let mut resp = httparse::Response::new(&mut fields);
             let status = resp.parse(bytes);
-            let fields: Vec<(String, &[u8])> = resp
-                .headers
-                .iter()
-                .map(|h| (h.name.to_ascii_lowercase(), h.value))
-                .collect();
+            let fields = lowered(resp.headers);
             format!("{status:?} {:?} {:?} {fields:?}", resp.code, resp.version)
         };
         if read(data) != read(&ours) {

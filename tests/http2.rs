@@ -615,13 +615,7 @@ async fn a_preface_in_pieces_is_served_over_http2() {
 #[tokio::test]
 async fn a_preface_that_stops_short_gets_408_within_request_header() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let stable = spawn_upstream("stable").await;
-    let gray = spawn_upstream("gray").await;
-    let p = spawn_proxy(
-        &simple_config(stable.addr, gray.addr, "timeouts: { request_header: 1s }"),
-        "rules: []\n",
-    )
-    .await;
+    let (_stable, _gray, p) = setup_simple("timeouts: { request_header: 1s }", "rules: []\n").await;
     let mut s = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
     s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
     let started = std::time::Instant::now();

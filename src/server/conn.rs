@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use super::gate::Gate;
 use super::{lean, Serving};
 use crate::error::Refusal;
+use crate::http2::frame::PREFACE;
 use crate::proxy;
 use crate::state::{ConnCtx, Shared};
 
@@ -139,8 +140,6 @@ pub(super) struct ConnIo<S> {
     /// it is whole, the head timeout applies to it as to any head.
     preface: usize,
 }
-
-const PREFACE: &[u8] = crate::http2::frame::PREFACE;
 
 /// The `408` a head that took too long gets, written by [`ConnIo`] itself: hyper never
 /// writes one.

@@ -282,7 +282,7 @@ impl DownBody<()> {
     /// Appends a body of `len` bytes that is already whole in memory to `out` and ends
     /// it (see [`H1Body::take_whole_into`]); `false` when it is not, with nothing done.
     pub(crate) fn take_whole_into(&mut self, out: &mut Vec<u8>, len: u64) -> bool {
-        let done = match &mut self.inner {
+        match &mut self.inner {
             DownInner::H1(b) => b.take_whole_into(out, len),
             DownInner::Full(Some(b)) if b.len() as u64 == len => {
                 out.extend_from_slice(b);
@@ -290,11 +290,7 @@ impl DownBody<()> {
                 true
             }
             DownInner::H2(_) | DownInner::Full(_) => false,
-        };
-        if done {
-            self._guard = None;
         }
-        done
     }
 
     /// Attaches a value dropped when the body is done or abandoned.

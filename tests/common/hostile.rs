@@ -690,23 +690,7 @@ pub mod h2 {
         /// Connects, sends the preface and an empty SETTINGS, and waits for (and ACKs)
         /// the server's SETTINGS.
         pub async fn open(addr: SocketAddr) -> Conn {
-            let s = TcpStream::connect(addr).await.expect("connect");
-            let mut c = Conn {
-                s,
-                buf: Vec::new(),
-                frames: Vec::new(),
-            };
-            let mut hello = PREFACE.to_vec();
-            hello.extend(frame(SETTINGS, 0, 0, &[]));
-            c.s.write_all(&hello).await.expect("preface");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                let f = c.next_until(deadline).await.expect("the server's SETTINGS");
-                if f.ty == SETTINGS && f.flags & ACK == 0 {
-                    break;
-                }
-            }
-            c
+            Conn::open_in_pieces(addr, &[]).await
         }
 
         /// As [`Conn::open`], with the preface sent in pieces cut at `cuts` (byte

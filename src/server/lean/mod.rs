@@ -29,6 +29,7 @@ use super::conn::{ConnIo, ConnState, InFlight};
 use super::gate::Gate;
 use crate::fields::{Received, Tally};
 use crate::head::{self, RequestLine};
+use crate::http2::frame::PREFACE;
 use crate::proxy;
 use crate::state::{ConnCtx, Shared};
 use crate::upstream::h1::{field_spans, lowercase_names};
@@ -58,14 +59,11 @@ pub(super) struct Prefixed<S> {
     io: S,
 }
 
-/// The whole connection preface of HTTP/2 with prior knowledge (RFC 9113 §3.4).
-const H2_PREFACE: &[u8] = crate::http2::frame::PREFACE;
-
 /// Whether `buf` is the start of the HTTP/2 preface and not all of it: the rest is
 /// waited for, so that the connection goes to graylane's HTTP/2 server (which takes it
 /// only whole) rather than to hyper's HTTP/1.1 server as a bad head.
 fn preface_cut_short(buf: &[u8]) -> bool {
-    buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(buf)
+    buf.len() < PREFACE.len() && PREFACE.starts_with(buf)
 }
 
 impl<S> Prefixed<S> {
@@ -80,7 +78,7 @@ impl<S> Prefixed<S> {
     /// The bytes read so far hold the whole HTTP/2 preface: hyper's HTTP/2 server can
     /// take the connection without looking at its version again.
     pub(super) fn starts_h2(&self) -> bool {
-        self.prefix.starts_with(H2_PREFACE)
+        self.prefix.starts_with(PREFACE)
     }
 }
 
@@ -589,8 +587,8 @@ mod tests {
     /// connection's HTTP/2 server.
     #[test]
     fn a_preface_in_pieces_is_waited_for_whole() {
-        for cut in 1..H2_PREFACE.len() {
-            let mut b = BytesMut::from(&H2_PREFACE[..cut]);
+        for cut in 1..PREFACE.len() {
+            let mut b = BytesMut::from(&PREFACE[..cut]);
             assert!(
                 matches!(
                     parse(&mut b, 65536, &mut Received::default()),
@@ -599,7 +597,7 @@ mod tests {
                 "{cut} bytes"
             );
         }
-        let mut b = BytesMut::from(H2_PREFACE);
+        let mut b = BytesMut::from(&PREFACE[..]);
         assert!(matches!(
             parse(&mut b, 65536, &mut Received::default()),
             Parsed::Hyper
