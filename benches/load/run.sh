@@ -9,7 +9,7 @@
 # Every row: req/s, p50, p99, and the proxy's CPU per request split into user and kernel
 # time (utime/stime of all its processes and threads, /proc/PID/stat).
 #
-# Usage: benches/load/run.sh [--tls | --all] [--floor] [--syscalls] [--segments] [--where] [--quick] [--rounds N] [--no-build] [--out FILE]
+# Usage: benches/load/run.sh [--tls | --all] [--rate N] [--floor] [--syscalls] [--segments] [--where] [--quick] [--rounds N] [--no-build] [--out FILE]
 #          plain: [--duration SECONDS] [--warmup SECONDS] [--connections N] [--workers "1 2"]
 #          TLS:   [--requests N] [--tls-connections N] [--streams N] [--protos "h2 h1"]
 #   (none)       plain mode only; report to benches/load/results.md
@@ -34,6 +34,16 @@
 #                measured run, all loopback traffic: client, proxy and upstream sides) and
 #                the pure and delayed ACKs among them; a table in the report. The
 #                kernel's TCP work per request grows with the segments sent for it
+#   --rate N     every proxy is driven at the same fixed N requests per second in every mode,
+#                instead of as fast as it answers: h2load's --rps (N spread over the
+#                connections) for DURATION seconds after WARMUP, also in the plain mode
+#                (h2load --h1 over plaintext; every request then carries the stable uid in
+#                its header, as the TLS modes' do). Without it each proxy is driven as fast
+#                as it answers, and its CPU per request moves with that rate (the more
+#                requests each wake-up finds ready, the less each costs), so a faster proxy
+#                is measured at a cheaper point of its curve; at one fixed rate, below every
+#                proxy's ceiling, all do the same work in the same time. A row whose rate
+#                fell short of N by more than 3% is flagged in the report
 #   --quick      1 round; plain 3 s per run after 1 s warm-up; TLS 40000 requests per run
 #   default      3 rounds; plain 10 s per run after 2 s warm-up, 64 connections, workers
 #                "1 2"; TLS 200000 requests per run after 20000 warm-up requests, h2load 1
@@ -68,6 +78,7 @@ RUN_FLOOR=0
 SYSCALLS=0
 SEGMENTS=0
 WHERE=0
+RATE=0
 OUT=""
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -84,6 +95,7 @@ while [[ $# -gt 0 ]]; do
     --segments) SEGMENTS=1 ;;
     --where) WHERE=1 ;;
     --requests) REQUESTS=$2; shift ;;
+    --rate) RATE=$2; shift ;;
     --tls-connections) TLS_CONNS=$2; shift ;;
     --streams) STREAMS=$2; shift ;;
     --protos) PROTOS=$2; shift ;;
@@ -96,6 +108,7 @@ while [[ $# -gt 0 ]]; do
 done
 for p in $PROTOS; do [[ $p == h2 || $p == h1 ]] || die "--protos takes h2 and/or h1, not '$p'"; done
 ((REQUESTS >= TLS_CONNS)) || die "--requests must be at least --tls-connections"
+[[ $RATE =~ ^[0-9]+$ ]] || die "--rate takes a whole number of requests per second, not '$RATE'"
 WARMUP_REQUESTS=$((REQUESTS / 10 > TLS_CONNS ? REQUESTS / 10 : TLS_CONNS))
 if [[ -z $OUT ]]; then
     if [[ $RUN_PLAIN == 1 ]]; then OUT="$LOAD_DIR/results.md"; else OUT="$LOAD_DIR/results-tls.md"; fi
@@ -132,7 +145,8 @@ log "command: $CMDLINE"
 log "run directory: $RUN_DIR; load average at start: $LOADAVG_START"
 
 tools=(nginx:nginx haproxy:haproxy curl:curl taskset:util-linux)
-[[ $RUN_PLAIN == 1 ]] && tools+=(wrk:wrk)
+[[ $RUN_PLAIN == 1 && $RATE == 0 ]] && tools+=(wrk:wrk)
+[[ $RUN_PLAIN == 1 && $RATE != 0 ]] && tools+=(h2load:nghttp2-client)
 [[ $RUN_TLS == 1 ]] && tools+=(h2load:nghttp2-client openssl:openssl)
 [[ ($RUN_TLS == 1 && $SYSCALLS == 1) || $WHERE == 1 ]] && tools+=(perf:linux-perf)
 [[ $SEGMENTS == 1 ]] && tools+=(nstat:iproute2)
@@ -317,8 +331,18 @@ wrk_run() { # PORT SECONDS OUTFILE
     "${WRK_CMD[@]}" >"$3" 2>&1 || die "wrk failed: $(cat "$3")"
 }
 
-h2load_cmd() { # PORT PROTO REQUESTS [LOGFILE] : the h2load command line
-    H2LOAD_CMD=(taskset -c "$LOAD_CPUS" h2load -t1 -c"$TLS_CONNS" -n"$3")
+# h2load_cmd PORT PROTO REQUESTS [LOGFILE] [SCHEME] : the h2load command line. With
+# --rate, REQUESTS is the run's length in seconds and the requests are paced; SCHEME http
+# (the plain mode's) uses the plain mode's connections.
+h2load_cmd() {
+    local scheme=${5:-https} conns=$TLS_CONNS
+    [[ $scheme == http ]] && conns=$CONNS
+    H2LOAD_CMD=(taskset -c "$LOAD_CPUS" h2load -t1 -c"$conns")
+    if [[ $RATE != 0 ]]; then
+        H2LOAD_CMD+=(-D"$3" --rps="$(awk -v r="$RATE" -v c="$conns" 'BEGIN {printf "%g", r / c}')")
+    else
+        H2LOAD_CMD+=(-n"$3")
+    fi
     if [[ $2 == h2 ]]; then
         H2LOAD_CMD+=(-m"$STREAMS")
     else
@@ -327,16 +351,31 @@ h2load_cmd() { # PORT PROTO REQUESTS [LOGFILE] : the h2load command line
     H2LOAD_CMD+=(-H "user-agent: h2load-graylane-bench" -H "accept: */*"
         -H "xdw-kefu-uid: $TLS_UID" -H "xdw-app-version: 5.3.1")
     [[ -n ${4:-} ]] && H2LOAD_CMD+=(--log-file="$4")
-    H2LOAD_CMD+=("https://127.0.0.1:$1$PATH_UNDER_TEST")
+    H2LOAD_CMD+=("$scheme://127.0.0.1:$1$PATH_UNDER_TEST")
 }
 
-h2load_run() { # PORT PROTO REQUESTS OUTFILE [LOGFILE]
-    h2load_cmd "$1" "$2" "$3" "${5:-}"
+h2load_run() { # PORT PROTO REQUESTS OUTFILE [LOGFILE] [SCHEME]
+    h2load_cmd "$1" "$2" "$3" "${5:-}" "${6:-https}"
     "${H2LOAD_CMD[@]}" >"$4" 2>&1 || die "h2load failed: $(tail -20 "$4")"
+    [[ ${6:-https} == https ]] || return 0
     local alpn want=h2
     [[ $2 == h1 ]] && want=http/1.1
     alpn=$(awk '/^Application protocol:/ {print $3; exit}' "$4")
     [[ $alpn == "$want" ]] || die "h2load negotiated '$alpn', expected '$want' (see $4)"
+}
+
+# h2load_result OUTFILE LOGFILE : sets RPS, NDONE, FAILED, BAD, P50, P99 from an h2load run.
+h2load_result() {
+    # finished in 3.03s, 16381.00 req/s, 1.08MB/s
+    # requests: 49179 total, 49625 started, 49179 done, 49143 succeeded, 36 failed, 36 errored, 0 timeout
+    # status codes: 49143 2xx, 0 3xx, 0 4xx, 0 5xx
+    RPS=$(awk '/^finished in/ {print $4}' "$1")
+    NDONE=$(awk '/^requests:/ {print $6}' "$1")
+    FAILED=$(awk '/^requests:/ {print $10}' "$1")
+    BAD=$(awk '/^status codes:/ {print $5 + $7 + $9}' "$1")
+    [[ -n $RPS && -n $NDONE && -n $FAILED && -n $BAD ]] || die "cannot parse h2load output $1"
+    read -r P50 P99 < <(latency_pct "$2")
+    [[ $KEEP_RUN_DIR == 1 ]] || rm -f "$2"
 }
 
 # latency_pct LOGFILE : "P50 P99" in µs from h2load's per-request log (nearest rank over
@@ -392,6 +431,9 @@ record() {
         "$rps" "$p50" "$p99" "$user" "$kern" "$total" "$RSS" "$errors" "$SHARE" "$reqs" >>"$RESULTS"
     log "round $round $mode $kind w$w: $rps req/s, p50 ${p50}us, p99 ${p99}us, cpu/req user ${user}us + kernel ${kern}us = ${total}us, peak rss ${RSS}KiB, errors $errors${SHARE:+, gray share $SHARE}"
     [[ $errors == 0 ]] || log "WARNING: $mode $kind w$w had $errors failed requests (see $out)"
+    if [[ $RATE != 0 ]] && awk -v r="$rps" -v n="$RATE" 'BEGIN {exit !(r < 0.97 * n)}'; then
+        log "WARNING: $mode $kind w$w was driven at $rps req/s, short of the fixed $RATE (it or the load generator could not keep up)"
+    fi
 }
 
 measure_plain() { # KIND WORKERS ROUND
@@ -399,6 +441,10 @@ measure_plain() { # KIND WORKERS ROUND
     start_proxy "$kind" "$w"
     set_target "$PROXY_PORT" http h1
     verify_routing "$kind"
+    if [[ $RATE != 0 ]]; then
+        measure_plain_paced "$kind" "$w" "$round"
+        return 0
+    fi
     wrk_run "$PROXY_PORT" "$WARMUP" "$RUN_DIR/warmup.txt"
     sample_begin
     [[ $SEGMENTS == 1 ]] && segments_begin
@@ -418,6 +464,23 @@ measure_plain() { # KIND WORKERS ROUND
     sockerr=$(awk '/Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$out")
     [[ -n $reqs && -n $rps ]] || die "cannot parse wrk output $out"
     record plain-h1 "$kind" "$w" "$round" "$rps" "$p50" "$p99" "$reqs" $((${non2xx:-0} + ${sockerr:-0})) "$out"
+}
+
+# measure_plain_paced KIND WORKERS ROUND : the plain mode at --rate's fixed rate (h2load
+# --h1 over plaintext); the proxy is started and its routing checked.
+measure_plain_paced() {
+    local kind=$1 w=$2 round=$3
+    local out="$RUN_DIR/h2load-plain-$1-w$2-r$3.txt" lat="$RUN_DIR/h2load-plain-$1-w$2-r$3.log"
+    h2load_run "$PROXY_PORT" h1 "$WARMUP" "$RUN_DIR/warmup.txt" "" http
+    sample_begin
+    [[ $SEGMENTS == 1 ]] && segments_begin
+    [[ $WHERE == 1 && -n $PROXY_PID ]] && where_begin
+    h2load_run "$PROXY_PORT" h1 "$DURATION" "$out" "$lat" http
+    [[ $WHERE == 1 && -n $PROXY_PID ]] && where_end plain-h1 "$kind w$w" "$round"
+    h2load_result "$out" "$lat"
+    [[ $SEGMENTS == 1 ]] && segments_end plain-h1 "$kind w$w" "$round" $((NDONE - FAILED))
+    sample_end "$kind"
+    record plain-h1 "$kind" "$w" "$round" "$RPS" "$P50" "$P99" $((NDONE - FAILED)) $((FAILED + BAD)) "$out"
 }
 
 # The system calls counted by --syscalls: reads from and writes to either side, and the
@@ -520,38 +583,35 @@ measure_tls() { # KIND PROTO ROUND
     start_proxy "$kind" 1 1
     set_target "$PROXY_PORT" https "$proto"
     verify_routing "$kind"
-    h2load_run "$PROXY_PORT" "$proto" "$WARMUP_REQUESTS" "$RUN_DIR/warmup.txt"
+    local warm=$WARMUP_REQUESTS length=$REQUESTS
+    [[ $RATE != 0 ]] && warm=$WARMUP length=$DURATION
+    h2load_run "$PROXY_PORT" "$proto" "$warm" "$RUN_DIR/warmup.txt"
     sample_begin
     [[ $SYSCALLS == 1 ]] && syscalls_begin
     [[ $SEGMENTS == 1 ]] && segments_begin
     [[ $WHERE == 1 ]] && where_begin
-    h2load_run "$PROXY_PORT" "$proto" "$REQUESTS" "$out" "$lat"
+    h2load_run "$PROXY_PORT" "$proto" "$length" "$out" "$lat"
     [[ $WHERE == 1 ]] && where_end "tls-$proto" "$kind" "$round"
     [[ $SEGMENTS == 1 ]] && segments_end "tls-$proto" "$kind" "$round" "$(awk '/^requests:/ {print $6 - $10}' "$out")"
     [[ $SYSCALLS == 1 ]] && syscalls_end "tls-$proto" "$kind" "$round" "$out"
     sample_end "$kind"
-
-    # finished in 3.03s, 16381.00 req/s, 1.08MB/s
-    # requests: 49179 total, 49625 started, 49179 done, 49143 succeeded, 36 failed, 36 errored, 0 timeout
-    # status codes: 49143 2xx, 0 3xx, 0 4xx, 0 5xx
-    local rps ndone failed bad p50 p99
-    rps=$(awk '/^finished in/ {print $4}' "$out")
-    ndone=$(awk '/^requests:/ {print $6}' "$out")
-    failed=$(awk '/^requests:/ {print $10}' "$out")
-    bad=$(awk '/^status codes:/ {print $5 + $7 + $9}' "$out")
-    [[ -n $rps && -n $ndone && -n $failed && -n $bad ]] || die "cannot parse h2load output $out"
-    read -r p50 p99 < <(latency_pct "$lat")
-    [[ $KEEP_RUN_DIR == 1 ]] || rm -f "$lat"
+    h2load_result "$out" "$lat"
     # What was negotiated (once per proxy and protocol, for the report).
     local info="$RUN_DIR/tlsinfo-$proto-$kind"
     [[ -e $info ]] || awk '/^TLS Protocol:/ {p = $3} /^Cipher:/ {c = $2} /^Server Temp Key:/ {k = $4}
         END {printf "%s %s %s", p, c, k}' "$out" >"$info"
     # Responses received = done - failed (h2load counts failed streams as done).
-    record "tls-$proto" "$kind" 1 "$round" "$rps" "$p50" "$p99" $((ndone - failed)) $((failed + bad)) "$out"
+    record "tls-$proto" "$kind" 1 "$round" "$RPS" "$P50" "$P99" $((NDONE - FAILED)) $((FAILED + BAD)) "$out"
 }
 
-log "rounds $ROUNDS; plain: $([[ $RUN_PLAIN == 1 ]] && echo "${DURATION}s per run (+${WARMUP}s warm-up), $CONNS connections, workers: $WORKERS_LIST" || echo off);" \
-    "TLS: $([[ $RUN_TLS == 1 ]] && echo "$PROTOS, $REQUESTS requests per run (+$WARMUP_REQUESTS warm-up), $TLS_CONNS connections, $STREAMS streams/connection for h2, 1 worker" || echo off)"
+if [[ $RATE != 0 ]]; then
+    log "rounds $ROUNDS; every mode paced at $RATE req/s, ${DURATION}s per run (+${WARMUP}s warm-up);" \
+        "plain: $([[ $RUN_PLAIN == 1 ]] && echo "$CONNS connections, workers: $WORKERS_LIST" || echo off);" \
+        "TLS: $([[ $RUN_TLS == 1 ]] && echo "$PROTOS, $TLS_CONNS connections, $STREAMS streams/connection for h2, 1 worker" || echo off)"
+else
+    log "rounds $ROUNDS; plain: $([[ $RUN_PLAIN == 1 ]] && echo "${DURATION}s per run (+${WARMUP}s warm-up), $CONNS connections, workers: $WORKERS_LIST" || echo off);" \
+        "TLS: $([[ $RUN_TLS == 1 ]] && echo "$PROTOS, $REQUESTS requests per run (+$WARMUP_REQUESTS warm-up), $TLS_CONNS connections, $STREAMS streams/connection for h2, 1 worker" || echo off)"
+fi
 log "pinning: proxy on cpu $PROXY_CPUS; load generator and upstream nginx on cpu $LOAD_CPUS"
 for round in $(seq 1 "$ROUNDS"); do
     if [[ $RUN_PLAIN == 1 ]]; then
@@ -674,9 +734,10 @@ paired_ratios() {
 
 mode_title() {
     case $1 in
-    plain-h1) echo "HTTP/1.1 over plaintext, keep-alive (wrk)" ;;
-    tls-h2) echo "HTTP/2 over TLS, ALPN h2 (h2load)" ;;
-    tls-h1) echo "HTTP/1.1 over TLS, keep-alive (h2load --h1)" ;;
+    plain-h1) [[ $RATE != 0 ]] && echo "HTTP/1.1 over plaintext, keep-alive (h2load --h1, $RATE req/s)" ||
+        echo "HTTP/1.1 over plaintext, keep-alive (wrk)" ;;
+    tls-h2) echo "HTTP/2 over TLS, ALPN h2 (h2load$([[ $RATE != 0 ]] && echo ", $RATE req/s"))" ;;
+    tls-h1) echo "HTTP/1.1 over TLS, keep-alive (h2load --h1$([[ $RATE != 0 ]] && echo ", $RATE req/s"))" ;;
     esac
 }
 
@@ -686,8 +747,18 @@ mode_section() {
     grep -q "^$mode"$'\t' "$RESULTS" || return 0
     echo "### $(mode_title "$mode")"
     echo
-    case $mode in
-    plain-h1)
+    case $RATE/$mode in
+    [1-9]*/plain-h1)
+        h2load_cmd '<port>' h1 "$DURATION" "RUN_DIR/h2load.log" http
+        echo "$ROUNDS round(s), interleaved, ${DURATION} s per run after ${WARMUP} s warm-up, every" \
+            "proxy paced at the same $RATE requests per second (h2load's \`--rps\` per connection)," \
+            "h2load 1 thread, $CONNS keep-alive connections, every request with the stable uid" \
+            "$TLS_UID in the header (h2load sends the same headers every time). The direct row is" \
+            "h2load straight to the stable upstream. Load command:"
+        echo
+        echo "    ${H2LOAD_CMD[*]}"
+        ;;
+    */plain-h1)
         wrk_cmd '<port>' "$DURATION"
         echo "$ROUNDS round(s), interleaved, ${DURATION} s per run after ${WARMUP} s warm-up," \
             "wrk 1 thread, $CONNS keep-alive connections, \`benches/load/uids.lua\` (20% of" \
@@ -696,11 +767,12 @@ mode_section() {
         echo
         echo "    ${WRK_CMD[*]/#$LOAD_DIR/benches/load}"
         ;;
-    tls-*)
-        local proto=${mode#tls-}
-        h2load_cmd '<port>' "$proto" "$REQUESTS" "RUN_DIR/h2load.log"
-        echo "$ROUNDS round(s), interleaved, $REQUESTS requests per run after $WARMUP_REQUESTS" \
-            "warm-up requests on other connections; h2load 1 thread, $TLS_CONNS connections" \
+    */tls-*)
+        local proto=${mode#tls-} length="$REQUESTS requests per run after $WARMUP_REQUESTS warm-up requests"
+        [[ $RATE != 0 ]] && length="${DURATION} s per run after ${WARMUP} s of warm-up requests, every proxy paced at the same $RATE requests per second (h2load's \`--rps\` per connection),"
+        h2load_cmd '<port>' "$proto" "$([[ $RATE != 0 ]] && echo "$DURATION" || echo "$REQUESTS")" "RUN_DIR/h2load.log"
+        echo "$ROUNDS round(s), interleaved, $length" \
+            "on other connections; h2load 1 thread, $TLS_CONNS connections" \
             "$([[ $proto == h2 ]] && echo "× $STREAMS concurrent streams" || echo "(1 request in flight each)"), every request" \
             "with the stable uid $TLS_UID in the header (h2load sends the same headers every time)." \
             "TLS terminated by the proxy with one self-signed ECDSA P-256 certificate; the proxy" \
@@ -715,6 +787,16 @@ mode_section() {
     echo
     table "$mode"
     echo
+    if [[ $RATE != 0 ]]; then
+        local short
+        short=$(awk -F'\t' -v mode="$mode" -v n="$RATE" '$1 == mode && $5 < 0.97 * n {printf "%s%s round %s at %.0f req/s", sep, $2, $4, $5; sep = "; "}' "$RESULTS")
+        if [[ -n $short ]]; then
+            echo "Runs that fell more than 3% short of $RATE req/s (the proxy or the load generator could not keep up; their CPU per request is a saturated one): $short."
+        else
+            echo "Every run was driven within 3% of $RATE req/s."
+        fi
+        echo
+    fi
     echo "Per-round paired ratios, proxy / peer (median, then min–max over rounds):"
     echo
     paired_ratios "$mode"
@@ -732,7 +814,7 @@ report() {
     echo
     machine_notes
     echo "- load average at the start: $LOADAVG_START"
-    echo "- peers: $("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //'), $("$HAPROXY_BIN" -v 2>&1 | head -1 | awk '{print "haproxy " $3}')$([[ $RUN_PLAIN == 1 ]] && wrk -v 2>&1 | head -1 | awk '{print ", " $1 " " $2}')$([[ $RUN_TLS == 1 ]] && h2load --version 2>&1 | head -1 | awk '{print ", " $1 " " $2}')$([[ $RUN_TLS == 1 ]] && openssl version | awk '{print ", peers built with " $1 " " $2 " (graylane: rustls with ring)"}')"
+    echo "- peers: $("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //'), $("$HAPROXY_BIN" -v 2>&1 | head -1 | awk '{print "haproxy " $3}')$([[ $RUN_PLAIN == 1 && $RATE == 0 ]] && wrk -v 2>&1 | head -1 | awk '{print ", " $1 " " $2}')$([[ $RUN_TLS == 1 || $RATE != 0 ]] && h2load --version 2>&1 | head -1 | awk '{print ", " $1 " " $2}')$([[ $RUN_TLS == 1 ]] && openssl version | awk '{print ", peers built with " $1 " " $2 " (graylane: rustls with ring)"}')"
     echo "- pinning (\`taskset\`): the proxy (all its processes and threads) on cpu $PROXY_CPUS; the load generator (wrk or h2load) and the upstream nginx (1 worker, two \`return 200\` servers) on cpu $LOAD_CPUS"
     echo "- all proxies: keep-alive to the upstreams, X-Forwarded-For/-Proto and a pool header set; graylane's Prometheus metrics on (always) and a 1% sampled access log; nginx and haproxy without access logs. TLS rows: 1 worker each (graylane \`workers: 1\`, nginx \`worker_processes 1\`, haproxy \`nbthread 1\`)"
     echo
@@ -791,7 +873,9 @@ report() {
     fi
     local shares
     shares=$(awk -F'\t' '$2 == "graylane" && $13 != "" {printf "%s%s %s", sep, $1, $13; sep = ", "}' "$RESULTS")
-    [[ -n $shares ]] && echo "graylane's own metrics counted these gray shares per run (plain: 20% expected; TLS: 0%, one stable uid): $shares." && echo
+    local expect="plain: 20% expected; TLS: 0%, one stable uid"
+    [[ $RATE != 0 ]] && expect="0% expected: every mode paced by h2load with one stable uid"
+    [[ -n $shares ]] && echo "graylane's own metrics counted these gray shares per run ($expect): $shares." && echo
     echo "Raw per-run rows (mode, proxy, workers, round, req/s, p50 µs, p99 µs, CPU µs/req user, kernel, total, peak RSS KiB, failed, gray share, responses):"
     echo
     echo '```'
