@@ -19,8 +19,9 @@
 #                on epoll with a read tried straight after each write (floor-eager), and on
 #                io_uring (floor-uring); the floor of a lean HTTP/1.1 path, and the kernel
 #                levers measured beside graylane and the peers
-#   --syscalls   TLS modes also count each proxy's system calls per request (perf stat on
-#                its syscall tracepoints during each measured run; a table in the report).
+#   --syscalls   TLS modes (and with --rate the plain mode) also count each proxy's system
+#                calls per request (perf stat on its syscall tracepoints during each
+#                measured h2load run; a table in the report).
 #                The counting adds work to every system call of every proxy: the CPU
 #                columns of such a run are not comparable with those of a run without it
 #   --where      every mode also samples where each proxy's CPU goes (perf record -g on its
@@ -148,7 +149,7 @@ tools=(nginx:nginx haproxy:haproxy curl:curl taskset:util-linux)
 [[ $RUN_PLAIN == 1 && $RATE == 0 ]] && tools+=(wrk:wrk)
 [[ $RUN_PLAIN == 1 && $RATE != 0 ]] && tools+=(h2load:nghttp2-client)
 [[ $RUN_TLS == 1 ]] && tools+=(h2load:nghttp2-client openssl:openssl)
-[[ ($RUN_TLS == 1 && $SYSCALLS == 1) || $WHERE == 1 ]] && tools+=(perf:linux-perf)
+[[ (($RUN_TLS == 1 || $RATE != 0) && $SYSCALLS == 1) || $WHERE == 1 ]] && tools+=(perf:linux-perf)
 [[ $SEGMENTS == 1 ]] && tools+=(nstat:iproute2)
 ensure_tools "${tools[@]}"
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
@@ -473,10 +474,12 @@ measure_plain_paced() {
     local out="$RUN_DIR/h2load-plain-$1-w$2-r$3.txt" lat="$RUN_DIR/h2load-plain-$1-w$2-r$3.log"
     h2load_run "$PROXY_PORT" h1 "$WARMUP" "$RUN_DIR/warmup.txt" "" http
     sample_begin
+    [[ $SYSCALLS == 1 && -n $PROXY_PID ]] && syscalls_begin
     [[ $SEGMENTS == 1 ]] && segments_begin
     [[ $WHERE == 1 && -n $PROXY_PID ]] && where_begin
     h2load_run "$PROXY_PORT" h1 "$DURATION" "$out" "$lat" http
     [[ $WHERE == 1 && -n $PROXY_PID ]] && where_end plain-h1 "$kind w$w" "$round"
+    [[ $SYSCALLS == 1 && -n $PROXY_PID ]] && syscalls_end plain-h1 "$kind w$w" "$round" "$out"
     h2load_result "$out" "$lat"
     [[ $SEGMENTS == 1 ]] && segments_end plain-h1 "$kind w$w" "$round" $((NDONE - FAILED))
     sample_end "$kind"
