@@ -4,9 +4,12 @@
 Reads a callgrind dump made with `--dump-instr=yes --compress-pos=no
 --compress-strings=no` (what `instructions.sh --atomics --profile DIR` keeps as
 DIR/callgrind-K.out) and counts the distinct code lines that executed, per object file and
-in all, split by how often: a line whose instructions ran fewer times than the requests
-were sent is on a path only some requests take (the sampled access log, timers, the gray
-share), one that ran at least once per request on average is on every request's path.
+in all, split by how often. A line ran as many times as its most executed instruction
+(callgrind's Ir at one instruction's address is how many times it executed). A line that
+ran at least as many times as requests were sent is counted on every request's path, one
+that ran fewer times on a path only some requests take (the sampled access log, timers,
+the gray pool). A loop that runs several times in a few requests can pass for the former;
+a line that every request runs never passes for the latter.
 
 Usage: code_lines.py DUMP [--requests N]   (N: the measured requests, instructions.sh's
 --requests, default 8000)
@@ -17,11 +20,12 @@ import collections
 import sys
 
 
-def line_costs(path):
-    """Instructions executed per (object, 64-byte line) of one dump."""
-    costs = collections.Counter()
+def line_runs(path):
+    """How many times each (object, 64-byte line) of one dump ran, and the instructions
+    executed in all."""
+    executions = collections.Counter()  # per (object, instruction address)
     obj = "?"
-    cost_column = 1  # after the positions; "positions: instr line" puts it second
+    cost_column = 1  # after the positions: 1 for "positions: line", 2 for "instr line"
     after_calls = False
     with open(path, errors="replace") as dump:
         for raw in dump:
@@ -39,8 +43,12 @@ def line_costs(path):
                     continue
                 fields = line.split()
                 if len(fields) > cost_column and fields[cost_column].isdigit():
-                    costs[(obj, int(fields[0], 16) >> 6)] += int(fields[cost_column])
-    return costs
+                    executions[(obj, int(fields[0], 16))] += int(fields[cost_column])
+    runs = collections.Counter()
+    for (obj, address), n in executions.items():
+        key = (obj, address >> 6)
+        runs[key] = max(runs[key], n)
+    return runs, sum(executions.values())
 
 
 def main():
@@ -48,23 +56,22 @@ def main():
     ap.add_argument("dump")
     ap.add_argument("--requests", type=int, default=8000)
     args = ap.parse_args()
-    costs = line_costs(args.dump)
-    if not costs:
+    runs, instructions = line_runs(args.dump)
+    if not runs:
         sys.exit(f"{args.dump}: no per-instruction costs (made without --dump-instr=yes?)")
     every = collections.Counter()
     some = collections.Counter()
-    for (obj, _), ir in costs.items():
-        if ir == 0:
+    for (obj, _), n in runs.items():
+        if n == 0:
             continue
-        (every if ir >= args.requests else some)[obj] += 1
+        (every if n >= args.requests else some)[obj] += 1
     print("| object | lines on every request's path | KiB | lines on some requests' paths | KiB |")
     print("|---|---:|---:|---:|---:|")
     for obj in sorted(set(every) | set(some), key=lambda o: -(every[o] + some[o])):
         print(f"| {obj} | {every[obj]} | {every[obj] * 64 / 1024:.1f} | {some[obj]} | {some[obj] * 64 / 1024:.1f} |")
     e, s = sum(every.values()), sum(some.values())
     print(f"| all | {e} | {e * 64 / 1024:.1f} | {s} | {s * 64 / 1024:.1f} |")
-    total_ir = sum(costs.values())
-    print(f"\ninstructions per request: {total_ir / args.requests:.0f}")
+    print(f"\ninstructions per request: {instructions / args.requests:.0f}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 # Side-by-side load benchmark: graylane vs nginx vs haproxy doing the same gray routing
 # (uid from the `xdw-kefu-uid` header, else cookie; uid in 10000000-10499999 -> gray).
 # Three modes, each with its own table:
-#   plain-h1  HTTP/1.1 keep-alive over plaintext, driven by wrk, plus a direct-to-upstream
-#             row (the load generator's and upstream's own ceiling)       (default)
+#   plain-h1  HTTP/1.1 keep-alive over plaintext, driven by wrk (h2load --h1 with --rate),
+#             plus a direct-to-upstream row (the load generator's and upstream's own
+#             ceiling)                                                      (default)
 #   tls-h2    HTTP/2 over TLS (ALPN h2), driven by h2load                  (--tls)
 #   tls-h1    HTTP/1.1 over TLS (h2load --h1)                               (--tls)
 # Every row: req/s, p50, p99, and the proxy's CPU per request split into user and kernel
@@ -52,7 +53,7 @@
 # Environment: PROXY_CPUS (default 1) and LOAD_CPUS (default 0) are `taskset -c` lists;
 # KEEP_RUN_DIR=1 keeps configs, logs and raw wrk/h2load output.
 #
-# Installs nginx, haproxy, wrk (and for TLS nghttp2-client's h2load) from Debian packages
+# Installs nginx, haproxy, wrk (and for TLS or --rate nghttp2-client's h2load) from Debian packages
 # if missing (needs root), builds graylane with `cargo build --release`, then for each
 # round runs every (mode, workers, proxy) in a fixed interleaved order (direct, graylane,
 # nginx, haproxy, ...) so that drift of the machine hits all of them alike. Each run starts
@@ -102,7 +103,7 @@ while [[ $# -gt 0 ]]; do
     --protos) PROTOS=$2; shift ;;
     --out) OUT=$2; shift ;;
     --no-build) export NO_BUILD=1 ;;
-    -h | --help) sed -n '2,50p' "$0"; exit 0 ;;
+    -h | --help) awk 'NR > 1 && /^set -euo/ {exit} NR > 1' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
     esac
     shift
@@ -110,6 +111,7 @@ done
 for p in $PROTOS; do [[ $p == h2 || $p == h1 ]] || die "--protos takes h2 and/or h1, not '$p'"; done
 ((REQUESTS >= TLS_CONNS)) || die "--requests must be at least --tls-connections"
 [[ $RATE =~ ^[0-9]+$ ]] || die "--rate takes a whole number of requests per second, not '$RATE'"
+RATE=$((10#$RATE)) # "020" is 20, and "00" is 0: off
 WARMUP_REQUESTS=$((REQUESTS / 10 > TLS_CONNS ? REQUESTS / 10 : TLS_CONNS))
 if [[ -z $OUT ]]; then
     if [[ $RUN_PLAIN == 1 ]]; then OUT="$LOAD_DIR/results.md"; else OUT="$LOAD_DIR/results-tls.md"; fi
@@ -772,10 +774,11 @@ mode_section() {
         ;;
     */tls-*)
         local proto=${mode#tls-} length="$REQUESTS requests per run after $WARMUP_REQUESTS warm-up requests"
-        [[ $RATE != 0 ]] && length="${DURATION} s per run after ${WARMUP} s of warm-up requests, every proxy paced at the same $RATE requests per second (h2load's \`--rps\` per connection),"
+        [[ $RATE != 0 ]] && length="${DURATION} s per run after ${WARMUP} s of warm-up requests"
         h2load_cmd '<port>' "$proto" "$([[ $RATE != 0 ]] && echo "$DURATION" || echo "$REQUESTS")" "RUN_DIR/h2load.log"
         echo "$ROUNDS round(s), interleaved, $length" \
-            "on other connections; h2load 1 thread, $TLS_CONNS connections" \
+            "on other connections;$([[ $RATE != 0 ]] && echo " every proxy paced at the same $RATE requests per second (h2load's \`--rps\` per connection);")" \
+            "h2load 1 thread, $TLS_CONNS connections" \
             "$([[ $proto == h2 ]] && echo "× $STREAMS concurrent streams" || echo "(1 request in flight each)"), every request" \
             "with the stable uid $TLS_UID in the header (h2load sends the same headers every time)." \
             "TLS terminated by the proxy with one self-signed ECDSA P-256 certificate; the proxy" \
@@ -792,9 +795,9 @@ mode_section() {
     echo
     if [[ $RATE != 0 ]]; then
         local short
-        short=$(awk -F'\t' -v mode="$mode" -v n="$RATE" '$1 == mode && $5 < 0.97 * n {printf "%s%s round %s at %.0f req/s", sep, $2, $4, $5; sep = "; "}' "$RESULTS")
+        short=$(awk -F'\t' -v mode="$mode" -v n="$RATE" '$1 == mode && $5 < 0.97 * n {printf "%s%s (%s worker(s)) round %s at %.0f req/s", sep, $2, $3, $4, $5; sep = "; "}' "$RESULTS")
         if [[ -n $short ]]; then
-            echo "Runs that fell more than 3% short of $RATE req/s (the proxy or the load generator could not keep up; their CPU per request is a saturated one): $short."
+            echo "Runs that fell more than 3% short of $RATE req/s (the proxy or the load generator could not keep up, so they were not measured at the fixed rate): $short."
         else
             echo "Every run was driven within 3% of $RATE req/s."
         fi
