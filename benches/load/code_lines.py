@@ -19,36 +19,19 @@ import argparse
 import collections
 import sys
 
+from callgrind_dump import executions
+
 
 def line_runs(path):
     """How many times each (object, 64-byte line) of one dump ran, and the instructions
     executed in all."""
-    executions = collections.Counter()  # per (object, instruction address)
-    obj = "?"
-    cost_column = 1  # after the positions: 1 for "positions: line", 2 for "instr line"
-    after_calls = False
-    with open(path, errors="replace") as dump:
-        for raw in dump:
-            line = raw.rstrip("\n")
-            if line.startswith("positions:"):
-                cost_column = len(line.split()) - 1
-            elif line.startswith("ob="):
-                obj = line[3:].rsplit("/", 1)[-1]
-            elif line.startswith("calls="):
-                # The next cost line is the call's inclusive cost, not this line's own.
-                after_calls = True
-            elif line.startswith("0x"):
-                if after_calls:
-                    after_calls = False
-                    continue
-                fields = line.split()
-                if len(fields) > cost_column and fields[cost_column].isdigit():
-                    executions[(obj, int(fields[0], 16))] += int(fields[cost_column])
     runs = collections.Counter()
-    for (obj, address), n in executions.items():
-        key = (obj, address >> 6)
+    total = 0
+    for (obj, address), n in executions(path).items():
+        key = (obj.rsplit("/", 1)[-1], address >> 6)
         runs[key] = max(runs[key], n)
-    return runs, sum(executions.values())
+        total += n
+    return runs, total
 
 
 def main():

@@ -8,11 +8,12 @@ orders the memory accesses around it.
 
 Usage: python3 locked.py DUMP REQUESTS
 """
-import collections
 import os
 import re
 import subprocess
 import sys
+
+from callgrind_dump import executions
 
 REGISTER = re.compile(r"^%[a-z0-9]+$")
 
@@ -48,29 +49,14 @@ def locked_addresses(path):
 
 def main():
     dump, requests = sys.argv[1], int(sys.argv[2])
-    per_object = {}
-    counts = collections.Counter()
-    obj = None
-    after_call = False
-    cost = 2  # the Ir column after "positions: instr line"
-    with open(dump) as f:
-        for line in f:
-            if line.startswith("positions:"):
-                cost = len(line.split()) - 1
-            elif line.startswith("ob="):
-                obj = line[3:].strip()
-                if obj not in per_object:
-                    per_object[obj] = locked_addresses(obj) if os.path.isfile(obj) else set()
-            elif line.startswith("calls="):
-                after_call = True  # the next cost line is the call's, not an instruction's
-            elif line.startswith("0x"):
-                if after_call:
-                    after_call = False
-                    continue
-                fields = line.split()
-                if obj and len(fields) > cost and int(fields[0], 16) in per_object[obj]:
-                    counts[obj] += int(fields[cost])
-    print(f"{sum(counts.values()) / requests:.1f}")
+    locked = {}
+    total = 0
+    for (obj, address), n in executions(dump).items():
+        if obj not in locked:
+            locked[obj] = locked_addresses(obj) if os.path.isfile(obj) else set()
+        if address in locked[obj]:
+            total += n
+    print(f"{total / requests:.1f}")
 
 
 main()
