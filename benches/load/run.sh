@@ -22,7 +22,9 @@
 #                levers measured beside graylane and the peers
 #   --syscalls   TLS modes (and with --rate the plain mode) also count each proxy's system
 #                calls per request (perf stat on its syscall tracepoints during each
-#                measured h2load run; a table in the report).
+#                measured h2load run; a table in the report), the waits among them that
+#                found nothing ready, and how often its threads slept (voluntary context
+#                switches, from /proc).
 #                The counting adds work to every system call of every proxy: the CPU
 #                columns of such a run are not comparable with those of a run without it
 #   --where      every mode also samples where each proxy's CPU goes (perf record -g on its
@@ -521,24 +523,40 @@ perf_detach() {
     wait "$1" 2>/dev/null || true
 }
 
-# syscalls_begin : starts counting the proxy's system calls.
+# voluntary_switches PID... : how often the processes' threads have gone to sleep so far
+# (each a context switch the thread asked for, by waiting), summed.
+voluntary_switches() {
+    local pid
+    for pid in "$@"; do
+        cat /proc/"$pid"/task/*/status 2>/dev/null
+    done | awk '/^voluntary_ctxt_switches:/ { n += $2 } END { print n + 0 }'
+}
+
+# syscalls_begin : starts counting the proxy's system calls, its waits that found nothing
+# ready (an epoll_wait returning 0: a poll with no timeout, or a timer's expiry), and
+# its sleeps.
 syscalls_begin() {
     SYSCALLS_OUT="$RUN_DIR/perf-stat.csv"
-    perf_attach SYSCALLS_PID stat -x, -e "$(IFS=,; echo "${SYSCALL_EVENTS[*]}")" -o "$SYSCALLS_OUT"
+    perf_attach SYSCALLS_PID stat -x, -e "$(IFS=,; echo "${SYSCALL_EVENTS[*]}")" \
+        -e syscalls:sys_exit_epoll_wait --filter 'ret == 0' \
+        -e syscalls:sys_exit_epoll_pwait --filter 'ret == 0' -o "$SYSCALLS_OUT"
+    SLEEPS0=$(voluntary_switches "${SAMPLE_PIDS[@]}")
 }
 
 # syscalls_end MODE KIND ROUND H2LOAD_OUT : stops perf; appends "mode kind round total reads
 # writes waits" per request to syscalls.tsv.
 syscalls_end() {
+    local sleeps n
+    sleeps=$(($(voluntary_switches "${SAMPLE_PIDS[@]}") - SLEEPS0))
     perf_detach "$SYSCALLS_PID"
-    local n
     n=$(awk '/^requests:/ {print $6 - $10}' "$4")
-    awk -F, -v mode="$1" -v kind="$2" -v round="$3" -v n="$n" '
+    awk -F, -v mode="$1" -v kind="$2" -v round="$3" -v n="$n" -v sleeps="$sleeps" '
         $3 ~ /raw_syscalls:sys_enter/ { total = $1 }
         $3 ~ /sys_enter_(read|recvfrom|recvmsg)$/ { reads += $1 }
         $3 ~ /sys_enter_(write|writev|sendto|sendmsg)$/ { writes += $1 }
         $3 ~ /sys_enter_epoll_p?wait$/ { waits += $1 }
-        END { if (n > 0) printf "%s\t%s\t%s\t%.2f\t%.2f\t%.2f\t%.2f\n", mode, kind, round, total / n, reads / n, writes / n, waits / n }
+        $3 ~ /sys_exit_epoll_p?wait$/ { empty += $1 }
+        END { if (n > 0) printf "%s\t%s\t%s\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\n", mode, kind, round, total / n, reads / n, writes / n, waits / n, empty / n, sleeps / n }
     ' "$SYSCALLS_OUT" >>"$RUN_DIR/syscalls.tsv"
 }
 
@@ -850,11 +868,13 @@ report() {
         echo
         echo "\`perf stat\` on the proxy's processes during each measured h2load run, divided by the"
         echo "responses; medians over rounds. Reads: read, recvfrom, recvmsg; writes: write, writev,"
-        echo "sendto, sendmsg; waits: epoll_wait, epoll_pwait; all: every system call."
+        echo "sendto, sendmsg; waits: epoll_wait, epoll_pwait; all: every system call; empty waits:"
+        echo "waits that returned nothing ready; sleeps: the threads' voluntary context switches"
+        echo "(\`voluntary_ctxt_switches\` in /proc), each a wait that found nothing and slept."
         echo
-        echo "| mode | proxy | all | reads | writes | waits |"
-        echo "|---|---|---:|---:|---:|---:|"
-        median_rows "$RUN_DIR/syscalls.tsv" "%.2f %.2f %.2f %.2f"
+        echo "| mode | proxy | all | reads | writes | waits | empty waits | sleeps |"
+        echo "|---|---|---:|---:|---:|---:|---:|---:|"
+        median_rows "$RUN_DIR/syscalls.tsv" "%.2f %.2f %.2f %.2f %.2f %.2f"
         echo
     fi
     if [[ -s $RUN_DIR/where.tsv ]]; then
