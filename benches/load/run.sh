@@ -544,7 +544,7 @@ syscalls_begin() {
 }
 
 # syscalls_end MODE KIND ROUND H2LOAD_OUT : stops perf; appends "mode kind round total reads
-# writes waits" per request to syscalls.tsv.
+# writes waits empty-waits sleeps" per request to syscalls.tsv.
 syscalls_end() {
     local sleeps n
     sleeps=$(($(voluntary_switches "${SAMPLE_PIDS[@]}") - SLEEPS0))
@@ -870,7 +870,8 @@ report() {
         echo "responses; medians over rounds. Reads: read, recvfrom, recvmsg; writes: write, writev,"
         echo "sendto, sendmsg; waits: epoll_wait, epoll_pwait; all: every system call; empty waits:"
         echo "waits that returned nothing ready; sleeps: the threads' voluntary context switches"
-        echo "(\`voluntary_ctxt_switches\` in /proc), each a wait that found nothing and slept."
+        echo "(\`voluntary_ctxt_switches\` in /proc): each a time a thread blocked, in an event loop"
+        echo "of one thread a wait that found nothing ready."
         echo
         echo "| mode | proxy | all | reads | writes | waits | empty waits | sleeps |"
         echo "|---|---|---:|---:|---:|---:|---:|---:|"
