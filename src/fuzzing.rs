@@ -123,6 +123,8 @@ impl Connection {
         )
         .ok()?;
         let shared = Arc::new(Shared::new(cfg, rules).ok()?);
+        // The fuzz target's own runtime; its tests' helpers may use tokio's timers.
+        #[allow(clippy::disallowed_methods)]
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -149,7 +151,7 @@ impl Connection {
                     }
                 }
             };
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), read_all).await;
+            let _ = crate::timer::timeout(std::time::Duration::from_secs(1), read_all).await;
             serve.abort();
         });
     }

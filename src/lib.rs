@@ -28,11 +28,15 @@
 //! | [`tools`] | offline release tools `plan-ranges`, `replay`; `status` across replicas | §9.4, §11 |
 //! | `worker` | what each worker thread keeps for itself | — |
 //! | `clock` | the kernel's coarse clocks, for the watchdog's milliseconds and `Date` | — |
+//! | `timer` | sleeps, timeouts and intervals on a thread of their own: no runtime has tokio's time driver | — |
 //! | `alloc` | the global allocator: mimalloc, plain blocks where they are aligned enough | — |
 //! | [`demo`] | the built-in sample config with its demo upstreams | §7 `demo` |
 //!
 //! `main.rs` is the command line (§7). The modules are private to the crate; what the
 //! binary, the tests and the benchmarks use is re-exported below.
+
+// Unit tests run on `#[tokio::test]` runtimes, which have tokio's time driver.
+#![cfg_attr(test, allow(clippy::disallowed_methods))]
 
 pub(crate) mod admin;
 // The one module with `unsafe`: a global allocator cannot be written without it.
@@ -60,6 +64,7 @@ pub(crate) mod server;
 pub(crate) mod state;
 #[cfg(test)]
 mod testing;
+pub(crate) mod timer;
 pub mod tools;
 pub(crate) mod upstream;
 pub(crate) mod watch;

@@ -121,8 +121,7 @@ impl Graylane {
         let ticker = {
             let shared = shared.clone();
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut tick = crate::timer::interval(std::time::Duration::from_secs(1));
                 loop {
                     tick.tick().await;
                     shared.refresh_rule_states();

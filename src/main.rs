@@ -215,10 +215,11 @@ fn load(config: &Path) -> anyhow::Result<(Config, Compiled)> {
 }
 
 /// Worker 0's runtime: current-thread, like every worker (see `server`); the others are
-/// started by the server on their own threads.
+/// started by the server on their own threads. I/O and signals only: timers are
+/// `graylane::timer`'s, and tokio's time driver would cost every park its bookkeeping.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
-        .enable_all()
+        .enable_io()
         .build()
         .context("cannot start the runtime")
 }

@@ -231,8 +231,7 @@ impl Reloader {
         // ruleset tells it which files to watch.
         let me = self.clone();
         tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut tick = crate::timer::interval(std::time::Duration::from_secs(1));
             loop {
                 tick.tick().await;
                 if me.shared.last_error.load().is_some() {

@@ -1,5 +1,7 @@
 //! The admin listener (SPEC §5) and the metric families of SPEC §6, plus the per-listener
 //! connection gauge and the `max_connections` rejection counter.
+// Tests run on runtimes with tokio's time driver and may use its timers.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

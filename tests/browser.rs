@@ -20,6 +20,8 @@
 //!
 //! Needs Debian's `chromium` (`/usr/bin/chromium` or on `PATH`). Without it the test says
 //! so on stderr and passes, unless `GRAYLANE_REQUIRE_BROWSER=1` (CI) makes that a failure.
+// Tests run on runtimes with tokio's time driver and may use its timers.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

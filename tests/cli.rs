@@ -1,5 +1,7 @@
 //! The command line (SPEC §7) through the built binary: `check`, `explain`, `run` with
 //! signals, and `demo`.
+// Tests run on runtimes with tokio's time driver and may use its timers.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

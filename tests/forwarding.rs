@@ -1,4 +1,6 @@
 //! Forwarding: markers to pools, services, headers, streaming, upstream failures.
+// Tests run on runtimes with tokio's time driver and may use its timers.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -2,6 +2,8 @@
 //! passive ejection counts connect failures only, ramps step with the clock and hold while
 //! the guard is tripped, expired rules are reported and keep routing, and every reload is
 //! in `/rules/history`. Real upstreams on 127.0.0.1; their faults are switched on per test.
+// Tests run on runtimes with tokio's time driver and may use its timers.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

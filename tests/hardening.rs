@@ -12,6 +12,8 @@
 //!
 //! Groups: request smuggling (both directions) · upgrade abuse · header abuse · slow
 //! clients · floods · HTTP/2 abuse · hostile upstreams · long links · `Vary`.
+// Tests run on runtimes with tokio's time driver and may use its timers.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! Bodies through graylane's own HTTP/2 server (h2c with prior knowledge): uploads and
 //! downloads larger than every flow-control window on either side, several at once on
 //! one connection, and the framing the HTTP/1.1 upstream gets for them.
+// Tests run on runtimes with tokio's time driver and may use its timers.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

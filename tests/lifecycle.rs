@@ -1,5 +1,7 @@
 //! The drain (SPEC §8): `/readyz` turns 503 at once, traffic listeners stop accepting,
 //! idle keep-alive connections close, in-flight requests finish up to `timeouts.drain`.
+// Tests run on runtimes with tokio's time driver and may use its timers.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

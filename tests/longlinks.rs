@@ -1,5 +1,7 @@
 //! Long links: WebSocket routed on handshake markers, relayed both ways, sticky for life,
 //! re-homed on purpose after a reload, counted exactly, closed last in a drain.
+// Tests run on runtimes with tokio's time driver and may use its timers.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! Mirror (SPEC §9.5): a sticky share of stable-routed requests is copied to gray after
 //! the real answer, never delaying or changing it; copies are marked, compared by status
 //! class, and counted.
+// Tests run on runtimes with tokio's time driver and may use its timers.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -2,6 +2,8 @@
 //! `..data` symlink swap, `in_file` edits), SIGHUP and `POST /reload`; a broken or deleted
 //! file keeps the live rules; a ruleset flipped under load fails no request and never
 //! mixes two rulesets.
+// Tests run on runtimes with tokio's time driver and may use its timers.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

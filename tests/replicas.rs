@@ -3,6 +3,8 @@
 //! swap), all serve the new ruleset within a second and decide alike for 10,000 users,
 //! percentages and a ramp included; `graylane status` sees them agree, and sees a replica
 //! on other rules disagree.
+// Tests run on runtimes with tokio's time driver and may use its timers.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

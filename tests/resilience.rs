@@ -1,5 +1,7 @@
 //! Upstream resilience: health checks, passive ejection, fallback, retries, balancing,
 //! DNS names, the automatic rollback guard, and a dead gray pool under load.
+// Tests run on runtimes with tokio's time driver and may use its timers.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

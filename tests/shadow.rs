@@ -1,5 +1,7 @@
 //! The shadow ruleset (SPEC §9.4): a candidate decided beside the live rules on every
 //! request, counted, never routing; a broken or missing candidate never touches routing.
+// Tests run on runtimes with tokio's time driver and may use its timers.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

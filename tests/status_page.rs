@@ -1,5 +1,7 @@
 //! The status page (SPEC §10): `GET /status` counts what the proxy did, and `GET /`, loaded
 //! in a real headless Chromium, draws it from nothing but itself and refreshes on its own.
+// Tests run on runtimes with tokio's time driver and may use its timers.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! TLS termination: ALPN h2 and http/1.1, per-stream routing over h2, certificate reload
 //! on SIGHUP-equivalent without dropping open connections, bad files keep the old cert.
+// Tests run on runtimes with tokio's time driver and may use its timers.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

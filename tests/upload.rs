@@ -1,5 +1,7 @@
 //! A 1 GiB upload streams through without growing memory. In a test binary of its own:
 //! it measures the process's RSS, which other tests running alongside would disturb.
+// Tests run on runtimes with tokio's time driver and may use its timers.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

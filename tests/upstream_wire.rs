@@ -1,6 +1,8 @@
 //! graylane's HTTP/1.1 upstream client against a scripted upstream that writes raw bytes:
 //! the framings of RFC 9112 (chunked, close-delimited, HEAD, 1xx), heads split across
 //! reads, keep-alive connections the upstream drops, invalid heads, an early answer.
+// Tests run on runtimes with tokio's time driver and may use its timers.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

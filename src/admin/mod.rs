@@ -102,7 +102,7 @@ async fn serve(
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    crate::timer::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             },

@@ -208,8 +208,7 @@ impl History {
 
 /// Samples every [`SAMPLE_EVERY`] until dropped (the admin listener aborts it).
 pub(crate) async fn sampler(shared: Arc<Shared>, history: Arc<History>) {
-    let mut tick = tokio::time::interval(SAMPLE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = crate::timer::interval(SAMPLE_EVERY);
     // The first tick is immediate; the admin listener took that sample as it started.
     tick.tick().await;
     loop {

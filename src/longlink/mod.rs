@@ -204,7 +204,7 @@ impl Links {
             if self.is_empty() {
                 return true;
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            if crate::timer::timeout_at(deadline, notified).await.is_err() {
                 return self.is_empty();
             }
         }
@@ -253,7 +253,7 @@ pub(crate) fn on_reload<S: Rehome>(shared: &Arc<S>) {
             crate::worker::random() % spread
         };
         tokio::spawn(async move {
-            tokio::time::sleep(grace + Duration::from_millis(jitter)).await;
+            crate::timer::sleep(grace + Duration::from_millis(jitter)).await;
             rehome(&*shared, id);
         });
     }

@@ -79,7 +79,7 @@ async fn relay(
                 if Instant::now() >= due {
                     return;
                 }
-                tokio::time::sleep_until(due).await;
+                crate::timer::sleep_until(due).await;
             },
         }
     };
@@ -123,7 +123,7 @@ async fn relay(
             &mut upstream,
         )
     });
-    if tokio::time::timeout(CLOSE_WITHIN, closing).await.is_err() {
+    if crate::timer::timeout(CLOSE_WITHIN, closing).await.is_err() {
         tracing::debug!("long link did not reach a frame boundary in time; cut");
     }
 }

@@ -3,7 +3,9 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use tokio::time::{Instant, Sleep};
+use std::time::Instant;
+
+use crate::timer::Sleep;
 
 use crate::upstream::ReclaimableBody;
 
@@ -37,7 +39,7 @@ pub(super) async fn response_deadline(
             let before = b.progress();
             tokio::select! {
                 _ = b.sent() => break,
-                _ = tokio::time::sleep(timeout) => {
+                _ = crate::timer::sleep(timeout) => {
                     if b.progress() == before {
                         return if b.waiting_on_client() {
                             Deadline::ClientStalled
@@ -56,7 +58,7 @@ pub(super) async fn response_deadline(
             t.as_mut().reset(at);
             t.as_mut().await;
         }
-        None => tokio::time::sleep_until(at).await,
+        None => crate::timer::sleep_until(at).await,
     }
     Deadline::NoHead
 }

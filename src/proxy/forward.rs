@@ -9,10 +9,10 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::timer::Sleep;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri};
 use http_body::Body as _;
-use tokio::time::Sleep;
 
 use crate::config::{OnUnavailable, Protocol, Service, GRAY};
 use crate::error::{FallbackReason, Fault, Refusal, UpstreamErrorKind};
@@ -196,9 +196,9 @@ impl<'a> Forward<'a> {
     }
 
     /// Times the attempts with `timer`, a connection's own, instead of a new one each.
-    /// A new timer is entered into tokio's timer wheel on its first poll and taken out
-    /// when dropped; one that only moves later between requests stays in and is moved by
-    /// an atomic update. For bodiless requests only: an upload's deadline also watches
+    /// A new timer is handed to the timer thread on its first poll and forgotten there
+    /// after it is dropped; one that only moves between requests stays known and is moved
+    /// by an atomic store. For bodiless requests only: an upload's deadline also watches
     /// its progress.
     pub(super) fn reuse_timer(&mut self, timer: Pin<&'a mut Sleep>) {
         if matches!(self.body, Replay::Empty) {
@@ -234,9 +234,9 @@ impl<'a> Forward<'a> {
             // The first attempt's time runs from the request's start (microseconds
             // earlier): one clock read fewer per request.
             let from = if std::mem::replace(&mut self.attempted, true) {
-                tokio::time::Instant::now()
+                std::time::Instant::now()
             } else {
-                tokio::time::Instant::from_std(self.start)
+                self.start
             };
             let in_flight = ep.start();
             let upload = match &self.body {

@@ -130,7 +130,7 @@ pub(super) fn send(
                     }
                     Some(status)
                 };
-                match tokio::time::timeout(timeout, copy).await {
+                match crate::timer::timeout(timeout, copy).await {
                     Ok(Some(s)) if s.as_u16() / 100 == real.as_u16() / 100 => MirrorResult::Match,
                     Ok(Some(_)) => MirrorResult::Mismatch,
                     Ok(None) | Err(_) => MirrorResult::Error,

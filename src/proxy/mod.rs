@@ -15,11 +15,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::timer::Sleep;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use tokio::time::Sleep;
 
 use crate::config::{GRAY, STABLE};
 use crate::error::{FallbackReason, Refusal};

@@ -448,7 +448,7 @@ impl Watched<'_> {
         if stopping {
             shutdown(conn.as_mut());
         }
-        let sleep = tokio::time::sleep(Duration::ZERO);
+        let sleep = crate::timer::sleep(Duration::ZERO);
         tokio::pin!(sleep);
         // The watchdog is not told when a request ends or a head starts (that would cost a
         // wake-up per request); it looks again at least this often, so a deadline that moved
@@ -466,7 +466,7 @@ impl Watched<'_> {
                     tracing::debug!(%peer, "request header timeout");
                     state.timed_out.store(true, Ordering::Relaxed);
                     // Let hyper poll the read once more: ConnIo answers 408 and fails it.
-                    let _ = tokio::time::timeout(Duration::from_millis(100), conn.as_mut()).await;
+                    let _ = crate::timer::timeout(Duration::from_millis(100), conn.as_mut()).await;
                     return;
                 }
                 Watch::SendTimeout => {
@@ -480,7 +480,7 @@ impl Watched<'_> {
                     }
                     shutdown(conn.as_mut());
                     // Give an h2 GOAWAY a moment to go out, then close regardless.
-                    let _ = tokio::time::timeout(Duration::from_millis(100), conn.as_mut()).await;
+                    let _ = crate::timer::timeout(Duration::from_millis(100), conn.as_mut()).await;
                     return;
                 }
             }

@@ -87,16 +87,16 @@ mod tests {
     async fn a_gated_future_is_polled_when_it_woke_the_task() {
         let gate = Gate::new();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
-        let mut sleep = pin!(tokio::time::sleep(Duration::from_millis(300)));
+        let mut sleep = pin!(crate::timer::sleep(Duration::from_millis(300)));
         let mut polled = 0u32;
         let mut seen = Vec::new();
         let feeder = tokio::spawn(async move {
             for i in 0..3 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                crate::timer::sleep(Duration::from_millis(20)).await;
                 tx.send(i).ok();
             }
             // Held open until the timer behind the gate fires.
-            tokio::time::sleep(Duration::from_secs(30)).await;
+            crate::timer::sleep(Duration::from_secs(30)).await;
             drop(tx);
         });
         let waited = poll_fn(|cx| {
@@ -109,7 +109,7 @@ mod tests {
                 sleep.as_mut().poll(cx)
             })
         });
-        tokio::time::timeout(Duration::from_secs(10), waited)
+        crate::timer::timeout(Duration::from_secs(10), waited)
             .await
             .expect("the timer behind the gate woke the task");
         feeder.abort();

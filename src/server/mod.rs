@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -275,8 +275,9 @@ fn worker(
     finish_rx: oneshot::Receiver<()>,
 ) {
     crate::worker::set_id(id);
+    // No time driver: timers are `crate::timer`'s (see `runtime` in main.rs).
     let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
+        .enable_io()
         .build()
     {
         Ok(rt) => rt,
@@ -310,12 +311,12 @@ fn worker(
 fn http_builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
-        .timer(TokioTimer::new())
+        .timer(crate::timer::HyperTimer)
         .header_read_timeout(None)
         .keep_alive(true)
         .max_buf_size(shared.config.limits.max_header_bytes);
     b.http2()
-        .timer(TokioTimer::new())
+        .timer(crate::timer::HyperTimer)
         .max_header_list_size(h2_header_list(shared))
         .max_concurrent_streams(H2_MAX_STREAMS);
     b
@@ -354,7 +355,7 @@ async fn accept_loop(
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
                 tracing::warn!(listener = %lcfg.name, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                crate::timer::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
@@ -386,7 +387,7 @@ async fn accept_loop(
                     // The handshake counts against the head timeout: a client that opens
                     // TLS and stalls is cut like one that stalls on a plaintext head.
                     let limit = serving.shared.config.timeouts.request_header;
-                    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                    match crate::timer::timeout(limit, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
                             let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
                             conn::serve(tls_stream, ctx, &serving, stop, accepted, h2).await
@@ -404,7 +405,7 @@ async fn accept_loop(
     drop(listener);
     let drain = shared.config.timeouts.drain;
     let all_done = async { while conns.join_next().await.is_some() {} };
-    match tokio::time::timeout(drain, all_done).await {
+    match crate::timer::timeout(drain, all_done).await {
         Ok(()) => true,
         Err(_) => {
             conns.abort_all();

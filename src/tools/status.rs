@@ -116,7 +116,7 @@ pub async fn fetch_all(admins: &[String]) -> Result<Vec<Replica>, StatusError> {
     let mut tasks = tokio::task::JoinSet::new();
     for (i, uri) in uris.into_iter().enumerate() {
         tasks.spawn(async move {
-            let r = tokio::time::timeout(TIMEOUT, fetch(&uri)).await;
+            let r = crate::timer::timeout(TIMEOUT, fetch(&uri)).await;
             (
                 i,
                 r.unwrap_or_else(|_| Err(format!("no answer within {TIMEOUT:?}"))),

@@ -9,7 +9,6 @@ use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::MissedTickBehavior;
 
 use super::endpoint::Endpoint;
 use super::pool::PoolEndpoints;
@@ -32,8 +31,7 @@ pub(super) fn spawn_tasks(pool: Arc<PoolEndpoints>, health: Option<Health>) -> V
         let pool = Arc::clone(&pool);
         tasks.push(tokio::spawn(async move {
             let every = pool.resolve_interval;
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            let mut tick = crate::timer::interval_at(std::time::Instant::now() + every, every);
             loop {
                 tick.tick().await;
                 pool.refresh().await;
@@ -44,8 +42,7 @@ pub(super) fn spawn_tasks(pool: Arc<PoolEndpoints>, health: Option<Health>) -> V
         tasks.push(tokio::spawn(health_loop(Arc::clone(&pool), h)));
     }
     tasks.push(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(SWEEP_EVERY);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut tick = crate::timer::interval(SWEEP_EVERY);
         loop {
             tick.tick().await;
             for e in pool.endpoints().iter() {
@@ -59,8 +56,7 @@ pub(super) fn spawn_tasks(pool: Arc<PoolEndpoints>, health: Option<Health>) -> V
 
 pub(super) async fn health_loop(pool: Arc<PoolEndpoints>, h: Health) {
     let path: Arc<str> = Arc::from(h.path.as_str());
-    let mut tick = tokio::time::interval(h.interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut tick = crate::timer::interval(h.interval);
     loop {
         tick.tick().await;
         let mut checks = JoinSet::new();
@@ -70,7 +66,7 @@ pub(super) async fn health_loop(pool: Arc<PoolEndpoints>, h: Health) {
             let (protocol, timeout, healthy, unhealthy) =
                 (pool.protocol, h.timeout, h.healthy, h.unhealthy);
             checks.spawn(async move {
-                let ok = match tokio::time::timeout(timeout, probe(&ep, &path, protocol)).await {
+                let ok = match crate::timer::timeout(timeout, probe(&ep, &path, protocol)).await {
                     Ok(Ok(status)) if status.is_success() => true,
                     Ok(Ok(status)) => {
                         tracing::debug!(endpoint = %ep.label, %status, "health check failed");

@@ -258,8 +258,8 @@ where
     let mut out = Vec::with_capacity(1024);
     let gate = Gate::new();
     // `upstream_response` for every request of the connection: set again per attempt,
-    // it stays in tokio's timer wheel (see `Forward::reuse_timer`).
-    let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
+    // it stays known to the timer thread (see `Forward::reuse_timer`).
+    let mut timer = pin!(crate::timer::sleep(Duration::ZERO));
     // Each request's fields, kept for the next one's (its positions' allocation reused).
     let mut fields = Received::default();
     loop {

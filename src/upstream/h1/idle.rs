@@ -177,8 +177,7 @@ pub(super) fn put(addr: SocketAddr, mut c: Conn) {
 /// Sweeps this worker's idle connections every [`SWEEP_TICK`] for as long as the worker
 /// runs; spawned once per worker runtime.
 pub(crate) async fn sweep_idle() {
-    let mut tick = tokio::time::interval(SWEEP_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = crate::timer::interval(SWEEP_TICK);
     loop {
         tick.tick().await;
         let now = SWEEPS.with(|n| {

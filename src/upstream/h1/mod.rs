@@ -188,7 +188,7 @@ pub(crate) async fn send(
 }
 
 async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, H1Error> {
-    let io = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+    let io = match crate::timer::timeout(timeout, TcpStream::connect(addr)).await {
         Err(_) => return Err(H1Error::ConnectTimeout),
         Ok(Err(e)) => return Err(H1Error::Connect(e)),
         Ok(Ok(s)) => s,
