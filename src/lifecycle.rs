@@ -63,6 +63,7 @@ impl Graylane {
     /// Binds the traffic listeners and the admin listener, and arms the reload triggers
     /// (file watcher, SIGHUP): a change made once `bind` returned is not missed.
     pub async fn bind(shared: Arc<Shared>) -> Result<Self, StartError> {
+        crate::timer::start();
         let server = Server::bind(shared.clone())?;
         let admin = Admin::bind(shared.config.admin.bind).await?;
         let reloader = Reloader::new(shared.clone());

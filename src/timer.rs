@@ -74,9 +74,22 @@ static WHEEL: LazyLock<Wheel> = LazyLock::new(|| {
     }
 });
 
+/// Starts the timer thread now, at start-up, rather than with the first timer: a process
+/// that cannot start a thread stops before it serves, not on a request.
+pub(crate) fn start() {
+    LazyLock::force(&WHEEL);
+}
+
+/// Entries a thread keeps for its next timers.
+const SPARE_MAX: usize = 256;
+
 thread_local! {
     /// New timers made on this thread since it last nudged the timer thread.
     static MADE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// Entries of dropped timers, still known to the timer thread (which passes over them:
+    /// no deadline), for this thread's next timers: a timer per request (an HTTP/2
+    /// stream's response deadline) then neither allocates nor goes through the channel.
+    static SPARE: std::cell::RefCell<Vec<Arc<Entry>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// `at` as milliseconds since the wheel's base, rounded up (so never early).
@@ -234,11 +247,18 @@ impl Future for Sleep {
         let e = match &this.entry {
             Some(e) => e,
             None => {
-                let e = Arc::new(Entry {
-                    state: AtomicU64::new(UNSET),
-                    waker: AtomicWaker::new(),
+                let spare = SPARE
+                    .try_with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.pop()))
+                    .ok()
+                    .flatten();
+                let e = spare.unwrap_or_else(|| {
+                    let e = Arc::new(Entry {
+                        state: AtomicU64::new(UNSET),
+                        waker: AtomicWaker::new(),
+                    });
+                    register(Arc::clone(&e));
+                    e
                 });
-                register(Arc::clone(&e));
                 this.entry.insert(e)
             }
         };
@@ -247,6 +267,27 @@ impl Future for Sleep {
         this.published = true;
         arm(this.deadline);
         Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        let Some(e) = self.entry.take() else {
+            return;
+        };
+        // The thread may be firing the old deadline: it then wakes the waker taken here
+        // or the next owner's, once, for nothing.
+        e.state.store(UNSET, Ordering::SeqCst);
+        drop(e.waker.take());
+        // Beyond the spare list, or while the thread's locals go away: dropped, and the
+        // timer thread forgets it at its next look.
+        let _ = SPARE.try_with(|s| {
+            if let Ok(mut s) = s.try_borrow_mut() {
+                if s.len() < SPARE_MAX {
+                    s.push(e);
+                }
+            }
+        });
     }
 }
 
@@ -406,6 +447,26 @@ mod tests {
     }
 
     #[test]
+    fn a_spare_entry_keeps_nothing_of_its_old_timer() {
+        runtime().block_on(async {
+            let t0 = Instant::now();
+            let mut first = sleep(Duration::from_millis(20));
+            assert!(poll_once(&mut first).await.is_pending());
+            drop(first);
+            // Takes the dropped timer's entry: the thread still wakes at 20 ms, and must
+            // find the new deadline there, not the old one.
+            let mut second = sleep(Duration::from_millis(100));
+            assert!(poll_once(&mut second).await.is_pending());
+            second.await;
+            let waited = t0.elapsed();
+            assert!(
+                waited >= Duration::from_millis(100),
+                "woke after {waited:?}"
+            );
+        });
+    }
+
+    #[test]
     fn timeout_answers_elapsed_only_when_the_future_is_late() {
         runtime().block_on(async {
             assert_eq!(timeout(Duration::from_secs(5), async { 7 }).await, Ok(7));
@@ -438,10 +499,14 @@ mod tests {
             .map(|k| {
                 std::thread::spawn(move || {
                     runtime().block_on(async move {
+                        // Held at once, so that each takes a new entry.
+                        let mut held = Vec::new();
                         for _ in 0..3 * NUDGE_EVERY {
                             let mut t = sleep(Duration::from_secs(60));
                             assert!(poll_once(&mut t).await.is_pending());
+                            held.push(t);
                         }
+                        drop(held);
                         let t0 = Instant::now();
                         sleep(Duration::from_millis(10 + 5 * k)).await;
                         t0.elapsed()
