@@ -13,10 +13,13 @@
 //! cross-thread wake-up instead of an in-thread one; timers are nearly always moved or
 //! dropped before they are due.
 //!
-//! Deadlines are whole milliseconds, rounded up, on the monotonic clock `Instant` reads:
-//! a timer never fires early, and late by at most a millisecond and the thread's
-//! wake-up. Like `clock`'s coarse clocks, these timers do not follow tokio's paused test
-//! time.
+//! Deadlines are whole milliseconds, rounded up, on the monotonic clock `Instant` reads,
+//! and the thread wakes on a 10 ms grid (`SLOT_MS`): a timer never fires early, and late
+//! by at most a slot and the thread's wake-up. The grid bounds the thread's wake-ups
+//! whatever the number of timers (each wake-up reads every entry): ten thousand
+//! connections' watchdogs, each due every few seconds, cost at most 100 wake-ups a
+//! second, not one per watchdog. Like `clock`'s coarse clocks, these timers do not
+//! follow tokio's paused test time.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,6 +35,8 @@ use futures_util::task::AtomicWaker;
 const FIRED: u64 = 1 << 63;
 /// An entry whose owner has no deadline published (reset and not polled since).
 const UNSET: u64 = FIRED - 1;
+/// The grid the thread wakes on, in milliseconds.
+const SLOT_MS: u64 = 10;
 /// New timers a thread makes before it nudges the timer thread to take them in and to
 /// forget the dropped ones: bounds what waits in the channel and in the thread's list.
 const NUDGE_EVERY: u32 = 1024;
@@ -92,9 +97,8 @@ thread_local! {
     static SPARE: std::cell::RefCell<Vec<Arc<Entry>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// `at` as milliseconds since the wheel's base, rounded up (so never early).
-fn ms_of(at: Instant) -> u64 {
-    let d = at.saturating_duration_since(WHEEL.base);
+/// `d` since the wheel's base as whole milliseconds, rounded up (so never early).
+fn ceil_ms(d: Duration) -> u64 {
     let ms = crate::millis(d);
     if d.subsec_nanos().is_multiple_of(1_000_000) {
         ms
@@ -102,6 +106,17 @@ fn ms_of(at: Instant) -> u64 {
         ms.saturating_add(1)
     }
     .min(UNSET - 1)
+}
+
+/// `at` in the wheel's milliseconds.
+fn ms_of(at: Instant) -> u64 {
+    ceil_ms(at.saturating_duration_since(WHEEL.base))
+}
+
+/// `d` from now in the wheel's milliseconds; a duration too long for an `Instant`
+/// (`timeouts.drain: 100000000000h`) is a deadline that never comes, not a panic.
+fn ms_after(d: Duration) -> u64 {
+    ceil_ms(WHEEL.base.elapsed().saturating_add(d))
 }
 
 /// Now, in the wheel's milliseconds, rounded down: `deadline <= now_ms()` means due.
@@ -148,12 +163,26 @@ fn run(rx: Receiver<Arc<Entry>>) {
             entries.shrink_to(2 * entries.len());
         }
         wheel.armed.fetch_min(next, Ordering::SeqCst);
+        wait(wheel);
+    }
+}
+
+/// Sleeps until the slot of the earliest deadline the thread must wake for. An owner
+/// that lowers that deadline wakes the thread only to sleep again until the new one;
+/// a look through the list at once is asked for by lowering it to 0.
+fn wait(wheel: &Wheel) {
+    loop {
         let until = wheel.armed.load(Ordering::SeqCst);
-        let now = now_ms();
-        if until == u64::MAX {
-            std::thread::park();
-        } else if until > now {
-            std::thread::park_timeout(Duration::from_millis(until - now));
+        let slot = until.div_ceil(SLOT_MS).saturating_mul(SLOT_MS);
+        match wheel.base.checked_add(Duration::from_millis(slot)) {
+            Some(at) if until != u64::MAX => {
+                let left = at.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return;
+                }
+                std::thread::park_timeout(left);
+            }
+            _ => std::thread::park(),
         }
     }
 }
@@ -181,6 +210,7 @@ fn register(entry: Arc<Entry>) {
         n >= NUDGE_EVERY
     });
     if nudge {
+        wheel.armed.fetch_min(0, Ordering::SeqCst);
         wheel.thread.unpark();
     }
 }
@@ -208,7 +238,11 @@ pub(crate) fn sleep_until(at: impl Into<Instant>) -> Sleep {
 
 /// A timer that completes after `d`.
 pub(crate) fn sleep(d: Duration) -> Sleep {
-    sleep_until(Instant::now() + d)
+    Sleep {
+        deadline: ms_after(d),
+        entry: None,
+        published: false,
+    }
 }
 
 impl Sleep {
@@ -301,33 +335,38 @@ pub(crate) struct Elapsed;
 /// Runs `fut` until `at`; `Err(Elapsed)` if it had not finished by then.
 pub(crate) fn timeout_at<F: Future>(at: impl Into<Instant>, fut: F) -> Timeout<F> {
     Timeout {
-        fut: Box::pin(fut),
+        fut,
         timer: sleep_until(at),
     }
 }
 
 /// Runs `fut` for at most `d`; `Err(Elapsed)` if it had not finished by then.
 pub(crate) fn timeout<F: Future>(d: Duration, fut: F) -> Timeout<F> {
-    timeout_at(Instant::now() + d, fut)
+    Timeout {
+        fut,
+        timer: sleep(d),
+    }
 }
 
-/// A future with a deadline (a named type, not an `async fn`: the futures that await it
-/// stay provably `Send` where they hold borrows). `fut` is boxed to keep this type
-/// `Unpin` without `unsafe` pinning; timeouts are per connection or per rare event, not
-/// per request.
-pub(crate) struct Timeout<F> {
-    fut: Pin<Box<F>>,
-    timer: Sleep,
+pin_project_lite::pin_project! {
+    /// A future with a deadline (a named type, not an `async fn`: the futures that await
+    /// it stay provably `Send` where they hold borrows).
+    pub(crate) struct Timeout<F> {
+        #[pin]
+        fut: F,
+        timer: Sleep,
+    }
 }
 
 impl<F: Future> Future for Timeout<F> {
     type Output = Result<F::Output, Elapsed>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Poll::Ready(v) = self.fut.as_mut().poll(cx) {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(v) = this.fut.poll(cx) {
             return Poll::Ready(Ok(v));
         }
-        Pin::new(&mut self.timer).poll(cx).map(|()| Err(Elapsed))
+        Pin::new(this.timer).poll(cx).map(|()| Err(Elapsed))
     }
 }
 
@@ -357,7 +396,8 @@ impl Interval {
     /// Waits for the next tick.
     pub(crate) async fn tick(&mut self) {
         (&mut self.timer).await;
-        self.timer.reset(Instant::now() + self.period);
+        self.timer.deadline = ms_after(self.period);
+        self.timer.published = false;
     }
 }
 
@@ -463,6 +503,19 @@ mod tests {
                 waited >= Duration::from_millis(100),
                 "woke after {waited:?}"
             );
+        });
+    }
+
+    #[test]
+    fn a_duration_too_long_for_the_clock_never_comes() {
+        runtime().block_on(async {
+            assert_eq!(timeout(Duration::MAX, async { 3 }).await, Ok(3));
+            let mut t = sleep(Duration::MAX);
+            assert!(poll_once(&mut t).await.is_pending());
+            let mut i = interval(Duration::MAX);
+            i.tick().await;
+            let second = timeout(Duration::from_millis(30), i.tick()).await;
+            assert_eq!(second, Err(Elapsed));
         });
     }
 

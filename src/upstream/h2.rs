@@ -25,6 +25,7 @@ pub(crate) type H2Client = Client<Connector, UpBody>;
 
 /// A client per worker: pooled HTTP/2 connections stay on the thread that made them.
 pub(super) fn clients(cfg: &Config) -> Vec<H2Client> {
+    #[allow(clippy::disallowed_methods)] // both timeouts are turned off just below
     let mut inner = HttpConnector::new();
     inner.set_nodelay(true);
     inner.set_keepalive(Some(Duration::from_secs(60)));
