@@ -229,27 +229,31 @@ pub(crate) struct Sleep {
 
 /// A timer that completes at `at`.
 pub(crate) fn sleep_until(at: impl Into<Instant>) -> Sleep {
-    Sleep {
-        deadline: ms_of(at.into()),
-        entry: None,
-        published: false,
-    }
+    Sleep::at(ms_of(at.into()))
 }
 
 /// A timer that completes after `d`.
 pub(crate) fn sleep(d: Duration) -> Sleep {
-    Sleep {
-        deadline: ms_after(d),
-        entry: None,
-        published: false,
-    }
+    Sleep::at(ms_after(d))
 }
 
 impl Sleep {
+    fn at(deadline: u64) -> Self {
+        Self {
+            deadline,
+            entry: None,
+            published: false,
+        }
+    }
+
     /// Moves the timer to `at`; it completes there even if it completed before. Touches
     /// nothing shared: the next poll publishes the deadline.
     pub(crate) fn reset(&mut self, at: impl Into<Instant>) {
-        self.deadline = ms_of(at.into());
+        self.move_to(ms_of(at.into()));
+    }
+
+    fn move_to(&mut self, deadline: u64) {
+        self.deadline = deadline;
         self.published = false;
     }
 }
@@ -396,8 +400,7 @@ impl Interval {
     /// Waits for the next tick.
     pub(crate) async fn tick(&mut self) {
         (&mut self.timer).await;
-        self.timer.deadline = ms_after(self.period);
-        self.timer.published = false;
+        self.timer.move_to(ms_after(self.period));
     }
 }
 
@@ -465,11 +468,11 @@ mod tests {
             let mut t = sleep(Duration::from_secs(30));
             assert!(poll_once(&mut t).await.is_pending());
             t.reset(t0 + Duration::from_millis(40));
-            tokio::select! {
-                () = &mut t => {}
-                () = sleep(Duration::from_secs(5)) => panic!("the moved timer did not fire"),
-            }
-            assert!(t0.elapsed() >= Duration::from_millis(40));
+            // Not told of the earlier deadline, the thread would sleep the 30 s.
+            (&mut t).await;
+            let waited = t0.elapsed();
+            assert!(waited >= Duration::from_millis(40), "woke after {waited:?}");
+            assert!(waited < Duration::from_secs(2), "woke after {waited:?}");
         });
     }
 
@@ -487,23 +490,34 @@ mod tests {
     }
 
     #[test]
-    fn a_spare_entry_keeps_nothing_of_its_old_timer() {
-        runtime().block_on(async {
-            let t0 = Instant::now();
-            let mut first = sleep(Duration::from_millis(20));
-            assert!(poll_once(&mut first).await.is_pending());
-            drop(first);
-            // Takes the dropped timer's entry: the thread still wakes at 20 ms, and must
-            // find the new deadline there, not the old one.
-            let mut second = sleep(Duration::from_millis(100));
-            assert!(poll_once(&mut second).await.is_pending());
-            second.await;
-            let waited = t0.elapsed();
-            assert!(
-                waited >= Duration::from_millis(100),
-                "woke after {waited:?}"
-            );
-        });
+    fn a_dropped_timer_wakes_nobody_and_its_entry_serves_the_next() {
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let count = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(Arc::clone(&count));
+        let mut cx = Context::from_waker(&waker);
+        let mut first = sleep(Duration::from_millis(10));
+        assert!(Pin::new(&mut first).poll(&mut cx).is_pending());
+        let entry = Arc::clone(first.entry.as_ref().expect("published"));
+        drop(first);
+        // Past its deadline and the thread's slot: a dropped timer must not wake its task.
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            0,
+            "a dropped timer woke its task"
+        );
+        let mut second = sleep(Duration::from_secs(60));
+        assert!(Pin::new(&mut second).poll(&mut cx).is_pending());
+        let reused = second.entry.as_ref().expect("published");
+        assert!(
+            Arc::ptr_eq(&entry, reused),
+            "the dropped timer's entry was not reused"
+        );
     }
 
     #[test]

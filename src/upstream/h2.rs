@@ -13,12 +13,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use crate::timer::HyperTimer;
-
 use super::body::UpBody;
 use super::endpoint::Endpoint;
 use crate::config::Config;
 use crate::error::UpstreamErrorKind;
+use crate::timer::HyperTimer;
 
 /// One worker's HTTP/2 client.
 pub(crate) type H2Client = Client<Connector, UpBody>;
