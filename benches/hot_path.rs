@@ -9,7 +9,7 @@
 //! walks, not with list sizes.
 //!
 //! Run: `cargo bench --bench hot_path` (add `-- --warm-up-time 1 --measurement-time 2`
-//! for a quick pass, or a filter such as `-- decide/`). Targets (issue 5): `decide()`
+//! for a quick pass, or a filter such as `-- decide/`). Targets: `decide()`
 //! ≤ 100 ns for the sample ruleset, ≤ 300 ns with the 1M-id set.
 
 // `criterion_group!` generates an undocumented `pub fn`.

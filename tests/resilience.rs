@@ -409,7 +409,69 @@ async fn hanging_gray_is_a_504_and_not_retried() {
     p.stop().await;
 }
 
-/// Issue 4, point 7: kill every gray endpoint under continuous load of idempotent GETs and
+/// An address whose connects hang: a listener that never accepts, its accept queue full.
+/// The kernel then drops every further SYN, so a connect retransmits for minutes unless
+/// someone's timeout ends it. Returned with the listener and the connections that fill it.
+async fn unanswered_addr() -> (TcpListener, Vec<tokio::net::TcpStream>, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut filling = Vec::new();
+    for _ in 0..64 {
+        let connect = tokio::net::TcpStream::connect(addr);
+        match tokio::time::timeout(Duration::from_millis(300), connect).await {
+            Ok(Ok(s)) => filling.push(s),
+            Ok(Err(e)) => panic!("connect to the listener failed: {e}"),
+            Err(_) => return (listener, filling, addr),
+        }
+    }
+    panic!("64 connections did not fill an accept queue of backlog 0");
+}
+
+/// SPEC §3: a connect timeout is a 504 counted as `timeout`, for an HTTP/1.1 pool (our
+/// own connect) and an HTTP/2 pool (hyper's client, whose connector we wrap) alike, and
+/// it is neither retried nor sent on to stable.
+#[tokio::test]
+async fn connects_that_hang_are_a_504_on_either_protocol() {
+    let (_listener, _filling, addr) = unanswered_addr().await;
+    let cfg = pools_config(
+        &[addr],
+        &[addr],
+        "",
+        ", protocol: h2",
+        "timeouts: { connect: 300ms }\n",
+    );
+    let p = spawn_proxy(&cfg, GRAY_42).await;
+    let c = client();
+    for (pool, uid) in [("stable", "1"), ("gray", "42")] {
+        // Without a connect timeout the kernel's SYN retries would run for minutes.
+        let (url, marker) = (p.url("/"), [("xdw-kefu-uid", uid)]);
+        let (st, _, body) = tokio::time::timeout(Duration::from_secs(10), get(&c, &url, &marker))
+            .await
+            .unwrap_or_else(|_| panic!("{pool}: no answer within 10 s"));
+        assert_eq!(
+            (st.as_u16(), body.as_str()),
+            (504, "graylane: upstream timed out\n"),
+            "{pool}"
+        );
+        let series = format!(
+            "graylane_upstream_errors_total{{kind=\"timeout\",pool=\"{pool}\",service=\"chat\"}}"
+        );
+        assert_eq!(metric(&p, &series).await, 1.0, "{pool}");
+    }
+    assert_eq!(
+        metric(
+            &p,
+            "graylane_fallbacks_total{from=\"gray\",reason=\"pool_unhealthy\",service=\"chat\",to=\"stable\"}"
+        )
+        .await,
+        0.0
+    );
+    p.stop().await;
+}
+
+/// Kill every gray endpoint under continuous load of idempotent GETs and
 /// count the failures the clients see after the first detection. Target: zero.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_gray_pool_costs_no_request() {
@@ -603,7 +665,7 @@ async fn replayed_requests_keep_every_header() {
     assert!(resetting.hits() > 0);
 
     // gray: one endpoint that resets. A GET is tried once more; with no other gray
-    // endpoint left it goes to stable, whole (issue 4: a dying gray pool costs no
+    // endpoint left it goes to stable, whole (SPEC §3: a dying gray pool costs no
     // request). A POST whose body was sent is answered 502, never re-sent.
     let rules = "rules:\n  - name: g\n    when: { uid: { in: [42] } }\n    route: gray\n";
     let cfg = pools_config(&[stable.addr], &[resetting.addr], "", "", "");
