@@ -32,7 +32,10 @@
 #                (tcp_sendmsg) and within them the receiving side's TCP input that loopback
 #                runs in the sender's context (net_rx_action), socket reads (tcp_recvmsg),
 #                event waits (do_epoll_wait), the rest of the kernel; shares of the samples,
-#                a table in the report. Sampling slows every proxy a little: read the CPU
+#                a table in the report. Of the user space share, the samples on the first
+#                instruction after a system call (syscall_returns.py): the kernel's return
+#                path with interrupts off, which the tick-based accounting of user time
+#                counts as user time. Sampling slows every proxy a little: read the CPU
 #                columns of such a run only against each other
 #   --segments   every mode also counts TCP segments per response (nstat's TcpOutSegs over the
 #                measured run, all loopback traffic: client, proxy and upstream sides) and
@@ -155,6 +158,7 @@ tools=(nginx:nginx haproxy:haproxy curl:curl taskset:util-linux)
 [[ $RUN_PLAIN == 1 && $RATE != 0 ]] && tools+=(h2load:nghttp2-client)
 [[ $RUN_TLS == 1 ]] && tools+=(h2load:nghttp2-client openssl:openssl)
 [[ (($RUN_TLS == 1 || $RATE != 0) && $SYSCALLS == 1) || $WHERE == 1 ]] && tools+=(perf:linux-perf)
+[[ $WHERE == 1 ]] && tools+=(objdump:binutils python3:python3)
 [[ $SEGMENTS == 1 ]] && tools+=(nstat:iproute2)
 ensure_tools "${tools[@]}"
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
@@ -583,27 +587,31 @@ where_begin() {
     perf_attach WHERE_PID record -q -F 1999 -g -o "$WHERE_OUT"
 }
 
-# where_end MODE KIND ROUND : stops sampling; appends "mode kind round user send rx recv
-# wait other" (percent of the proxy's samples) to where.tsv. The kernel's share is the
-# self time of its symbols; send, recv and wait are inclusive (their callees counted); rx
-# is every softirq's receive processing, nearly all of it within send; other is the
-# kernel's rest.
+# where_end MODE KIND ROUND : stops sampling; appends "mode kind round user returns send
+# rx recv wait other" (percent of the proxy's samples) to where.tsv. The kernel's share
+# is the self time of its symbols; returns is the part of user that is system calls'
+# returns (syscall_returns.py); send, recv and wait are inclusive (their callees
+# counted); rx is every softirq's receive processing, nearly all of it within send; other
+# is the kernel's rest.
 where_end() {
     perf_detach "$WHERE_PID"
     if [[ ! -s $WHERE_OUT ]]; then
         log "WARNING: perf record wrote nothing for $1 $2 (see $RUN_DIR/perf-WHERE_PID.log); no --where row"
         return 0
     fi
+    local returns
+    returns=$({ perf script -G -F ip,sym,symoff,dso -i "$WHERE_OUT" 2>/dev/null || true; } |
+        python3 "$LOAD_DIR/syscall_returns.py") || returns=nan
     { perf report -i "$WHERE_OUT" --children --sort sym --stdio -g none 2>/dev/null || true; } | awk \
-        -v mode="$1" -v kind="$2" -v round="$3" '
+        -v mode="$1" -v kind="$2" -v round="$3" -v returns="$returns" '
         $3 == "[k]" { c = $1; s = $2; sub("%", "", c); sub("%", "", s); v[$4] = c; kernel += s }
         END {
             send = v["tcp_sendmsg"] + 0; recv = v["tcp_recvmsg"] + 0; wait = v["do_epoll_wait"] + 0
             if (kernel > 0 && send + recv + wait == 0)
                 print "WARNING: no socket symbols in the kernel samples (unresolved?)" > "/dev/stderr"
             other = kernel - send - recv - wait; if (other < 0) other = 0
-            printf "%s\t%s\t%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\n", mode, kind, round,
-                100 - kernel, send, v["net_rx_action"] + 0, recv, wait, other
+            printf "%s\t%s\t%s\t%.1f\t%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\n", mode, kind, round,
+                100 - kernel, returns, send, v["net_rx_action"] + 0, recv, wait, other
         }' >>"$RUN_DIR/where.tsv"
     rm -f "$WHERE_OUT"
 }
@@ -887,11 +895,13 @@ report() {
         echo "loopback a write also runs the receiving socket's TCP input (\`net_rx_action\`, the"
         echo "column after it, counted wherever it runs, nearly all within writes; the peer's share of"
         echo "the work, which a network card would move to the receiving host); *other kernel* is the"
-        echo "rest of the kernel's samples."
+        echo "rest of the kernel's samples. *of it, syscall returns*: the user space samples on the first"
+        echo "instruction after a system call, the kernel's return path run with interrupts off, which"
+        echo "the tick-based accounting counts as user time (\`syscall_returns.py\`)."
         echo
-        echo "| mode | proxy | user space | socket writes | receiver's TCP input | socket reads | event waits | other kernel |"
-        echo "|---|---|---:|---:|---:|---:|---:|---:|"
-        median_rows "$RUN_DIR/where.tsv" "%.1f%% %.1f%% %.1f%% %.1f%% %.1f%% %.1f%%"
+        echo "| mode | proxy | user space | of it, syscall returns | socket writes | receiver's TCP input | socket reads | event waits | other kernel |"
+        echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+        median_rows "$RUN_DIR/where.tsv" "%.1f%% %.1f%% %.1f%% %.1f%% %.1f%% %.1f%% %.1f%%"
         echo
     fi
     if [[ -s $RUN_DIR/segments.tsv ]]; then
