@@ -17,9 +17,11 @@
 #   --tls        TLS modes only (1 worker each); report to benches/load/results-tls.md
 #   --all        plain and TLS modes, interleaved in each round; report to results.md
 #   --floor      plain mode also runs benches/floor's relay (1 worker only): on epoll (floor),
-#                on epoll with a read tried straight after each write (floor-eager), and on
-#                io_uring (floor-uring); the floor of a lean HTTP/1.1 path, and the kernel
-#                levers measured beside graylane and the peers
+#                on epoll with a read tried straight after each write (floor-eager), on
+#                epoll with each wake-up's writes sent through io_uring in one system call
+#                (floor-batch), and on io_uring (floor-uring); the floor of a lean HTTP/1.1
+#                path, and the kernel levers measured beside graylane and the peers
+#                (FLOOR_KINDS="floor floor-batch" runs only those)
 #   --syscalls   TLS modes (and with --rate the plain mode) also count each proxy's system
 #                calls per request (perf stat on its syscall tracepoints during each
 #                measured h2load run; a table in the report), the waits among them that
@@ -144,6 +146,7 @@ CMDLINE="bash benches/load/run.sh$(printf ' %q' "${ORIG_ARGS[@]+"${ORIG_ARGS[@]}
 [[ ${PROXY_CPUS} == 1 && ${LOAD_CPUS} == 0 ]] || CMDLINE="PROXY_CPUS=$PROXY_CPUS LOAD_CPUS=$LOAD_CPUS $CMDLINE"
 # Which build was measured (benches/load/pgo.sh's lands in target/pgo).
 [[ -z ${CARGO_TARGET_DIR:-} ]] || CMDLINE="CARGO_TARGET_DIR=$CARGO_TARGET_DIR $CMDLINE"
+[[ -z ${FLOOR_KINDS:-} ]] || CMDLINE="FLOOR_KINDS=\"$FLOOR_KINDS\" $CMDLINE"
 LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 trap cleanup EXIT
@@ -259,6 +262,7 @@ start_proxy() {
         PROXY_PORT=$FLOOR_PORT
         local io=(--io epoll)
         [[ $kind == floor-uring ]] && io=(--io uring)
+        [[ $kind == floor-batch ]] && io=(--io batch)
         [[ $kind == floor-eager ]] && io+=(--eager-read)
         start_bg "$label" taskset -c "$PROXY_CPUS" "$FLOOR_BIN" --listen "127.0.0.1:$PROXY_PORT" \
             --stable "127.0.0.1:$STABLE_PORT" --gray "127.0.0.1:$GRAY_PORT" "${io[@]}"
@@ -656,7 +660,8 @@ for round in $(seq 1 "$ROUNDS"); do
     if [[ $RUN_PLAIN == 1 ]]; then
         for w in $WORKERS_LIST; do
             kinds=(direct graylane nginx haproxy)
-            [[ $RUN_FLOOR == 1 && $w == 1 ]] && kinds+=(floor floor-eager floor-uring)
+            # shellcheck disable=SC2206 # a list of words
+            [[ $RUN_FLOOR == 1 && $w == 1 ]] && kinds+=(${FLOOR_KINDS:-floor floor-eager floor-batch floor-uring})
             for kind in "${kinds[@]}"; do
                 [[ $kind == direct && $w != "${WORKERS_LIST%% *}" ]] && continue # one direct row per round
                 measure_plain "$kind" "$w" "$round"

@@ -9,19 +9,29 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::batch;
 use crate::head::{self, Parse, BAD_GATEWAY, BAD_REQUEST, MAX_HEAD};
 
-pub fn run(listen: SocketAddr, upstreams: [SocketAddr; 2], eager: bool) -> io::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()?;
+pub fn run(
+    listen: SocketAddr,
+    upstreams: [SocketAddr; 2],
+    eager: bool,
+    batched: bool,
+) -> io::Result<()> {
+    let mut b = tokio::runtime::Builder::new_current_thread();
+    b.enable_io();
+    if batched {
+        batch::init()?;
+        b.on_thread_park(batch::flush);
+    }
+    let rt = b.build()?;
     rt.block_on(async move {
         let l = TcpListener::bind(listen).await?;
         loop {
             let (s, peer) = l.accept().await?;
             s.set_nodelay(true)?;
             tokio::spawn(async move {
-                if let Err(e) = serve(s, peer, upstreams, eager).await {
+                if let Err(e) = serve(s, peer, upstreams, eager, batched).await {
                     if e.kind() != io::ErrorKind::ConnectionReset {
                         eprintln!("graylane-floor: {peer}: {e}");
                     }
@@ -71,17 +81,41 @@ async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
     s.read_buf(buf).await
 }
 
+/// A write: at once, or into the thread's batch (`--io batch`).
+async fn write(s: &mut TcpStream, bytes: &[u8], batched: bool) -> io::Result<()> {
+    if batched {
+        batch::send(s.as_raw_fd(), bytes);
+        Ok(())
+    } else {
+        s.write_all(bytes).await
+    }
+}
+
+/// Sends what is batched before the connection's sockets close: dropped before them.
+struct FlushFirst(bool);
+
+impl Drop for FlushFirst {
+    fn drop(&mut self) {
+        if self.0 {
+            batch::flush();
+        }
+    }
+}
+
 async fn serve(
     mut c: TcpStream,
     peer: SocketAddr,
     upstreams: [SocketAddr; 2],
     eager: bool,
+    batched: bool,
 ) -> io::Result<()> {
     let xff = peer.ip().to_string().into_bytes();
     let mut cin = Vec::with_capacity(16 * 1024);
     let mut uin = Vec::with_capacity(16 * 1024);
     let mut out = Vec::with_capacity(4096);
     let mut pool: [Option<TcpStream>; 2] = [None, None];
+    // Declared last, dropped first: before `pool` and `c` close their sockets.
+    let _flush = FlushFirst(batched);
     loop {
         let req = loop {
             match head::request(&cin, &xff, &mut out) {
@@ -109,14 +143,14 @@ async fn serve(
         let now = req.body_len.min(cin.len());
         out.extend_from_slice(&cin[..now]);
         cin.drain(..now);
-        u.write_all(&out).await?;
+        write(u, &out, batched).await?;
         let mut left = req.body_len - now;
         while left > 0 {
             if read_more(&mut c, &mut cin).await? == 0 {
                 return Ok(());
             }
             let k = left.min(cin.len());
-            u.write_all(&cin[..k]).await?;
+            write(u, &cin[..k], batched).await?;
             cin.drain(..k);
             left -= k;
         }
@@ -137,7 +171,7 @@ async fn serve(
         };
         let now = resp.body_len.min(uin.len() - resp.head_len);
         out.extend_from_slice(&uin[resp.head_len..resp.head_len + now]);
-        c.write_all(&out).await?;
+        write(&mut c, &out, batched).await?;
         let mut left = resp.body_len - now;
         while left > 0 {
             uin.clear();
@@ -145,10 +179,13 @@ async fn serve(
                 return Ok(());
             }
             let k = left.min(uin.len());
-            c.write_all(&uin[..k]).await?;
+            write(&mut c, &uin[..k], batched).await?;
             left -= k;
         }
         if resp.close {
+            if batched {
+                batch::flush();
+            }
             pool[i] = None;
         }
         if req.close {

@@ -8,11 +8,14 @@
 //! - its user time is the floor of a lean path (the received head edited into the
 //!   upstream write, no header map) on the same runtime;
 //! - `--io uring` runs the same steps on io_uring (monoio), `--eager-read` tries a read
-//!   straight after each write: what is left of the kernel's share to win.
+//!   straight after each write, `--io batch` sends the writes of a wake-up through
+//!   io_uring in one system call (reads stay on epoll): what is left of the kernel's
+//!   share to win.
 //!
-//! Usage: graylane-floor --listen ADDR --stable ADDR --gray ADDR [--io epoll|uring]
+//! Usage: graylane-floor --listen ADDR --stable ADDR --gray ADDR [--io epoll|batch|uring]
 //!        [--eager-read]
 
+mod batch;
 mod epoll;
 mod head;
 mod uring;
@@ -47,14 +50,15 @@ fn main() -> ExitCode {
         }
     }
     let (Some(listen), Some(stable), Some(gray)) = (listen, stable, gray) else {
-        eprintln!("usage: graylane-floor --listen ADDR --stable ADDR --gray ADDR [--io epoll|uring] [--eager-read]");
+        eprintln!("usage: graylane-floor --listen ADDR --stable ADDR --gray ADDR [--io epoll|batch|uring] [--eager-read]");
         return ExitCode::from(2);
     };
     let r = match io.as_str() {
-        "epoll" => epoll::run(listen, [stable, gray], eager),
+        "epoll" => epoll::run(listen, [stable, gray], eager, false),
+        "batch" if !eager => epoll::run(listen, [stable, gray], eager, true),
         "uring" if !eager => uring::run(listen, [stable, gray]),
         _ => {
-            eprintln!("graylane-floor: --io takes epoll or uring (--eager-read: epoll only)");
+            eprintln!("graylane-floor: --io takes epoll, batch or uring (--eager-read: epoll only)");
             return ExitCode::from(2);
         }
     };
