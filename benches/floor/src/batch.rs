@@ -93,7 +93,9 @@ pub fn flush() {
             {
                 let mut sq = b.ring.submission();
                 for &(fd, slot) in &batch {
-                    let Some(buf) = b.slots[slot].as_ref() else { continue };
+                    let Some(buf) = b.slots[slot].as_ref() else {
+                        continue;
+                    };
                     let e = opcode::Send::new(types::Fd(fd), buf.as_ptr(), buf.len() as u32)
                         .flags(libc::MSG_WAITALL | libc::MSG_NOSIGNAL)
                         .build()

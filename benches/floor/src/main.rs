@@ -58,7 +58,9 @@ fn main() -> ExitCode {
         "batch" if !eager => epoll::run(listen, [stable, gray], eager, true),
         "uring" if !eager => uring::run(listen, [stable, gray]),
         _ => {
-            eprintln!("graylane-floor: --io takes epoll, batch or uring (--eager-read: epoll only)");
+            eprintln!(
+                "graylane-floor: --io takes epoll, batch or uring (--eager-read: epoll only)"
+            );
             return ExitCode::from(2);
         }
     };
