@@ -10,10 +10,10 @@ Usage: python3 locked.py DUMP REQUESTS
 """
 import os
 import re
-import subprocess
 import sys
 
 from callgrind_dump import executions
+from objdump import instructions
 
 REGISTER = re.compile(r"^%[a-z0-9]+$")
 
@@ -34,17 +34,7 @@ def is_locked(ins):
 
 def locked_addresses(path):
     """The addresses of the locked instructions in one object file."""
-    out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", path],
-                         capture_output=True, text=True, check=False).stdout
-    found = set()
-    for line in out.splitlines():
-        addr, sep, ins = line.partition(":\t")
-        if sep and is_locked(ins):
-            try:
-                found.add(int(addr.strip(), 16))
-            except ValueError:
-                pass
-    return found
+    return {addr for addr, ins in instructions(path) if is_locked(ins)}
 
 
 def main():

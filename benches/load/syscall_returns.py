@@ -25,26 +25,18 @@ import re
 import subprocess
 import sys
 
+from objdump import instructions
+
 SAMPLE = re.compile(r"\s*([0-9a-f]+)\s+(.*)\+0x([0-9a-f]+) \((.*)\)$")
-FUNC = re.compile(r"^([0-9a-f]+) <(.+)>:$")
-INSN = re.compile(r"^\s+([0-9a-f]+):\s+(\S+)")
 
 
 def after_syscall(lib):
     """Addresses of the instructions that follow a `syscall`, and the symbols' addresses."""
-    dis = subprocess.run(
-        ["objdump", "-d", "--no-show-raw-insn", lib], capture_output=True, text=True, check=True
-    ).stdout
     after, prev = set(), False
-    for line in dis.splitlines():
-        if FUNC.match(line):
-            prev = False
-            continue
-        m = INSN.match(line)
-        if m:
-            if prev:
-                after.add(int(m.group(1), 16))
-            prev = m.group(2) == "syscall"
+    for addr, ins in instructions(lib):
+        if prev:
+            after.add(addr)
+        prev = ins.split()[:1] == ["syscall"]
     addrs = {}
     for flags in (["-D"], []):
         out = subprocess.run(

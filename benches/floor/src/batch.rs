@@ -16,7 +16,7 @@
 use std::cell::RefCell;
 use std::os::fd::RawFd;
 
-use io_uring::{opcode, squeue, types, IoUring};
+use io_uring::{opcode, types, IoUring};
 
 const ENTRIES: u32 = 4096;
 
@@ -99,8 +99,7 @@ pub fn flush() {
                     let e = opcode::Send::new(types::Fd(fd), buf.as_ptr(), buf.len() as u32)
                         .flags(libc::MSG_WAITALL | libc::MSG_NOSIGNAL)
                         .build()
-                        .user_data(slot as u64)
-                        .flags(squeue::Flags::empty());
+                        .user_data(slot as u64);
                     // SAFETY: the buffer stays in `slots` until its completion is reaped.
                     if unsafe { sq.push(&e) }.is_err() {
                         eprintln!("graylane-floor: submission queue full");

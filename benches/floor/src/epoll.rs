@@ -183,9 +183,7 @@ async fn serve(
             left -= k;
         }
         if resp.close {
-            if batched {
-                batch::flush();
-            }
+            // Its request went out before its answer came back: nothing of it is batched.
             pool[i] = None;
         }
         if req.close {
